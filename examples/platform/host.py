@@ -1,0 +1,262 @@
+"""The platform's answer to the extension's questions (:class:`HostAdapter`).
+
+Who may pull:
+
+* admins, everywhere;
+* users, with their password or a personal access token, where they hold at
+  least ``DEPENDENCY_PROXY_MIN_READ_ROLE`` (default guest) in the group or an
+  ancestor. A public group is no exception: pulling costs the group's storage and
+  upstream quota, so it is for members;
+* CI job tokens act as the job's user, but only inside the top-level group of
+  the job's project (which is what ``CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX``
+  points at), so a leaked job token cannot reach the user's other groups;
+* deploy tokens, in their own group and its subgroups.
+
+Who may administer a group's proxy: admins, and users holding
+``DEPENDENCY_PROXY_ADMIN_ROLE`` (default owner) in the group or an ancestor.
+Deploy and job tokens never administer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+
+from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
+from flask_dependency_proxy.host import Group as ProxyGroup
+
+from . import tokens
+from .models import (
+    CiJob,
+    DeployToken,
+    Group,
+    PersonalAccessToken,
+    Role,
+    User,
+    db,
+    find_group,
+    find_user,
+    highest_role,
+    utcnow,
+)
+from .services import job_token_username, verify_password
+
+#: Default of ``DEPENDENCY_PROXY_MIN_READ_ROLE``.
+MIN_READ_ROLE = Role.GUEST
+#: Default of ``DEPENDENCY_PROXY_ADMIN_ROLE``.
+ADMIN_ROLE = Role.OWNER
+#: ``last_used_at`` of a personal access token is written at most this often.
+LAST_USED_GRANULARITY = timedelta(minutes=10)
+
+
+
+def _has_registry_scopes(scopes: frozenset[str], *, api_counts: bool) -> bool:
+    return tokens.REGISTRY_SCOPES <= scopes or (api_counts and "api" in scopes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Actor:
+    """What a principal's subject resolves to right now."""
+
+    #: The user whose rights apply (none for a deploy token).
+    user: User | None = None
+    personal_access_token: PersonalAccessToken | None = None
+    deploy_token: DeployToken | None = None
+    job: CiJob | None = None
+
+
+class PlatformHost:
+    """The example platform's :class:`flask_dependency_proxy.host.HostAdapter`.
+
+    It holds no state, so one instance serves every application; it reads the
+    current app's config and database session on each call.
+    """
+
+    # -- groups -------------------------------------------------------------
+
+    def find_group(self, full_path: str) -> ProxyGroup | None:
+        group = find_group(full_path)
+        return None if group is None else ProxyGroup(id=group.id, full_path=group.full_path)
+
+    # -- credentials --------------------------------------------------------
+
+    def authenticate(self, username: str, secret: str) -> Principal | AuthFailure:
+        """Check a password or a token; the secret's prefix says which kind it claims to be.
+
+        A secret that looks like a token but matches none is still tried as a
+        password, so a password that happens to start with ``dppat-`` works.
+        """
+        if not username or not secret:
+            return AuthFailure.INVALID
+        if username == job_token_username():
+            return self._authenticate_job(secret)
+        result: Principal | AuthFailure | None = None
+        if secret.startswith(tokens.PERSONAL_ACCESS_TOKEN_PREFIX):
+            result = self._authenticate_personal_access_token(username, secret)
+        elif secret.startswith(tokens.DEPLOY_TOKEN_PREFIX):
+            result = self._authenticate_deploy_token(username, secret)
+        if result is not None:
+            return result
+        return self._authenticate_password(username, secret)
+
+    def _authenticate_password(self, username: str, password: str) -> Principal | AuthFailure:
+        user = verify_password(username, password)
+        return AuthFailure.INVALID if user is None else _user_principal(user)
+
+    def _authenticate_personal_access_token(
+        self, username: str, secret: str
+    ) -> Principal | AuthFailure | None:
+        """``None`` when no token of this user matches (then try the password)."""
+        user = find_user(username)
+        if user is None:
+            return None
+        candidates = db.session.scalars(
+            sa.select(PersonalAccessToken).where(PersonalAccessToken.user_id == user.id)
+        )
+        token = next((c for c in candidates if tokens.matches(secret, c.token_digest)), None)
+        if token is None:
+            return None
+        if user.blocked or not token.is_usable():
+            return AuthFailure.INVALID
+        if not _has_registry_scopes(token.scope_set, api_counts=True):
+            return AuthFailure.INSUFFICIENT_SCOPE
+        now = utcnow()
+        if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
+            token.last_used_at = now
+            db.session.commit()
+        return _pat_principal(token)
+
+    def _authenticate_deploy_token(
+        self, username: str, secret: str
+    ) -> Principal | AuthFailure | None:
+        """``None`` when no deploy token with this username matches."""
+        candidates = db.session.scalars(
+            sa.select(DeployToken).where(DeployToken.username == username)
+        )
+        token = next((c for c in candidates if tokens.matches(secret, c.token_digest)), None)
+        if token is None:
+            return None
+        if not token.is_usable():
+            return AuthFailure.INVALID
+        if not _has_registry_scopes(token.scope_set, api_counts=False):
+            return AuthFailure.INSUFFICIENT_SCOPE
+        return _deploy_token_principal(token)
+
+    def _authenticate_job(self, secret: str) -> Principal | AuthFailure:
+        if not secret.startswith(tokens.JOB_TOKEN_PREFIX):
+            return AuthFailure.INVALID
+        # The username is the same for every job, so the secret's digest is the
+        # key. Looking a 256-bit secret up by its digest reveals nothing usable.
+        job = db.session.scalar(sa.select(CiJob).where(CiJob.token_digest == tokens.digest(secret)))
+        if job is None or not job.is_running or job.user.blocked:
+            return AuthFailure.INVALID
+        return _job_principal(job)
+
+    def load_principal(self, subject: str) -> Principal | None:
+        actor = _resolve(subject)
+        if actor is None:
+            return None
+        if actor.job is not None:
+            return _job_principal(actor.job)
+        if actor.deploy_token is not None:
+            return _deploy_token_principal(actor.deploy_token)
+        if actor.personal_access_token is not None:
+            return _pat_principal(actor.personal_access_token)
+        assert actor.user is not None
+        return _user_principal(actor.user)
+
+    # -- access -------------------------------------------------------------
+
+    def can_read(self, principal: Principal, group: ProxyGroup) -> bool:
+        actor = _resolve(principal.subject)
+        target = db.session.get(Group, group.id)
+        if actor is None or target is None:
+            return False
+        if actor.deploy_token is not None:
+            return target.is_within(actor.deploy_token.group)
+        if actor.job is not None and target.top_level_path != actor.job.project.group.top_level_path:
+            return False
+        assert actor.user is not None
+        if actor.user.is_admin:
+            return True
+        role = highest_role(actor.user, target)
+        return role is not None and role >= _role_setting(
+            "DEPENDENCY_PROXY_MIN_READ_ROLE", MIN_READ_ROLE
+        )
+
+    def can_admin(self, principal: Principal, group: ProxyGroup) -> bool:
+        actor = _resolve(principal.subject)
+        target = db.session.get(Group, group.id)
+        if actor is None or target is None or actor.user is None or actor.job is not None:
+            return False
+        if actor.user.is_admin:
+            return True
+        role = highest_role(actor.user, target)
+        return role is not None and role >= _role_setting("DEPENDENCY_PROXY_ADMIN_ROLE", ADMIN_ROLE)
+
+
+def _resolve(subject: str) -> _Actor | None:
+    """Re-read a subject; ``None`` if it is unknown or no longer valid."""
+    kind, _, raw_id = subject.partition(":")
+    if not raw_id.isdigit():
+        return None
+    ident = int(raw_id)
+    if kind == "user":
+        user = db.session.get(User, ident)
+        if user is None or user.blocked:
+            return None
+        return _Actor(user=user)
+    if kind == "pat":
+        token = db.session.get(PersonalAccessToken, ident)
+        if (
+            token is None
+            or not token.is_usable()
+            or token.user.blocked
+            or not _has_registry_scopes(token.scope_set, api_counts=True)
+        ):
+            return None
+        return _Actor(user=token.user, personal_access_token=token)
+    if kind == "deploy_token":
+        deploy_token = db.session.get(DeployToken, ident)
+        if (
+            deploy_token is None
+            or not deploy_token.is_usable()
+            or not _has_registry_scopes(deploy_token.scope_set, api_counts=False)
+        ):
+            return None
+        return _Actor(deploy_token=deploy_token)
+    if kind == "job":
+        job = db.session.get(CiJob, ident)
+        if job is None or not job.is_running or job.user.blocked:
+            return None
+        return _Actor(user=job.user, job=job)
+    return None
+
+
+def _user_principal(user: User) -> Principal:
+    return Principal(kind=PrincipalKind.USER, subject=f"user:{user.id}", username=user.username)
+
+
+def _pat_principal(token: PersonalAccessToken) -> Principal:
+    return Principal(
+        kind=PrincipalKind.PERSONAL_ACCESS_TOKEN,
+        subject=f"pat:{token.id}",
+        username=token.user.username,
+        scopes=token.scope_set,
+    )
+
+
+def _deploy_token_principal(token: DeployToken) -> Principal:
+    return Principal(
+        kind=PrincipalKind.DEPLOY_TOKEN,
+        subject=f"deploy_token:{token.id}",
+        username=token.username,
+        scopes=token.scope_set,
+    )
+
+
+def _job_principal(job: CiJob) -> Principal:
+    return Principal(kind=PrincipalKind.JOB_TOKEN, subject=f"job:{job.id}", username=job.user.username)

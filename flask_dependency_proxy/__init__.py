@@ -1,0 +1,17 @@
+"""A group-scoped pull-through cache for container images, as a Flask extension."""
+
+from .ci import ci_variables
+from .config import ConfigError
+from .extension import DependencyProxy
+from .host import AuthFailure, Group, HostAdapter, Principal, PrincipalKind
+
+__all__ = [
+    "AuthFailure",
+    "ConfigError",
+    "DependencyProxy",
+    "Group",
+    "HostAdapter",
+    "Principal",
+    "PrincipalKind",
+    "ci_variables",
+]

@@ -1,0 +1,133 @@
+"""Who may pull what: credentials to principals, tokens to principals, principals to groups.
+
+Every registry request goes through :meth:`AccessControl.authorize_pull`, cache hits
+included. Answers from the host are remembered for ``PRINCIPAL_RECHECK_SECONDS`` so a
+warm pull does not cost the host several queries; that is also the bound on how long a
+blocked user or a revoked token keeps pulling with a registry token it already has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing as t
+
+from .errors import ErrorCode, RegistryError
+from .host import AuthFailure, Group, HostAdapter, Principal
+from .tokens import InvalidToken, TokenIssuer
+
+if t.TYPE_CHECKING:
+    from .models.repository import CacheMetadata
+
+_Entry = tuple[float, t.Any]
+
+
+class _TTLCache:
+    """A small thread-safe map whose entries expire; bounded so it cannot grow without end."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._data: dict[t.Hashable, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: t.Hashable) -> tuple[bool, t.Any]:
+        with self._lock:
+            entry = self._data.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: t.Hashable, value: t.Any) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._data) >= self.max_entries:
+                self._data.clear()
+            self._data[key] = (self._clock() + self.ttl, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+class AccessControl:
+    """Checks credentials and group access through the host adapter.
+
+    :param group_default_enabled: whether a group without settings has its proxy on.
+    """
+
+    def __init__(
+        self,
+        host: HostAdapter,
+        issuer: TokenIssuer,
+        metadata: CacheMetadata,
+        *,
+        recheck_seconds: float,
+        group_default_enabled: bool,
+    ) -> None:
+        self.host = host
+        self.issuer = issuer
+        self.metadata = metadata
+        self.group_default_enabled = group_default_enabled
+        self._principals = _TTLCache(recheck_seconds)
+        self._grants = _TTLCache(recheck_seconds)
+
+    def login(self, username: str, secret: str) -> Principal:
+        """Check a ``docker login`` credential.
+
+        :raises RegistryError: ``UNAUTHORIZED`` (401) for a bad credential, ``DENIED``
+            (403) for a genuine one without the registry scopes.
+        """
+        outcome = self.host.authenticate(username, secret)
+        if outcome is AuthFailure.INSUFFICIENT_SCOPE:
+            raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
+        if not isinstance(outcome, Principal):
+            raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
+        return outcome
+
+    def principal_for_token(self, token: str | None) -> Principal:
+        """:raises RegistryError: ``UNAUTHORIZED`` for a missing, bad or expired token, or a
+        principal the host no longer accepts."""
+        if not token:
+            raise RegistryError(ErrorCode.UNAUTHORIZED)
+        try:
+            claims = self.issuer.verify(token)
+        except InvalidToken as exc:
+            raise RegistryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        found, principal = self._principals.get(claims.subject)
+        if not found:
+            principal = self.host.load_principal(claims.subject)
+            self._principals.put(claims.subject, principal)
+        if principal is None:
+            raise RegistryError(ErrorCode.UNAUTHORIZED, "the credential is no longer valid")
+        return t.cast(Principal, principal)
+
+    def authorize_pull(self, principal: Principal, group_path: str) -> Group:
+        """The group a principal may pull through.
+
+        :raises RegistryError: ``NAME_UNKNOWN`` alike for an unknown group, no access, and
+            a disabled proxy, so a response never tells which.
+        """
+        key = (principal.subject, group_path)
+        found, group = self._grants.get(key)
+        if not found:
+            group = self._resolve_grant(principal, group_path)
+            self._grants.put(key, group)
+        if group is None:
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"group": group_path})
+        return t.cast(Group, group)
+
+    def _resolve_grant(self, principal: Principal, group_path: str) -> Group | None:
+        group = self.host.find_group(group_path)
+        if group is None or not self.host.can_read(principal, group):
+            return None
+        if not self.metadata.group_enabled(group.id, self.group_default_enabled):
+            return None
+        return group
+
+    def forget(self) -> None:
+        """Drop remembered answers, e.g. after a group's proxy was switched off here."""
+        self._principals.clear()
+        self._grants.clear()

@@ -1,0 +1,1 @@
+"""HTTP surfaces of the extension: registry API, token endpoint, pages, REST API."""

@@ -1,0 +1,165 @@
+"""The pull side of the registry API under ``/v2/``.
+
+Each view validates its input with :mod:`..reference`, checks access, calls one cache
+method, and builds a response. Writes answer 405 UNSUPPORTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from flask import Blueprint, Response, request, send_file
+
+from ..cache import BlobResult
+from ..errors import ErrorCode, RegistryError
+from ..extension import state
+from ..host import Group
+from ..inflight import FetchFailed
+from ..reference import ProxyPath, parse_proxy_path, validate_digest, validate_reference
+from ._registry_http import (
+    add_api_version,
+    challenge,
+    error_response,
+    handle_registry_error,
+    handle_unexpected,
+)
+
+log = logging.getLogger("flask_dependency_proxy")
+
+bp = Blueprint("dependency_proxy_registry", __name__)
+bp.register_error_handler(RegistryError, handle_registry_error)
+bp.register_error_handler(Exception, handle_unexpected)
+bp.after_request(add_api_version)
+
+_PULL_METHODS = ("GET", "HEAD")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: Header that marks a manifest served from the cache because upstream failed.
+STALE_HEADER = "X-Dependency-Proxy-Stale"
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _authorize(path: ProxyPath) -> Group:
+    """Check the token and the principal's access to the path's group."""
+    access = state(None).access
+    try:
+        principal = access.principal_for_token(_bearer_token())
+    except RegistryError as error:
+        # The scope tells clients which token to ask for on the retry.
+        error.headers.setdefault(
+            "WWW-Authenticate", challenge(f"repository:{path.repository}:pull")
+        )
+        raise
+    return access.authorize_pull(principal, path.group_path)
+
+
+def _refuse_writes() -> None:
+    if request.method not in _PULL_METHODS:
+        raise RegistryError(ErrorCode.UNSUPPORTED, "the dependency proxy is read-only")
+
+
+@bp.route("/v2/", methods=_ALL_METHODS)
+@bp.route("/v2", methods=_ALL_METHODS)
+def base() -> Response:
+    """API version check: 200 for a valid token, else the challenge that starts a login."""
+    _refuse_writes()
+    state(None).access.principal_for_token(_bearer_token())
+    return Response("{}", mimetype="application/json")
+
+
+@bp.route("/v2/<path:name>/manifests/<reference>", methods=_ALL_METHODS)
+def manifest(name: str, reference: str) -> Response:
+    _refuse_writes()
+    path = parse_proxy_path(name)
+    validate_reference(reference)
+    group = _authorize(path)
+    cache = state(None).cache
+    try:
+        result = cache.get_manifest(group.id, path, reference)
+    finally:
+        cache.finish_request()
+    response = Response(result.content, mimetype=result.media_type)
+    response.headers["Docker-Content-Digest"] = result.digest
+    response.headers["ETag"] = f'"{result.digest}"'
+    response.headers["Content-Length"] = str(len(result.content))
+    if result.stale:
+        response.headers[STALE_HEADER] = "true"
+        response.headers["Warning"] = '110 - "Response is Stale"'
+    return response
+
+
+@bp.route("/v2/<path:name>/blobs/<digest>", methods=_ALL_METHODS)
+def blob(name: str, digest: str) -> Response:
+    _refuse_writes()
+    path = parse_proxy_path(name)
+    validate_digest(digest)
+    group = _authorize(path)
+    cache = state(None).cache
+    try:
+        if request.method == "HEAD":
+            size = cache.head_blob(group.id, path, digest)
+            result = BlobResult(digest=digest, size=size)
+        else:
+            result = cache.get_blob(group.id, path, digest)
+    finally:
+        # The connection goes back to the pool before a single byte is sent.
+        cache.finish_request()
+    return _blob_response(result)
+
+
+def _blob_response(result: BlobResult) -> Response:
+    if result.path is not None:
+        # send_file hands the file to wsgi.file_wrapper (sendfile under gunicorn)
+        # and answers Range requests with 206.
+        response = send_file(
+            result.path,
+            mimetype="application/octet-stream",
+            conditional=True,
+            etag=False,
+            max_age=31536000,
+        )
+    elif result.stream is not None:
+        response = Response(
+            _abort_on_failure(result.stream, result.digest),
+            mimetype="application/octet-stream",
+            direct_passthrough=True,
+        )
+        if result.size is not None:
+            response.headers["Content-Length"] = str(result.size)
+    else:
+        response = Response(b"", mimetype="application/octet-stream")
+        if result.size is not None:
+            response.headers["Content-Length"] = str(result.size)
+    response.headers["Docker-Content-Digest"] = result.digest
+    response.headers["ETag"] = f'"{result.digest}"'
+    return response
+
+
+def _abort_on_failure(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
+    """Pass bytes through; on a broken fetch, end the response early so the client sees
+    a short transfer (and retries) instead of a wrong blob."""
+    try:
+        yield from stream
+    except FetchFailed as exc:
+        log.warning("aborting response for %s: %s", digest, exc)
+        raise
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+@bp.route("/v2/<path:rest>", methods=_ALL_METHODS)
+def unknown(rest: str) -> Response:
+    """Everything else under /v2/: catalog, uploads, tag lists, malformed paths."""
+    _refuse_writes()
+    if "/blobs/uploads" in f"/{rest}":
+        raise RegistryError(ErrorCode.UNSUPPORTED, "the dependency proxy is read-only")
+    return error_response(RegistryError(ErrorCode.NAME_UNKNOWN, detail={"path": rest[:200]}))

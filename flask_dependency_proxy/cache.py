@@ -1,0 +1,229 @@
+"""The pull-through rules: when to ask upstream, what to keep, what to serve.
+
+No Flask request objects here: the registry blueprint hands in validated values and
+turns the returned records into responses.
+
+- Tags go upstream first with a HEAD (free of Docker Hub's pull quota); only a changed
+  digest costs a GET. An unreachable upstream falls back to the cached copy.
+- Manifests by digest and blobs are immutable: served locally once cached.
+- A blob miss is fetched once and streamed to every client while it is verified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import typing as t
+
+from .errors import ErrorCode, RegistryError
+from .inflight import BlobFetcher
+from .models.repository import CacheMetadata, ManifestRecord
+from .models.tables import utcnow
+from .reference import ProxyPath, is_digest
+from .storage import FilesystemStore
+from .upstream import (
+    UpstreamClient,
+    UpstreamDigestMismatch,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestResult:
+    digest: str
+    media_type: str
+    content: bytes
+    #: Served from the cache because upstream could not be asked.
+    stale: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobResult:
+    """Either a committed file (``path``) or the bytes of a fetch in progress (``stream``)."""
+
+    digest: str
+    size: int | None
+    path: str | None = None
+    stream: t.Iterator[bytes] | None = None
+
+
+class PullThroughCache:
+    """Pull-through cache for one application.
+
+    :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
+    :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: FilesystemStore,
+        upstream: UpstreamClient,
+        metadata: CacheMetadata,
+        fetcher: BlobFetcher,
+        tag_check_interval: float = 0,
+        serve_stale_on_not_found: bool = False,
+        clock: t.Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.metadata = metadata
+        self.fetcher = fetcher
+        self.tag_check_interval = dt.timedelta(seconds=tag_check_interval)
+        self.serve_stale_on_not_found = serve_stale_on_not_found
+        self._clock = clock
+
+    # -- manifests -----------------------------------------------------------------
+
+    def get_manifest(self, group_id: int, path: ProxyPath, reference: str) -> ManifestResult:
+        """The manifest for a tag or digest, from the cache or upstream."""
+        if is_digest(reference):
+            return self._manifest_by_digest(group_id, path, reference)
+        return self._manifest_by_tag(group_id, path, reference)
+
+    def _manifest_by_digest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
+        cached = self.metadata.find_digest(group_id, path.image, digest)
+        if cached is not None:
+            self.metadata.touch_manifest(cached)
+            return _result(cached)
+        manifest = self._call_upstream(
+            lambda: self.upstream.get_manifest(path.upstream_repository, digest),
+            ErrorCode.MANIFEST_UNKNOWN,
+        )
+        record = self.metadata.save_manifest(
+            group_id, path.image, None,
+            digest=manifest.digest, media_type=manifest.media_type, content=manifest.content,
+        )
+        return _result(record)
+
+    def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
+        cached = self.metadata.find_tag(group_id, path.image, tag)
+        if cached is not None and self._clock() - cached.checked_at < self.tag_check_interval:
+            self.metadata.touch_manifest(cached)
+            return _result(cached)
+        try:
+            head = self.upstream.head_manifest(path.upstream_repository, tag)
+        except UpstreamNotFound:
+            if cached is not None and self.serve_stale_on_not_found:
+                log.warning("upstream no longer has %s:%s; serving the cached copy", path.image, tag)
+                return _result(cached, stale=True)
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, detail={"name": path.image, "tag": tag}
+            ) from None
+        except UpstreamError as exc:
+            if cached is not None:
+                log.warning("upstream failed for %s:%s (%s); serving the cached copy",
+                            path.image, tag, exc)
+                return _result(cached, stale=True)
+            raise _unavailable(exc) from exc
+
+        if cached is not None and cached.digest == head.digest:
+            if self.tag_check_interval:
+                self.metadata.mark_checked(cached)
+            self.metadata.touch_manifest(cached)
+            return _result(cached)
+
+        # The tag is new or moved. A manifest this group already holds by digest
+        # (pulled by digest earlier) needs no GET.
+        known = self.metadata.find_digest(group_id, path.image, head.digest)
+        if known is not None:
+            digest, media_type, content = known.digest, known.media_type, known.content
+        else:
+            try:
+                manifest = self.upstream.get_manifest(path.upstream_repository, tag)
+            except UpstreamError as exc:
+                if cached is not None and not isinstance(exc, UpstreamDigestMismatch):
+                    return _result(cached, stale=True)
+                raise _translate(exc, ErrorCode.MANIFEST_UNKNOWN) from exc
+            digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
+        record = self.metadata.save_manifest(
+            group_id, path.image, tag, digest=digest, media_type=media_type, content=content
+        )
+        return _result(record)
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def get_blob(self, group_id: int, path: ProxyPath, digest: str) -> BlobResult:
+        """A blob from the store, or a stream of an upstream fetch that caches it."""
+        record = self.metadata.find_blob(group_id, digest)
+        if record is not None:
+            size = self.store.size(digest)
+            if size is not None:
+                self.metadata.touch_blob(record)
+                return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+
+        repository = path.upstream_repository
+        size = self.store.size(digest)
+        if size is not None:
+            # Another group cached these bytes. This group may only have them if its
+            # upstream serves them to it: a HEAD settles that without a download.
+            self._call_upstream(
+                lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
+            )
+            self.metadata.record_blob(group_id, digest, size)
+            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+
+        fetch = self._call_upstream(
+            lambda: self.fetcher.fetch(digest, lambda: self.upstream.open_blob(repository, digest)),
+            ErrorCode.BLOB_UNKNOWN,
+        )
+        fetch.on_commit(lambda written: self.metadata.record_blob(group_id, digest, written))
+        return BlobResult(digest=digest, size=fetch.size, stream=fetch.follow(self.store))
+
+    def head_blob(self, group_id: int, path: ProxyPath, digest: str) -> int | None:
+        """The size of a blob, without downloading it when it is not cached."""
+        record = self.metadata.find_blob(group_id, digest)
+        if record is not None:
+            size = self.store.size(digest)
+            if size is not None:
+                return size
+        repository = path.upstream_repository
+        size = self._call_upstream(
+            lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
+        )
+        return t.cast("int | None", size)
+
+    def finish_request(self) -> None:
+        """Write batched bookkeeping, then free the database connection."""
+        try:
+            self.metadata.flush_reads()
+        finally:
+            self.metadata.release()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _call_upstream(self, call: t.Callable[[], t.Any], not_found: ErrorCode) -> t.Any:
+        try:
+            return call()
+        except UpstreamError as exc:
+            raise _translate(exc, not_found) from exc
+
+
+def _result(record: ManifestRecord, stale: bool = False) -> ManifestResult:
+    return ManifestResult(
+        digest=record.digest, media_type=record.media_type, content=record.content, stale=stale
+    )
+
+
+def _translate(exc: UpstreamError, not_found: ErrorCode) -> RegistryError:
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(not_found)
+    if isinstance(exc, UpstreamDigestMismatch):
+        return RegistryError(
+            ErrorCode.UNAVAILABLE, "upstream sent content that does not match its digest"
+        )
+    return _unavailable(exc)
+
+
+def _unavailable(exc: UpstreamError) -> RegistryError:
+    headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+    if isinstance(exc, UpstreamRateLimited):
+        return RegistryError(
+            ErrorCode.TOOMANYREQUESTS, "upstream registry rate limit reached", headers=headers
+        )
+    return RegistryError(ErrorCode.UNAVAILABLE, headers=headers)

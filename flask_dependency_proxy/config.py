@@ -1,0 +1,188 @@
+"""Configuration keys, their defaults, and validation at ``init_app`` time.
+
+Every key is read once, when the extension is registered; a bad value fails the
+application's start instead of its first pull.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+from urllib.parse import urlsplit
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+#: Switches every registry route of the extension on or off.
+ENABLED = True
+#: The registry images are pulled from. Docker Hub by default.
+UPSTREAM_URL = "https://registry-1.docker.io"
+#: Optional credentials for the upstream (e.g. a paid Docker Hub account).
+UPSTREAM_USERNAME: str | None = None
+UPSTREAM_PASSWORD: str | None = None
+#: Seconds to wait for a TCP connection to the upstream.
+UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
+#: Seconds to wait between two reads from the upstream.
+UPSTREAM_READ_TIMEOUT_SECONDS = 60.0
+#: Extra attempts on a connection error, 5xx or 429 before a response has started.
+UPSTREAM_RETRIES = 2
+#: The URL clients use to reach this application (token realm, image prefix, CI
+#: variables). ``None`` derives it from each request's host.
+EXTERNAL_URL: str | None = None
+#: Folder of the filesystem blob store. ``None`` means ``<instance folder>/dependency_proxy``.
+STORAGE_PATH: str | None = None
+#: Lifetime of a registry token, in seconds.
+TOKEN_TTL = 900
+#: Seconds during which a token's principal is trusted without asking the host again;
+#: the bound on how long a blocked user or revoked token keeps pulling.
+PRINCIPAL_RECHECK_SECONDS = 30
+#: Seconds during which a tag is served from the cache without asking upstream.
+#: ``0`` asks upstream (a free HEAD) on every tag pull.
+TAG_CHECK_INTERVAL = 0
+#: Serve a cached tag that upstream now answers 404 for (instead of 404).
+SERVE_STALE_ON_UPSTREAM_NOT_FOUND = False
+#: Whether a group whose owners never touched the setting has the proxy on.
+GROUP_DEFAULT_ENABLED = False
+#: Username that CI job tokens log in with.
+JOB_TOKEN_USERNAME = "gitlab-ci-token"
+#: Last-read times are written at most this often per row (they drive cleanup by days).
+READ_TIME_GRANULARITY_SECONDS = 3600
+
+_PREFIX = "DEPENDENCY_PROXY_"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """The validated configuration of one application."""
+
+    enabled: bool
+    upstream_url: str
+    upstream_username: str | None
+    upstream_password: str | None
+    upstream_connect_timeout_seconds: float
+    upstream_read_timeout_seconds: float
+    upstream_retries: int
+    external_url: str | None
+    storage_path: str
+    token_ttl: int
+    principal_recheck_seconds: float
+    tag_check_interval: float
+    serve_stale_on_upstream_not_found: bool
+    group_default_enabled: bool
+    job_token_username: str
+    read_time_granularity_seconds: float
+
+
+class ConfigError(ValueError):
+    """A ``DEPENDENCY_PROXY_*`` key has a value the extension cannot use."""
+
+
+def _defaults() -> dict[str, t.Any]:
+    module = globals()
+    return {
+        f"{_PREFIX}{field.name.upper()}": module[field.name.upper()]
+        for field in dataclasses.fields(ProxyConfig)
+        if field.name.upper() in module
+    }
+
+
+def _coerce_bool(key: str, value: t.Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return value.lower() in {"1", "true", "yes", "on"}
+    raise ConfigError(f"{key} must be true or false, not {value!r}.")
+
+
+def _coerce_number(key: str, value: t.Any, kind: type[int] | type[float], minimum: float) -> t.Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, not {value!r}.") from None
+    if number < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, not {value!r}.")
+    return number
+
+
+def _coerce_url(key: str, value: t.Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a URL string, not {value!r}.")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"{key} must be an http:// or https:// URL, not {value!r}.")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key} must not have a query or fragment: {value!r}.")
+    return value.rstrip("/")
+
+
+def load_config(app: Flask) -> ProxyConfig:
+    """Apply defaults to ``app.config`` and validate every ``DEPENDENCY_PROXY_*`` key.
+
+    :raises ConfigError: naming the key and what it accepts.
+    """
+    for key, value in _defaults().items():
+        app.config.setdefault(key, value)
+    if app.config[f"{_PREFIX}STORAGE_PATH"] is None:
+        app.config[f"{_PREFIX}STORAGE_PATH"] = os.path.join(app.instance_path, "dependency_proxy")
+
+    c = app.config
+    external = c[f"{_PREFIX}EXTERNAL_URL"]
+    username = c[f"{_PREFIX}UPSTREAM_USERNAME"] or None
+    password = c[f"{_PREFIX}UPSTREAM_PASSWORD"] or None
+    if bool(username) != bool(password):
+        raise ConfigError(
+            f"Set both {_PREFIX}UPSTREAM_USERNAME and {_PREFIX}UPSTREAM_PASSWORD, or neither."
+        )
+    job_username = c[f"{_PREFIX}JOB_TOKEN_USERNAME"]
+    if not isinstance(job_username, str) or not job_username:
+        raise ConfigError(f"{_PREFIX}JOB_TOKEN_USERNAME must be a non-empty string.")
+    storage_path = c[f"{_PREFIX}STORAGE_PATH"]
+    if not isinstance(storage_path, str | os.PathLike):
+        raise ConfigError(f"{_PREFIX}STORAGE_PATH must be a folder path, not {storage_path!r}.")
+    return ProxyConfig(
+        enabled=_coerce_bool(f"{_PREFIX}ENABLED", c[f"{_PREFIX}ENABLED"]),
+        upstream_url=_coerce_url(f"{_PREFIX}UPSTREAM_URL", c[f"{_PREFIX}UPSTREAM_URL"]),
+        upstream_username=username,
+        upstream_password=password,
+        upstream_connect_timeout_seconds=_coerce_number(
+            f"{_PREFIX}UPSTREAM_CONNECT_TIMEOUT_SECONDS",
+            c[f"{_PREFIX}UPSTREAM_CONNECT_TIMEOUT_SECONDS"],
+            float,
+            0.001,
+        ),
+        upstream_read_timeout_seconds=_coerce_number(
+            f"{_PREFIX}UPSTREAM_READ_TIMEOUT_SECONDS",
+            c[f"{_PREFIX}UPSTREAM_READ_TIMEOUT_SECONDS"],
+            float,
+            0.001,
+        ),
+        upstream_retries=_coerce_number(
+            f"{_PREFIX}UPSTREAM_RETRIES", c[f"{_PREFIX}UPSTREAM_RETRIES"], int, 0
+        ),
+        external_url=None if external in (None, "") else _coerce_url(
+            f"{_PREFIX}EXTERNAL_URL", external
+        ),
+        storage_path=os.fspath(storage_path),
+        token_ttl=_coerce_number(f"{_PREFIX}TOKEN_TTL", c[f"{_PREFIX}TOKEN_TTL"], int, 1),
+        principal_recheck_seconds=_coerce_number(
+            f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS", c[f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS"], float, 0
+        ),
+        tag_check_interval=_coerce_number(
+            f"{_PREFIX}TAG_CHECK_INTERVAL", c[f"{_PREFIX}TAG_CHECK_INTERVAL"], float, 0
+        ),
+        serve_stale_on_upstream_not_found=_coerce_bool(
+            f"{_PREFIX}SERVE_STALE_ON_UPSTREAM_NOT_FOUND",
+            c[f"{_PREFIX}SERVE_STALE_ON_UPSTREAM_NOT_FOUND"],
+        ),
+        group_default_enabled=_coerce_bool(
+            f"{_PREFIX}GROUP_DEFAULT_ENABLED", c[f"{_PREFIX}GROUP_DEFAULT_ENABLED"]
+        ),
+        job_token_username=job_username,
+        read_time_granularity_seconds=_coerce_number(
+            f"{_PREFIX}READ_TIME_GRANULARITY_SECONDS",
+            c[f"{_PREFIX}READ_TIME_GRANULARITY_SECONDS"],
+            float,
+            0,
+        ),
+    )

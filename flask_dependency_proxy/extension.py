@@ -1,0 +1,153 @@
+"""The ``DependencyProxy`` extension object: configuration and wiring, nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from .access import AccessControl
+from .cache import PullThroughCache
+from .config import ProxyConfig, load_config
+from .host import HostAdapter
+from .inflight import BlobFetcher
+from .models.repository import CacheMetadata
+from .storage import FilesystemStore
+from .tokens import TokenIssuer
+from .upstream import UpstreamClient
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+#: The key under ``app.extensions``.
+EXTENSION_KEY = "dependency_proxy"
+
+
+@dataclasses.dataclass
+class ProxyState:
+    """Everything the extension keeps for one application."""
+
+    config: ProxyConfig
+    host: HostAdapter
+    metadata: CacheMetadata
+    access: AccessControl
+    issuer: TokenIssuer
+    store: FilesystemStore
+    upstream: UpstreamClient
+    cache: PullThroughCache
+
+
+class DependencyProxy:
+    """A group-scoped pull-through cache for container images.
+
+    :param app: register on this application at once (or call :meth:`init_app` later).
+    :param db: the host's Flask-SQLAlchemy object; the extension's tables live in its database.
+    :param host: the host adapter (see :class:`~flask_dependency_proxy.host.HostAdapter`).
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, db: SQLAlchemy, host: HostAdapter | None = None
+    ) -> None:
+        self.db = db
+        self.host = host
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, host: HostAdapter | None = None) -> None:
+        """Validate configuration, build the per-app state, register routes and CLI.
+
+        :raises RuntimeError: when registered twice on the same app, or without a host.
+        :raises ConfigError: for a bad ``DEPENDENCY_PROXY_*`` value.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A 'DependencyProxy' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        adapter = host or self.host
+        if adapter is None:
+            raise RuntimeError(
+                "DependencyProxy needs a host adapter: pass host=... to DependencyProxy()"
+                " or init_app(). See flask_dependency_proxy.host.HostAdapter."
+            )
+        if not isinstance(adapter, HostAdapter):
+            raise TypeError(f"{adapter!r} does not implement HostAdapter.")
+        if "sqlalchemy" not in app.extensions:
+            raise RuntimeError(
+                "Register Flask-SQLAlchemy (db.init_app(app)) before DependencyProxy."
+            )
+        config = load_config(app)
+        secret = app.config.get("SECRET_KEY")
+        if not secret:
+            raise RuntimeError("DependencyProxy signs registry tokens with SECRET_KEY: set it.")
+        fallbacks = list(app.config.get("SECRET_KEY_FALLBACKS") or [])
+
+        metadata = CacheMetadata(
+            app, self.db, read_granularity_seconds=config.read_time_granularity_seconds
+        )
+        issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
+        store = FilesystemStore(config.storage_path)
+        credentials = (
+            (config.upstream_username, config.upstream_password)
+            if config.upstream_username and config.upstream_password
+            else None
+        )
+        upstream = UpstreamClient(
+            config.upstream_url,
+            credentials=credentials,
+            connect_timeout=config.upstream_connect_timeout_seconds,
+            read_timeout=config.upstream_read_timeout_seconds,
+            retries=config.upstream_retries,
+        )
+        fetcher = BlobFetcher(store, start_timeout=config.upstream_read_timeout_seconds)
+        cache = PullThroughCache(
+            store=store,
+            upstream=upstream,
+            metadata=metadata,
+            fetcher=fetcher,
+            tag_check_interval=config.tag_check_interval,
+            serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
+        )
+        access = AccessControl(
+            adapter,
+            issuer,
+            metadata,
+            recheck_seconds=config.principal_recheck_seconds,
+            group_default_enabled=config.group_default_enabled,
+        )
+        app.extensions[EXTENSION_KEY] = ProxyState(
+            config=config,
+            host=adapter,
+            metadata=metadata,
+            access=access,
+            issuer=issuer,
+            store=store,
+            upstream=upstream,
+            cache=cache,
+        )
+
+        from .blueprints import registry, token
+        from .cli import cli
+
+        if config.enabled:
+            app.register_blueprint(registry.bp)
+            app.register_blueprint(token.bp)
+        app.cli.add_command(cli)
+
+    def create_all(self) -> None:
+        """Create the extension's tables in the host's database (inside an app context)."""
+        state(None).metadata.create_all()
+
+
+def state(app: Flask | None) -> ProxyState:
+    """The extension's state for ``app`` (the current app when ``None``)."""
+    if app is None:
+        from flask import current_app
+
+        app = t.cast("Flask", current_app)
+    try:
+        return t.cast(ProxyState, app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "DependencyProxy is not registered on this app: call DependencyProxy.init_app(app)."
+        ) from None

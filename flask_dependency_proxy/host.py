@@ -1,0 +1,86 @@
+"""The one seam between the extension and the platform that hosts it.
+
+The extension never imports the host's models. The host hands it an object that
+satisfies :class:`HostAdapter`; the extension only ever sees the small value
+objects defined here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing as t
+
+
+class PrincipalKind(str, enum.Enum):
+    """What kind of credential a principal logged in with."""
+
+    USER = "user"
+    PERSONAL_ACCESS_TOKEN = "personal_access_token"
+    DEPLOY_TOKEN = "deploy_token"
+    JOB_TOKEN = "job_token"
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group of the host platform, as the extension needs to see it.
+
+    :param id: the host's primary key; stored in the extension's tables as a plain column.
+    :param full_path: ``parent/child`` path as it appears in image names.
+    """
+
+    id: int
+    full_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who a registry token was issued to.
+
+    :param kind: the credential kind that authenticated.
+    :param subject: a stable string the host can resolve again with
+        :meth:`HostAdapter.load_principal`, e.g. ``"user:7"`` or ``"deploy_token:3"``.
+        It is written into registry tokens, so it must never contain a secret.
+    :param username: shown in logs and token responses.
+    :param scopes: the credential's scopes; empty for a password login.
+    """
+
+    kind: PrincipalKind
+    subject: str
+    username: str
+    scopes: frozenset[str] = frozenset()
+
+
+class AuthFailure(enum.Enum):
+    """Why :meth:`HostAdapter.authenticate` refused a credential."""
+
+    #: Unknown user, wrong secret, blocked user, expired or revoked token,
+    #: finished job. Answered with 401.
+    INVALID = "invalid"
+    #: The credential is genuine but lacks the registry scopes. Answered with 403.
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
+@t.runtime_checkable
+class HostAdapter(t.Protocol):
+    """What the extension asks of its host platform.
+
+    Every method is called inside an application context, so the host may use its
+    own database session. ``examples/platform/host.py`` is a complete implementation.
+    """
+
+    def find_group(self, full_path: str) -> Group | None:
+        """Return the group with this full path (already lowercased), or ``None``."""
+
+    def authenticate(self, username: str, secret: str) -> Principal | AuthFailure:
+        """Check a username and a secret (password or any token the host issues)."""
+
+    def load_principal(self, subject: str) -> Principal | None:
+        """Resolve :attr:`Principal.subject` again; ``None`` once it is no longer valid
+        (user blocked, token revoked or expired, job finished)."""
+
+    def can_read(self, principal: Principal, group: Group) -> bool:
+        """Whether the principal may pull through the group's proxy."""
+
+    def can_admin(self, principal: Principal, group: Group) -> bool:
+        """Whether the principal may change the group's proxy settings and purge its cache."""

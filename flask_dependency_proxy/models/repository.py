@@ -1,0 +1,271 @@
+"""Reads and writes of cache metadata through the host's Flask-SQLAlchemy session.
+
+The cache service sees only the frozen records returned here, never ORM objects, so
+nothing it holds can lazily reach back into the database while bytes stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import time
+import typing as t
+
+import sqlalchemy as sa
+from flask import has_app_context
+from sqlalchemy.exc import IntegrityError
+
+from .tables import CachedBlob, CachedManifest, GroupSettings, Status, metadata, utcnow
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+#: Buffered last-read times are written when this many seconds passed since the last write.
+_READ_FLUSH_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRecord:
+    id: int
+    digest: str
+    media_type: str
+    content: bytes
+    checked_at: dt.datetime
+    last_read_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobRecord:
+    id: int
+    digest: str
+    size: int
+    last_read_at: dt.datetime
+
+
+def _manifest_record(row: CachedManifest) -> ManifestRecord:
+    return ManifestRecord(
+        id=row.id,
+        digest=row.digest,
+        media_type=row.media_type,
+        content=row.content,
+        checked_at=row.checked_at,
+        last_read_at=row.last_read_at,
+    )
+
+
+class CacheMetadata:
+    """Cache metadata of one application.
+
+    :param app: the application whose context is pushed for calls made outside a
+        request (the thread that commits a fetched blob).
+    :param db: the host's ``SQLAlchemy`` extension object.
+    :param read_granularity_seconds: a row's last-read time is rewritten at most this often.
+    """
+
+    def __init__(self, app: Flask, db: SQLAlchemy, *, read_granularity_seconds: float) -> None:
+        self._app = app
+        self._db = db
+        self._read_granularity = dt.timedelta(seconds=read_granularity_seconds)
+        self._pending_reads: dict[tuple[type, int], dt.datetime] = {}
+        self._reads_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    @property
+    def session(self) -> t.Any:
+        return self._db.session
+
+    def create_all(self) -> None:
+        """Create the extension's tables in the host's database (harmless when they exist)."""
+        metadata.create_all(bind=self._db.engine)
+
+    def release(self) -> None:
+        """Hand the connection back to the pool before a long transfer starts."""
+        self.session.remove()
+
+    # -- group settings ---------------------------------------------------------------
+
+    def group_enabled(self, group_id: int, default: bool) -> bool:
+        enabled = self.session.execute(
+            sa.select(GroupSettings.enabled).where(GroupSettings.group_id == group_id)
+        ).scalar_one_or_none()
+        return default if enabled is None else bool(enabled)
+
+    def set_group_enabled(self, group_id: int, enabled: bool) -> None:
+        settings = self.session.get(GroupSettings, group_id)
+        if settings is None:
+            settings = GroupSettings(group_id=group_id)
+            self.session.add(settings)
+        settings.enabled = enabled
+        settings.updated_at = utcnow()
+        self.session.commit()
+
+    # -- manifests --------------------------------------------------------------------
+
+    def find_tag(self, group_id: int, image: str, tag: str) -> ManifestRecord | None:
+        row = self.session.execute(
+            sa.select(CachedManifest).where(
+                CachedManifest.group_id == group_id,
+                CachedManifest.image == image,
+                CachedManifest.tag == tag,
+                CachedManifest.status == Status.DEFAULT,
+            )
+        ).scalar_one_or_none()
+        return None if row is None else _manifest_record(row)
+
+    def find_digest(self, group_id: int, image: str, digest: str) -> ManifestRecord | None:
+        row = self.session.execute(
+            sa.select(CachedManifest)
+            .where(
+                CachedManifest.group_id == group_id,
+                CachedManifest.image == image,
+                CachedManifest.digest == digest,
+                CachedManifest.status == Status.DEFAULT,
+            )
+            .limit(1)
+        ).scalar_one_or_none()
+        return None if row is None else _manifest_record(row)
+
+    def save_manifest(
+        self,
+        group_id: int,
+        image: str,
+        tag: str | None,
+        *,
+        digest: str,
+        media_type: str,
+        content: bytes,
+    ) -> ManifestRecord:
+        """Store a manifest pulled by tag (replacing the tag's previous digest) or by digest."""
+        now = utcnow()
+        values = {
+            "digest": digest,
+            "media_type": media_type,
+            "content": content,
+            "size": len(content),
+            "status": Status.DEFAULT,
+            "updated_at": now,
+            "checked_at": now,
+            "last_read_at": now,
+        }
+        for _attempt in range(2):
+            if tag is None:
+                query = sa.select(CachedManifest).where(
+                    CachedManifest.group_id == group_id,
+                    CachedManifest.image == image,
+                    CachedManifest.digest == digest,
+                ).limit(1)
+            else:
+                query = sa.select(CachedManifest).where(
+                    CachedManifest.group_id == group_id,
+                    CachedManifest.image == image,
+                    CachedManifest.tag == tag,
+                )
+            row = self.session.execute(query).scalar_one_or_none()
+            if row is None:
+                row = CachedManifest(group_id=group_id, image=image, tag=tag, created_at=now)
+                self.session.add(row)
+            elif row.digest != digest or row.status != Status.DEFAULT:
+                row.created_at = now
+            for key, value in values.items():
+                setattr(row, key, value)
+            try:
+                self.session.commit()
+            except IntegrityError:
+                # Another worker inserted the same tag at the same moment: update theirs.
+                self.session.rollback()
+                continue
+            return _manifest_record(row)
+        raise RuntimeError(f"could not save manifest {image}:{tag or digest}")
+
+    def mark_checked(self, record: ManifestRecord) -> None:
+        """Remember that upstream confirmed this tag now (used by the tag check interval)."""
+        self.session.execute(
+            sa.update(CachedManifest)
+            .where(CachedManifest.id == record.id)
+            .values(checked_at=utcnow())
+        )
+        self.session.commit()
+
+    # -- blobs --------------------------------------------------------------------------
+
+    def find_blob(self, group_id: int, digest: str) -> BlobRecord | None:
+        row = self.session.execute(
+            sa.select(CachedBlob.id, CachedBlob.size, CachedBlob.last_read_at).where(
+                CachedBlob.group_id == group_id,
+                CachedBlob.digest == digest,
+                CachedBlob.status == Status.DEFAULT,
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return BlobRecord(id=row.id, digest=digest, size=row.size, last_read_at=row.last_read_at)
+
+    def record_blob(self, group_id: int, digest: str, size: int) -> None:
+        """Claim a committed blob file for a group; safe to call from any thread."""
+        if has_app_context():
+            self._upsert_blob(group_id, digest, size)
+            return
+        with self._app.app_context():
+            self._upsert_blob(group_id, digest, size)
+
+    def _upsert_blob(self, group_id: int, digest: str, size: int) -> None:
+        now = utcnow()
+        for _attempt in range(2):
+            row = self.session.execute(
+                sa.select(CachedBlob).where(
+                    CachedBlob.group_id == group_id, CachedBlob.digest == digest
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                self.session.add(
+                    CachedBlob(group_id=group_id, digest=digest, size=size, created_at=now,
+                               last_read_at=now)
+                )
+            else:
+                if row.status != Status.DEFAULT:
+                    row.created_at = now
+                row.status = Status.DEFAULT
+                row.size = size
+                row.last_read_at = now
+            try:
+                self.session.commit()
+                return
+            except IntegrityError:
+                self.session.rollback()
+
+    # -- last-read times ----------------------------------------------------------------
+
+    def touch_manifest(self, record: ManifestRecord) -> None:
+        self._touch(CachedManifest, record.id, record.last_read_at)
+
+    def touch_blob(self, record: BlobRecord) -> None:
+        self._touch(CachedBlob, record.id, record.last_read_at)
+
+    def _touch(self, table: type, row_id: int, last_read_at: dt.datetime) -> None:
+        now = utcnow()
+        if now - last_read_at < self._read_granularity:
+            return
+        with self._reads_lock:
+            self._pending_reads[(table, row_id)] = now
+
+    def flush_reads(self, force: bool = False) -> int:
+        """Write buffered last-read times, one UPDATE per table; returns the rows written."""
+        with self._reads_lock:
+            due = force or time.monotonic() - self._last_flush >= _READ_FLUSH_SECONDS
+            if not due or not self._pending_reads:
+                return 0
+            pending, self._pending_reads = self._pending_reads, {}
+            self._last_flush = time.monotonic()
+        by_table: dict[type, list[int]] = {}
+        for (table, row_id) in pending:
+            by_table.setdefault(table, []).append(row_id)
+        now = max(pending.values())
+        for table, ids in by_table.items():
+            column = table.id  # type: ignore[attr-defined]
+            self.session.execute(
+                sa.update(table).where(column.in_(ids)).values(last_read_at=now)
+            )
+        self.session.commit()
+        return len(pending)

@@ -1,0 +1,95 @@
+"""The extension's tables, on their own metadata, in the host's database.
+
+Group ids are plain integer columns (no foreign key), so the host keeps its schema
+and its migrations to itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+#: Every table of the extension starts with this, so it never collides with the host's.
+TABLE_PREFIX = "dependency_proxy_"
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, stored the same way on SQLite and PostgreSQL."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(orm.DeclarativeBase):
+    metadata = metadata
+
+
+class Status(enum.IntEnum):
+    """Life cycle of a cached row. Rows pending destruction are never served."""
+
+    DEFAULT = 0
+    PENDING_DESTRUCTION = 1
+
+
+class GroupSettings(Base):
+    __tablename__ = f"{TABLE_PREFIX}group_settings"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    enabled: orm.Mapped[bool] = orm.mapped_column(sa.Boolean, default=False)
+    cleanup_enabled: orm.Mapped[bool] = orm.mapped_column(sa.Boolean, default=False)
+    cleanup_days: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=90)
+    purged_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class CachedManifest(Base):
+    """A manifest a group pulled. ``tag`` is ``NULL`` for manifests pulled by digest only
+    (such as the platform manifests of an index)."""
+
+    __tablename__ = f"{TABLE_PREFIX}manifests"
+    __table_args__ = (
+        sa.UniqueConstraint("group_id", "image", "tag", name=f"uq_{TABLE_PREFIX}manifests_tag"),
+        sa.Index(f"ix_{TABLE_PREFIX}manifests_digest", "group_id", "image", "digest"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, index=True)
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    tag: orm.Mapped[str | None] = orm.mapped_column(sa.String(128))
+    digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    media_type: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    content: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)
+    status: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=Status.DEFAULT)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    #: When upstream last confirmed this tag's digest (drives the tag check interval).
+    checked_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    last_read_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class CachedBlob(Base):
+    """A group's claim on a content-addressed blob file; files are shared between groups."""
+
+    __tablename__ = f"{TABLE_PREFIX}blobs"
+    __table_args__ = (
+        sa.UniqueConstraint("group_id", "digest", name=f"uq_{TABLE_PREFIX}blobs_digest"),
+        sa.Index(f"ix_{TABLE_PREFIX}blobs_file", "digest"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    status: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=Status.DEFAULT)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    last_read_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)

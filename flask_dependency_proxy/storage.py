@@ -1,0 +1,76 @@
+"""Content-addressed blob storage: bytes by digest, staged and committed atomically.
+
+Knows files and digests; nothing of the database, the upstream or HTTP. A blob is
+written to a staging file while it is fetched and becomes visible under its digest
+only through :meth:`FilesystemStore.commit`, an atomic rename after verification.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import typing as t
+
+
+class FilesystemStore:
+    """Blobs under ``<root>/blobs/<algorithm>/<2 hex>/<hex>``, staging under ``<root>/staging``.
+
+    Staging and final files share a filesystem, so a commit is a ``rename``.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._staging = os.path.join(self.root, "staging")
+        os.makedirs(self._staging, exist_ok=True)
+        os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
+
+    def path(self, digest: str) -> str:
+        """The final location of a blob. ``digest`` must already be validated."""
+        algorithm, hex_digest = digest.split(":", 1)
+        return os.path.join(self.root, "blobs", algorithm, hex_digest[:2], hex_digest)
+
+    def size(self, digest: str) -> int | None:
+        """The size of a committed blob, or ``None`` when it is not stored."""
+        try:
+            return os.stat(self.path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: str) -> t.BinaryIO:
+        """Open a committed blob for reading.
+
+        :raises FileNotFoundError: when it is not stored.
+        """
+        return open(self.path(digest), "rb")
+
+    def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
+        """Create a new, empty staging file for a blob being fetched.
+
+        Each call gets its own file, so an abandoned fetch never collides with a new one.
+        """
+        algorithm, hex_digest = digest.split(":", 1)
+        fd, staging_path = tempfile.mkstemp(
+            prefix=f"{algorithm}-{hex_digest}.", suffix=".partial", dir=self._staging
+        )
+        return staging_path, os.fdopen(fd, "wb")
+
+    def commit(self, staging_path: str, digest: str) -> None:
+        """Publish a fully written and verified staging file under its digest."""
+        final = self.path(digest)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(staging_path, final)
+
+    def discard(self, staging_path: str) -> None:
+        """Remove a staging file that will not be committed."""
+        try:
+            os.unlink(staging_path)
+        except FileNotFoundError:
+            pass
+
+    def delete(self, digest: str) -> bool:
+        """Remove a committed blob; ``False`` when it was not there."""
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True

@@ -1,0 +1,100 @@
+"""Reference grammar: what reaches storage, SQL and upstream is validated here first."""
+
+from __future__ import annotations
+
+import pytest
+
+from flask_dependency_proxy.errors import ErrorCode, RegistryError
+from flask_dependency_proxy.reference import (
+    merge_accept,
+    parse_proxy_path,
+    validate_digest,
+    validate_reference,
+)
+
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("name", "group", "image", "upstream"),
+    [
+        ("acme/dependency_proxy/containers/alpine", "acme", "alpine", "library/alpine"),
+        ("Acme/Team/dependency_proxy/containers/bitnami/redis", "acme/team", "bitnami/redis",
+         "bitnami/redis"),
+        ("a/dependency_proxy/containers/x.y__z-1/w", "a", "x.y__z-1/w", "x.y__z-1/w"),
+    ],
+)
+def test_parse_proxy_path(name: str, group: str, image: str, upstream: str) -> None:
+    path = parse_proxy_path(name)
+    assert (path.group_path, path.image, path.upstream_repository) == (group, image, upstream)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("acme/alpine", ErrorCode.NAME_UNKNOWN),
+        ("acme/dependency_proxy/containers/Alpine", ErrorCode.NAME_INVALID),
+        ("acme/dependency_proxy/containers/../etc", ErrorCode.NAME_INVALID),
+        ("acme/dependency_proxy/containers/a//b", ErrorCode.NAME_INVALID),
+        ("acme/dependency_proxy/containers/-a", ErrorCode.NAME_INVALID),
+        ("../x/dependency_proxy/containers/alpine", ErrorCode.NAME_INVALID),
+        ("acme/dependency_proxy/containers/" + "a" * 256, ErrorCode.NAME_INVALID),
+        ("acme/dependency_proxy/containers/a%2fb", ErrorCode.NAME_INVALID),
+    ],
+)
+def test_parse_proxy_path_rejects(name: str, code: ErrorCode) -> None:
+    with pytest.raises(RegistryError) as info:
+        parse_proxy_path(name)
+    assert info.value.code is code
+
+
+@pytest.mark.parametrize("ref", ["latest", "v1.2.3-rc_1", "_x", "A" * 128, DIGEST,
+                                 "sha512:" + "b" * 128])
+def test_valid_references(ref: str) -> None:
+    assert validate_reference(ref) == ref
+
+
+@pytest.mark.parametrize(
+    ("ref", "code"),
+    [
+        ("-latest", ErrorCode.TAG_INVALID),
+        ("A" * 129, ErrorCode.TAG_INVALID),
+        ("a/b", ErrorCode.TAG_INVALID),
+        ("sha256:" + "A" * 64, ErrorCode.DIGEST_INVALID),
+        ("sha256:abc", ErrorCode.DIGEST_INVALID),
+        ("md5:" + "a" * 32, ErrorCode.DIGEST_INVALID),
+        ("sha256:" + "a" * 64 + "\n", ErrorCode.DIGEST_INVALID),
+    ],
+)
+def test_invalid_references(ref: str, code: ErrorCode) -> None:
+    with pytest.raises(RegistryError) as info:
+        validate_reference(ref)
+    assert info.value.code is code
+    assert info.value.status == 400
+
+
+def test_validate_digest_rejects_tag() -> None:
+    with pytest.raises(RegistryError) as info:
+        validate_digest("latest")
+    assert info.value.code is ErrorCode.DIGEST_INVALID
+
+
+def test_merge_accept_keeps_every_line_in_order() -> None:
+    lines = [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json; q=0.5, */*",
+        "application/vnd.oci.image.manifest.v1+json",
+    ]
+    assert merge_accept(lines) == [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "*/*",
+    ]
+
+
+def test_error_envelope() -> None:
+    error = RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": "x"})
+    assert error.status == 404
+    assert error.as_dict() == {
+        "errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {"tag": "x"}}]
+    }
