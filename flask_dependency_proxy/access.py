@@ -14,6 +14,7 @@ import typing as t
 
 from .errors import ErrorCode, RegistryError
 from .host import AuthFailure, Group, HostAdapter, Principal
+from .throttle import LoginThrottle
 from .tokens import InvalidToken, TokenIssuer
 
 if t.TYPE_CHECKING:
@@ -63,6 +64,7 @@ class AccessControl:
         host: HostAdapter,
         issuer: TokenIssuer,
         metadata: CacheMetadata,
+        throttle: LoginThrottle,
         *,
         recheck_seconds: float,
         group_default_enabled: bool,
@@ -70,21 +72,27 @@ class AccessControl:
         self.host = host
         self.issuer = issuer
         self.metadata = metadata
+        self.throttle = throttle
         self.group_default_enabled = group_default_enabled
         self._principals = _TTLCache(recheck_seconds)
         self._grants = _TTLCache(recheck_seconds)
 
-    def login(self, username: str, secret: str) -> Principal:
+    def login(self, username: str, secret: str, address: str | None = None) -> Principal:
         """Check a ``docker login`` credential.
 
         :raises RegistryError: ``UNAUTHORIZED`` (401) for a bad credential, ``DENIED``
-            (403) for a genuine one without the registry scopes.
+            (403) for a genuine one without the registry scopes, ``TOOMANYREQUESTS``
+            (429) after too many failures for the username or the address.
         """
+        keys = self.throttle.keys(username, address)
+        with_failures = self.throttle.check(keys)
         outcome = self.host.authenticate(username, secret)
         if outcome is AuthFailure.INSUFFICIENT_SCOPE:
             raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
         if not isinstance(outcome, Principal):
+            self.throttle.record_failure(keys)
             raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
+        self.throttle.record_success(keys, with_failures)
         return outcome
 
     def principal_for_token(self, token: str | None) -> Principal:

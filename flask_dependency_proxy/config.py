@@ -46,6 +46,11 @@ SERVE_STALE_ON_UPSTREAM_NOT_FOUND = False
 GROUP_DEFAULT_ENABLED = False
 #: Username that CI job tokens log in with.
 JOB_TOKEN_USERNAME = "gitlab-ci-token"
+#: Failed logins per username or client address before ``/jwt/auth`` answers 429.
+#: ``0`` turns throttling off.
+LOGIN_MAX_FAILURES = 10
+#: The window those failures are counted in; also the longest wait it imposes.
+LOGIN_FAILURE_WINDOW_SECONDS = 300
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
 
@@ -72,6 +77,8 @@ class ProxyConfig:
     group_default_enabled: bool
     job_token_username: str
     read_time_granularity_seconds: float
+    login_max_failures: int
+    login_failure_window_seconds: float
 
 
 class ConfigError(ValueError):
@@ -184,5 +191,14 @@ def load_config(app: Flask) -> ProxyConfig:
             c[f"{_PREFIX}READ_TIME_GRANULARITY_SECONDS"],
             float,
             0,
+        ),
+        login_max_failures=_coerce_number(
+            f"{_PREFIX}LOGIN_MAX_FAILURES", c[f"{_PREFIX}LOGIN_MAX_FAILURES"], int, 0
+        ),
+        login_failure_window_seconds=_coerce_number(
+            f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS",
+            c[f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS"],
+            float,
+            1,
         ),
     )

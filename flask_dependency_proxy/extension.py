@@ -12,6 +12,7 @@ from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
 from .storage import FilesystemStore
+from .throttle import LoginThrottle
 from .tokens import TokenIssuer
 from .upstream import UpstreamClient
 
@@ -108,10 +109,16 @@ class DependencyProxy:
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
         )
+        throttle = LoginThrottle(
+            lambda: self.db.session,
+            max_failures=config.login_max_failures,
+            window_seconds=config.login_failure_window_seconds,
+        )
         access = AccessControl(
             adapter,
             issuer,
             metadata,
+            throttle,
             recheck_seconds=config.principal_recheck_seconds,
             group_default_enabled=config.group_default_enabled,
         )

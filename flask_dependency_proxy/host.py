@@ -72,8 +72,21 @@ class HostAdapter(t.Protocol):
     def find_group(self, full_path: str) -> Group | None:
         """Return the group with this full path (already lowercased), or ``None``."""
 
+    def find_group_by_id(self, group_id: int) -> Group | None:
+        """Return the group with this id, or ``None`` (the REST API accepts ids)."""
+
     def authenticate(self, username: str, secret: str) -> Principal | AuthFailure:
         """Check a username and a secret (password or any token the host issues)."""
+
+    def authenticate_api_token(self, secret: str) -> Principal | AuthFailure:
+        """Check a token sent to the REST API (``PRIVATE-TOKEN`` or ``Bearer``).
+
+        ``AuthFailure.INSUFFICIENT_SCOPE`` for a genuine token without the ``api`` scope.
+        """
+
+    def current_principal(self) -> Principal | None:
+        """The principal logged in to the web session (e.g. Flask-Login's ``current_user``),
+        or ``None`` for an anonymous visitor."""
 
     def load_principal(self, subject: str) -> Principal | None:
         """Resolve :attr:`Principal.subject` again; ``None`` once it is no longer valid

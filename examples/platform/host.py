@@ -23,7 +23,8 @@ import dataclasses
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app
+from flask import current_app, has_request_context
+from flask_login import current_user
 
 from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
 from flask_dependency_proxy.host import Group as ProxyGroup
@@ -78,8 +79,10 @@ class PlatformHost:
     # -- groups -------------------------------------------------------------
 
     def find_group(self, full_path: str) -> ProxyGroup | None:
-        group = find_group(full_path)
-        return None if group is None else ProxyGroup(id=group.id, full_path=group.full_path)
+        return _proxy_group(find_group(full_path))
+
+    def find_group_by_id(self, group_id: int) -> ProxyGroup | None:
+        return _proxy_group(db.session.get(Group, group_id))
 
     # -- credentials --------------------------------------------------------
 
@@ -123,10 +126,7 @@ class PlatformHost:
             return AuthFailure.INVALID
         if not _has_registry_scopes(token.scope_set, api_counts=True):
             return AuthFailure.INSUFFICIENT_SCOPE
-        now = utcnow()
-        if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
-            token.last_used_at = now
-            db.session.commit()
+        _touch(token)
         return _pat_principal(token)
 
     def _authenticate_deploy_token(
@@ -154,6 +154,31 @@ class PlatformHost:
         if job is None or not job.is_running or job.user.blocked:
             return AuthFailure.INVALID
         return _job_principal(job)
+
+    def authenticate_api_token(self, secret: str) -> Principal | AuthFailure:
+        """A personal access token sent to the REST API; it needs the ``api`` scope.
+
+        No username comes with an API token, so the secret's digest is the key.
+        """
+        if not secret.startswith(tokens.PERSONAL_ACCESS_TOKEN_PREFIX):
+            return AuthFailure.INVALID
+        token = db.session.scalar(
+            sa.select(PersonalAccessToken).where(
+                PersonalAccessToken.token_digest == tokens.digest(secret)
+            )
+        )
+        if token is None or token.user.blocked or not token.is_usable():
+            return AuthFailure.INVALID
+        if "api" not in token.scope_set:
+            return AuthFailure.INSUFFICIENT_SCOPE
+        _touch(token)
+        return _pat_principal(token)
+
+    def current_principal(self) -> Principal | None:
+        """The user signed in to the web session through Flask-Login."""
+        if not has_request_context() or not current_user.is_authenticated:
+            return None
+        return _user_principal(current_user._get_current_object())
 
     def load_principal(self, subject: str) -> Principal | None:
         actor = _resolve(subject)
@@ -196,6 +221,18 @@ class PlatformHost:
             return True
         role = highest_role(actor.user, target)
         return role is not None and role >= _role_setting("DEPENDENCY_PROXY_ADMIN_ROLE", ADMIN_ROLE)
+
+
+def _proxy_group(group: Group | None) -> ProxyGroup | None:
+    return None if group is None else ProxyGroup(id=group.id, full_path=group.full_path)
+
+
+def _touch(token: PersonalAccessToken) -> None:
+    """Record a token's use, at most every :data:`LAST_USED_GRANULARITY` (not a write per pull)."""
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
+        token.last_used_at = now
+        db.session.commit()
 
 
 def _resolve(subject: str) -> _Actor | None:

@@ -48,7 +48,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime}
+    pass
 
 
 db = SQLAlchemy(model_class=Base)
@@ -110,7 +110,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     password_hash: Mapped[str] = mapped_column(sa.String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
     blocked: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="user", cascade="all, delete-orphan"
@@ -155,7 +155,7 @@ class Group(db.Model):  # type: ignore[name-defined,misc]
     #: ``parent/child``, always lowercase; what image names and URLs use.
     full_path: Mapped[str] = mapped_column(sa.String(1024), unique=True)
     private: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     parent: Mapped[Group | None] = relationship(remote_side=[id], back_populates="children")
     children: Mapped[list[Group]] = relationship(back_populates="parent", order_by="Group.name")
@@ -197,7 +197,7 @@ class Membership(db.Model):  # type: ignore[name-defined,misc]
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
     group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"), index=True)
     role: Mapped[int] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     user: Mapped[User] = relationship(back_populates="memberships")
     group: Mapped[Group] = relationship(back_populates="memberships")
@@ -236,10 +236,10 @@ class PersonalAccessToken(_ExpiringToken, db.Model):  # type: ignore[name-define
     name: Mapped[str] = mapped_column(sa.String(255))
     scopes: Mapped[str] = mapped_column(sa.String(255))
     token_digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column()
-    revoked_at: Mapped[datetime | None] = mapped_column()
-    last_used_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="personal_access_tokens")
 
@@ -255,9 +255,9 @@ class DeployToken(_ExpiringToken, db.Model):  # type: ignore[name-defined,misc]
     username: Mapped[str] = mapped_column(sa.String(255), index=True)
     scopes: Mapped[str] = mapped_column(sa.String(255))
     token_digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column()
-    revoked_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     group: Mapped[Group] = relationship(back_populates="deploy_tokens")
 
@@ -271,7 +271,7 @@ class Project(db.Model):  # type: ignore[name-defined,misc]
     group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"), index=True)
     name: Mapped[str] = mapped_column(sa.String(255))
     full_path: Mapped[str] = mapped_column(sa.String(1280), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     group: Mapped[Group] = relationship(back_populates="projects")
 
@@ -291,8 +291,8 @@ class CiJob(db.Model):  # type: ignore[name-defined,misc]
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
     token_digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
     status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.RUNNING.value)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     project: Mapped[Project] = relationship()
     user: Mapped[User] = relationship()

@@ -36,7 +36,7 @@ def auth() -> Response:
     ):
         raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
     proxy = state(None)
-    principal = proxy.access.login(username, secret)
+    principal = proxy.access.login(username, secret, request.remote_addr)
     token, claims = proxy.issuer.issue(principal.subject)
     issued = dt.datetime.fromtimestamp(claims.issued_at, dt.UTC)
     return jsonify(

@@ -93,3 +93,13 @@ class CachedBlob(Base):
     status: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, default=Status.DEFAULT)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
     last_read_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class LoginFailure(Base):
+    """Recent failed logins per throttling key (a hash of a username or a client address)."""
+
+    __tablename__ = f"{TABLE_PREFIX}login_failures"
+
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
+    failures: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
+    window_started_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)

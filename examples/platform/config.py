@@ -1,0 +1,105 @@
+"""Configuration from the environment, the way an operator sets it.
+
+* ``DATABASE_URL``: any SQLAlchemy URL. ``postgresql://`` and ``postgres://`` are
+  pointed at the psycopg 3 driver. Default: SQLite in the instance folder.
+* ``SECRET_KEY``: signs sessions (and the extension derives its token key from
+  it). The default is for development only and is logged as such.
+* ``DEPENDENCY_PROXY_*``: copied into ``app.config`` for the extension and for
+  :mod:`.host` (``DEPENDENCY_PROXY_MIN_READ_ROLE``, ``DEPENDENCY_PROXY_ADMIN_ROLE``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing as t
+from collections.abc import Mapping
+
+from flask import Flask
+
+from .models import Role
+
+DEV_SECRET_KEY = "dev-only-not-secret"
+ENV_PREFIX = "DEPENDENCY_PROXY_"
+#: Keys whose values stay strings even when they look like numbers (a password
+#: of digits, a path called ``1``).
+_STRING_SUFFIXES = ("_URL", "_PATH", "_USERNAME", "_PASSWORD", "_KEY", "_SECRET", "_ROLE")
+_INT = re.compile(r"[-+]?\d+")
+_FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+
+
+def parse_env_value(key: str, raw: str) -> str | int | float | bool:
+    """Turn an environment string into the type the key most likely wants.
+
+    ``true``/``false`` (any case) become booleans, ``30`` an int, ``2.5`` a float;
+    anything else, and every key ending in one of :data:`_STRING_SUFFIXES`, stays
+    a string.
+    """
+    if key.endswith(_STRING_SUFFIXES):
+        return raw
+    value = raw.strip()
+    if value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    if _INT.fullmatch(value):
+        return int(value)
+    if _FLOAT.fullmatch(value):
+        return float(value)
+    return raw
+
+
+def database_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at psycopg 3; SQLAlchemy would pick psycopg2."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def load_config(
+    app: Flask,
+    test_config: Mapping[str, t.Any] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Fill ``app.config``: defaults, then the environment, then ``test_config``.
+
+    :raises ValueError: for a role setting that names no role.
+    """
+    overrides = dict(test_config or {})
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX):
+            app.config[key] = parse_env_value(key, raw)
+    if "SECRET_KEY" in environ:
+        app.config["SECRET_KEY"] = environ["SECRET_KEY"]
+
+    url = (
+        overrides.pop("DATABASE_URL", None)
+        or overrides.pop("SQLALCHEMY_DATABASE_URI", None)
+        or environ.get("DATABASE_URL")
+    )
+    if not url:
+        os.makedirs(app.instance_path, exist_ok=True)
+        url = "sqlite:///" + os.path.join(app.instance_path, "platform.sqlite3")
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url(url)
+    app.config.update(overrides)
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # Gunicorn workers live long; drop connections the server closed meanwhile.
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = DEV_SECRET_KEY
+    if app.config["SECRET_KEY"] == DEV_SECRET_KEY:
+        app.logger.warning(
+            "SECRET_KEY is not set; using a development key. Sessions and registry"
+            " tokens can be forged. Set SECRET_KEY to a long random value."
+        )
+
+    for key in ("DEPENDENCY_PROXY_MIN_READ_ROLE", "DEPENDENCY_PROXY_ADMIN_ROLE"):
+        if key in app.config:
+            try:
+                Role.parse(app.config[key])
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None

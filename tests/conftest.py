@@ -1,0 +1,388 @@
+"""Fixtures for the whole suite.
+
+- ``database_url`` is parametrized over SQLite and PostgreSQL, so every test that uses a
+  database (directly or through ``app`` or ``platform``) runs on both.
+- ``upstream``/``token_upstream`` are real ``docker-registry`` processes; ``platform`` is
+  the example host platform under gunicorn; ``skopeo``/``podman`` are the real clients.
+- ``app``/``client``/``runner`` are the in-process platform for fast tests (pytest-flask).
+- When a test fails, its report shows the tail of every live process's log.
+- A test that leaves an app or request context pushed fails (the leak detector).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests.support import postgres, processes, seed
+from tests.support.clients import Podman, Skopeo, podman_unusable
+from tests.support.platform import Platform
+from tests.support.processes import ProcessFactory
+from tests.support.registry import Registry, TokenAuth
+from tests.support.tokenserver import TokenServer
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask.testing import FlaskCliRunner
+
+#: Per-test time limits (pytest-timeout) unless a test sets its own ``timeout`` marker.
+#: They include fixture setup, so an e2e test that starts the session's platform has time.
+DEFAULT_TIMEOUT_SECONDS = 60
+E2E_TIMEOUT_SECONDS = 300
+
+
+# -- hooks ---------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            limit = E2E_TIMEOUT_SECONDS if item.get_closest_marker("e2e") else DEFAULT_TIMEOUT_SECONDS
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> t.Generator[None, None, None]:
+    # Show only what a process logged during this test (processes started by the test
+    # itself are shown from their first line).
+    processes.RECENTLY_STOPPED.clear()
+    for process in processes.RUNNING:
+        process.mark_log()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> t.Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for process in [*processes.RUNNING, *processes.RECENTLY_STOPPED]:
+            text = process.tail(80, process.log_mark) or "(nothing logged during this test)"
+            report.sections.append((f"{process.name} log tail ({process.log_path})", text))
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> t.Generator[None, None, None]:
+    """Fail a test that leaves a Flask app or request context pushed (after every
+    fixture, pytest-flask's own pushed context included, has been torn down)."""
+    result = yield
+    from flask.globals import _cv_app, _cv_request
+
+    leaked: list[object] = []
+    while (request_ctx := _cv_request.get(None)) is not None:
+        leaked.append(request_ctx)
+        request_ctx.pop()
+    while (app_ctx := _cv_app.get(None)) is not None:
+        leaked.append(app_ctx)
+        app_ctx.pop()
+    if leaked:
+        raise AssertionError(f"{item.nodeid} left contexts pushed: {leaked!r}")
+    return result
+
+
+# -- processes -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session_processes(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ProcessFactory]:
+    """Starts processes that live for the whole session; stops them at its end."""
+    factory = ProcessFactory(tmp_path_factory.mktemp("session-logs"))
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def live_process(tmp_path: Path) -> t.Iterator[ProcessFactory]:
+    """A factory for processes that live for one test (logs in the test's tmp dir)."""
+    factory = ProcessFactory(tmp_path / "logs")
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ProcessFactory]:
+    factory = ProcessFactory(tmp_path_factory.mktemp("module-logs"))
+    yield factory
+    factory.stop_all()
+
+
+# -- databases -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(session_processes: ProcessFactory) -> t.Iterator[postgres.PostgresCluster]:
+    reason = postgres.available()
+    if reason:
+        pytest.fail(f"PostgreSQL is needed for the postgresql half of the suite: {reason}")
+    cluster = postgres.PostgresCluster(session_processes).start()
+    yield cluster
+    cluster.stop()
+
+
+class Databases:
+    """Makes empty databases of one backend and removes them when the session ends."""
+
+    def __init__(
+        self,
+        backend: str,
+        directory: Path,
+        cluster: postgres.PostgresCluster | None,
+    ) -> None:
+        self.backend = backend
+        self.directory = directory
+        self.cluster = cluster
+        self._counter = itertools.count(1)
+        self._created: list[str] = []
+
+    def create(self, prefix: str = "test") -> str:
+        """Return the SQLAlchemy URL of a new, empty database."""
+        if self.cluster is None:
+            path = self.directory / f"{prefix}-{next(self._counter)}.sqlite"
+            return f"sqlite:///{path}"
+        name = self.cluster.create_database(prefix)
+        self._created.append(name)
+        return self.cluster.url(name)
+
+    def drop(self, url: str) -> None:
+        if self.cluster is not None:
+            name = url.rsplit("/", 1)[1]
+            self.cluster.drop_database(name)
+            self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self._created):
+            assert self.cluster is not None
+            self.cluster.drop_database(name)
+        self._created.clear()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_backend(request: pytest.FixtureRequest) -> str:
+    return t.cast(str, request.param)
+
+
+@pytest.fixture(scope="session")
+def databases(
+    database_backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> t.Iterator[Databases]:
+    cluster = request.getfixturevalue("postgres_cluster") if database_backend == "postgresql" else None
+    manager = Databases(database_backend, tmp_path_factory.mktemp(f"db-{database_backend}"), cluster)
+    yield manager
+    manager.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    """One database per backend for the session (the session's ``platform`` uses it)."""
+    return databases.create("session")
+
+
+@pytest.fixture
+def fresh_database_url(databases: Databases) -> t.Iterator[str]:
+    """An empty database of the current backend for this test only."""
+    url = databases.create("fn")
+    yield url
+    databases.drop(url)
+
+
+# -- in-process platform (pytest-flask) ----------------------------------------------
+
+
+@pytest.fixture
+def app_factory(
+    databases: Databases, tmp_path: Path
+) -> t.Iterator[t.Callable[..., Flask]]:
+    """Make in-process platform apps, each on a new database with its tables created.
+
+    ``app_factory(DEPENDENCY_PROXY_UPSTREAM_URL=upstream.url)``
+    """
+    from examples.platform import create_app
+
+    made: list[tuple[Flask, str]] = []
+
+    def make(**config: t.Any) -> Flask:
+        url = databases.create("app")
+        number = len(made) + 1
+        settings = {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "DATABASE_URL": url,
+            "SQLALCHEMY_DATABASE_URI": url,
+            # Port 9 (discard) is closed: nothing reaches a real upstream by accident.
+            "DEPENDENCY_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",
+            "DEPENDENCY_PROXY_STORAGE_PATH": str(tmp_path / f"store-{number}"),
+            **config,
+        }
+        flask_app = create_app(settings)
+        result = flask_app.test_cli_runner().invoke(args=["init-db"])
+        assert result.exit_code == 0, result.output
+        made.append((flask_app, url))
+        return flask_app
+
+    yield make
+    for flask_app, url in made:
+        sqlalchemy_ext = flask_app.extensions.get("sqlalchemy")
+        if sqlalchemy_ext is not None:
+            with flask_app.app_context():
+                for engine in sqlalchemy_ext.engines.values():
+                    engine.dispose()
+        databases.drop(url)
+
+
+@pytest.fixture
+def app(app_factory: t.Callable[..., Flask]) -> Flask:
+    """The example platform in process, on a new database (pytest-flask's ``app``)."""
+    return app_factory()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+# -- upstream registries -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def upstream(session_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A plain upstream registry shared by the session (push unique image names)."""
+    return Registry(session_processes, tmp_path_factory.mktemp("upstream")).start()
+
+
+@pytest.fixture
+def upstream_factory(live_process: ProcessFactory, tmp_path: Path) -> t.Callable[..., Registry]:
+    """Start plain registries that belong to one test."""
+    counter = itertools.count(1)
+
+    def make(name: str = "upstream") -> Registry:
+        return Registry(live_process, tmp_path / f"{name}-{next(counter)}", name=name).start()
+
+    return make
+
+
+class TokenUpstream(t.NamedTuple):
+    registry: Registry
+    token_server: TokenServer
+    #: Credentials that may push (anonymous clients may only pull).
+    push_creds: tuple[str, str]
+
+
+@pytest.fixture
+def token_upstream(live_process: ProcessFactory, tmp_path: Path) -> t.Iterator[TokenUpstream]:
+    """A registry with token auth like Docker Hub's, and its token server."""
+    token_server = TokenServer(tmp_path / "token-server", users={"pusher": "pusher-password"})
+    token_server.start()
+    try:
+        registry = Registry(
+            live_process,
+            tmp_path / "token-upstream",
+            name="token-upstream",
+            token_auth=TokenAuth(token_server.realm, token_server.bundle_path),
+        ).start()
+        yield TokenUpstream(registry, token_server, ("pusher", "pusher-password"))
+    finally:
+        token_server.stop()
+
+
+# -- the live platform ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def platform(
+    session_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    database_backend: str,
+    upstream: Registry,
+) -> t.Iterator[Platform]:
+    """The example platform under gunicorn, shared by the session (one per database
+    backend), set up with :func:`tests.support.seed.seed_full`."""
+    live = Platform(
+        session_processes,
+        tmp_path_factory.mktemp(f"platform-{database_backend}"),
+        database_url=database_url,
+        upstream_url=upstream.url,
+        name=f"platform-{database_backend}",
+    )
+    seed.seed_full(live)
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def platform_factory(
+    live_process: ProcessFactory, databases: Databases, tmp_path: Path
+) -> t.Callable[..., Platform]:
+    """Start platforms that belong to one test, each on a new database.
+
+    ``platform_factory(upstream_url, seed=seed.seed_minimal, extra_env={...})``
+    """
+    counter = itertools.count(1)
+
+    def make(
+        upstream_url: str,
+        *,
+        setup: t.Callable[[Platform], None] = seed.seed_minimal,
+        extra_env: t.Mapping[str, str] | None = None,
+    ) -> Platform:
+        number = next(counter)
+        live = Platform(
+            live_process,
+            tmp_path / f"platform-{number}",
+            database_url=databases.create("platform"),
+            upstream_url=upstream_url,
+            name=f"platform-{number}",
+            extra_env=extra_env,
+        )
+        setup(live)
+        return live.start()
+
+    return make
+
+
+# -- clients -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def skopeo(tmp_path: Path) -> Skopeo:
+    """skopeo with its own auth file, logged in nowhere."""
+    return Skopeo(tmp_path / "skopeo")
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> t.Iterator[Podman]:
+    """podman with all of its state in the test's tmp dir.
+
+    If podman cannot run here the test fails (it does not skip): the machines this
+    suite runs on are expected to run it.
+    """
+    directory = tmp_path / "podman"
+    reason = podman_unusable(directory)
+    if reason:
+        pytest.fail(f"podman cannot run on this machine:\n{reason}")
+    client = Podman(directory)
+    yield client
+    client.reset()
+
+
+# -- names ---------------------------------------------------------------------------
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """An image name component no other test uses (valid in the registry grammar)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.lower()).strip("-")
+    slug = re.sub(r"^test-?", "", slug)[:40].strip("-") or "image"
+    return f"{slug}-{os.getpid()}-{next(_names)}"

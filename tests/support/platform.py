@@ -1,0 +1,199 @@
+"""The example host platform (``examples/platform``) run for real: gunicorn with two
+worker processes, configured through the environment, set up with its own CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import requests
+
+from .processes import LiveProcess, ProcessFactory, free_port, http_probe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_IMPORT = "examples.platform"
+#: The one place the proxy lives in an image path.
+PROXY_SEGMENT = "dependency_proxy/containers"
+
+
+class CommandFailed(AssertionError):
+    """A platform CLI command exited with an error."""
+
+
+class Platform:
+    """One platform instance: its database, blob store, environment and gunicorn.
+
+    :param processes: owns gunicorn.
+    :param directory: the blob store and the instance folder live here.
+    :param database_url: SQLAlchemy URL of an empty database of its own.
+    :param upstream_url: ``DEPENDENCY_PROXY_UPSTREAM_URL``.
+    :param extra_env: more settings, e.g. ``DEPENDENCY_PROXY_UPSTREAM_RETRIES``.
+    """
+
+    def __init__(
+        self,
+        processes: ProcessFactory,
+        directory: Path,
+        *,
+        database_url: str,
+        upstream_url: str,
+        name: str = "platform",
+        extra_env: t.Mapping[str, str] | None = None,
+        workers: int = 2,
+        threads: int = 4,
+    ) -> None:
+        self.name = name
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.store_path = directory / "store"
+        self.database_url = database_url
+        self.upstream_url = upstream_url
+        env = dict(os.environ)
+        # The platform's configuration is the environment; nothing from the outer shell
+        # that could change it leaks in.
+        for key in list(env):
+            if key.startswith(("DEPENDENCY_PROXY_", "FLASK_")) or key in {
+                "DATABASE_URL",
+                "SECRET_KEY",
+            }:
+                del env[key]
+        env.update(
+            {
+                "DATABASE_URL": database_url,
+                "SECRET_KEY": f"test-secret-{self.port}",
+                "DEPENDENCY_PROXY_UPSTREAM_URL": upstream_url,
+                "DEPENDENCY_PROXY_STORAGE_PATH": str(self.store_path),
+                "DEPENDENCY_PROXY_EXTERNAL_URL": self.url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra_env or {})
+        self.env = env
+        self.process: LiveProcess = processes.create(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(threads),
+                "--workers",
+                str(workers),
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "5",
+                "--access-logfile",
+                "-",
+                f"{APP_IMPORT}:create_app()",
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+        )
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, the registry part of an image reference."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def image(self, group: str, image: str, reference: str | None = None) -> str:
+        """``HOST/GROUP/dependency_proxy/containers/IMAGE`` with ``:TAG`` or ``@DIGEST``."""
+        name = f"{self.host}/{group}/{PROXY_SEGMENT}/{image}"
+        if reference is None:
+            return name
+        return f"{name}@{reference}" if ":" in reference else f"{name}:{reference}"
+
+    def repository(self, group: str, image: str) -> str:
+        """The repository part of a registry URL: ``GROUP/dependency_proxy/containers/IMAGE``."""
+        return f"{group}/{PROXY_SEGMENT}/{image}"
+
+    # -- CLI ---------------------------------------------------------------------------
+
+    def flask(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``flask --app examples.platform ARGS`` with the platform's environment."""
+        argv = [sys.executable, "-m", "flask", "--app", APP_IMPORT, *args]
+        result = subprocess.run(
+            argv,
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise CommandFailed(
+                f"$ flask --app {APP_IMPORT} {' '.join(args)}\nexit code {result.returncode}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    def init_db(self) -> None:
+        self.flask("init-db")
+
+    def create_user(self, username: str, password: str, *, admin: bool = False) -> None:
+        self.flask("user", "create", username, "--password", password, *(["--admin"] if admin else []))
+
+    def create_group(self, full_path: str, *, private: bool = False) -> None:
+        self.flask("group", "create", full_path, *(["--private"] if private else []))
+
+    def add_member(self, full_path: str, username: str, role: str) -> None:
+        self.flask("group", "add-member", full_path, username, "--role", role)
+
+    def enable_proxy(self, full_path: str) -> None:
+        self.flask("dependency-proxy", "enable", full_path)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> Platform:
+        """Start gunicorn; ready once ``GET /v2/`` answers 401 (the login challenge)."""
+        self.process.start(ready=http_probe(f"{self.url}/v2/", status=401), timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def token(self, username: str, password: str, scope: str | None = None) -> requests.Response:
+        """``GET /jwt/auth`` with HTTP Basic, as docker clients log in."""
+        params = {"service": "dependency_proxy"}
+        if scope is not None:
+            params["scope"] = scope
+        return requests.get(
+            f"{self.url}/jwt/auth", params=params, auth=(username, password), timeout=30
+        )
+
+    def bearer(self, username: str, password: str, group: str, image: str) -> dict[str, str]:
+        """Headers with a pull token for ``group``'s proxy of ``image``."""
+        response = self.token(
+            username, password, f"repository:{self.repository(group, image)}:pull"
+        )
+        assert response.status_code == 200, (response.status_code, response.text)
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    def store_files(self) -> list[Path]:
+        """Every file in the blob store (committed and staging)."""
+        if not self.store_path.exists():
+            return []
+        return sorted(p for p in self.store_path.rglob("*") if p.is_file())
+
+    def store_files_for(self, digest: str) -> list[Path]:
+        """Files in the blob store whose name carries this digest's hex part."""
+        hex_ = digest.partition(":")[2]
+        return [p for p in self.store_files() if hex_ in p.name]
