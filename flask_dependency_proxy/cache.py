@@ -169,9 +169,17 @@ class PullThroughCache:
             return BlobResult(digest=digest, size=size, path=self.store.path(digest))
 
         fetch = self._call_upstream(
-            lambda: self.fetcher.fetch(digest, lambda: self.upstream.open_blob(repository, digest)),
+            lambda: self.fetcher.fetch(
+                digest, lambda offset: self.upstream.open_blob(repository, digest, offset)
+            ),
             ErrorCode.BLOB_UNKNOWN,
         )
+        if fetch is None:  # committed by another request meanwhile
+            size = self.store.size(digest)
+            if size is None:
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN)
+            self.metadata.record_blob(group_id, digest, size)
+            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
         fetch.on_commit(lambda written: self.metadata.record_blob(group_id, digest, written))
         return BlobResult(digest=digest, size=fetch.size, stream=fetch.follow(self.store))
 

@@ -53,6 +53,23 @@ LOGIN_MAX_FAILURES = 10
 LOGIN_FAILURE_WINDOW_SECONDS = 300
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
+# -- pages, REST API and cache life cycle --------------------------------------------
+#: The host template the group pages extend; it must define ``title`` and ``content``
+#: blocks and show flashed messages.
+BASE_TEMPLATE = "base.html"
+#: Run cleanup periodically in a thread of each web process (single-host setups).
+#: Elsewhere run ``flask dependency-proxy cleanup`` from cron.
+CLEANUP_SCHEDULER = False
+#: Seconds between two scheduled cleanups (shared by every process through the database).
+CLEANUP_INTERVAL_SECONDS = 3600
+#: Rows deleted per transaction by cleanup.
+CLEANUP_BATCH_SIZE = 500
+#: A blob file is deleted only when it was committed, and set aside without any row
+#: claiming it, at least this many seconds ago: a fetch that just committed a file, or
+#: a pull claiming one, gets this long to record its row. ``0`` turns that protection off.
+CLEANUP_FILE_GRACE_SECONDS = 600
+#: Seconds after a purge during which another purge of the same group answers 409.
+PURGE_COOLDOWN_SECONDS = 3600
 
 _PREFIX = "DEPENDENCY_PROXY_"
 
@@ -79,6 +96,13 @@ class ProxyConfig:
     read_time_granularity_seconds: float
     login_max_failures: int
     login_failure_window_seconds: float
+    # -- pages, REST API and cache life cycle --
+    base_template: str
+    cleanup_scheduler: bool
+    cleanup_interval_seconds: float
+    cleanup_batch_size: int
+    cleanup_file_grace_seconds: float
+    purge_cooldown_seconds: float
 
 
 class ConfigError(ValueError):
@@ -121,6 +145,12 @@ def _coerce_url(key: str, value: t.Any) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"{key} must not have a query or fragment: {value!r}.")
     return value.rstrip("/")
+
+
+def _coerce_template(key: str, value: t.Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must name a template, such as 'base.html', not {value!r}.")
+    return value
 
 
 def load_config(app: Flask) -> ProxyConfig:
@@ -200,5 +230,26 @@ def load_config(app: Flask) -> ProxyConfig:
             c[f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS"],
             float,
             1,
+        ),
+        # -- pages, REST API and cache life cycle --
+        base_template=_coerce_template(
+            f"{_PREFIX}BASE_TEMPLATE", c[f"{_PREFIX}BASE_TEMPLATE"]
+        ),
+        cleanup_scheduler=_coerce_bool(
+            f"{_PREFIX}CLEANUP_SCHEDULER", c[f"{_PREFIX}CLEANUP_SCHEDULER"]
+        ),
+        cleanup_interval_seconds=_coerce_number(
+            f"{_PREFIX}CLEANUP_INTERVAL_SECONDS", c[f"{_PREFIX}CLEANUP_INTERVAL_SECONDS"], float, 1
+        ),
+        cleanup_batch_size=_coerce_number(
+            f"{_PREFIX}CLEANUP_BATCH_SIZE", c[f"{_PREFIX}CLEANUP_BATCH_SIZE"], int, 1
+        ),
+        cleanup_file_grace_seconds=_coerce_number(
+            f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS", c[f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS"],
+            float,
+            0,
+        ),
+        purge_cooldown_seconds=_coerce_number(
+            f"{_PREFIX}PURGE_COOLDOWN_SECONDS", c[f"{_PREFIX}PURGE_COOLDOWN_SECONDS"], float, 0
         ),
     )

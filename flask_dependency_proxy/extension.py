@@ -100,7 +100,11 @@ class DependencyProxy:
             read_timeout=config.upstream_read_timeout_seconds,
             retries=config.upstream_retries,
         )
-        fetcher = BlobFetcher(store, start_timeout=config.upstream_read_timeout_seconds)
+        fetcher = BlobFetcher(
+            store,
+            start_timeout=config.upstream_read_timeout_seconds,
+            resume_attempts=config.upstream_retries,
+        )
         cache = PullThroughCache(
             store=store,
             upstream=upstream,
@@ -139,6 +143,18 @@ class DependencyProxy:
         if config.enabled:
             app.register_blueprint(registry.bp)
             app.register_blueprint(token.bp)
+        # -- pages, REST API and cache life cycle --
+        from .blueprints import api, pages
+
+        app.register_blueprint(pages.bp)
+        app.register_blueprint(api.bp)
+        if config.cleanup_scheduler:
+            from .lifecycle import CleanupScheduler
+
+            scheduler = CleanupScheduler(app, config.cleanup_interval_seconds)
+            scheduler.install()
+            app.extensions[f"{EXTENSION_KEY}.scheduler"] = scheduler
+        # --
         app.cli.add_command(cli)
 
     def create_all(self) -> None:

@@ -8,7 +8,6 @@ only through :meth:`FilesystemStore.commit`, an atomic rename after verification
 from __future__ import annotations
 
 import os
-import tempfile
 import typing as t
 
 
@@ -21,7 +20,9 @@ class FilesystemStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self._staging = os.path.join(self.root, "staging")
+        self._locks = os.path.join(self.root, "locks")
         os.makedirs(self._staging, exist_ok=True)
+        os.makedirs(self._locks, exist_ok=True)
         os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
 
     def path(self, digest: str) -> str:
@@ -43,16 +44,24 @@ class FilesystemStore:
         """
         return open(self.path(digest), "rb")
 
-    def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
-        """Create a new, empty staging file for a blob being fetched.
+    def staging_path(self, digest: str) -> str:
+        """Where a blob is written while it is fetched.
 
-        Each call gets its own file, so an abandoned fetch never collides with a new one.
+        One name per digest, so a reader in another process can find and follow it; only
+        the holder of the digest's fetch lock (see :meth:`lock_path`) writes it.
         """
         algorithm, hex_digest = digest.split(":", 1)
-        fd, staging_path = tempfile.mkstemp(
-            prefix=f"{algorithm}-{hex_digest}.", suffix=".partial", dir=self._staging
-        )
-        return staging_path, os.fdopen(fd, "wb")
+        return os.path.join(self._staging, f"{algorithm}-{hex_digest}.partial")
+
+    def lock_path(self, digest: str) -> str:
+        """A file whose ``flock`` elects the one process that fetches a digest."""
+        algorithm, hex_digest = digest.split(":", 1)
+        return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
+
+    def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
+        """Create (or empty) the staging file of a blob whose fetch lock the caller holds."""
+        staging_path = self.staging_path(digest)
+        return staging_path, open(staging_path, "wb")
 
     def commit(self, staging_path: str, digest: str) -> None:
         """Publish a fully written and verified staging file under its digest."""

@@ -69,13 +69,19 @@ class Manifest:
 
 
 class BlobStream:
-    """An open upstream blob response; iterate it once, then close it."""
+    """An open upstream blob response; iterate it once, then close it.
 
-    def __init__(self, response: requests.Response, chunk_size: int) -> None:
+    :param offset: where the bytes start in the blob (non-zero for a resumed download).
+    """
+
+    def __init__(self, response: requests.Response, chunk_size: int, offset: int = 0) -> None:
         self._response = response
         self._chunk_size = chunk_size
-        length = response.headers.get("Content-Length")
-        self.size: int | None = int(length) if length and length.isdigit() else None
+        self.offset = offset
+        length = response.headers.get("Content-Length", "")
+        remaining = int(length) if length.isdigit() else None
+        #: The whole blob's size, when upstream said.
+        self.size: int | None = None if remaining is None else offset + remaining
 
     def __iter__(self) -> t.Iterator[bytes]:
         # decode_content=False: blob bytes are hashed as sent, never gunzipped.
@@ -188,10 +194,24 @@ class UpstreamClient:
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else None
 
-    def open_blob(self, repository: str, digest: str) -> BlobStream:
-        """Start a blob download; the caller iterates the stream and closes it."""
-        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, stream=True)
-        return BlobStream(response, self.chunk_size)
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> BlobStream:
+        """Start a blob download, or resume one at ``offset`` with a ``Range`` request.
+
+        The returned stream's ``offset`` says where its bytes start: ``0`` when upstream
+        ignored the range and sends the whole blob again.
+        """
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        response = self._request(
+            "GET", f"/v2/{repository}/blobs/{digest}", repository, headers=headers, stream=True
+        )
+        start = 0
+        if offset and response.status_code == 206:
+            match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+            start = int(match.group(1)) if match else 0
+            if start != offset:
+                response.close()
+                raise UpstreamError(f"upstream resumed {digest} at {start}, not {offset}")
+        return BlobStream(response, self.chunk_size, start)
 
     # -- requests, retries, redirects ----------------------------------------------
 
@@ -284,6 +304,7 @@ class UpstreamClient:
             response = self.session.request(
                 "HEAD" if method == "HEAD" else "GET",
                 url,
+                headers=headers,
                 timeout=self.timeout,
                 stream=stream,
                 allow_redirects=False,

@@ -366,13 +366,14 @@ def podman(tmp_path: Path) -> t.Iterator[Podman]:
     If podman cannot run here the test fails (it does not skip): the machines this
     suite runs on are expected to run it.
     """
-    directory = tmp_path / "podman"
-    reason = podman_unusable(directory)
-    if reason:
-        pytest.fail(f"podman cannot run on this machine:\n{reason}")
-    client = Podman(directory)
-    yield client
-    client.reset()
+    client = Podman(tmp_path / "podman")
+    try:
+        reason = podman_unusable(client)
+        if reason:
+            pytest.fail(f"podman cannot run on this machine:\n{reason}")
+        yield client
+    finally:
+        client.close()
 
 
 # -- names ---------------------------------------------------------------------------

@@ -54,6 +54,10 @@ LAST_USED_GRANULARITY = timedelta(minutes=10)
 
 
 
+def _role_setting(key: str, default: Role) -> Role:
+    return Role.parse(current_app.config.get(key, default))
+
+
 def _has_registry_scopes(scopes: frozenset[str], *, api_counts: bool) -> bool:
     return tokens.REGISTRY_SCOPES <= scopes or (api_counts and "api" in scopes)
 

@@ -12,6 +12,7 @@ import typing as t
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -52,6 +53,15 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+#: Werkzeug's hash for passwords; ``PASSWORD_HASH_METHOD`` overrides it (tests use a
+#: cheap one, since scrypt is slow on purpose).
+PASSWORD_HASH_METHOD = "scrypt"
+
+
+def password_hash_method() -> str:
+    return str(current_app.config.get("PASSWORD_HASH_METHOD", PASSWORD_HASH_METHOD))
 
 
 class Role(enum.IntEnum):
@@ -120,7 +130,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     )
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = generate_password_hash(password, method=password_hash_method())
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)

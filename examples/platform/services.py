@@ -30,6 +30,7 @@ from .models import (
     find_group,
     find_project,
     find_user,
+    password_hash_method,
     utcnow,
 )
 
@@ -64,8 +65,8 @@ def _scopes(scopes: str | Iterable[str], allowed: tuple[str, ...]) -> frozenset[
 
 
 @functools.cache
-def _dummy_password_hash() -> str:
-    return generate_password_hash("not anyone's password")
+def _dummy_password_hash(method: str) -> str:
+    return generate_password_hash("not anyone's password", method=method)
 
 
 def verify_password(username: str, password: str) -> User | None:
@@ -76,7 +77,7 @@ def verify_password(username: str, password: str) -> User | None:
     """
     user = find_user(username)
     if user is None:
-        check_password_hash(_dummy_password_hash(), password)
+        check_password_hash(_dummy_password_hash(password_hash_method()), password)
         return None
     if not user.check_password(password) or user.blocked:
         return None

@@ -127,7 +127,7 @@ def _blob_response(result: BlobResult) -> Response:
         )
     elif result.stream is not None:
         response = Response(
-            _abort_on_failure(result.stream, result.digest),
+            _primed(result.stream, result.digest),
             mimetype="application/octet-stream",
             direct_passthrough=True,
         )
@@ -142,18 +142,24 @@ def _blob_response(result: BlobResult) -> Response:
     return response
 
 
-def _abort_on_failure(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
-    """Pass bytes through; on a broken fetch, end the response early so the client sees
-    a short transfer (and retries) instead of a wrong blob."""
+def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
+    """Wait for the first bytes before the response starts, so a fetch that fails at
+    once is answered with a registry error. A fetch that breaks later ends the response
+    early: the client sees a short transfer (and retries), never a wrong blob."""
     try:
-        yield from stream
+        first = next(stream, b"")
     except FetchFailed as exc:
-        log.warning("aborting response for %s: %s", digest, exc)
-        raise
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        raise RegistryError(ErrorCode.UNAVAILABLE, "the upstream transfer failed") from exc
+
+    def rest() -> t.Iterator[bytes]:
+        try:
+            yield first
+            yield from stream
+        except FetchFailed as exc:
+            log.warning("aborting response for %s: %s", digest, exc)
+            raise
+
+    return rest()
 
 
 @bp.route("/v2/<path:rest>", methods=_ALL_METHODS)

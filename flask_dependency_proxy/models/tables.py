@@ -103,3 +103,25 @@ class LoginFailure(Base):
     key: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
     failures: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0)
     window_started_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+# -- pages, REST API and cache life cycle ---------------------------------------------
+# Listing a group's rows newest first (and counting them) reads one index range; cleanup
+# finds rows pending destruction without scanning the tables.
+sa.Index(f"ix_{TABLE_PREFIX}manifests_group_list", CachedManifest.group_id, CachedManifest.id)
+sa.Index(f"ix_{TABLE_PREFIX}manifests_status", CachedManifest.status, CachedManifest.id)
+sa.Index(f"ix_{TABLE_PREFIX}blobs_group_list", CachedBlob.group_id, CachedBlob.id)
+sa.Index(f"ix_{TABLE_PREFIX}blobs_status", CachedBlob.status, CachedBlob.id)
+
+
+class Lease(Base):
+    """A named, expiring lock held through the database, so that one process at a time
+    runs a job such as cleanup, whichever host it is on."""
+
+    __tablename__ = f"{TABLE_PREFIX}leases"
+
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
+    holder: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    expires_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
+    #: When the job last finished (the scheduler waits an interval after it).
+    finished_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import typing as t
 from pathlib import Path
 
@@ -141,7 +142,7 @@ class Skopeo:
         return self.copy(reference, f"oci:{target}:{tag}", all=all), target
 
     def inspect(self, reference: str, *, raw: bool = False) -> subprocess.CompletedProcess[str]:
-        argv = ["inspect", "--tls-verify=false", "--authfile", str(self.authfile)]
+        argv = ["inspect", "--no-tags", "--tls-verify=false", "--authfile", str(self.authfile)]
         if raw:
             argv.append("--raw")
         return self.run(*argv, f"docker://{reference}")
@@ -168,10 +169,15 @@ class Podman:
         self.storage_driver = storage_driver
         for sub in ("root", "runroot", "tmp", "network"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
+        # podman refuses a runroot path longer than 50 characters: reach the run
+        # directory's runroot through a short symlink (removed by close()).
+        self._link_dir = Path(tempfile.mkdtemp(prefix="fdp-podman-"))
+        self.runroot = self._link_dir / "runroot"
+        self.runroot.symlink_to(directory / "runroot")
         self.env = dict(os.environ)
         self.env["CONTAINERS_REGISTRIES_CONF"] = str(_registries_conf(directory))
         self.env["TMPDIR"] = str(directory / "tmp")
-        self.env["XDG_RUNTIME_DIR"] = str(directory / "runroot")
+        self.env["XDG_RUNTIME_DIR"] = str(self.runroot)
 
     @property
     def base_argv(self) -> list[str]:
@@ -181,7 +187,7 @@ class Podman:
             "--root",
             str(d / "root"),
             "--runroot",
-            str(d / "runroot"),
+            str(self.runroot),
             "--tmpdir",
             str(d / "tmp"),
             "--network-config-dir",
@@ -223,16 +229,16 @@ class Podman:
         assert isinstance(data, list) and len(data) == 1, data
         return t.cast(dict[str, t.Any], data[0])
 
-    def reset(self) -> None:
-        """Remove every image (the storage directory is the test's own)."""
-        self.run("rmi", "--all", "--force")
+    def close(self) -> None:
+        """Remove the runroot symlink (the state itself stays in the run directory)."""
+        shutil.rmtree(self._link_dir, ignore_errors=True)
 
 
-def podman_unusable(directory: Path) -> str | None:
-    """``None`` when podman runs here with state under ``directory``, else why not."""
+def podman_unusable(client: Podman) -> str | None:
+    """``None`` when podman runs here with this client's state, else why not."""
     if shutil.which("podman") is None:
         return "podman is not installed"
-    result = Podman(directory).run("info", "--format", "{{.Store.GraphDriverName}}", timeout=60)
+    result = client.run("info", "--format", "{{.Store.GraphDriverName}}", timeout=60)
     if result.returncode != 0:
         return describe(result)
     return None

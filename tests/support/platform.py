@@ -4,6 +4,7 @@ worker processes, configured through the environment, set up with its own CLI.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,6 +19,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_IMPORT = "examples.platform"
 #: The one place the proxy lives in an image path.
 PROXY_SEGMENT = "dependency_proxy/containers"
+
+
+@functools.cache
+def _no_control_socket() -> list[str]:
+    """Newer gunicorn opens a control socket at one fixed path per user; several
+    platforms at once must not share it."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
 
 
 class CommandFailed(AssertionError):
@@ -94,6 +105,7 @@ class Platform:
                 "5",
                 "--access-logfile",
                 "-",
+                *_no_control_socket(),
                 f"{APP_IMPORT}:create_app()",
             ],
             env=env,

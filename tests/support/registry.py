@@ -122,7 +122,7 @@ class Registry:
         # JSON is YAML; it needs no escaping rules of its own.
         config: dict[str, t.Any] = {
             "version": 0.1,
-            "log": {"level": "info", "accesslog": {"disabled": False}},
+            "log": {"level": "warn", "accesslog": {"disabled": False}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.storage_dir)},
                 "delete": {"enabled": True},

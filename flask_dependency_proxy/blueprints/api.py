@@ -1,0 +1,408 @@
+"""REST API under ``/api/v4/groups/<group>/dependency_proxy/``, for scripts.
+
+``<group>`` is the group's numeric id or its URL-encoded full path (``org%2Fteam``).
+Requests authenticate with a personal access token that has the ``api`` scope, sent as
+``PRIVATE-TOKEN: <token>`` or ``Authorization: Bearer <token>``, or with the web
+session; a session request that changes something also sends the page's CSRF token in
+``X-CSRF-Token``. Every endpoint is for those who administer the group (owners by
+default). Answers and errors are JSON; errors carry a ``message``.
+
+- ``DELETE cache``: 202, schedules the group's cache for deletion; 409 within the
+  purge cooldown.
+- ``GET``/``PUT settings``: ``{"enabled", "cleanup_policy": {"enabled", "days"}}``.
+- ``GET manifests`` and ``GET blobs``: ``page`` and ``per_page`` (at most 100), with
+  ``X-Total``, ``X-Total-Pages``, ``X-Page``, ``X-Per-Page``, ``X-Next-Page``,
+  ``X-Prev-Page`` and ``Link`` headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import typing as t
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, current_app, json, request
+from werkzeug.exceptions import HTTPException
+
+from ..extension import state
+from ..host import AuthFailure, Group, Principal
+from ..lifecycle import Lifecycle, PurgeTooSoon
+from ..models.admin import (
+    DEFAULT_PER_PAGE,
+    MAX_CLEANUP_DAYS,
+    MAX_PER_PAGE,
+    MIN_CLEANUP_DAYS,
+    BlobItem,
+    CacheAdmin,
+    ManifestItem,
+    Page,
+    Settings,
+)
+from ..models.tables import Status, utcnow
+from .pages import CSRF_HEADER, csrf_valid, image_prefix
+
+bp = Blueprint("dependency_proxy_api", __name__, url_prefix="/api/v4/groups")
+
+_ROUTE = "/<path:group_ref>/dependency_proxy"
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+_GROUP_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
+_GROUP_ID = re.compile(r"[1-9][0-9]{0,17}")
+_MAX_TOKEN_LENGTH = 1024
+_MAX_BODY_BYTES = 64 * 1024
+_MAX_PAGE = 100_000
+_STATUS_NAMES = {Status.DEFAULT: "default", Status.PENDING_DESTRUCTION: "pending_destruction"}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"message": ...}`` (plus ``errors`` per field, if any)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        errors: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def _json(body: t.Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> Response:
+    body: dict[str, t.Any] = {"message": error.message}
+    if error.errors:
+        body["errors"] = error.errors
+    return _json(body, error.status, error.headers)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    return _json({"message": f"{status} {error.name}"}, status)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(error: Exception) -> Response:
+    current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
+    return _json({"message": "500 Internal Server Error"}, 500)
+
+
+# -- authentication and the group ------------------------------------------------------------
+
+
+def _token() -> str | None:
+    token = request.headers.get("PRIVATE-TOKEN")
+    if token is None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        token = value
+    token = token.strip()
+    if not token or len(token) > _MAX_TOKEN_LENGTH:
+        raise ApiError(401, "401 Unauthorized")
+    return token
+
+
+def _principal() -> Principal:
+    host = state(None).host
+    token = _token()
+    if token is not None:
+        outcome = host.authenticate_api_token(token)
+        if outcome is AuthFailure.INSUFFICIENT_SCOPE:
+            raise ApiError(
+                403,
+                "403 Forbidden - insufficient_scope: the token needs the api scope",
+                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="api"'},
+            )
+        if not isinstance(outcome, Principal):
+            raise ApiError(401, "401 Unauthorized")
+        return outcome
+    principal = host.current_principal()
+    if principal is None:
+        raise ApiError(401, "401 Unauthorized")
+    if request.method not in ("GET", "HEAD") and not csrf_valid(request.headers.get(CSRF_HEADER)):
+        # A browser sends the session cookie on its own; the token proves the page asked.
+        raise ApiError(403, f"403 Forbidden - a session request must send {CSRF_HEADER}")
+    return principal
+
+
+def _group(group_ref: str) -> Group:
+    """The group an administrator of it asks about.
+
+    404 for an unknown group and for one the principal may not even read; 403 for a
+    member who may not administer it.
+    """
+    principal = _principal()
+    host = state(None).host
+    if _GROUP_ID.fullmatch(group_ref):
+        group = host.find_group_by_id(int(group_ref))
+    elif len(group_ref) <= 1024 and _GROUP_PATH.fullmatch(group_ref):
+        group = host.find_group(group_ref.lower())
+    else:
+        group = None
+    if group is None:
+        raise ApiError(404, "404 Group Not Found")
+    if host.can_admin(principal, group):
+        return group
+    if host.can_read(principal, group):
+        raise ApiError(403, "403 Forbidden")
+    raise ApiError(404, "404 Group Not Found")
+
+
+def _methods(*allowed: str) -> None:
+    """Answer 405 in JSON (routing would answer the host's HTML)."""
+    allowed_set = set(allowed) | ({"HEAD"} if "GET" in allowed else set())
+    if request.method not in allowed_set:
+        raise ApiError(
+            405,
+            "405 Method Not Allowed",
+            headers={"Allow": ", ".join(sorted(allowed_set))},
+        )
+
+
+# -- serialisation -------------------------------------------------------------------------------
+
+
+def _time(moment: dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _settings_body(group: Group, settings: Settings) -> dict[str, t.Any]:
+    return {
+        "group_id": group.id,
+        "group_full_path": group.full_path,
+        "enabled": settings.enabled,
+        "image_prefix": image_prefix(group),
+        "cleanup_policy": {"enabled": settings.cleanup_enabled, "days": settings.cleanup_days},
+        "cache_cleared_at": _time(settings.purged_at),
+    }
+
+
+def _manifest_body(item: ManifestItem) -> dict[str, t.Any]:
+    return {
+        "id": item.id,
+        "image": item.image,
+        "tag": item.tag,
+        "digest": item.digest,
+        "media_type": item.media_type,
+        "size": item.size,
+        "image_size": item.image_size,
+        "platforms": item.platforms,
+        "status": _STATUS_NAMES[item.status],
+        "created_at": _time(item.created_at),
+        "updated_at": _time(item.updated_at),
+        "last_read_at": _time(item.last_read_at),
+    }
+
+
+def _blob_body(item: BlobItem) -> dict[str, t.Any]:
+    return {
+        "id": item.id,
+        "digest": item.digest,
+        "size": item.size,
+        "status": _STATUS_NAMES[item.status],
+        "created_at": _time(item.created_at),
+        "last_read_at": _time(item.last_read_at),
+    }
+
+
+def _admin() -> CacheAdmin:
+    proxy = state(None)
+    return CacheAdmin(lambda: proxy.metadata.session)
+
+
+# -- pagination -----------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ApiError(
+            400,
+            f"400 Bad request - {name} must be a whole number from 1 to {maximum}",
+            errors={name: f"must be a whole number from 1 to {maximum}"},
+        )
+    return int(raw)
+
+
+def _page_args() -> tuple[int, int]:
+    return (
+        _positive_int("page", 1, _MAX_PAGE),
+        _positive_int("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE),
+    )
+
+
+def _paginated(page: Page[t.Any], body: list[dict[str, t.Any]]) -> Response:
+    def url(number: int) -> str:
+        args = request.args.to_dict()
+        args.update(page=str(number), per_page=str(page.per_page))
+        return f"{request.base_url}?{urlencode(args)}"
+
+    last = max(page.total_pages, 1)
+    links = [f'<{url(1)}>; rel="first"', f'<{url(last)}>; rel="last"']
+    if page.next_page:
+        links.insert(0, f'<{url(page.next_page)}>; rel="next"')
+    if page.prev_page:
+        links.insert(0, f'<{url(page.prev_page)}>; rel="prev"')
+    headers = {
+        "X-Total": str(page.total),
+        "X-Total-Pages": str(page.total_pages),
+        "X-Page": str(page.page),
+        "X-Per-Page": str(page.per_page),
+        "X-Next-Page": str(page.next_page or ""),
+        "X-Prev-Page": str(page.prev_page or ""),
+        "Link": ", ".join(links),
+    }
+    return _json(body, 200, headers)
+
+
+# -- settings input ---------------------------------------------------------------------------------
+
+
+def _strict_bool(value: t.Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _parse_settings(data: t.Any) -> dict[str, t.Any]:
+    """Validate a settings update; every field is optional, unknown ones are errors."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "400 Bad request - the body must be a JSON object")
+    errors: dict[str, str] = {}
+    changes: dict[str, t.Any] = {}
+    for key in data:
+        if key not in ("enabled", "cleanup_policy"):
+            errors[str(key)[:100]] = "unknown field"
+    if "enabled" in data:
+        if _strict_bool(data["enabled"]) is None:
+            errors["enabled"] = "must be true or false"
+        else:
+            changes["enabled"] = data["enabled"]
+    if "cleanup_policy" in data:
+        policy = data["cleanup_policy"]
+        if not isinstance(policy, dict):
+            errors["cleanup_policy"] = "must be an object with enabled and days"
+        else:
+            for key in policy:
+                if key not in ("enabled", "days"):
+                    errors[f"cleanup_policy.{str(key)[:100]}"] = "unknown field"
+            if "enabled" in policy:
+                if _strict_bool(policy["enabled"]) is None:
+                    errors["cleanup_policy.enabled"] = "must be true or false"
+                else:
+                    changes["cleanup_enabled"] = policy["enabled"]
+            if "days" in policy:
+                days = policy["days"]
+                if (
+                    not isinstance(days, int)
+                    or isinstance(days, bool)
+                    or not MIN_CLEANUP_DAYS <= days <= MAX_CLEANUP_DAYS
+                ):
+                    errors["cleanup_policy.days"] = (
+                        f"must be a whole number from {MIN_CLEANUP_DAYS} to {MAX_CLEANUP_DAYS}"
+                    )
+                else:
+                    changes["cleanup_days"] = days
+    if errors:
+        fields = ", ".join(sorted(errors))
+        raise ApiError(400, f"400 Bad request - invalid fields: {fields}", errors=errors)
+    if not changes:
+        raise ApiError(
+            400,
+            "400 Bad request - give at least one of enabled, cleanup_policy.enabled,"
+            " cleanup_policy.days",
+        )
+    return changes
+
+
+def _json_body() -> t.Any:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "415 Unsupported Media Type - send application/json")
+    if request.content_length is not None and request.content_length > _MAX_BODY_BYTES:
+        raise ApiError(413, "413 Request Entity Too Large")
+    raw = request.get_data(cache=False)
+    if len(raw) > _MAX_BODY_BYTES:
+        raise ApiError(413, "413 Request Entity Too Large")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "400 Bad request - the body is not valid JSON") from None
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+
+@bp.route(f"{_ROUTE}/cache", methods=_ALL_METHODS)
+def cache(group_ref: str) -> Response:
+    _methods("DELETE")
+    group = _group(group_ref)
+    try:
+        result = Lifecycle.for_app().purge(group.id)
+    except PurgeTooSoon as exc:
+        raise ApiError(
+            409,
+            f"409 Conflict - {exc}",
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        ) from None
+    return _json(
+        {
+            "message": "202 Accepted",
+            "scheduled_for_deletion": {"manifests": result.manifests, "blobs": result.blobs},
+        },
+        202,
+    )
+
+
+@bp.route(f"{_ROUTE}/settings", methods=_ALL_METHODS)
+def settings(group_ref: str) -> Response:
+    _methods("GET", "PUT")
+    group = _group(group_ref)
+    proxy = state(None)
+    admin = _admin()
+    if request.method == "PUT":
+        changes = _parse_settings(_json_body())
+        updated = admin.update_settings(
+            group.id, proxy.config.group_default_enabled, utcnow(), **changes
+        )
+        if "enabled" in changes:
+            proxy.access.forget()
+        return _json(_settings_body(group, updated))
+    return _json(_settings_body(group, admin.settings(group.id, proxy.config.group_default_enabled)))
+
+
+@bp.route(f"{_ROUTE}/manifests", methods=_ALL_METHODS)
+def manifests(group_ref: str) -> Response:
+    _methods("GET")
+    group = _group(group_ref)
+    page, per_page = _page_args()
+    listing = _admin().list_manifests(group.id, page, per_page)
+    return _paginated(listing, [_manifest_body(item) for item in listing.items])
+
+
+@bp.route(f"{_ROUTE}/blobs", methods=_ALL_METHODS)
+def blobs(group_ref: str) -> Response:
+    _methods("GET")
+    group = _group(group_ref)
+    page, per_page = _page_args()
+    listing = _admin().list_blobs(group.id, page, per_page)
+    return _paginated(listing, [_blob_body(item) for item in listing.items])
+
+
+@bp.route(f"{_ROUTE}/<path:rest>", methods=_ALL_METHODS)
+def unknown(group_ref: str, rest: str) -> Response:
+    raise ApiError(404, "404 Not Found")

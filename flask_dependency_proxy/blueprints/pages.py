@@ -1,0 +1,273 @@
+"""The group's "Dependency Proxy" page: settings, cache contents, clear cache.
+
+Pages extend the host's base template (``DEPENDENCY_PROXY_BASE_TEMPLATE``) and can be
+overridden by the host: a ``dependency_proxy/group.html`` in the application's own
+templates folder wins over the one shipped here. Only principals the host lets
+administer the group see them; other signed-in users get 404, anonymous visitors go
+to the host's login through Flask-Login. Forms carry the extension's own CSRF token
+and work without JavaScript; only the copy button needs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hmac
+import re
+import secrets
+import typing as t
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from markupsafe import Markup
+
+from ..extension import state
+from ..lifecycle import Lifecycle, PurgeTooSoon
+from ..models.admin import (
+    DEFAULT_PER_PAGE,
+    MAX_CLEANUP_DAYS,
+    MIN_CLEANUP_DAYS,
+    CacheAdmin,
+    human_size,
+)
+from ..models.tables import utcnow
+from ._registry_http import external_url
+
+if t.TYPE_CHECKING:
+    from flask.typing import ResponseReturnValue
+
+    from ..host import Group
+
+bp = Blueprint("dependency_proxy_pages", __name__, template_folder="../templates")
+
+#: Where the extension keeps its CSRF token in the session, and the form field name.
+CSRF_SESSION_KEY = "_dependency_proxy_csrf"
+CSRF_FIELD = "dependency_proxy_csrf_token"
+#: The same token, for scripts that call the REST API with the session cookie.
+CSRF_HEADER = "X-CSRF-Token"
+#: The path segment that separates the group from the image in a pull reference.
+PREFIX_SUFFIX = "dependency_proxy/containers"
+
+_PAGE = "/groups/<path:full_path>/-/dependency_proxy"
+#: Group paths as hosts name them; anything else is a 404 before the host is asked.
+_GROUP_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
+_MAX_PAGE = 100_000
+
+
+class CsrfRejected(Exception):
+    """A form came without the session's CSRF token."""
+
+
+# -- CSRF --------------------------------------------------------------------------------
+
+
+def csrf_token() -> str:
+    """The session's token, created on first use."""
+    token = session.get(CSRF_SESSION_KEY)
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session[CSRF_SESSION_KEY] = token
+    return token
+
+
+def csrf_field() -> Markup:
+    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, csrf_token())
+
+
+def csrf_valid(sent: str | None) -> bool:
+    expected = session.get(CSRF_SESSION_KEY)
+    if not isinstance(expected, str) or not sent:
+        return False
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+@bp.before_request
+def _protect_forms() -> None:
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not csrf_valid(
+        request.form.get(CSRF_FIELD)
+    ):
+        raise CsrfRejected()
+
+
+@bp.errorhandler(CsrfRejected)
+def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
+    return (
+        render_template(
+            "dependency_proxy/error.html",
+            base_template=state(None).config.base_template,
+            title="Form rejected",
+            message="The form has expired or came from another site. Reload the page and try again.",
+        ),
+        400,
+    )
+
+
+# -- shared helpers ------------------------------------------------------------------------
+
+
+def image_prefix(group: Group) -> str:
+    """``host:port/<group>/dependency_proxy/containers``, what clients put before an image."""
+    return f"{urlsplit(external_url()).netloc}/{group.full_path}/{PREFIX_SUFFIX}"
+
+
+def format_time(moment: dt.datetime | None) -> str:
+    return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def format_duration(seconds: float) -> str:
+    """``3600`` → ``"1 hour"``, ``90`` → ``"90 seconds"``."""
+    whole = int(seconds)
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if whole >= size and whole % size == 0:
+            count = whole // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{whole} second{'' if whole == 1 else 's'}"
+
+
+def _for_admins(view: t.Callable[..., ResponseReturnValue]) -> t.Callable[..., ResponseReturnValue]:
+    """Resolve ``full_path`` to the group if the signed-in principal administers it.
+
+    An anonymous visitor goes to the host's login (Flask-Login); everyone else gets 404,
+    whether or not the group exists.
+    """
+
+    @functools.wraps(view)
+    def wrapper(full_path: str, **kwargs: t.Any) -> ResponseReturnValue:
+        proxy = state(None)
+        principal = proxy.host.current_principal()
+        if principal is None:
+            login_manager = getattr(current_app, "login_manager", None)
+            if login_manager is None:
+                abort(401)
+            return t.cast("ResponseReturnValue", login_manager.unauthorized())
+        if len(full_path) > 1024 or not _GROUP_PATH.fullmatch(full_path):
+            abort(404)
+        group = proxy.host.find_group(full_path.lower())
+        if group is None or not proxy.host.can_admin(principal, group):
+            abort(404)
+        return view(group, **kwargs)
+
+    return wrapper
+
+
+def _admin() -> CacheAdmin:
+    proxy = state(None)
+    return CacheAdmin(lambda: proxy.metadata.session)
+
+
+def _back(group: Group) -> ResponseReturnValue:
+    return redirect(url_for(".show", full_path=group.full_path))
+
+
+def _render(template: str, group: Group, **context: t.Any) -> str:
+    return render_template(
+        template,
+        base_template=state(None).config.base_template,
+        group=group,
+        csrf_field=csrf_field,
+        csrf_token=csrf_token,
+        human_size=human_size,
+        format_time=format_time,
+        **context,
+    )
+
+
+# -- views -----------------------------------------------------------------------------------
+
+
+@bp.get(_PAGE)
+@_for_admins
+def show(group: Group) -> ResponseReturnValue:
+    proxy = state(None)
+    admin = _admin()
+    page = request.args.get("page", "1")
+    number = int(page) if page.isdigit() and 0 < int(page) <= _MAX_PAGE else 1
+    settings = admin.settings(group.id, proxy.config.group_default_enabled)
+    stats = admin.stats(group.id)
+    listing = admin.list_manifests(group.id, number, DEFAULT_PER_PAGE)
+    return _render(
+        "dependency_proxy/group.html",
+        group,
+        settings=settings,
+        stats=stats,
+        listing=listing,
+        prefix=image_prefix(group),
+        min_days=MIN_CLEANUP_DAYS,
+        max_days=MAX_CLEANUP_DAYS,
+    )
+
+
+@bp.post(f"{_PAGE}/settings")
+@_for_admins
+def update_settings(group: Group) -> ResponseReturnValue:
+    value = request.form.get("enabled")
+    if value not in ("0", "1"):
+        flash("Choose whether the Dependency Proxy is on or off.", "error")
+        return _back(group)
+    proxy = state(None)
+    _admin().update_settings(
+        group.id, proxy.config.group_default_enabled, utcnow(), enabled=value == "1"
+    )
+    proxy.access.forget()
+    flash(f"Dependency Proxy {'enabled' if value == '1' else 'disabled'} for {group.full_path}.", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/cleanup_policy")
+@_for_admins
+def update_cleanup_policy(group: Group) -> ResponseReturnValue:
+    enabled = request.form.get("cleanup_enabled") == "1"
+    raw_days = request.form.get("cleanup_days", "").strip()
+    if not raw_days.isdigit() or not MIN_CLEANUP_DAYS <= int(raw_days) <= MAX_CLEANUP_DAYS:
+        flash(
+            f"Days must be a whole number from {MIN_CLEANUP_DAYS} to {MAX_CLEANUP_DAYS}.", "error"
+        )
+        return _back(group)
+    days = int(raw_days)
+    _admin().update_settings(
+        group.id,
+        state(None).config.group_default_enabled,
+        utcnow(),
+        cleanup_enabled=enabled,
+        cleanup_days=days,
+    )
+    if enabled:
+        flash(f"Cleanup policy saved: items not pulled for {days} days are deleted.", "info")
+    else:
+        flash("Cleanup policy saved: it is off.", "info")
+    return _back(group)
+
+
+@bp.route(f"{_PAGE}/clear", methods=["GET", "POST"])
+@_for_admins
+def clear(group: Group) -> ResponseReturnValue:
+    """GET asks for confirmation; POST schedules the group's cache for deletion."""
+    if request.method == "GET":
+        cooldown = state(None).config.purge_cooldown_seconds
+        return _render(
+            "dependency_proxy/clear.html",
+            group,
+            stats=_admin().stats(group.id),
+            cooldown=format_duration(cooldown) if cooldown else None,
+        )
+    try:
+        result = Lifecycle.for_app().purge(group.id)
+    except PurgeTooSoon as exc:
+        flash(f"Not cleared: {exc}.", "error")
+        return _back(group)
+    flash(
+        f"Cache cleared: {result.manifests} manifests and {result.blobs} blobs are scheduled"
+        " for deletion and no longer served.",
+        "info",
+    )
+    return _back(group)

@@ -1,0 +1,465 @@
+"""The life cycle of cached content: purge, cleanup policy, deletion of rows and files.
+
+- A **purge** marks a group's manifests and blobs pending destruction. The registry
+  serves only rows in the default status, so they stop being served at once; the next
+  pull asks upstream again (and brings a row back to life if it pulls the same content).
+  Another purge of the group within ``PURGE_COOLDOWN_SECONDS`` is refused.
+- **Cleanup** applies each group's policy (marks rows last read more than N days ago),
+  deletes marked rows in batches, then deletes blob files that no row references.
+
+Blob files are content-addressed and shared by groups, so a file goes only when no
+row of any group, in any status, references its digest. Pulls run meanwhile, and two
+of their steps are not atomic with the rows: a fetch commits a file and then records
+its row; a pull that finds the file already there (another group cached it) checks it,
+asks upstream, then records its row. Deleting a file between those steps would leave a
+row without a file. So a file is deleted in two steps, each guarded by the grace
+period ``CLEANUP_FILE_GRACE_SECONDS``:
+
+1. Set aside: a committed file whose digest no row references, and whose mtime (the
+   time its bytes were written, just before the commit) is older than the grace period,
+   is renamed into ``<store>/trash/``. A fetch that committed it recently still has
+   time to record its row; readers that already opened it keep reading (POSIX).
+2. Delete: a set-aside file is looked at again once it has been set aside for the grace
+   period. If a row references its digest by then (a pull that had seen the file
+   recorded it), it is put back, unless a fetch already committed a new copy; otherwise
+   it is deleted.
+
+A pull that saw the file just before it was set aside, and opens it after, fails once
+and succeeds on the retry (its row then leads to a fresh fetch); nothing is left
+inconsistent. Every step is idempotent, so a cleanup that dies half way is finished by
+the next one. A lease in the database keeps two cleanups from running at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import typing as t
+import uuid
+
+from .models.admin import CacheAdmin
+from .models.tables import CachedBlob, CachedManifest, utcnow
+from .storage import FilesystemStore
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import ProxyConfig
+
+log = logging.getLogger(__name__)
+
+Clock = t.Callable[[], dt.datetime]
+
+#: The lease every cleanup holds, whoever starts it.
+CLEANUP_LEASE = "cleanup"
+#: A cleanup renews its lease after each batch; one that died releases it after this.
+_LEASE_TTL = dt.timedelta(minutes=15)
+#: How often each process's scheduler looks whether a cleanup is due.
+_SCHEDULER_POLL_SECONDS = 300.0
+#: Digests looked up in the database per query while sweeping the store.
+_SWEEP_CHUNK = 500
+
+_DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
+_TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+
+
+class PurgeTooSoon(Exception):
+    """The group's cache was purged less than the cooldown ago.
+
+    :param purged_at: when that purge happened (naive UTC).
+    :param retry_at: when a purge is accepted again.
+    """
+
+    def __init__(self, purged_at: dt.datetime, retry_at: dt.datetime, now: dt.datetime) -> None:
+        super().__init__(
+            f"the cache was cleared at {purged_at:%Y-%m-%d %H:%M:%S} UTC;"
+            f" it can be cleared again from {retry_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        self.purged_at = purged_at
+        self.retry_at = retry_at
+        self.retry_after_seconds = max(1, int((retry_at - now).total_seconds() + 0.999))
+
+
+class CleanupBusy(Exception):
+    """Another cleanup holds the lease."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PurgeResult:
+    manifests: int
+    blobs: int
+    purged_at: dt.datetime
+
+
+@dataclasses.dataclass
+class CleanupReport:
+    """What one cleanup did."""
+
+    manifests_marked: int = 0
+    blobs_marked: int = 0
+    manifests_deleted: int = 0
+    blobs_deleted: int = 0
+    #: Unreferenced files renamed into the trash in this run.
+    files_set_aside: int = 0
+    #: Unreferenced files kept because they were committed within the grace period.
+    files_recent: int = 0
+    #: Set-aside files put back because a row referenced them again.
+    files_restored: int = 0
+    files_deleted: int = 0
+    bytes_deleted: int = 0
+
+    def summary(self) -> str:
+        from .models.admin import human_size
+
+        return (
+            f"Marked {self.manifests_marked} manifests and {self.blobs_marked} blobs past"
+            f" their group's cleanup policy. Deleted {self.manifests_deleted} manifests and"
+            f" {self.blobs_deleted} blobs. Deleted {self.files_deleted} blob files"
+            f" ({human_size(self.bytes_deleted)}); set aside {self.files_set_aside},"
+            f" restored {self.files_restored}, kept {self.files_recent} committed within"
+            " the grace period."
+        )
+
+
+class BlobFiles:
+    """What cleanup needs of the filesystem store: walking committed blobs, and the
+    trash folder where files wait out the grace period before they are deleted."""
+
+    def __init__(self, store: FilesystemStore) -> None:
+        self.store = store
+        self.trash = os.path.join(store.root, "trash")
+
+    def committed(self) -> t.Iterator[tuple[str, float]]:
+        """``(digest, mtime)`` of every committed blob file."""
+        top = os.path.join(self.store.root, "blobs")
+        for algorithm in _listdir(top):
+            if algorithm not in {"sha256", "sha512"}:
+                continue
+            for prefix in _listdir(os.path.join(top, algorithm)):
+                folder = os.path.join(top, algorithm, prefix)
+                try:
+                    entries = list(os.scandir(folder))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    if not _DIGEST_FILE.fullmatch(entry.name) or not entry.name.startswith(prefix):
+                        continue
+                    try:
+                        stat = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield f"{algorithm}:{entry.name}", stat.st_mtime
+
+    def usage(self) -> tuple[int, int]:
+        """Number and total bytes of committed blob files."""
+        count = size = 0
+        for digest, _mtime in self.committed():
+            found = self.store.size(digest)
+            if found is not None:
+                count += 1
+                size += found
+        return count, size
+
+    def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
+        """Move a committed file into the trash; ``False`` if it is no longer there."""
+        os.makedirs(self.trash, exist_ok=True)
+        algorithm, hex_digest = digest.split(":", 1)
+        target = os.path.join(self.trash, f"{algorithm}-{hex_digest}.{_epoch_ms(stamp)}")
+        try:
+            os.rename(self.store.path(digest), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def set_aside_files(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
+        """``(digest, when it was set aside, path)`` of every file in the trash."""
+        for name in _listdir(self.trash):
+            match = _TRASH_NAME.fullmatch(name)
+            if match is None:
+                continue
+            stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(match["stamp"]))
+            yield f"{match['algorithm']}:{match['hex']}", stamp, os.path.join(self.trash, name)
+
+    def restore(self, digest: str, path: str) -> bool:
+        """Put a set-aside file back; ``False`` when a newer copy is already committed
+        (then the set-aside one is dropped)."""
+        final = self.store.path(digest)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        try:
+            # A link never replaces a file a fetch committed meanwhile.
+            os.link(path, final)
+            restored = True
+        except FileExistsError:
+            restored = False
+        except FileNotFoundError:
+            return False
+        _unlink(path)
+        return restored
+
+    def delete(self, path: str) -> int | None:
+        """Delete a set-aside file; its size, or ``None`` if it was gone already."""
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return size
+
+
+class Lifecycle:
+    """Purge and cleanup for one application.
+
+    :param admin: the queries.
+    :param files: the store, as cleanup sees it.
+    :param clock: naive UTC now; tests pass one they control.
+    """
+
+    def __init__(
+        self,
+        admin: CacheAdmin,
+        files: BlobFiles,
+        *,
+        group_default_enabled: bool,
+        purge_cooldown_seconds: float,
+        batch_size: int,
+        file_grace_seconds: float,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.admin = admin
+        self.files = files
+        self.group_default_enabled = group_default_enabled
+        self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
+        self.batch_size = batch_size
+        self.file_grace = dt.timedelta(seconds=file_grace_seconds)
+        self.clock = clock
+
+    @classmethod
+    def for_app(cls, app: Flask | None = None, *, clock: Clock = utcnow) -> Lifecycle:
+        """The life cycle of ``app`` (the current app when ``None``)."""
+        from .extension import state
+
+        proxy = state(app)
+        return cls.from_config(
+            proxy.config, lambda: proxy.metadata.session, proxy.store, clock=clock
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ProxyConfig,
+        session: t.Callable[[], t.Any],
+        store: FilesystemStore,
+        *,
+        clock: Clock = utcnow,
+    ) -> Lifecycle:
+        return cls(
+            CacheAdmin(session),
+            BlobFiles(store),
+            group_default_enabled=config.group_default_enabled,
+            purge_cooldown_seconds=config.purge_cooldown_seconds,
+            batch_size=config.cleanup_batch_size,
+            file_grace_seconds=config.cleanup_file_grace_seconds,
+            clock=clock,
+        )
+
+    # -- purge ---------------------------------------------------------------------------
+
+    def purge(self, group_id: int, *, force: bool = False) -> PurgeResult:
+        """Schedule everything the group cached for deletion.
+
+        :param force: ignore the cooldown (operators, from the command line).
+        :raises PurgeTooSoon: the group was purged less than the cooldown ago.
+        """
+        now = self.clock()
+        cooldown = dt.timedelta(0) if force else self.purge_cooldown
+        done, previous, manifests, blobs = self.admin.claim_purge(
+            group_id, self.group_default_enabled, now, cooldown
+        )
+        if not done:
+            purged_at = previous or now
+            raise PurgeTooSoon(purged_at, purged_at + self.purge_cooldown, now)
+        log.info("purged group %s: %s manifests, %s blobs", group_id, manifests, blobs)
+        return PurgeResult(manifests=manifests, blobs=blobs, purged_at=now)
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    def cleanup(self) -> CleanupReport:
+        """One full cleanup under the cleanup lease.
+
+        :raises CleanupBusy: another cleanup is running.
+        """
+        holder = _holder()
+        if not self.admin.acquire_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL):
+            raise CleanupBusy("another cleanup is running; try again when it is done")
+        try:
+            return self._run(holder)
+        finally:
+            self.admin.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+
+    def run_if_due(self, interval: dt.timedelta) -> CleanupReport | None:
+        """Run a cleanup unless one ran less than ``interval`` ago or is running."""
+        holder = _holder()
+        if not self.admin.acquire_lease(
+            CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL, min_interval=interval
+        ):
+            return None
+        try:
+            return self._run(holder)
+        finally:
+            self.admin.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+
+    def _run(self, holder: str) -> CleanupReport:
+        report = CleanupReport()
+
+        def renew() -> None:
+            self.admin.renew_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL)
+
+        report.manifests_marked, report.blobs_marked = self.admin.mark_expired(self.clock())
+        report.manifests_deleted = self.admin.delete_marked(CachedManifest, self.batch_size, renew)
+        report.blobs_deleted = self.admin.delete_marked(CachedBlob, self.batch_size, renew)
+        self._sweep(report, renew)
+        self._empty_trash(report)
+        log.info("dependency proxy cleanup: %s", report.summary())
+        return report
+
+    def _sweep(self, report: CleanupReport, renew: t.Callable[[], None]) -> None:
+        """Set aside committed files no row references (step 1 of the module docstring)."""
+        chunk: list[tuple[str, float]] = []
+        for found in self.files.committed():
+            chunk.append(found)
+            if len(chunk) >= _SWEEP_CHUNK:
+                self._sweep_chunk(chunk, report)
+                chunk = []
+                renew()
+        if chunk:
+            self._sweep_chunk(chunk, report)
+
+    def _sweep_chunk(self, chunk: list[tuple[str, float]], report: CleanupReport) -> None:
+        referenced = self.admin.referenced([digest for digest, _ in chunk])
+        now = self.clock()
+        committed_before = _epoch(now - self.file_grace)
+        for digest, mtime in chunk:
+            if digest in referenced:
+                continue
+            if mtime > committed_before:
+                report.files_recent += 1
+                continue
+            if self.files.set_aside(digest, now):
+                report.files_set_aside += 1
+
+    def _empty_trash(self, report: CleanupReport) -> None:
+        """Delete set-aside files still unreferenced after the grace period; put back
+        those a row references again (step 2 of the module docstring)."""
+        now = self.clock()
+        due = [
+            (digest, path)
+            for digest, stamp, path in self.files.set_aside_files()
+            if stamp <= now - self.file_grace
+        ]
+        for start in range(0, len(due), _SWEEP_CHUNK):
+            chunk = due[start : start + _SWEEP_CHUNK]
+            referenced = self.admin.referenced({digest for digest, _ in chunk})
+            for digest, path in chunk:
+                if digest in referenced:
+                    if self.files.restore(digest, path):
+                        report.files_restored += 1
+                        log.info("restored blob file %s: a pull claimed it again", digest)
+                    continue
+                size = self.files.delete(path)
+                if size is not None:
+                    report.files_deleted += 1
+                    report.bytes_deleted += size
+
+
+class CleanupScheduler:
+    """Runs cleanup every ``interval`` seconds from a thread of each web process.
+
+    Every process polls; the cleanup lease (with the time the last run finished) lets
+    one of them run per interval, whichever host it is on. The thread starts with the
+    first request a process serves, so it also runs in workers forked after the app
+    was created.
+    """
+
+    def __init__(self, app: Flask, interval_seconds: float) -> None:
+        self.app = app
+        self.interval = dt.timedelta(seconds=interval_seconds)
+        self._poll = min(interval_seconds, _SCHEDULER_POLL_SECONDS)
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        self.app.before_request(self._ensure_started)
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._loop, name="dependency-proxy-cleanup", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (tests; a process that exits needs not call it)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._pid = None
+
+    def _loop(self) -> None:
+        # Spread the first polls of workers that started together.
+        while not self._stop.wait(random.uniform(0.5, 1.0) * self._poll):
+            self.run_once()
+
+    def run_once(self) -> CleanupReport | None:
+        """Run a cleanup if one is due; errors are logged, never raised."""
+        try:
+            with self.app.app_context():
+                try:
+                    return Lifecycle.for_app(self.app).run_if_due(self.interval)
+                finally:
+                    from .extension import state
+
+                    state(self.app).metadata.release()
+        except Exception:
+            log.exception("scheduled dependency proxy cleanup failed")
+            return None
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _epoch(moment: dt.datetime) -> float:
+    return moment.replace(tzinfo=dt.UTC).timestamp()
+
+
+def _epoch_ms(moment: dt.datetime) -> int:
+    return int(_epoch(moment) * 1000)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,202 @@
+"""Pulls through the live platform with skopeo and podman, from a real upstream registry.
+
+The platform runs under gunicorn (two workers) on SQLite and on PostgreSQL; the upstream
+is ``docker-registry``, whose access log tells what reached it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import checks, images, seed
+from tests.support.clients import Podman, Skopeo
+from tests.support.platform import Platform
+from tests.support.processes import wait_for
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.e2e
+
+GROUP = seed.ACME
+USER = seed.ALICE
+
+
+@pytest.fixture
+def alice(platform: Platform, skopeo: Skopeo) -> Skopeo:
+    """skopeo logged in to the platform as a developer of ``acme``."""
+    checks.ok(skopeo.login(platform.host, USER.username, USER.password))
+    return skopeo
+
+
+def _push(
+    upstream: Registry,
+    repository: str,
+    tag: str,
+    seed_: str,
+    workdir: Path,
+    *,
+    sizes: tuple[int, ...] = (300_000, 700_000),
+    docker_format: bool = False,
+) -> images.Pushed:
+    image = images.build_image(seed_, layer_sizes=sizes)
+    return images.push(image, upstream, repository, tag, workdir=workdir, docker_format=docker_format)
+
+
+def test_login(platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path) -> None:
+    _push(upstream, f"e2e/{unique_name}", "1", unique_name, tmp_path, sizes=(1000,))
+
+    checks.ok(Skopeo(tmp_path / "good").login(platform.host, USER.username, USER.password))
+
+    output = checks.failed(Skopeo(tmp_path / "bad").login(platform.host, USER.username, "wrong-password"))
+    assert "invalid username/password" in output or "unauthorized" in output
+
+    result, _ = Skopeo(tmp_path / "anonymous").copy_to_dir(
+        platform.image(GROUP, f"e2e/{unique_name}", "1")
+    )
+    output = checks.failed(result)
+    assert "unauthorized" in output or "authentication required" in output
+
+
+@pytest.mark.parametrize("docker_format", [False, True], ids=["oci", "docker"])
+def test_pull_by_tag_gets_upstream_bytes(
+    platform: Platform,
+    upstream: Registry,
+    alice: Skopeo,
+    unique_name: str,
+    tmp_path: Path,
+    docker_format: bool,
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = _push(upstream, repository, "1.0", unique_name, tmp_path, docker_format=docker_format)
+    assert len(pushed.layer_digests) == 2
+
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+
+
+def test_second_pull_only_heads_upstream(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = _push(upstream, repository, "1.0", unique_name, tmp_path)
+    checks.ok(alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))[0])
+    assert upstream.count("GET", repository=repository, kind="blobs") >= 2
+
+    since = upstream.mark()
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+    seen = [(r.method, r.kind, r.reference) for r in upstream.access_log(since) if r.repository == repository]
+    assert ("HEAD", "manifests", "1.0") in seen, seen
+    assert not [s for s in seen if s[0] == "GET"], seen
+
+
+def test_moved_tag_gets_new_digest(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    first = _push(upstream, repository, "stable", f"{unique_name}-first", tmp_path)
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "stable"))
+    checks.ok(result)
+    checks.same_as_upstream(target, first, upstream)
+
+    second = _push(upstream, repository, "stable", f"{unique_name}-second", tmp_path)
+    assert second.digest != first.digest
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "stable"))
+    checks.ok(result)
+    checks.same_as_upstream(target, second, upstream)
+    inspected = json.loads(checks.ok(alice.inspect(platform.image(GROUP, repository, "stable"))).stdout)
+    assert inspected["Digest"] == second.digest
+
+
+def test_copy_all_of_multi_arch_index(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+
+    result, layout = alice.copy_to_oci(platform.image(GROUP, repository, "multi"))
+    checks.ok(result)
+    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+    assert entry["digest"] == pushed.digest
+    blobs = layout / "blobs" / "sha256"
+    assert (blobs / pushed.digest[7:]).read_bytes() == pushed.manifest
+    for child in pushed.children.values():
+        assert (blobs / child.digest[7:]).read_bytes() == child.manifest
+        for digest in child.blob_digests:
+            assert (blobs / digest[7:]).read_bytes() == upstream.read_blob(digest)
+
+
+def test_podman_pulls_arm64_from_index(
+    platform: Platform, upstream: Registry, podman: Podman, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+    checks.ok(podman.login(platform.host, USER.username, USER.password))
+
+    reference = platform.image(GROUP, repository, "multi")
+    checks.ok(podman.pull(reference, arch="arm64"))
+    inspected = podman.image_inspect(reference)
+    assert inspected["Architecture"] == "arm64"
+    arm64 = pushed.child("arm64")
+    assert f"{platform.image(GROUP, repository)}@{arm64.digest}" in inspected["RepoDigests"]
+    # Exactly the arm64 blobs came through the proxy, and from upstream.
+    fetched = {r.reference for r in upstream.access_log() if r.repository == repository and r.kind == "blobs" and r.method == "GET"}
+    assert set(arm64.blob_digests) <= fetched
+    assert not set(pushed.child("amd64").layer_digests) & fetched
+
+
+def test_pull_by_digest(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+    arm64 = pushed.child("arm64")
+
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, arm64.digest))
+    checks.ok(result)
+    checks.same_as_upstream(target, arm64, upstream)
+
+    # Again by digest: content is immutable, upstream is not asked about the manifest.
+    since = upstream.mark()
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, arm64.digest))
+    checks.ok(result)
+    checks.same_as_upstream(target, arm64, upstream)
+    assert upstream.count(repository=repository, kind="manifests", since=since) == 0
+    assert upstream.count(repository=repository, kind="blobs", since=since) == 0
+
+
+def test_blob_not_matching_its_digest_is_not_cached(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    repository = f"e2e/{unique_name}"
+    pushed = _push(upstream, repository, "1", unique_name, tmp_path)
+    bad = pushed.layer_digests[-1]
+    original = upstream.corrupt_blob(bad)
+
+    result, _ = alice.copy_to_dir(platform.image(GROUP, repository, "1"))
+    checks.failed(result)
+    assert upstream.count("GET", repository=repository, reference=bad) >= 1
+    # Neither a committed blob nor a leftover staging file for the digest.
+    wait_for(lambda: not platform.store_files_for(bad), timeout=15, what="no store file for the bad digest")
+
+    upstream.restore_blob(bad, original)
+    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1"))
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+    assert [p.read_bytes() for p in platform.store_files_for(bad)] == [original]
+
+
+def test_official_image_name_maps_to_library(
+    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, f"library/{unique_name}", "3.19", unique_name, tmp_path, sizes=(1000,))
+
+    result, target = alice.copy_to_dir(platform.image(GROUP, unique_name, "3.19"))
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+    assert upstream.count(repository=f"library/{unique_name}", kind="manifests") >= 1
+    assert upstream.count(repository=unique_name) == 0
