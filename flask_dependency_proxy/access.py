@@ -26,7 +26,9 @@ _Entry = tuple[float, t.Any]
 class _TTLCache:
     """A small thread-safe map whose entries expire; bounded so it cannot grow without end."""
 
-    def __init__(self, ttl: float, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic):
+    def __init__(
+        self, ttl: float, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic
+    ):
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock

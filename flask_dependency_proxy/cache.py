@@ -96,8 +96,12 @@ class PullThroughCache:
             ErrorCode.MANIFEST_UNKNOWN,
         )
         record = self.metadata.save_manifest(
-            group_id, path.image, None,
-            digest=manifest.digest, media_type=manifest.media_type, content=manifest.content,
+            group_id,
+            path.image,
+            None,
+            digest=manifest.digest,
+            media_type=manifest.media_type,
+            content=manifest.content,
         )
         return _result(record)
 
@@ -110,15 +114,18 @@ class PullThroughCache:
             head = self.upstream.head_manifest(path.upstream_repository, tag)
         except UpstreamNotFound:
             if cached is not None and self.serve_stale_on_not_found:
-                log.warning("upstream no longer has %s:%s; serving the cached copy", path.image, tag)
+                log.warning(
+                    "upstream no longer has %s:%s; serving the cached copy", path.image, tag
+                )
                 return _result(cached, stale=True)
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, detail={"name": path.image, "tag": tag}
             ) from None
         except UpstreamError as exc:
             if cached is not None:
-                log.warning("upstream failed for %s:%s (%s); serving the cached copy",
-                            path.image, tag, exc)
+                log.warning(
+                    "upstream failed for %s:%s (%s); serving the cached copy", path.image, tag, exc
+                )
                 return _result(cached, stale=True)
             raise _unavailable(exc) from exc
 

@@ -167,7 +167,7 @@ def state(app: Flask | None) -> ProxyState:
     if app is None:
         from flask import current_app
 
-        app = t.cast("Flask", current_app)
+        app = current_app
     try:
         return t.cast(ProxyState, app.extensions[EXTENSION_KEY])
     except KeyError:

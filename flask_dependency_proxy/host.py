@@ -12,7 +12,7 @@ import enum
 import typing as t
 
 
-class PrincipalKind(str, enum.Enum):
+class PrincipalKind(enum.StrEnum):
     """What kind of credential a principal logged in with."""
 
     USER = "user"

@@ -105,6 +105,9 @@ class LocalFetch:
         if committed:
             callback(self.written)
 
+    def _progressed(self, position: int) -> t.Callable[[], bool]:
+        return lambda: self.written > position or self.finished
+
     def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
         """Yield the blob's bytes as the fetch writes them.
 
@@ -123,7 +126,7 @@ class LocalFetch:
             position = 0
             while True:
                 with self._condition:
-                    self._condition.wait_for(lambda: self.written > position or self.finished)
+                    self._condition.wait_for(self._progressed(position))
                     available, finished, error = self.written, self.finished, self.error
                 if error is not None:
                     raise FetchFailed(f"fetch of {self.digest} failed: {error}") from error
@@ -151,6 +154,7 @@ class RemoteFetch:
         self._on_commit.append(callback)
 
     def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+        file: t.BinaryIO
         try:
             file = open(store.staging_path(self.digest), "rb")
         except FileNotFoundError:
@@ -325,7 +329,9 @@ class BlobFetcher:
                 break
             except (OSError, UpstreamError, *_TRANSFER_ERRORS) as exc:
                 if resumes >= self.resume_attempts or isinstance(exc, UpstreamNotFound):
-                    raise UpstreamError(f"upstream transfer of {fetch.digest} broke: {exc}") from exc
+                    raise UpstreamError(
+                        f"upstream transfer of {fetch.digest} broke: {exc}"
+                    ) from exc
                 resumes += 1
                 log.info("resuming %s at byte %d after: %s", fetch.digest, written, exc)
                 stream = open_upstream(written)

@@ -93,7 +93,7 @@ def is_digest(reference: str) -> bool:
 
 
 def validate_digest(digest: str) -> str:
-    """:raises RegistryError: ``DIGEST_INVALID`` unless ``algorithm:hex`` with a supported algorithm."""
+    """:raises RegistryError: ``DIGEST_INVALID`` unless ``sha256:<hex>`` or ``sha512:<hex>``."""
     if not _DIGEST_RE.fullmatch(digest):
         raise RegistryError(ErrorCode.DIGEST_INVALID, "invalid digest", {"digest": digest[:200]})
     return digest

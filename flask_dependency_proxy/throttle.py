@@ -19,7 +19,7 @@ from .errors import ErrorCode, RegistryError
 from .models.tables import LoginFailure, utcnow
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, scoped_session
 
 
 def _key(kind: str, value: str) -> str:
@@ -32,7 +32,7 @@ class LoginThrottle:
 
     def __init__(
         self,
-        session: t.Callable[[], Session],
+        session: t.Callable[[], Session | scoped_session[t.Any]],
         *,
         max_failures: int,
         window_seconds: float,
@@ -57,11 +57,15 @@ class LoginThrottle:
         if not self.max_failures:
             return set()
         now = self._clock()
-        rows = self._session().execute(
-            sa.select(LoginFailure.key, LoginFailure.failures, LoginFailure.window_started_at).where(
-                LoginFailure.key.in_(keys)
+        rows = (
+            self._session()
+            .execute(
+                sa.select(
+                    LoginFailure.key, LoginFailure.failures, LoginFailure.window_started_at
+                ).where(LoginFailure.key.in_(keys))
             )
-        ).all()
+            .all()
+        )
         wait = max(
             (
                 (row.window_started_at + self.window - now).total_seconds()

@@ -40,7 +40,8 @@ class TokenIssuer:
     ) -> None:
         if not secret_keys or not secret_keys[0]:
             raise ValueError("The application needs a SECRET_KEY to sign registry tokens.")
-        self._serializer = URLSafeTimedSerializer(list(reversed(secret_keys)), salt=_SALT)
+        keys = [k.encode() if isinstance(k, str) else k for k in reversed(secret_keys)]
+        self._serializer = URLSafeTimedSerializer(keys, salt=_SALT)
         self.ttl_seconds = ttl_seconds
         self._clock = clock
 
@@ -48,7 +49,7 @@ class TokenIssuer:
         now = int(self._clock())
         claims = TokenClaims(subject=subject, issued_at=now, expires_at=now + self.ttl_seconds)
         token = self._serializer.dumps({"sub": subject, "exp": claims.expires_at})
-        return t.cast(str, token), claims
+        return token, claims
 
     def verify(self, token: str) -> TokenClaims:
         """:raises InvalidToken: unless the token is genuine and not expired."""

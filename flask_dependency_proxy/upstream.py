@@ -106,9 +106,7 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params = {}
     for match in _CHALLENGE_PARAM_RE.finditer(rest):
         key, quoted, bare = match.groups()
-        params[key.lower()] = (
-            re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-        )
+        params[key.lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
     return scheme.lower(), params
 
 
@@ -152,8 +150,12 @@ class UpstreamClient:
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
         """Ask for a manifest's digest without spending Docker Hub pull quota."""
-        response = self._request("HEAD", f"/v2/{repository}/manifests/{reference}", repository,
-                                 headers={"Accept": UPSTREAM_MANIFEST_ACCEPT})
+        response = self._request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            repository,
+            headers={"Accept": UPSTREAM_MANIFEST_ACCEPT},
+        )
         response.close()
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
@@ -171,8 +173,13 @@ class UpstreamClient:
         :raises UpstreamDigestMismatch: when the body does not hash to that digest (or to
             ``reference`` when it is a digest).
         """
-        response = self._request("GET", f"/v2/{repository}/manifests/{reference}", repository,
-                                 headers={"Accept": UPSTREAM_MANIFEST_ACCEPT}, stream=True)
+        response = self._request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            repository,
+            headers={"Accept": UPSTREAM_MANIFEST_ACCEPT},
+            stream=True,
+        )
         try:
             content = _read_limited(response, MAX_MANIFEST_BYTES)
         finally:
@@ -183,7 +190,8 @@ class UpstreamClient:
             actual = "sha512:" + hashlib.sha512(content).hexdigest()
         if expected and expected != actual:
             raise UpstreamDigestMismatch(
-                f"manifest {repository}:{reference} hashes to {actual}, upstream announced {expected}"
+                f"manifest {repository}:{reference} hashes to {actual}, "
+                f"upstream announced {expected}"
             )
         return Manifest(digest=actual, media_type=_media_type(response), content=content)
 

@@ -151,11 +151,15 @@ class CacheMetadata:
         }
         for _attempt in range(2):
             if tag is None:
-                query = sa.select(CachedManifest).where(
-                    CachedManifest.group_id == group_id,
-                    CachedManifest.image == image,
-                    CachedManifest.digest == digest,
-                ).limit(1)
+                query = (
+                    sa.select(CachedManifest)
+                    .where(
+                        CachedManifest.group_id == group_id,
+                        CachedManifest.image == image,
+                        CachedManifest.digest == digest,
+                    )
+                    .limit(1)
+                )
             else:
                 query = sa.select(CachedManifest).where(
                     CachedManifest.group_id == group_id,
@@ -220,8 +224,13 @@ class CacheMetadata:
             ).scalar_one_or_none()
             if row is None:
                 self.session.add(
-                    CachedBlob(group_id=group_id, digest=digest, size=size, created_at=now,
-                               last_read_at=now)
+                    CachedBlob(
+                        group_id=group_id,
+                        digest=digest,
+                        size=size,
+                        created_at=now,
+                        last_read_at=now,
+                    )
                 )
             else:
                 if row.status != Status.DEFAULT:
@@ -259,13 +268,11 @@ class CacheMetadata:
             pending, self._pending_reads = self._pending_reads, {}
             self._last_flush = time.monotonic()
         by_table: dict[type, list[int]] = {}
-        for (table, row_id) in pending:
+        for table, row_id in pending:
             by_table.setdefault(table, []).append(row_id)
         now = max(pending.values())
         for table, ids in by_table.items():
             column = table.id  # type: ignore[attr-defined]
-            self.session.execute(
-                sa.update(table).where(column.in_(ids)).values(last_read_at=now)
-            )
+            self.session.execute(sa.update(table).where(column.in_(ids)).values(last_read_at=now))
         self.session.commit()
         return len(pending)

@@ -19,8 +19,12 @@ DIGEST = "sha256:" + "a" * 64
     ("name", "group", "image", "upstream"),
     [
         ("acme/dependency_proxy/containers/alpine", "acme", "alpine", "library/alpine"),
-        ("Acme/Team/dependency_proxy/containers/bitnami/redis", "acme/team", "bitnami/redis",
-         "bitnami/redis"),
+        (
+            "Acme/Team/dependency_proxy/containers/bitnami/redis",
+            "acme/team",
+            "bitnami/redis",
+            "bitnami/redis",
+        ),
         ("a/dependency_proxy/containers/x.y__z-1/w", "a", "x.y__z-1/w", "x.y__z-1/w"),
     ],
 )
@@ -48,8 +52,9 @@ def test_parse_proxy_path_rejects(name: str, code: ErrorCode) -> None:
     assert info.value.code is code
 
 
-@pytest.mark.parametrize("ref", ["latest", "v1.2.3-rc_1", "_x", "A" * 128, DIGEST,
-                                 "sha512:" + "b" * 128])
+@pytest.mark.parametrize(
+    "ref", ["latest", "v1.2.3-rc_1", "_x", "A" * 128, DIGEST, "sha512:" + "b" * 128]
+)
 def test_valid_references(ref: str) -> None:
     assert validate_reference(ref) == ref
 
@@ -96,5 +101,7 @@ def test_error_envelope() -> None:
     error = RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": "x"})
     assert error.status == 404
     assert error.as_dict() == {
-        "errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {"tag": "x"}}]
+        "errors": [
+            {"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {"tag": "x"}}
+        ]
     }

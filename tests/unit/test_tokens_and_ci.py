@@ -70,6 +70,7 @@ def test_ci_variables(url: str, server: str) -> None:
         "CI_DEPENDENCY_PROXY_PASSWORD": "tok",
         "CI_DEPENDENCY_PROXY_SERVER": server,
         "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX": f"{server}/org/dependency_proxy/containers",
-        "CI_DEPENDENCY_PROXY_DIRECT_GROUP_IMAGE_PREFIX":
-            f"{server}/org/team/dependency_proxy/containers",
+        "CI_DEPENDENCY_PROXY_DIRECT_GROUP_IMAGE_PREFIX": (
+            f"{server}/org/team/dependency_proxy/containers"
+        ),
     }
