@@ -1,0 +1,167 @@
+"""The upstream client against real registries: token negotiation like Docker Hub's,
+token reuse, the Accept list, digest checks, and redirects to a blob host."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from flask_dependency_proxy.upstream import (
+    UpstreamClient,
+    UpstreamNotFound,
+    parse_challenge,
+)
+from tests.support import images
+from tests.support.registry import Registry
+
+if t.TYPE_CHECKING:
+    from tests.conftest import TokenUpstream
+
+
+def test_parse_challenge_keeps_quoted_commas() -> None:
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull,push"'
+    )
+    assert scheme == "bearer"
+    assert params == {
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "scope": "repository:library/alpine:pull,push",
+    }
+
+
+def test_token_upstream_one_token_per_repository(
+    token_upstream: TokenUpstream, tmp_path: Path
+) -> None:
+    registry, tokens, creds = token_upstream
+    pushed = {
+        name: images.push(
+            images.build_image(f"{name}-seed", layer_sizes=(4096,)),
+            registry,
+            f"library/{name}",
+            "latest",
+            workdir=tmp_path,
+            creds=creds,
+        )
+        for name in ("first", "second")
+    }
+    mark = tokens.mark()
+    client = UpstreamClient(registry.url)
+
+    for name, image in pushed.items():
+        repository = f"library/{name}"
+        head = client.head_manifest(repository, "latest")
+        assert head.digest == image.digest
+        manifest = client.get_manifest(repository, "latest")
+        assert manifest.content == image.manifest
+        for digest in image.blob_digests:
+            stream = client.open_blob(repository, digest)
+            data = b"".join(stream)
+            stream.close()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+
+    assert tokens.count("library/first", since=mark) == 1
+    assert tokens.count("library/second", since=mark) == 1
+    with pytest.raises(UpstreamNotFound):
+        client.head_manifest("library/missing", "latest")
+
+
+def test_oci_index_comes_back_whole(upstream: Registry, tmp_path: Path) -> None:
+    index = images.build_index("accept-seed", layer_sizes=(1024,))
+    pushed = images.push(index, upstream, "library/accept-index", "v1", workdir=tmp_path)
+    client = UpstreamClient(upstream.url)
+    manifest = client.get_manifest("library/accept-index", "v1")
+    assert manifest.media_type == images.OCI_INDEX
+    assert manifest.digest == pushed.digest
+    assert manifest.content == pushed.manifest
+
+
+class _BlobHost:
+    """Answers like a presigned object-store URL: records the headers it got."""
+
+    def __init__(self, data: bytes) -> None:
+        self.seen: list[dict[str, str]] = []
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                host.seen.append(dict(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: t.Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _RedirectingRegistry:
+    """Challenges for a bearer token, then redirects blob GETs to the blob host."""
+
+    def __init__(self, blob_url: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.startswith("/token"):
+                    body = b'{"token": "upstream-secret-token", "expires_in": 300}'
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.headers.get("Authorization") != "Bearer upstream-secret-token":
+                    realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="x"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self.send_response(307)
+                    self.send_header("Location", f"{blob_url}/object?X-Signature=abc")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            def log_message(self, format: str, *args: t.Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_blob_redirect_is_followed_without_the_upstream_authorization() -> None:
+    data = b"layer bytes" * 1000
+    blob_host = _BlobHost(data)
+    registry = _RedirectingRegistry(blob_host.url)
+    try:
+        client = UpstreamClient(registry.url)
+        stream = client.open_blob("library/x", "sha256:" + hashlib.sha256(data).hexdigest())
+        assert b"".join(stream) == data
+        stream.close()
+        assert len(blob_host.seen) == 1
+        assert "Authorization" not in blob_host.seen[0]
+    finally:
+        registry.close()
+        blob_host.close()
