@@ -83,7 +83,12 @@ def build_world() -> World:
     for name in ("root", "gus", "dev", "owner", "maint", "out", "both"):
         users[name] = services.create_user(name, f"{PASSWORD} {name}", is_admin=name == "root").id
     groups = {}
-    for path, private in (("org", False), ("org/team", True), ("org/team/sub", True), ("other", True)):
+    for path, private in (
+        ("org", False),
+        ("org/team", True),
+        ("org/team/sub", True),
+        ("other", True),
+    ):
         groups[path] = services.create_group(path, private=private).id
     for path, user, role in (
         ("org", "gus", "guest"),

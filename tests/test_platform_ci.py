@@ -70,7 +70,9 @@ def test_ci_job_pulls_through_the_group_image_prefix(
     # The job got upstream's exact manifest and every blob it names.
     assert (keep / "image" / "manifest.json").read_bytes() == pushed.manifest
     for digest in pushed.blob_digests:
-        assert (keep / "image" / digest.removeprefix("sha256:")).read_bytes() == upstream.read_blob(digest)
+        assert (keep / "image" / digest.removeprefix("sha256:")).read_bytes() == upstream.read_blob(
+            digest
+        )
 
 
 def test_ci_job_token_is_refused_once_the_job_ends(
@@ -80,12 +82,20 @@ def test_ci_job_token_is_refused_once_the_job_ends(
 ) -> None:
     live = platform_factory(upstream.url, setup=_setup)
     saved = tmp_path / "token"
-    script = f'printf %s "$CI_JOB_TOKEN" > {saved}; curl -fsS -o /dev/null -w "%{{http_code}}" -u "$CI_DEPENDENCY_PROXY_USER:$CI_DEPENDENCY_PROXY_PASSWORD" "{live.url}/jwt/auth?service=dependency_proxy"'
+    # The job keeps its token and logs in to the token endpoint with it.
+    script = (
+        f'printf %s "$CI_JOB_TOKEN" > {saved}; '
+        'curl -fsS -o /dev/null -w "%{http_code}" '
+        '-u "$CI_DEPENDENCY_PROXY_USER:$CI_DEPENDENCY_PROXY_PASSWORD" '
+        f'"{live.url}/jwt/auth?service=dependency_proxy"'
+    )
     during = live.flask("ci", "run", "acme/team/app", "--user", "dev", "--", "sh", "-c", script)
     assert during.stdout.strip().endswith("200"), during.stdout + during.stderr
 
     after = live.token("gitlab-ci-token", saved.read_text())
     assert after.status_code == 401, after.text
     # The job's failure is the command's failure.
-    failed = live.flask("ci", "run", "acme/team/app", "--user", "dev", "--", "sh", "-c", "exit 7", check=False)
+    failed = live.flask(
+        "ci", "run", "acme/team/app", "--user", "dev", "--", "sh", "-c", "exit 7", check=False
+    )
     assert failed.returncode == 7

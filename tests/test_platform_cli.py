@@ -18,6 +18,7 @@ from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
 from tests.platform_fixtures import dispose, make_app, platform_env_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROXY = "dependency_proxy/containers"
 host = PlatformHost()
 
 
@@ -72,12 +73,22 @@ def seeded(runner: FlaskCliRunner) -> FlaskCliRunner:
     return runner
 
 
-def test_init_db_is_repeatable_and_creates_both_table_sets(platform_app: Flask, runner: FlaskCliRunner) -> None:
+def test_init_db_is_repeatable_and_creates_both_table_sets(
+    platform_app: Flask, runner: FlaskCliRunner
+) -> None:
     ok(runner, "init-db")
     ok(runner, "init-db")
     with platform_app.app_context():
         tables = set(sa.inspect(db.engine).get_table_names())
-    assert {"users", "groups", "memberships", "personal_access_tokens", "deploy_tokens", "projects", "ci_jobs"} <= tables
+    assert {
+        "users",
+        "groups",
+        "memberships",
+        "personal_access_tokens",
+        "deploy_tokens",
+        "projects",
+        "ci_jobs",
+    } <= tables
     assert any(name.startswith("dependency_proxy_") for name in tables)
 
 
@@ -100,16 +111,26 @@ def test_user_create_prompts_for_a_password(platform_app: Flask, runner: FlaskCl
     assert isinstance(authenticate(platform_app, "alice", "s3cret"), Principal)
 
 
-def test_group_create_needs_the_parent_and_lowercases(platform_app: Flask, runner: FlaskCliRunner) -> None:
+def test_group_create_needs_the_parent_and_lowercases(
+    platform_app: Flask, runner: FlaskCliRunner
+) -> None:
     output = fails(runner, "group", "create", "org/team")
     assert "Parent group 'org' does not exist" in output
     ok(runner, "group", "create", "Org")
     ok(runner, "group", "create", "ORG/Team", "--private")
     assert "already exists" in fails(runner, "group", "create", "org/team")
     with platform_app.app_context():
-        groups = {g.full_path: (g.name, g.private, g.parent_id) for g in db.session.scalars(sa.select(Group))}
+        groups = {
+            g.full_path: (g.name, g.private, g.parent_id)
+            for g in db.session.scalars(sa.select(Group))
+        }
     org_id = host_group_id(platform_app, "org")
     assert groups == {"org": ("Org", False, None), "org/team": ("Team", True, org_id)}
+
+
+def test_subgroups_of_private_groups_are_private(runner: FlaskCliRunner) -> None:
+    ok(runner, "group", "create", "secret", "--private")
+    assert "Created private group secret/inner" in ok(runner, "group", "create", "secret/inner")
 
 
 def host_group_id(platform_app: Flask, path: str) -> int:
@@ -122,7 +143,9 @@ def host_group_id(platform_app: Flask, path: str) -> int:
 @pytest.mark.parametrize(
     "path", ["", "bad name", "ok//x", "-x", "a..b", "dependency_proxy", "ok/UPPER_", "ok/é"]
 )
-def test_group_create_rejects_paths_unusable_in_image_names(runner: FlaskCliRunner, path: str) -> None:
+def test_group_create_rejects_paths_unusable_in_image_names(
+    runner: FlaskCliRunner, path: str
+) -> None:
     ok(runner, "group", "create", "ok")
     fails(runner, "group", "create", path)
 
@@ -137,13 +160,28 @@ def test_add_member_sets_and_changes_roles(platform_app: Flask, seeded: FlaskCli
     ok(seeded, "group", "add-member", "org", "alice", "--role", "OWNER")
     with platform_app.app_context():
         assert host.can_admin(alice, team)
-    assert "Invalid value for '--role'" in fails(seeded, "group", "add-member", "org", "alice", "--role", "boss")
-    assert "No user named" in fails(seeded, "group", "add-member", "org", "nobody", "--role", "guest")
+    assert "Invalid value for '--role'" in fails(
+        seeded, "group", "add-member", "org", "alice", "--role", "boss"
+    )
+    assert "No user named" in fails(
+        seeded, "group", "add-member", "org", "nobody", "--role", "guest"
+    )
     assert "No group at" in fails(seeded, "group", "add-member", "nope", "alice", "--role", "guest")
 
 
-def test_token_create_prints_the_token_last_and_revoke_ends_it(platform_app: Flask, seeded: FlaskCliRunner) -> None:
-    output = ok(seeded, "token", "create", "alice", "--scopes", "read_registry,write_registry", "--name", "laptop")
+def test_token_create_prints_the_token_last_and_revoke_ends_it(
+    platform_app: Flask, seeded: FlaskCliRunner
+) -> None:
+    output = ok(
+        seeded,
+        "token",
+        "create",
+        "alice",
+        "--scopes",
+        "read_registry,write_registry",
+        "--name",
+        "laptop",
+    )
     secret = last_line(output)
     assert secret.startswith("dppat-") and " " not in secret
     principal = authenticate(platform_app, "alice", secret)
@@ -151,20 +189,30 @@ def test_token_create_prints_the_token_last_and_revoke_ends_it(platform_app: Fla
     assert principal.kind is PrincipalKind.PERSONAL_ACCESS_TOKEN
     with platform_app.app_context():
         token = db.session.scalars(sa.select(PersonalAccessToken)).one()
-        assert (token.name, token.expires_at, token.token_digest != secret) == ("laptop", None, True)
+        assert (token.name, token.expires_at, token.token_digest != secret) == (
+            "laptop",
+            None,
+            True,
+        )
 
     ok(seeded, "token", "revoke", str(token.id))
     assert authenticate(platform_app, "alice", secret) is AuthFailure.INVALID
     assert "No personal access token" in fails(seeded, "token", "revoke", "999")
 
 
-def test_token_create_with_expiry_and_bad_scopes(platform_app: Flask, seeded: FlaskCliRunner) -> None:
+def test_token_create_with_expiry_and_bad_scopes(
+    platform_app: Flask, seeded: FlaskCliRunner
+) -> None:
     ok(seeded, "token", "create", "alice", "--scopes", "api", "--expires-days", "7")
     with platform_app.app_context():
         token = db.session.scalars(sa.select(PersonalAccessToken)).one()
         assert token.expires_at is not None and 6 <= (token.expires_at - token.created_at).days <= 7
-    assert "Unknown scope(s) root" in fails(seeded, "token", "create", "alice", "--scopes", "api,root")
-    assert "at least 1" in fails(seeded, "token", "create", "alice", "--scopes", "api", "--expires-days", "0")
+    assert "Unknown scope(s) root" in fails(
+        seeded, "token", "create", "alice", "--scopes", "api,root"
+    )
+    assert "at least 1" in fails(
+        seeded, "token", "create", "alice", "--scopes", "api", "--expires-days", "0"
+    )
     assert "No user named" in fails(seeded, "token", "create", "bob", "--scopes", "api")
 
 
@@ -178,7 +226,9 @@ def test_token_without_registry_scopes_is_refused_with_insufficient_scope(
 def test_deploy_token_create_prints_username_and_token_and_revoke_ends_it(
     platform_app: Flask, seeded: FlaskCliRunner
 ) -> None:
-    output = ok(seeded, "deploy-token", "create", "org/team", "--scopes", "read_registry,write_registry")
+    output = ok(
+        seeded, "deploy-token", "create", "org/team", "--scopes", "read_registry,write_registry"
+    )
     username, secret = last_line(output).split(" ")
     with platform_app.app_context():
         token = db.session.scalars(sa.select(DeployToken)).one()
@@ -199,8 +249,12 @@ def test_deploy_token_create_options(platform_app: Flask, seeded: FlaskCliRunner
     username, secret = last_line(output).split(" ")
     assert username == "mirror"
     assert isinstance(authenticate(platform_app, "mirror", secret), Principal)
-    assert "No group at" in fails(seeded, "deploy-token", "create", "nope", "--scopes", "read_registry")
-    assert "Unknown scope(s) api" in fails(seeded, "deploy-token", "create", "org", "--scopes", "api")
+    assert "No group at" in fails(
+        seeded, "deploy-token", "create", "nope", "--scopes", "read_registry"
+    )
+    assert "Unknown scope(s) api" in fails(
+        seeded, "deploy-token", "create", "org", "--scopes", "api"
+    )
 
 
 def test_project_create(platform_app: Flask, seeded: FlaskCliRunner) -> None:
@@ -227,6 +281,7 @@ def test_ci_run_passes_the_ci_variables(
     env = json.loads(out.read_text())
     token = env["CI_JOB_TOKEN"]
     assert token.startswith("dpjob-")
+    server = "registry.test:8080"
     assert {key: value for key, value in env.items() if key.startswith("CI_")} == {
         "CI_JOB_TOKEN": token,
         "CI_JOB_ID": env["CI_JOB_ID"],
@@ -237,34 +292,41 @@ def test_ci_run_passes_the_ci_variables(
         "CI_DEPENDENCY_PROXY_USER": "gitlab-ci-token",
         "CI_DEPENDENCY_PROXY_PASSWORD": token,
         "CI_DEPENDENCY_PROXY_SERVER": "registry.test:8080",
-        "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX": "registry.test:8080/org/dependency_proxy/containers",
-        "CI_DEPENDENCY_PROXY_DIRECT_GROUP_IMAGE_PREFIX": "registry.test:8080/org/team/dependency_proxy/containers",
+        "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX": f"{server}/org/{PROXY}",
+        "CI_DEPENDENCY_PROXY_DIRECT_GROUP_IMAGE_PREFIX": f"{server}/org/team/{PROXY}",
     }
     assert env["CI"] == "true"
     assert "PATH" in env  # the operator's environment is passed on
 
 
+#: A job that asks the platform (same database, configured by the environment it
+#: inherits) to check its own token, as the registry does when the job pulls.
+JOB_CHECKING_ITS_TOKEN = """
+import json, os, sys
+from examples.platform import create_app
+from examples.platform.host import PlatformHost
+with create_app().app_context():
+    outcome = PlatformHost().authenticate(
+        os.environ["CI_DEPENDENCY_PROXY_USER"], os.environ["CI_DEPENDENCY_PROXY_PASSWORD"]
+    )
+with open(sys.argv[1], "w") as f:
+    json.dump({"outcome": repr(outcome), "token": os.environ["CI_JOB_TOKEN"]}, f)
+"""
+
+
 def test_ci_run_job_token_works_only_while_the_job_runs(
     platform_app: Flask, seeded: FlaskCliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The job is a separate process that asks the platform (same database) to check
-    # its own token, as the registry would when the job pulls.
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.setenv("DATABASE_URL", platform_app.config["SQLALCHEMY_DATABASE_URI"])
+    monkeypatch.setenv("SECRET_KEY", "job-side")
+    monkeypatch.setenv("DEPENDENCY_PROXY_STORAGE_PATH", str(tmp_path / "store"))
     result_file = tmp_path / "auth.json"
-    script = f"""
-import json, os
-from examples.platform import create_app
-from examples.platform.host import PlatformHost
-app = create_app({{"SECRET_KEY": "x", "SQLALCHEMY_DATABASE_URI": {platform_app.config["SQLALCHEMY_DATABASE_URI"]!r},
-                  "DEPENDENCY_PROXY_STORAGE_PATH": {str(tmp_path / "store")!r}}})
-with app.app_context():
-    outcome = PlatformHost().authenticate(os.environ["CI_DEPENDENCY_PROXY_USER"],
-                                          os.environ["CI_DEPENDENCY_PROXY_PASSWORD"])
-json.dump({{"outcome": repr(outcome), "token": os.environ["CI_JOB_TOKEN"]}}, open({str(result_file)!r}, "w"))
-"""
-    ok(seeded, "ci", "run", "org/team/app", "--user", "alice", "--", *python_job(script))
+    script = [*python_job(JOB_CHECKING_ITS_TOKEN), str(result_file)]
+    ok(seeded, "ci", "run", "org/team/app", "--user", "alice", "--", *script)
     seen = json.loads(result_file.read_text())
-    assert "kind=<PrincipalKind.JOB_TOKEN" in seen["outcome"] and "username='alice'" in seen["outcome"]
+    assert "kind=<PrincipalKind.JOB_TOKEN" in seen["outcome"]
+    assert "username='alice'" in seen["outcome"]
     assert authenticate(platform_app, "gitlab-ci-token", seen["token"]) is AuthFailure.INVALID
     with platform_app.app_context():
         job = db.session.scalars(sa.select(CiJob)).one()
@@ -289,8 +351,12 @@ def test_ci_run_exits_with_the_commands_status_and_finishes_the_job(
 
 
 def test_ci_run_refusals(seeded: FlaskCliRunner) -> None:
-    assert "No project at" in fails(seeded, "ci", "run", "org/nope", "--user", "alice", "--", "true")
-    assert "No user named" in fails(seeded, "ci", "run", "org/team/app", "--user", "bob", "--", "true")
+    assert "No project at" in fails(
+        seeded, "ci", "run", "org/nope", "--user", "alice", "--", "true"
+    )
+    assert "No user named" in fails(
+        seeded, "ci", "run", "org/team/app", "--user", "bob", "--", "true"
+    )
     ok(seeded, "user", "block", "alice")
     assert "blocked" in fails(seeded, "ci", "run", "org/team/app", "--user", "alice", "--", "true")
     assert "Missing argument" in fails(seeded, "ci", "run", "org/team/app", "--user", "alice")

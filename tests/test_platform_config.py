@@ -72,7 +72,9 @@ def test_environment_configures_the_app(tmp_path: Path, monkeypatch: pytest.Monk
     assert app.config["DEPENDENCY_PROXY_GROUP_DEFAULT_ENABLED"] is True
 
 
-def test_test_config_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_config_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://nowhere/db")
     monkeypatch.setenv("DEPENDENCY_PROXY_TOKEN_TTL", "120")
     app = Flask("examples.platform")
@@ -101,7 +103,10 @@ def test_a_role_setting_that_names_no_role_fails_at_startup(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="DEPENDENCY_PROXY_ADMIN_ROLE: Unknown role 'boss'"):
         load_config(
             app,
-            {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}", "DEPENDENCY_PROXY_ADMIN_ROLE": "boss"},
+            {
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+                "DEPENDENCY_PROXY_ADMIN_ROLE": "boss",
+            },
         )
 
 

@@ -51,13 +51,17 @@ def world(platform_app: Flask) -> t.Iterator[World]:
         yield build_world()
 
 
-def pat(username: str, scopes: str = "read_registry,write_registry") -> tuple[PersonalAccessToken, str]:
+def pat(
+    username: str, scopes: str = "read_registry,write_registry"
+) -> tuple[PersonalAccessToken, str]:
     user = find_user(username)
     assert user is not None
     return services.create_personal_access_token(user, name="test", scopes=scopes)
 
 
-def deploy_token(group: str, scopes: str = "read_registry,write_registry", **kw: t.Any) -> tuple[DeployToken, str]:
+def deploy_token(
+    group: str, scopes: str = "read_registry,write_registry", **kw: t.Any
+) -> tuple[DeployToken, str]:
     return services.create_deploy_token(services.require_group(group), scopes=scopes, **kw)
 
 
@@ -139,7 +143,9 @@ def test_personal_access_token_with_registry_scopes(world: World, scopes: str) -
 
 
 @pytest.mark.parametrize("scopes", ["read_registry", "write_registry", "read_api,read_repository"])
-def test_personal_access_token_without_registry_scopes_is_insufficient(world: World, scopes: str) -> None:
+def test_personal_access_token_without_registry_scopes_is_insufficient(
+    world: World, scopes: str
+) -> None:
     _, secret = pat("dev", scopes)
     assert host.authenticate("dev", secret) is AuthFailure.INSUFFICIENT_SCOPE
 
@@ -154,7 +160,9 @@ def test_personal_access_token_only_with_its_owners_username(world: World) -> No
 def test_revoked_and_expired_personal_access_tokens_are_invalid(world: World) -> None:
     revoked, revoked_secret = pat("dev")
     expired, expired_secret = pat("dev")
-    subjects = [accepted(host.authenticate("dev", s)).subject for s in (revoked_secret, expired_secret)]
+    subjects = [
+        accepted(host.authenticate("dev", s)).subject for s in (revoked_secret, expired_secret)
+    ]
 
     services.revoke_personal_access_token(revoked.id)
     expire(expired)
@@ -169,7 +177,9 @@ def test_a_token_shaped_wrong_secret_is_still_tried_as_a_password(world: World) 
     assert isinstance(user, User)
     user.set_password("dppat-this-is-my-password")
     db.session.commit()
-    assert accepted(host.authenticate("out", "dppat-this-is-my-password")).kind is PrincipalKind.USER
+    assert (
+        accepted(host.authenticate("out", "dppat-this-is-my-password")).kind is PrincipalKind.USER
+    )
     assert host.authenticate("out", "dppat-something-else") is AuthFailure.INVALID
 
 
@@ -200,7 +210,10 @@ def test_deploy_token_with_a_chosen_username(world: World) -> None:
 def test_deploy_token_needs_both_registry_scopes(world: World) -> None:
     _, read_only = deploy_token("org", scopes="read_registry")
     token, repo_only = deploy_token("org", scopes="read_repository")
-    assert host.authenticate(f"deploy-token-{token.id - 1}", read_only) is AuthFailure.INSUFFICIENT_SCOPE
+    assert (
+        host.authenticate(f"deploy-token-{token.id - 1}", read_only)
+        is AuthFailure.INSUFFICIENT_SCOPE
+    )
     assert host.authenticate(token.username, repo_only) is AuthFailure.INSUFFICIENT_SCOPE
 
 
@@ -245,7 +258,9 @@ def test_job_token_only_with_the_job_token_username(world: World) -> None:
     assert host.authenticate(JOB_USER, world.passwords["dev"]) is AuthFailure.INVALID
 
 
-def test_job_token_username_comes_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_token_username_comes_from_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key in platform_env_keys():
         monkeypatch.delenv(key)
     flask_app = make_app(tmp_path, DEPENDENCY_PROXY_JOB_TOKEN_USERNAME="ci-bot")
@@ -277,7 +292,8 @@ def test_load_principal_round_trips_every_kind(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "subject", ["", "user", "user:", "user:abc", "user:999999", "pat:999999", "job:-1", "group:1", "user:1:2"]
+    "subject",
+    ["", "user", "user:", "user:abc", "user:999999", "pat:999999", "job:-1", "group:1", "user:1:2"],
 )
 def test_load_principal_refuses_unknown_subjects(world: World, subject: str) -> None:
     assert host.load_principal(subject) is None

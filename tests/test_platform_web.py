@@ -98,7 +98,9 @@ def test_sign_in_refuses_wrong_password_and_blocked_user(
     assert response.status_code == 401
 
 
-def test_blocking_ends_an_open_session(platform_app: Flask, client: FlaskClient, world: World) -> None:
+def test_blocking_ends_an_open_session(
+    platform_app: Flask, client: FlaskClient, world: World
+) -> None:
     as_user(client, world, "gus")
     assert client.get("/").status_code == 200
     with platform_app.app_context():
@@ -216,10 +218,14 @@ def test_personal_access_token_form_errors(client: FlaskClient, world: World) ->
         assert "new-secret" not in page
 
 
-def test_personal_access_token_revoke(platform_app: Flask, client: FlaskClient, world: World) -> None:
+def test_personal_access_token_revoke(
+    platform_app: Flask, client: FlaskClient, world: World
+) -> None:
     as_user(client, world, "gus")
     secret = shown_secret(create_pat(client, name="ci", scopes="api"))
-    token_id = re.search(r"personal_access_tokens/(\d+)/revoke", text(client.get(PAT_PAGE))).group(1)  # type: ignore[union-attr]
+    token_id = re.search(r"personal_access_tokens/(\d+)/revoke", text(client.get(PAT_PAGE))).group(
+        1
+    )  # type: ignore[union-attr]
 
     csrf = csrf_from(client, PAT_PAGE)
     response = client.post(f"{PAT_PAGE}/{token_id}/revoke", data={"csrf_token": csrf})
@@ -229,14 +235,18 @@ def test_personal_access_token_revoke(platform_app: Flask, client: FlaskClient, 
     assert "revoked" in text(client.get(PAT_PAGE))
 
 
-def test_cannot_revoke_someone_elses_token(platform_app: Flask, client: FlaskClient, world: World) -> None:
+def test_cannot_revoke_someone_elses_token(
+    platform_app: Flask, client: FlaskClient, world: World
+) -> None:
     with platform_app.app_context():
         user = services.require_user("dev")
         token, secret = services.create_personal_access_token(user, name="mine", scopes="api")
         token_id = token.id
     as_user(client, world, "gus")
     csrf = csrf_from(client, PAT_PAGE)
-    assert client.post(f"{PAT_PAGE}/{token_id}/revoke", data={"csrf_token": csrf}).status_code == 404
+    assert (
+        client.post(f"{PAT_PAGE}/{token_id}/revoke", data={"csrf_token": csrf}).status_code == 404
+    )
     with platform_app.app_context():
         assert isinstance(host.authenticate("dev", secret), Principal)
 
@@ -244,7 +254,9 @@ def test_cannot_revoke_someone_elses_token(platform_app: Flask, client: FlaskCli
 # -- deploy tokens ----------------------------------------------------------------------
 
 
-def test_owner_creates_and_revokes_deploy_tokens(platform_app: Flask, client: FlaskClient, world: World) -> None:
+def test_owner_creates_and_revokes_deploy_tokens(
+    platform_app: Flask, client: FlaskClient, world: World
+) -> None:
     as_user(client, world, "owner")
     page = "/groups/org/team/-/deploy_tokens"
     assert 'href="/groups/org/team/-/deploy_tokens"' in text(client.get("/groups/org/team"))
@@ -264,17 +276,25 @@ def test_owner_creates_and_revokes_deploy_tokens(platform_app: Flask, client: Fl
     assert isinstance(principal, Principal) and principal.kind is PrincipalKind.DEPLOY_TOKEN
 
     token_id = username.rsplit("-", 1)[1]
-    response = client.post(f"{page}/{token_id}/revoke", data={"csrf_token": csrf_from(client, page)})
+    response = client.post(
+        f"{page}/{token_id}/revoke", data={"csrf_token": csrf_from(client, page)}
+    )
     assert response.status_code == 302
     with platform_app.app_context():
         assert host.authenticate(username, secret) is AuthFailure.INVALID
     # Another group's page cannot revoke it.
-    assert client.post(
-        f"/groups/org/-/deploy_tokens/{token_id}/revoke", data={"csrf_token": csrf_from(client, page)}
-    ).status_code == 404
+    assert (
+        client.post(
+            f"/groups/org/-/deploy_tokens/{token_id}/revoke",
+            data={"csrf_token": csrf_from(client, page)},
+        ).status_code
+        == 404
+    )
 
 
-@pytest.mark.parametrize(("who", "status"), [("dev", 403), ("maint", 403), ("out", 404), ("root", 200)])
+@pytest.mark.parametrize(
+    ("who", "status"), [("dev", 403), ("maint", 403), ("out", 404), ("root", 200)]
+)
 def test_only_owners_and_admins_manage_deploy_tokens(
     client: FlaskClient, world: World, who: str, status: int
 ) -> None:
@@ -285,13 +305,33 @@ def test_only_owners_and_admins_manage_deploy_tokens(
 # -- wired to the extension --------------------------------------------------------------
 
 
-def test_the_extension_asks_this_host(platform_app: Flask, client: FlaskClient, world: World) -> None:
+def test_the_extension_asks_this_host(
+    platform_app: Flask, client: FlaskClient, world: World
+) -> None:
     """The token endpoint answers according to the platform's credentials."""
     with platform_app.app_context():
         user = services.require_user("gus")
-        _, good = services.create_personal_access_token(user, name="r", scopes="read_registry,write_registry")
+        _, good = services.create_personal_access_token(
+            user, name="r", scopes="read_registry,write_registry"
+        )
         _, weak = services.create_personal_access_token(user, name="w", scopes="read_api")
     params = {"service": "dependency_proxy"}
     assert client.get("/jwt/auth", query_string=params, auth=("gus", good)).status_code == 200
     assert client.get("/jwt/auth", query_string=params, auth=("gus", weak)).status_code == 403
     assert client.get("/jwt/auth", query_string=params, auth=("gus", "nope")).status_code == 401
+
+
+def test_the_extension_page_uses_the_platform_layout_and_login(
+    client: FlaskClient, world: World
+) -> None:
+    page_url = "/groups/org/team/-/dependency_proxy"
+    assert client.get(page_url).location.startswith("/users/sign_in?next=")
+    as_user(client, world, "owner")
+    page = client.get(page_url)
+    assert page.status_code == 200
+    body = text(page)
+    assert 'class="brand"' in body and "Dependency Proxy" in body
+    # The platform's sign-out form still works from inside the extension's page.
+    token = re.search(r'name="csrf_token" value="([^"]+)"', body).group(1)  # type: ignore[union-attr]
+    assert client.post("/users/sign_out", data={"csrf_token": token}).status_code == 302
+    assert client.get("/").status_code == 302

@@ -32,7 +32,6 @@ def create_app(test_config: Mapping[str, t.Any] | None = None) -> Flask:
     db.init_app(app)
     auth.init_app(app)
     views.init_app(app)
-    if proxy is not None:
-        proxy.init_app(app)
+    proxy.init_app(app)
     cli.init_app(app)
     return app

@@ -28,7 +28,7 @@ from flask_login import LoginManager, current_user, login_required, login_user, 
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from .models import User, db
+from .models import User, get_by_id
 from .services import verify_password
 
 bp = Blueprint("auth", __name__)
@@ -45,9 +45,7 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
     """Called on each request with the id from the session; a blocked user is signed out."""
-    if not user_id.isdigit():
-        return None
-    user = db.session.get(User, int(user_id))
+    user = get_by_id(User, user_id)
     return user if user is not None and not user.blocked else None
 
 
@@ -128,5 +126,7 @@ def logout() -> Response:
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     app.register_blueprint(bp)
-    app.add_template_global(csrf_token)
-    app.add_template_global(csrf_field)
+    # Prefixed names: a page of an extension that extends base.html may bring its
+    # own ``csrf_field`` into the template context, which would shadow ours.
+    app.add_template_global(csrf_token, "platform_csrf_token")
+    app.add_template_global(csrf_field, "platform_csrf_field")

@@ -31,9 +31,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+from flask_dependency_proxy import ci_variables
+
 from . import services
 from .extensions import proxy
-from .models import CiJob, Role, db
+from .models import CiJob, Role, db, find_project
 
 F = t.TypeVar("F", bound=Callable[..., t.Any])
 
@@ -64,10 +66,7 @@ def _expiry_note(expires_at: t.Any) -> str:
 def init_db_command() -> None:
     """Create the platform's tables and the Dependency Proxy's (safe to repeat)."""
     db.create_all()
-    if proxy is not None:
-        proxy.create_all()
-    else:
-        click.echo("flask_dependency_proxy.DependencyProxy is not available; created platform tables only.")
+    proxy.create_all()
     click.echo("Database ready.")
 
 
@@ -102,9 +101,13 @@ group_cli = AppGroup("group", help="Manage groups and their members.")
 @click.option("--private", is_flag=True, help="Hide the group's page from non-members.")
 @_refusals_as_errors
 def create_group(full_path: str, private: bool) -> None:
-    """Create a group at FULL_PATH; for a subgroup, the parent must exist."""
+    """Create a group at FULL_PATH; for a subgroup, the parent must exist.
+
+    A subgroup of a private group is always private.
+    """
     group = services.create_group(full_path, private=private)
-    click.echo(f"Created {'private' if private else 'public'} group {group.full_path} (id {group.id}).")
+    visibility = "private" if group.private else "public"
+    click.echo(f"Created {visibility} group {group.full_path} (id {group.id}).")
 
 
 @group_cli.command("add-member")
@@ -226,14 +229,7 @@ def run_job(ctx: click.Context, project_path: str, username: str, command: tuple
     The job token works while COMMAND runs and stops working when it exits,
     however it exits. The exit status is COMMAND's.
     """
-    try:
-        from flask_dependency_proxy import ci_variables
-    except ImportError:
-        raise click.ClickException(
-            "flask_dependency_proxy.ci_variables is not available in this version."
-        ) from None
-
-    project = services.find_project(project_path)
+    project = find_project(project_path)
     if project is None:
         raise click.ClickException(f"No project at {project_path!r}.")
     user = services.require_user(username)
@@ -260,7 +256,9 @@ def run_job(ctx: click.Context, project_path: str, username: str, command: tuple
     }
     # Hold no database connection (or SQLite lock) while the job runs.
     db.session.close()
-    click.echo(f"Running job {job_id} of {project_path} as {username}: {' '.join(command)}", err=True)
+    click.echo(
+        f"Running job {job_id} of {project_path} as {username}: {' '.join(command)}", err=True
+    )
     try:
         status = _run(command, env)
     finally:

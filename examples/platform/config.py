@@ -4,6 +4,8 @@
   pointed at the psycopg 3 driver. Default: SQLite in the instance folder.
 * ``SECRET_KEY``: signs sessions (and the extension derives its token key from
   it). The default is for development only and is logged as such.
+* ``PASSWORD_HASH_METHOD`` (``test_config`` only): Werkzeug's password hash
+  method, ``scrypt`` by default.
 * ``DEPENDENCY_PROXY_*``: copied into ``app.config`` for the extension and for
   :mod:`.host` (``DEPENDENCY_PROXY_MIN_READ_ROLE``, ``DEPENDENCY_PROXY_ADMIN_ROLE``).
 """

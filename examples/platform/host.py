@@ -40,7 +40,9 @@ from .models import (
     db,
     find_group,
     find_user,
+    get_by_id,
     highest_role,
+    usable_text,
     utcnow,
 )
 from .services import job_token_username, verify_password
@@ -51,7 +53,6 @@ MIN_READ_ROLE = Role.GUEST
 ADMIN_ROLE = Role.OWNER
 #: ``last_used_at`` of a personal access token is written at most this often.
 LAST_USED_GRANULARITY = timedelta(minutes=10)
-
 
 
 def _role_setting(key: str, default: Role) -> Role:
@@ -86,7 +87,7 @@ class PlatformHost:
         return _proxy_group(find_group(full_path))
 
     def find_group_by_id(self, group_id: int) -> ProxyGroup | None:
-        return _proxy_group(db.session.get(Group, group_id))
+        return _proxy_group(get_by_id(Group, group_id))
 
     # -- credentials --------------------------------------------------------
 
@@ -96,7 +97,7 @@ class PlatformHost:
         A secret that looks like a token but matches none is still tried as a
         password, so a password that happens to start with ``dppat-`` works.
         """
-        if not username or not secret:
+        if not username or not secret or not usable_text(username + secret):
             return AuthFailure.INVALID
         if username == job_token_username():
             return self._authenticate_job(secret)
@@ -164,7 +165,7 @@ class PlatformHost:
 
         No username comes with an API token, so the secret's digest is the key.
         """
-        if not secret.startswith(tokens.PERSONAL_ACCESS_TOKEN_PREFIX):
+        if not secret.startswith(tokens.PERSONAL_ACCESS_TOKEN_PREFIX) or not usable_text(secret):
             return AuthFailure.INVALID
         token = db.session.scalar(
             sa.select(PersonalAccessToken).where(
@@ -201,12 +202,15 @@ class PlatformHost:
 
     def can_read(self, principal: Principal, group: ProxyGroup) -> bool:
         actor = _resolve(principal.subject)
-        target = db.session.get(Group, group.id)
+        target = get_by_id(Group, group.id)
         if actor is None or target is None:
             return False
         if actor.deploy_token is not None:
             return target.is_within(actor.deploy_token.group)
-        if actor.job is not None and target.top_level_path != actor.job.project.group.top_level_path:
+        if (
+            actor.job is not None
+            and target.top_level_path != actor.job.project.group.top_level_path
+        ):
             return False
         assert actor.user is not None
         if actor.user.is_admin:
@@ -218,7 +222,7 @@ class PlatformHost:
 
     def can_admin(self, principal: Principal, group: ProxyGroup) -> bool:
         actor = _resolve(principal.subject)
-        target = db.session.get(Group, group.id)
+        target = get_by_id(Group, group.id)
         if actor is None or target is None or actor.user is None or actor.job is not None:
             return False
         if actor.user.is_admin:
@@ -241,17 +245,14 @@ def _touch(token: PersonalAccessToken) -> None:
 
 def _resolve(subject: str) -> _Actor | None:
     """Re-read a subject; ``None`` if it is unknown or no longer valid."""
-    kind, _, raw_id = subject.partition(":")
-    if not raw_id.isdigit():
-        return None
-    ident = int(raw_id)
+    kind, _, ident = subject.partition(":")
     if kind == "user":
-        user = db.session.get(User, ident)
+        user = get_by_id(User, ident)
         if user is None or user.blocked:
             return None
         return _Actor(user=user)
     if kind == "pat":
-        token = db.session.get(PersonalAccessToken, ident)
+        token = get_by_id(PersonalAccessToken, ident)
         if (
             token is None
             or not token.is_usable()
@@ -261,7 +262,7 @@ def _resolve(subject: str) -> _Actor | None:
             return None
         return _Actor(user=token.user, personal_access_token=token)
     if kind == "deploy_token":
-        deploy_token = db.session.get(DeployToken, ident)
+        deploy_token = get_by_id(DeployToken, ident)
         if (
             deploy_token is None
             or not deploy_token.is_usable()
@@ -270,7 +271,7 @@ def _resolve(subject: str) -> _Actor | None:
             return None
         return _Actor(deploy_token=deploy_token)
     if kind == "job":
-        job = db.session.get(CiJob, ident)
+        job = get_by_id(CiJob, ident)
         if job is None or not job.is_running or job.user.blocked:
             return None
         return _Actor(user=job.user, job=job)
@@ -300,4 +301,6 @@ def _deploy_token_principal(token: DeployToken) -> Principal:
 
 
 def _job_principal(job: CiJob) -> Principal:
-    return Principal(kind=PrincipalKind.JOB_TOKEN, subject=f"job:{job.id}", username=job.user.username)
+    return Principal(
+        kind=PrincipalKind.JOB_TOKEN, subject=f"job:{job.id}", username=job.user.username
+    )

@@ -286,7 +286,7 @@ class Project(db.Model):  # type: ignore[name-defined,misc]
     group: Mapped[Group] = relationship(back_populates="projects")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -312,6 +312,32 @@ class CiJob(db.Model):  # type: ignore[name-defined,misc]
         return self.status == JobStatus.RUNNING.value
 
 
+#: The largest id an ``INTEGER`` primary key holds on every backend; PostgreSQL
+#: raises on a bigger one instead of finding nothing.
+MAX_ID = 2**31 - 1
+
+M = t.TypeVar("M")
+
+
+def get_by_id(model: type[M], ident: int | str) -> M | None:
+    """``db.session.get`` for ids from outside (URLs, CLI, token subjects).
+
+    Anything that cannot be a row id finds nothing instead of raising.
+    """
+    if isinstance(ident, str):
+        if not (ident.isascii() and ident.isdigit()):
+            return None
+        ident = int(ident)
+    if not 0 < ident <= MAX_ID:
+        return None
+    return db.session.get(model, ident)
+
+
+def usable_text(value: str) -> bool:
+    """Whether a string can be looked up at all (PostgreSQL text cannot hold NUL)."""
+    return "\x00" not in value
+
+
 def highest_role(user: User, group: Group) -> Role | None:
     """The user's strongest role in the group or any of its ancestors, if any."""
     role = db.session.scalar(
@@ -324,14 +350,22 @@ def highest_role(user: User, group: Group) -> Role | None:
 
 def find_group(full_path: str) -> Group | None:
     """Look a group up by full path, ignoring case (paths are stored lowercase)."""
-    return db.session.scalar(sa.select(Group).where(Group.full_path == full_path.strip("/").lower()))
+    if not usable_text(full_path):
+        return None
+    return db.session.scalar(
+        sa.select(Group).where(Group.full_path == full_path.strip("/").lower())
+    )
 
 
 def find_user(username: str) -> User | None:
+    if not usable_text(username):
+        return None
     return db.session.scalar(sa.select(User).where(User.username == username))
 
 
 def find_project(full_path: str) -> Project | None:
+    if not usable_text(full_path):
+        return None
     return db.session.scalar(
         sa.select(Project).where(Project.full_path == full_path.strip("/").lower())
     )

@@ -30,6 +30,7 @@ from .models import (
     find_group,
     find_project,
     find_user,
+    get_by_id,
     password_hash_method,
     utcnow,
 )
@@ -54,6 +55,14 @@ def _expiry(expires_days: int | None) -> timedelta | None:
     if expires_days < 1:
         raise PlatformError("--expires-days must be at least 1.")
     return timedelta(days=expires_days)
+
+
+def _check_text(value: str, what: str) -> str:
+    """Refuse control characters in names people see and type (and NUL, which
+    PostgreSQL cannot store)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise PlatformError(f"The {what} must not contain control characters.")
+    return value
 
 
 def _scopes(scopes: str | Iterable[str], allowed: tuple[str, ...]) -> frozenset[str]:
@@ -99,6 +108,7 @@ def require_group(full_path: str) -> Group:
 
 
 def create_user(username: str, password: str, *, is_admin: bool = False) -> User:
+    _check_text(username, "username")
     if not username or username != username.strip() or "/" in username or ":" in username:
         raise PlatformError("A username must be non-empty, with no spaces around it, '/' or ':'.")
     if username == job_token_username():
@@ -123,7 +133,10 @@ def block_user(username: str) -> User:
 
 
 def create_group(full_path: str, *, private: bool = False) -> Group:
-    """Create a group; its parent (all but the last segment) must exist already."""
+    """Create a group; its parent (all but the last segment) must exist already.
+
+    A subgroup of a private group is private too: it cannot show more than its parent.
+    """
     segments = full_path.strip("/").split("/")
     try:
         lowered = [check_path_segment(s) for s in segments]
@@ -137,11 +150,10 @@ def create_group(full_path: str, *, private: bool = False) -> Group:
         parent_path = "/".join(lowered[:-1])
         parent = find_group(parent_path)
         if parent is None:
-            raise PlatformError(
-                f"Parent group {parent_path!r} does not exist; create it first."
-            )
+            raise PlatformError(f"Parent group {parent_path!r} does not exist; create it first.")
     if find_project(path) is not None:
         raise PlatformError(f"A project already uses the path {path!r}.")
+    private = private or (parent is not None and parent.private)
     group = Group(name=segments[-1], parent=parent, full_path=path, private=private)
     db.session.add(group)
     db.session.commit()
@@ -177,7 +189,7 @@ def create_personal_access_token(
 ) -> tuple[PersonalAccessToken, str]:
     """Create a token and return it with its secret, which is not stored anywhere."""
     scope_set = _scopes(scopes, tokens.PERSONAL_ACCESS_TOKEN_SCOPES)
-    if not name.strip():
+    if not _check_text(name, "token name").strip():
         raise PlatformError("Give the token a name.")
     lifetime = _expiry(expires_days)
     secret = tokens.new_secret(tokens.PERSONAL_ACCESS_TOKEN_PREFIX)
@@ -193,9 +205,11 @@ def create_personal_access_token(
     return token, secret
 
 
-def revoke_personal_access_token(token_id: int, *, owner: User | None = None) -> PersonalAccessToken:
+def revoke_personal_access_token(
+    token_id: int, *, owner: User | None = None
+) -> PersonalAccessToken:
     """Revoke a token; with ``owner``, only one of that user's tokens."""
-    token = db.session.get(PersonalAccessToken, token_id)
+    token = get_by_id(PersonalAccessToken, token_id)
     if token is None or (owner is not None and token.user_id != owner.id):
         raise PlatformError(f"No personal access token with id {token_id}.")
     if token.revoked_at is None:
@@ -218,7 +232,8 @@ def create_deploy_token(
     """
     scope_set = _scopes(scopes, tokens.DEPLOY_TOKEN_SCOPES)
     lifetime = _expiry(expires_days)
-    username = (username or "").strip() or None
+    username = _check_text(username or "", "username").strip() or None
+    name = _check_text(name or "", "token name")
     if username is not None and (username == job_token_username() or ":" in username):
         raise PlatformError(f"{username!r} cannot be a deploy token username.")
     secret = tokens.new_secret(tokens.DEPLOY_TOKEN_PREFIX)
@@ -240,7 +255,7 @@ def create_deploy_token(
 
 def revoke_deploy_token(token_id: int, *, group: Group | None = None) -> DeployToken:
     """Revoke a deploy token; with ``group``, only one of that group's tokens."""
-    token = db.session.get(DeployToken, token_id)
+    token = get_by_id(DeployToken, token_id)
     if token is None or (group is not None and token.group_id != group.id):
         raise PlatformError(f"No deploy token with id {token_id}.")
     if token.revoked_at is None:

@@ -66,6 +66,7 @@ def _expires_days(raw: str) -> int | None:
 @bp.get("/")
 @login_required
 def home() -> ResponseReturnValue:
+    rows: list[tuple[Group, str | None]]
     if current_user.is_admin:
         rows = [(g, None) for g in db.session.scalars(sa.select(Group).order_by(Group.full_path))]
     else:
@@ -119,7 +120,9 @@ def deploy_tokens(full_path: str) -> ResponseReturnValue:
         except services.PlatformError as e:
             flash(str(e), "error")
     listed = db.session.scalars(
-        sa.select(DeployToken).where(DeployToken.group_id == group.id).order_by(DeployToken.id.desc())
+        sa.select(DeployToken)
+        .where(DeployToken.group_id == group.id)
+        .order_by(DeployToken.id.desc())
     ).all()
     body = render_template(
         "deploy_tokens.html",
