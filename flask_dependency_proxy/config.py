@@ -51,6 +51,10 @@ JOB_TOKEN_USERNAME = "gitlab-ci-token"
 LOGIN_MAX_FAILURES = 10
 #: The window those failures are counted in; also the longest wait it imposes.
 LOGIN_FAILURE_WINDOW_SECONDS = 300
+#: Serve cached blobs through nginx: the internal location that maps to the store's
+#: ``blobs/`` folder (e.g. ``/_dependency_proxy_blobs/``). Responses then carry
+#: ``X-Accel-Redirect`` and no body. (For Apache's X-Sendfile use Flask's ``USE_X_SENDFILE``.)
+X_ACCEL_REDIRECT_PREFIX: str | None = None
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
 # -- pages, REST API and cache life cycle --------------------------------------------
@@ -96,6 +100,7 @@ class ProxyConfig:
     read_time_granularity_seconds: float
     login_max_failures: int
     login_failure_window_seconds: float
+    x_accel_redirect_prefix: str | None
     # -- pages, REST API and cache life cycle --
     base_template: str
     cleanup_scheduler: bool
@@ -150,6 +155,14 @@ def _coerce_url(key: str, value: t.Any) -> str:
 def _coerce_template(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key} must name a template, such as 'base.html', not {value!r}.")
+    return value
+
+
+def _coerce_location(key: str, value: t.Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
+        raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
     return value
 
 
@@ -230,6 +243,9 @@ def load_config(app: Flask) -> ProxyConfig:
             c[f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS"],
             float,
             1,
+        ),
+        x_accel_redirect_prefix=_coerce_location(
+            f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX", c[f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX"]
         ),
         # -- pages, REST API and cache life cycle --
         base_template=_coerce_template(

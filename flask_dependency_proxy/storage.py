@@ -23,12 +23,14 @@ class FilesystemStore:
         self._locks = os.path.join(self.root, "locks")
         os.makedirs(self._staging, exist_ok=True)
         os.makedirs(self._locks, exist_ok=True)
-        os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
+        #: Committed blobs live below this folder (what a web server may serve directly).
+        self.blobs_root = os.path.join(self.root, "blobs")
+        os.makedirs(self.blobs_root, exist_ok=True)
 
     def path(self, digest: str) -> str:
         """The final location of a blob. ``digest`` must already be validated."""
         algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self.root, "blobs", algorithm, hex_digest[:2], hex_digest)
+        return os.path.join(self.blobs_root, algorithm, hex_digest[:2], hex_digest)
 
     def size(self, digest: str) -> int | None:
         """The size of a committed blob, or ``None`` when it is not stored."""

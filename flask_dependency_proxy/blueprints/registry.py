@@ -7,6 +7,7 @@ method, and builds a response. Writes answer 405 UNSUPPORTED.
 from __future__ import annotations
 
 import logging
+import os
 import typing as t
 
 from flask import Blueprint, Response, request, send_file
@@ -115,7 +116,13 @@ def blob(name: str, digest: str) -> Response:
 
 
 def _blob_response(result: BlobResult) -> Response:
-    if result.path is not None:
+    accel_prefix = state(None).config.x_accel_redirect_prefix
+    if result.path is not None and accel_prefix is not None:
+        # nginx serves the file (sendfile, ranges) from an internal location.
+        response = Response(b"", mimetype="application/octet-stream")
+        relative = os.path.relpath(result.path, state(None).store.blobs_root)
+        response.headers["X-Accel-Redirect"] = accel_prefix + relative.replace(os.sep, "/")
+    elif result.path is not None:
         # send_file hands the file to wsgi.file_wrapper (sendfile under gunicorn)
         # and answers Range requests with 206.
         response = send_file(

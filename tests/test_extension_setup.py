@@ -1,0 +1,124 @@
+"""Registering the extension: configuration is validated at ``init_app``, not at the
+first pull, and mistakes in wiring fail with a message that says what to do."""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from examples.platform.host import PlatformHost
+from flask_dependency_proxy import ConfigError, DependencyProxy
+from flask_dependency_proxy.extension import state
+from tests.platform_fixtures import build_world, dispose, make_app
+from tests.support import images
+from tests.support.registry import Registry
+
+
+def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SECRET_KEY="k", SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/db.sqlite", **config
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    return app, db
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("DEPENDENCY_PROXY_UPSTREAM_URL", "ftp://example.com", "http:// or https://"),
+        ("DEPENDENCY_PROXY_UPSTREAM_URL", "https://example.com/?x=1", "query"),
+        ("DEPENDENCY_PROXY_EXTERNAL_URL", "example.com", "http:// or https://"),
+        ("DEPENDENCY_PROXY_TOKEN_TTL", "soon", "must be a number"),
+        ("DEPENDENCY_PROXY_TOKEN_TTL", 0, "at least 1"),
+        ("DEPENDENCY_PROXY_ENABLED", "maybe", "true or false"),
+        ("DEPENDENCY_PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", -1, "at least"),
+        ("DEPENDENCY_PROXY_UPSTREAM_USERNAME", "only-a-name", "UPSTREAM_PASSWORD"),
+        ("DEPENDENCY_PROXY_X_ACCEL_REDIRECT_PREFIX", "no-slashes", "starts and ends with '/'"),
+    ],
+)
+def test_bad_configuration_fails_at_init_app(
+    tmp_path: Path, key: str, value: t.Any, message: str
+) -> None:
+    app, db = _app(tmp_path, **{key: value})
+    with pytest.raises(ConfigError, match=key) as info:
+        DependencyProxy(app, db=db, host=PlatformHost())
+    assert message in str(info.value)
+
+
+def test_string_values_from_the_environment_are_parsed(tmp_path: Path) -> None:
+    app, db = _app(
+        tmp_path,
+        DEPENDENCY_PROXY_ENABLED="false",
+        DEPENDENCY_PROXY_TOKEN_TTL="60",
+        DEPENDENCY_PROXY_UPSTREAM_URL="http://127.0.0.1:5001/",
+    )
+    DependencyProxy(app, db=db, host=PlatformHost())
+    config = state(app).config
+    assert (config.enabled, config.token_ttl, config.upstream_url) == (
+        False,
+        60,
+        "http://127.0.0.1:5001",
+    )
+    # Switched off: no registry routes at all.
+    assert app.test_client().get("/v2/").status_code == 404
+
+
+def test_wiring_mistakes_say_how_to_fix_them(tmp_path: Path) -> None:
+    app, db = _app(tmp_path)
+    proxy = DependencyProxy(app, db=db, host=PlatformHost())
+    with pytest.raises(RuntimeError, match="already been registered"):
+        proxy.init_app(app)
+    with pytest.raises(RuntimeError, match="host adapter"):
+        DependencyProxy(Flask("other"), db=db)
+    with pytest.raises(TypeError, match="HostAdapter"):
+        DependencyProxy(_app(tmp_path / "x")[0], db=db, host=object())  # type: ignore[arg-type]
+    bare = Flask("bare")
+    bare.config["SECRET_KEY"] = "k"
+    with pytest.raises(RuntimeError, match="Flask-SQLAlchemy"):
+        DependencyProxy(bare, db=db, host=PlatformHost())
+
+
+def test_cached_blobs_can_be_handed_to_nginx(
+    tmp_path: Path, upstream: Registry, fresh_database_url: str
+) -> None:
+    pushed = images.push(
+        images.build_image("accel-seed", layer_sizes=(10_000,)),
+        upstream,
+        "library/accel",
+        "latest",
+        workdir=tmp_path,
+    )
+    app = make_app(
+        tmp_path,
+        fresh_database_url,
+        DEPENDENCY_PROXY_UPSTREAM_URL=upstream.url,
+        DEPENDENCY_PROXY_X_ACCEL_REDIRECT_PREFIX="/_blobs/",
+    )
+    with app.app_context():
+        world = build_world()
+    assert (
+        app.test_cli_runner().invoke(args=["dependency-proxy", "enable", "org/team"]).exit_code == 0
+    )
+    client = app.test_client()
+    token = client.get(
+        "/jwt/auth?service=dependency_proxy", auth=("dev", world.passwords["dev"])
+    ).get_json()["token"]
+    url = f"/v2/org/team/dependency_proxy/containers/accel/blobs/{pushed.layer_digests[0]}"
+    headers = {"Authorization": f"Bearer {token}"}
+
+    miss = client.get(url, headers=headers)  # a miss streams the bytes itself
+    assert miss.status_code == 200 and len(miss.data) > 10_000
+    hit = client.get(url, headers=headers)
+    assert hit.status_code == 200
+    assert hit.data == b""
+    location = hit.headers["X-Accel-Redirect"]
+    assert location.startswith("/_blobs/sha256/")
+    served = Path(state(app).store.blobs_root) / location.removeprefix("/_blobs/")
+    assert served.read_bytes() == miss.data
+    dispose(app)
