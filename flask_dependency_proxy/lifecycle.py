@@ -43,7 +43,7 @@ import threading
 import typing as t
 import uuid
 
-from .models.admin import CacheAdmin
+from .models.admin import CacheAdmin, human_size
 from .models.tables import CachedBlob, CachedManifest, utcnow
 from .storage import FilesystemStore
 
@@ -115,8 +115,6 @@ class CleanupReport:
     bytes_deleted: int = 0
 
     def summary(self) -> str:
-        from .models.admin import human_size
-
         return (
             f"Marked {self.manifests_marked} manifests and {self.blobs_marked} blobs past"
             f" their group's cleanup policy. Deleted {self.manifests_deleted} manifests and"

@@ -180,7 +180,9 @@ def bulk_rows(group_id: int, count: int) -> None:
     session.commit()
 
 
-def rows(table: type[CachedManifest] | type[CachedBlob], group_id: int | None = None) -> list[t.Any]:
+def rows(
+    table: type[CachedManifest] | type[CachedBlob], group_id: int | None = None
+) -> list[t.Any]:
     """``(digest, status)`` of a table's rows, optionally of one group."""
     session = state(None).metadata.session
     query = sa.select(table.digest, table.status).order_by(table.id)

@@ -51,6 +51,7 @@ _GROUP_ID = re.compile(r"[1-9][0-9]{0,17}")
 _MAX_TOKEN_LENGTH = 1024
 _MAX_BODY_BYTES = 64 * 1024
 _MAX_PAGE = 100_000
+_NUMBER = re.compile(r"[0-9]{1,9}")
 _STATUS_NAMES = {Status.DEFAULT: "default", Status.PENDING_DESTRUCTION: "pending_destruction"}
 
 
@@ -99,7 +100,7 @@ def _unexpected(error: Exception) -> Response:
     return _json({"message": "500 Internal Server Error"}, 500)
 
 
-# -- authentication and the group ------------------------------------------------------------
+# -- authentication and the group -----------------------------------------------------------------
 
 
 def _token() -> str | None:
@@ -172,7 +173,7 @@ def _methods(*allowed: str) -> None:
         )
 
 
-# -- serialisation -------------------------------------------------------------------------------
+# -- serialisation --------------------------------------------------------------------------------
 
 
 def _time(moment: dt.datetime | None) -> str | None:
@@ -232,7 +233,7 @@ def _positive_int(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise ApiError(
             400,
             f"400 Bad request - {name} must be a whole number from 1 to {maximum}",
@@ -272,7 +273,7 @@ def _paginated(page: Page[t.Any], body: list[dict[str, t.Any]]) -> Response:
     return _json(body, 200, headers)
 
 
-# -- settings input ---------------------------------------------------------------------------------
+# -- settings input -------------------------------------------------------------------------------
 
 
 def _strict_bool(value: t.Any) -> bool | None:
@@ -382,7 +383,8 @@ def settings(group_ref: str) -> Response:
         if "enabled" in changes:
             proxy.access.forget()
         return _json(_settings_body(group, updated))
-    return _json(_settings_body(group, admin.settings(group.id, proxy.config.group_default_enabled)))
+    current = admin.settings(group.id, proxy.config.group_default_enabled)
+    return _json(_settings_body(group, current))
 
 
 @bp.route(f"{_ROUTE}/manifests", methods=_ALL_METHODS)

@@ -6,6 +6,13 @@ templates folder wins over the one shipped here. Only principals the host lets
 administer the group see them; other signed-in users get 404, anonymous visitors go
 to the host's login through Flask-Login. Forms carry the extension's own CSRF token
 and work without JavaScript; only the copy button needs it.
+
+What the templates get, for hosts that override them: ``base_template``, ``group``
+(:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
+``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
+``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days`` and
+``max_days``, and ``clear.html`` gets ``stats`` and ``cooldown``. Flashed messages use
+the categories ``info`` and ``error``.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 #: Group paths as hosts name them; anything else is a 404 before the host is asked.
 _GROUP_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
 _MAX_PAGE = 100_000
+_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class CsrfRejected(Exception):
@@ -105,14 +113,16 @@ def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
         render_template(
             "dependency_proxy/error.html",
             base_template=state(None).config.base_template,
-            title="Form rejected",
-            message="The form has expired or came from another site. Reload the page and try again.",
+            error_title="Form rejected",
+            error_message=(
+                "The form has expired or came from another site. Reload the page and try again."
+            ),
         ),
         400,
     )
 
 
-# -- shared helpers ------------------------------------------------------------------------
+# -- shared helpers -------------------------------------------------------------------------------
 
 
 def image_prefix(group: Group) -> str:
@@ -174,15 +184,15 @@ def _render(template: str, group: Group, **context: t.Any) -> str:
         template,
         base_template=state(None).config.base_template,
         group=group,
-        csrf_field=csrf_field,
-        csrf_token=csrf_token,
+        proxy_csrf_field=csrf_field,
+        proxy_csrf_token=csrf_token,
         human_size=human_size,
         format_time=format_time,
         **context,
     )
 
 
-# -- views -----------------------------------------------------------------------------------
+# -- views ----------------------------------------------------------------------------------------
 
 
 @bp.get(_PAGE)
@@ -191,7 +201,7 @@ def show(group: Group) -> ResponseReturnValue:
     proxy = state(None)
     admin = _admin()
     page = request.args.get("page", "1")
-    number = int(page) if page.isdigit() and 0 < int(page) <= _MAX_PAGE else 1
+    number = int(page) if _NUMBER.fullmatch(page) and 0 < int(page) <= _MAX_PAGE else 1
     settings = admin.settings(group.id, proxy.config.group_default_enabled)
     stats = admin.stats(group.id)
     listing = admin.list_manifests(group.id, number, DEFAULT_PER_PAGE)
@@ -219,7 +229,8 @@ def update_settings(group: Group) -> ResponseReturnValue:
         group.id, proxy.config.group_default_enabled, utcnow(), enabled=value == "1"
     )
     proxy.access.forget()
-    flash(f"Dependency Proxy {'enabled' if value == '1' else 'disabled'} for {group.full_path}.", "info")
+    done = "enabled" if value == "1" else "disabled"
+    flash(f"Dependency Proxy {done} for {group.full_path}.", "info")
     return _back(group)
 
 
@@ -228,7 +239,7 @@ def update_settings(group: Group) -> ResponseReturnValue:
 def update_cleanup_policy(group: Group) -> ResponseReturnValue:
     enabled = request.form.get("cleanup_enabled") == "1"
     raw_days = request.form.get("cleanup_days", "").strip()
-    if not raw_days.isdigit() or not MIN_CLEANUP_DAYS <= int(raw_days) <= MAX_CLEANUP_DAYS:
+    if not _NUMBER.fullmatch(raw_days) or not MIN_CLEANUP_DAYS <= int(raw_days) <= MAX_CLEANUP_DAYS:
         flash(
             f"Days must be a whole number from {MIN_CLEANUP_DAYS} to {MAX_CLEANUP_DAYS}.", "error"
         )

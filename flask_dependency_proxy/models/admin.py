@@ -206,7 +206,7 @@ class CacheAdmin:
     def session(self) -> Session:
         return self._session()
 
-    # -- settings ---------------------------------------------------------------------
+    # -- settings --------------------------------------------------------------------------
 
     def settings(self, group_id: int, default_enabled: bool) -> Settings:
         row = self.session.get(GroupSettings, group_id)
@@ -256,7 +256,7 @@ class CacheAdmin:
             self.session.add(row)
         return row
 
-    # -- purge ---------------------------------------------------------------------------
+    # -- purge -----------------------------------------------------------------------------
 
     def claim_purge(
         self, group_id: int, default_enabled: bool, now: dt.datetime, cooldown: dt.timedelta
@@ -281,7 +281,9 @@ class CacheAdmin:
             sa.update(GroupSettings)
             .where(
                 GroupSettings.group_id == group_id,
-                sa.or_(GroupSettings.purged_at.is_(None), GroupSettings.purged_at <= now - cooldown),
+                sa.or_(
+                    GroupSettings.purged_at.is_(None), GroupSettings.purged_at <= now - cooldown
+                ),
             )
             .values(purged_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
@@ -307,7 +309,7 @@ class CacheAdmin:
         )
         return _rowcount(result)
 
-    # -- cleanup -----------------------------------------------------------------------
+    # -- cleanup ---------------------------------------------------------------------------
 
     def mark_expired(self, now: dt.datetime) -> tuple[int, int]:
         """Apply every group's cleanup policy: mark rows last read more than the policy's
@@ -376,7 +378,7 @@ class CacheAdmin:
         self.session.rollback()
         return set(found)
 
-    # -- leases --------------------------------------------------------------------------
+    # -- leases ----------------------------------------------------------------------------
 
     def acquire_lease(
         self,
@@ -439,7 +441,7 @@ class CacheAdmin:
         )
         self.session.commit()
 
-    # -- counts and sizes ----------------------------------------------------------------
+    # -- counts and sizes ------------------------------------------------------------------
 
     def stats(self, group_id: int) -> GroupStats:
         """Counts and sizes of one group's cache."""
@@ -453,7 +455,10 @@ class CacheAdmin:
         usage: dict[int, dict[str, Usage]] = {}
         for table, kind in ((CachedManifest, "manifests"), (CachedBlob, "blobs")):
             query = sa.select(
-                table.group_id, table.status, sa.func.count(), sa.func.coalesce(sa.func.sum(table.size), 0)
+                table.group_id,
+                table.status,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(table.size), 0),
             ).group_by(table.group_id, table.status)
             if group_id is not None:
                 query = query.where(table.group_id == group_id)
@@ -467,18 +472,18 @@ class CacheAdmin:
         )
         if group_id is not None:
             images_query = images_query.where(CachedManifest.group_id == group_id)
-        images = dict(self.session.execute(images_query).tuples().all())
+        images = {gid: count for gid, count in self.session.execute(images_query)}
         self.session.rollback()
         return {
             gid: GroupStats(images=int(images.get(gid, 0)), **parts)
             for gid, parts in sorted(usage.items())
         }
 
-    # -- listings ------------------------------------------------------------------------
+    # -- listings --------------------------------------------------------------------------
 
     def list_manifests(self, group_id: int, page: int, per_page: int) -> Page[ManifestItem]:
         total, ids = self._page_ids(CachedManifest, group_id, page, per_page)
-        rows = []
+        rows: t.Sequence[CachedManifest] = ()
         if ids:
             rows = self.session.execute(
                 sa.select(CachedManifest).where(CachedManifest.id.in_(ids)).order_by(
@@ -494,7 +499,11 @@ class CacheAdmin:
         items = []
         for row in rows:
             if row.id in children:
-                sizes = [child_sizes[(row.image, d)] for d in children[row.id] if (row.image, d) in child_sizes]
+                sizes = [
+                    child_sizes[(row.image, d)]
+                    for d in children[row.id]
+                    if (row.image, d) in child_sizes
+                ]
                 size_of_image = sum(sizes) if sizes else None
                 platforms: int | None = len(children[row.id])
             else:
@@ -538,7 +547,7 @@ class CacheAdmin:
 
     def list_blobs(self, group_id: int, page: int, per_page: int) -> Page[BlobItem]:
         total, ids = self._page_ids(CachedBlob, group_id, page, per_page)
-        rows = []
+        rows: t.Sequence[t.Any] = ()
         if ids:
             rows = self.session.execute(
                 sa.select(
@@ -566,7 +575,9 @@ class CacheAdmin:
         )
         return Page(items, page, per_page, total)
 
-    def _page_ids(self, table: _Table, group_id: int, page: int, per_page: int) -> tuple[int, list[int]]:
+    def _page_ids(
+        self, table: _Table, group_id: int, page: int, per_page: int
+    ) -> tuple[int, list[int]]:
         """The group's row count and the ids on one page, newest first, from the
         ``(group_id, id)`` index alone."""
         total = self.session.execute(
