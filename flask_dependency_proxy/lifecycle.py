@@ -37,7 +37,6 @@ import datetime as dt
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import typing as t
@@ -45,7 +44,7 @@ import uuid
 
 from .models.admin import CacheAdmin, human_size
 from .models.tables import CachedBlob, CachedManifest, utcnow
-from .storage import FilesystemStore
+from .storage import BlobFiles, FilesystemStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -62,11 +61,11 @@ CLEANUP_LEASE = "cleanup"
 _LEASE_TTL = dt.timedelta(minutes=15)
 #: How often each process's scheduler looks whether a cleanup is due.
 _SCHEDULER_POLL_SECONDS = 300.0
+#: A staging file nobody wrote to for this long belongs to a fetch that died with its
+#: process (a live fetch writes at least every read timeout).
+_STALE_STAGING = dt.timedelta(hours=1)
 #: Digests looked up in the database per query while sweeping the store.
 _SWEEP_CHUNK = 500
-
-_DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
-_TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
 
 
 class PurgeTooSoon(Exception):
@@ -113,6 +112,8 @@ class CleanupReport:
     files_restored: int = 0
     files_deleted: int = 0
     bytes_deleted: int = 0
+    #: Staging files of fetches that died with their process.
+    staging_removed: int = 0
 
     def summary(self) -> str:
         return (
@@ -123,91 +124,6 @@ class CleanupReport:
             f" restored {self.files_restored}, kept {self.files_recent} committed within"
             " the grace period."
         )
-
-
-class BlobFiles:
-    """What cleanup needs of the filesystem store: walking committed blobs, and the
-    trash folder where files wait out the grace period before they are deleted."""
-
-    def __init__(self, store: FilesystemStore) -> None:
-        self.store = store
-        self.trash = os.path.join(store.root, "trash")
-
-    def committed(self) -> t.Iterator[tuple[str, float]]:
-        """``(digest, mtime)`` of every committed blob file."""
-        top = os.path.join(self.store.root, "blobs")
-        for algorithm in _listdir(top):
-            if algorithm not in {"sha256", "sha512"}:
-                continue
-            for prefix in _listdir(os.path.join(top, algorithm)):
-                folder = os.path.join(top, algorithm, prefix)
-                try:
-                    entries = list(os.scandir(folder))
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                for entry in entries:
-                    if not _DIGEST_FILE.fullmatch(entry.name) or not entry.name.startswith(prefix):
-                        continue
-                    try:
-                        stat = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    yield f"{algorithm}:{entry.name}", stat.st_mtime
-
-    def usage(self) -> tuple[int, int]:
-        """Number and total bytes of committed blob files."""
-        count = size = 0
-        for digest, _mtime in self.committed():
-            found = self.store.size(digest)
-            if found is not None:
-                count += 1
-                size += found
-        return count, size
-
-    def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
-        """Move a committed file into the trash; ``False`` if it is no longer there."""
-        os.makedirs(self.trash, exist_ok=True)
-        algorithm, hex_digest = digest.split(":", 1)
-        target = os.path.join(self.trash, f"{algorithm}-{hex_digest}.{_epoch_ms(stamp)}")
-        try:
-            os.rename(self.store.path(digest), target)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def set_aside_files(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
-        """``(digest, when it was set aside, path)`` of every file in the trash."""
-        for name in _listdir(self.trash):
-            match = _TRASH_NAME.fullmatch(name)
-            if match is None:
-                continue
-            stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(match["stamp"]))
-            yield f"{match['algorithm']}:{match['hex']}", stamp, os.path.join(self.trash, name)
-
-    def restore(self, digest: str, path: str) -> bool:
-        """Put a set-aside file back; ``False`` when a newer copy is already committed
-        (then the set-aside one is dropped)."""
-        final = self.store.path(digest)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        try:
-            # A link never replaces a file a fetch committed meanwhile.
-            os.link(path, final)
-            restored = True
-        except FileExistsError:
-            restored = False
-        except FileNotFoundError:
-            return False
-        _unlink(path)
-        return restored
-
-    def delete(self, path: str) -> int | None:
-        """Delete a set-aside file; its size, or ``None`` if it was gone already."""
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            return None
-        return size
 
 
 class Lifecycle:
@@ -323,6 +239,7 @@ class Lifecycle:
         report.blobs_deleted = self.admin.delete_marked(CachedBlob, self.batch_size, renew)
         self._sweep(report, renew)
         self._empty_trash(report)
+        report.staging_removed = self.files.remove_stale_staging(self.clock() - _STALE_STAGING)
         log.info("dependency proxy cleanup: %s", report.summary())
         return report
 
@@ -443,21 +360,3 @@ def _holder() -> str:
 
 def _epoch(moment: dt.datetime) -> float:
     return moment.replace(tzinfo=dt.UTC).timestamp()
-
-
-def _epoch_ms(moment: dt.datetime) -> int:
-    return int(_epoch(moment) * 1000)
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

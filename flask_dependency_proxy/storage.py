@@ -7,8 +7,13 @@ only through :meth:`FilesystemStore.commit`, an atomic rename after verification
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import typing as t
+
+_DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
+_TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
 
 
 class FilesystemStore:
@@ -19,9 +24,9 @@ class FilesystemStore:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        self._staging = os.path.join(self.root, "staging")
+        self.staging_root = os.path.join(self.root, "staging")
         self._locks = os.path.join(self.root, "locks")
-        os.makedirs(self._staging, exist_ok=True)
+        os.makedirs(self.staging_root, exist_ok=True)
         os.makedirs(self._locks, exist_ok=True)
         #: Committed blobs live below this folder (what a web server may serve directly).
         self.blobs_root = os.path.join(self.root, "blobs")
@@ -53,7 +58,7 @@ class FilesystemStore:
         the holder of the digest's fetch lock (see :meth:`lock_path`) writes it.
         """
         algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self._staging, f"{algorithm}-{hex_digest}.partial")
+        return os.path.join(self.staging_root, f"{algorithm}-{hex_digest}.partial")
 
     def lock_path(self, digest: str) -> str:
         """A file whose ``flock`` elects the one process that fetches a digest."""
@@ -85,3 +90,125 @@ class FilesystemStore:
         except FileNotFoundError:
             return False
         return True
+
+
+class BlobFiles:
+    """What cleanup needs of the filesystem store: walking committed blobs, and the
+    trash folder where files wait out the grace period before they are deleted."""
+
+    def __init__(self, store: FilesystemStore) -> None:
+        self.store = store
+        self.trash = os.path.join(store.root, "trash")
+
+    def committed(self) -> t.Iterator[tuple[str, float]]:
+        """``(digest, mtime)`` of every committed blob file."""
+        top = self.store.blobs_root
+        for algorithm in _listdir(top):
+            if algorithm not in {"sha256", "sha512"}:
+                continue
+            for prefix in _listdir(os.path.join(top, algorithm)):
+                folder = os.path.join(top, algorithm, prefix)
+                try:
+                    entries = list(os.scandir(folder))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    if not _DIGEST_FILE.fullmatch(entry.name) or not entry.name.startswith(prefix):
+                        continue
+                    try:
+                        stat = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield f"{algorithm}:{entry.name}", stat.st_mtime
+
+    def usage(self) -> tuple[int, int]:
+        """Number and total bytes of committed blob files."""
+        count = size = 0
+        for digest, _mtime in self.committed():
+            found = self.store.size(digest)
+            if found is not None:
+                count += 1
+                size += found
+        return count, size
+
+    def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
+        """Move a committed file into the trash; ``False`` if it is no longer there."""
+        os.makedirs(self.trash, exist_ok=True)
+        algorithm, hex_digest = digest.split(":", 1)
+        target = os.path.join(self.trash, f"{algorithm}-{hex_digest}.{_epoch_ms(stamp)}")
+        try:
+            os.rename(self.store.path(digest), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def set_aside_files(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
+        """``(digest, when it was set aside, path)`` of every file in the trash."""
+        for name in _listdir(self.trash):
+            match = _TRASH_NAME.fullmatch(name)
+            if match is None:
+                continue
+            stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(match["stamp"]))
+            yield f"{match['algorithm']}:{match['hex']}", stamp, os.path.join(self.trash, name)
+
+    def restore(self, digest: str, path: str) -> bool:
+        """Put a set-aside file back; ``False`` when a newer copy is already committed
+        (then the set-aside one is dropped)."""
+        final = self.store.path(digest)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        try:
+            # A link never replaces a file a fetch committed meanwhile.
+            os.link(path, final)
+            restored = True
+        except FileExistsError:
+            restored = False
+        except FileNotFoundError:
+            return False
+        _unlink(path)
+        return restored
+
+    def delete(self, path: str) -> int | None:
+        """Delete a set-aside file; its size, or ``None`` if it was gone already."""
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return size
+
+    def remove_stale_staging(self, older_than: dt.datetime) -> int:
+        """Delete staging files no fetch has written to since ``older_than`` (left by a
+        process that was killed mid-fetch); returns how many."""
+        removed = 0
+        limit = _epoch(older_than)
+        for name in _listdir(self.store.staging_root):
+            path = os.path.join(self.store.staging_root, name)
+            try:
+                if os.stat(path).st_mtime < limit:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _epoch(moment: dt.datetime) -> float:
+    return moment.replace(tzinfo=dt.UTC).timestamp()
+
+
+def _epoch_ms(moment: dt.datetime) -> int:
+    return int(_epoch(moment) * 1000)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

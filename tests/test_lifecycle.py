@@ -474,7 +474,29 @@ def test_leases_are_one_row_per_name(make_app: t.Callable[..., Flask], clock: lf
     assert not admin.acquire_lease("job", "b", clock(), _minutes(1))
     admin.release_lease("job", "a", clock(), finished=False)
     assert admin.acquire_lease("job", "b", clock(), _minutes(1))
-    count = state(None).metadata.session.execute(
-        sa.text("SELECT count(*) FROM dependency_proxy_leases")
-    ).scalar_one()
+    count = (
+        state(None)
+        .metadata.session.execute(sa.text("SELECT count(*) FROM dependency_proxy_leases"))
+        .scalar_one()
+    )
     assert count == 1
+
+
+def test_cleanup_removes_staging_files_of_fetches_that_died(
+    make_app: t.Callable[..., Flask], clock: lf.Clock
+) -> None:
+    make_app()
+    store = state(None).store
+    dead = store.staging_path("sha256:" + "d" * 64)
+    live = store.staging_path("sha256:" + "e" * 64)
+    for path in (dead, live):
+        Path(path).write_bytes(b"partial")
+    hour_ago = (clock() - dt.timedelta(hours=1, minutes=1)).replace(tzinfo=dt.UTC).timestamp()
+    os.utime(dead, (hour_ago, hour_ago))
+    os.utime(live, (hour_ago + 120, hour_ago + 120))
+
+    report = lifecycle(clock).cleanup()
+
+    assert report.staging_removed == 1
+    assert not os.path.exists(dead)
+    assert os.path.exists(live)

@@ -102,17 +102,22 @@ def blob(name: str, digest: str) -> Response:
     path = parse_proxy_path(name)
     validate_digest(digest)
     group = _authorize(path)
+    try:
+        return _blob_response(_find_blob(group, path, digest))
+    except FileNotFoundError:
+        # Cleanup removed the file between the lookup and the open: fetch it again.
+        return _blob_response(_find_blob(group, path, digest))
+
+
+def _find_blob(group: Group, path: ProxyPath, digest: str) -> BlobResult:
     cache = state(None).cache
     try:
         if request.method == "HEAD":
-            size = cache.head_blob(group.id, path, digest)
-            result = BlobResult(digest=digest, size=size)
-        else:
-            result = cache.get_blob(group.id, path, digest)
+            return BlobResult(digest=digest, size=cache.head_blob(group.id, path, digest))
+        return cache.get_blob(group.id, path, digest)
     finally:
         # The connection goes back to the pool before a single byte is sent.
         cache.finish_request()
-    return _blob_response(result)
 
 
 def _blob_response(result: BlobResult) -> Response:
