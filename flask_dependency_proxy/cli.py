@@ -68,8 +68,8 @@ def cleanup() -> None:
 @click.argument("full_path", required=False)
 def stats(full_path: str | None) -> None:
     """Print counts and sizes of one group's cache, or of every group's."""
-    from .lifecycle import BlobFiles
     from .models.admin import CacheAdmin, GroupStats, human_size
+    from .storage import BlobFiles
 
     proxy = state(None)
     admin = CacheAdmin(lambda: proxy.metadata.session)

@@ -126,7 +126,16 @@ def _defaults() -> dict[str, t.Any]:
 def _coerce_bool(key: str, value: t.Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+    if isinstance(value, str) and value.lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    }:
         return value.lower() in {"1", "true", "yes", "on"}
     raise ConfigError(f"{key} must be true or false, not {value!r}.")
 
@@ -210,13 +219,16 @@ def load_config(app: Flask) -> ProxyConfig:
         upstream_retries=_coerce_number(
             f"{_PREFIX}UPSTREAM_RETRIES", c[f"{_PREFIX}UPSTREAM_RETRIES"], int, 0
         ),
-        external_url=None if external in (None, "") else _coerce_url(
-            f"{_PREFIX}EXTERNAL_URL", external
-        ),
+        external_url=None
+        if external in (None, "")
+        else _coerce_url(f"{_PREFIX}EXTERNAL_URL", external),
         storage_path=os.fspath(storage_path),
         token_ttl=_coerce_number(f"{_PREFIX}TOKEN_TTL", c[f"{_PREFIX}TOKEN_TTL"], int, 1),
         principal_recheck_seconds=_coerce_number(
-            f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS", c[f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS"], float, 0
+            f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS",
+            c[f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS"],
+            float,
+            0,
         ),
         tag_check_interval=_coerce_number(
             f"{_PREFIX}TAG_CHECK_INTERVAL", c[f"{_PREFIX}TAG_CHECK_INTERVAL"], float, 0
@@ -248,9 +260,7 @@ def load_config(app: Flask) -> ProxyConfig:
             f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX", c[f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX"]
         ),
         # -- pages, REST API and cache life cycle --
-        base_template=_coerce_template(
-            f"{_PREFIX}BASE_TEMPLATE", c[f"{_PREFIX}BASE_TEMPLATE"]
-        ),
+        base_template=_coerce_template(f"{_PREFIX}BASE_TEMPLATE", c[f"{_PREFIX}BASE_TEMPLATE"]),
         cleanup_scheduler=_coerce_bool(
             f"{_PREFIX}CLEANUP_SCHEDULER", c[f"{_PREFIX}CLEANUP_SCHEDULER"]
         ),
@@ -261,7 +271,8 @@ def load_config(app: Flask) -> ProxyConfig:
             f"{_PREFIX}CLEANUP_BATCH_SIZE", c[f"{_PREFIX}CLEANUP_BATCH_SIZE"], int, 1
         ),
         cleanup_file_grace_seconds=_coerce_number(
-            f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS", c[f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS"],
+            f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS",
+            c[f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS"],
             float,
             0,
         ),

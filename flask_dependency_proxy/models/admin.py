@@ -347,12 +347,16 @@ class CacheAdmin:
         """
         deleted = 0
         while True:
-            ids = self.session.execute(
-                sa.select(table.id)
-                .where(table.status == Status.PENDING_DESTRUCTION)
-                .order_by(table.id)
-                .limit(batch_size)
-            ).scalars().all()
+            ids = (
+                self.session.execute(
+                    sa.select(table.id)
+                    .where(table.status == Status.PENDING_DESTRUCTION)
+                    .order_by(table.id)
+                    .limit(batch_size)
+                )
+                .scalars()
+                .all()
+            )
             if not ids:
                 self.session.rollback()
                 return deleted
@@ -372,9 +376,13 @@ class CacheAdmin:
         """The digests some blob row (any group, any status) still references."""
         if not digests:
             return set()
-        found = self.session.execute(
-            sa.select(CachedBlob.digest).where(CachedBlob.digest.in_(list(digests))).distinct()
-        ).scalars().all()
+        found = (
+            self.session.execute(
+                sa.select(CachedBlob.digest).where(CachedBlob.digest.in_(list(digests))).distinct()
+            )
+            .scalars()
+            .all()
+        )
         self.session.rollback()
         return set(found)
 
@@ -485,11 +493,15 @@ class CacheAdmin:
         total, ids = self._page_ids(CachedManifest, group_id, page, per_page)
         rows: t.Sequence[CachedManifest] = ()
         if ids:
-            rows = self.session.execute(
-                sa.select(CachedManifest).where(CachedManifest.id.in_(ids)).order_by(
-                    CachedManifest.id.desc()
+            rows = (
+                self.session.execute(
+                    sa.select(CachedManifest)
+                    .where(CachedManifest.id.in_(ids))
+                    .order_by(CachedManifest.id.desc())
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         children: dict[int, list[str]] = {}
         for row in rows:
             found = index_children(row.content)
@@ -585,13 +597,17 @@ class CacheAdmin:
         ).scalar_one()
         if total <= (page - 1) * per_page:
             return int(total), []
-        ids = self.session.execute(
-            sa.select(table.id)
-            .where(table.group_id == group_id)
-            .order_by(table.id.desc())
-            .limit(per_page)
-            .offset((page - 1) * per_page)
-        ).scalars().all()
+        ids = (
+            self.session.execute(
+                sa.select(table.id)
+                .where(table.group_id == group_id)
+                .order_by(table.id.desc())
+                .limit(per_page)
+                .offset((page - 1) * per_page)
+            )
+            .scalars()
+            .all()
+        )
         return int(total), list(ids)
 
 

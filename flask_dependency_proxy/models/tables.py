@@ -43,7 +43,9 @@ class Status(enum.IntEnum):
 class GroupSettings(Base):
     __tablename__ = f"{TABLE_PREFIX}group_settings"
 
-    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
     enabled: orm.Mapped[bool] = orm.mapped_column(sa.Boolean, default=False)
     cleanup_enabled: orm.Mapped[bool] = orm.mapped_column(sa.Boolean, default=False)
     cleanup_days: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=90)
@@ -61,7 +63,9 @@ class CachedManifest(Base):
         sa.Index(f"ix_{TABLE_PREFIX}manifests_digest", "group_id", "image", "digest"),
     )
 
-    id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
     group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, index=True)
     image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
     tag: orm.Mapped[str | None] = orm.mapped_column(sa.String(128))
@@ -86,7 +90,9 @@ class CachedBlob(Base):
         sa.Index(f"ix_{TABLE_PREFIX}blobs_file", "digest"),
     )
 
-    id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
     group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
     size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
