@@ -123,34 +123,36 @@ def _defaults() -> dict[str, t.Any]:
     }
 
 
-def _coerce_bool(key: str, value: t.Any) -> bool:
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+Coerce = t.Callable[[str, t.Any], t.Any]
+
+
+def _boolean(key: str, value: t.Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {
-        "1",
-        "true",
-        "yes",
-        "on",
-        "0",
-        "false",
-        "no",
-        "off",
-    }:
-        return value.lower() in {"1", "true", "yes", "on"}
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
     raise ConfigError(f"{key} must be true or false, not {value!r}.")
 
 
-def _coerce_number(key: str, value: t.Any, kind: type[int] | type[float], minimum: float) -> t.Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number, not {value!r}.") from None
-    if number < minimum:
-        raise ConfigError(f"{key} must be at least {minimum}, not {value!r}.")
-    return number
+def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
+    def coerce(key: str, value: t.Any) -> t.Any:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, not {value!r}.")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, not {value!r}.") from None
+        if number < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, not {value!r}.")
+        return number
+
+    return coerce
 
 
-def _coerce_url(key: str, value: t.Any) -> str:
+def _url(key: str, value: t.Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a URL string, not {value!r}.")
     parts = urlsplit(value)
@@ -161,18 +163,59 @@ def _coerce_url(key: str, value: t.Any) -> str:
     return value.rstrip("/")
 
 
-def _coerce_template(key: str, value: t.Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key} must name a template, such as 'base.html', not {value!r}.")
-    return value
+def _optional(coerce: Coerce) -> Coerce:
+    return lambda key, value: None if value in (None, "") else coerce(key, value)
 
 
-def _coerce_location(key: str, value: t.Any) -> str | None:
-    if value in (None, ""):
-        return None
+def _text(what: str) -> Coerce:
+    def coerce(key: str, value: t.Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key} must be {what}, not {value!r}.")
+        return value
+
+    return coerce
+
+
+def _folder(key: str, value: t.Any) -> str:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise ConfigError(f"{key} must be a folder path, not {value!r}.")
+    return os.fspath(value)
+
+
+def _location(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
     return value
+
+
+#: How each field of :class:`ProxyConfig` is read from ``DEPENDENCY_PROXY_<FIELD>``.
+_FIELDS: dict[str, Coerce] = {
+    "enabled": _boolean,
+    "upstream_url": _url,
+    "upstream_username": _optional(_text("a username")),
+    "upstream_password": _optional(_text("a password")),
+    "upstream_connect_timeout_seconds": _number(float, 0.001),
+    "upstream_read_timeout_seconds": _number(float, 0.001),
+    "upstream_retries": _number(int, 0),
+    "external_url": _optional(_url),
+    "storage_path": _folder,
+    "token_ttl": _number(int, 1),
+    "principal_recheck_seconds": _number(float, 0),
+    "tag_check_interval": _number(float, 0),
+    "serve_stale_on_upstream_not_found": _boolean,
+    "group_default_enabled": _boolean,
+    "job_token_username": _text("a non-empty username"),
+    "read_time_granularity_seconds": _number(float, 0),
+    "login_max_failures": _number(int, 0),
+    "login_failure_window_seconds": _number(float, 1),
+    "x_accel_redirect_prefix": _optional(_location),
+    "base_template": _text("a template name, such as 'base.html'"),
+    "cleanup_scheduler": _boolean,
+    "cleanup_interval_seconds": _number(float, 1),
+    "cleanup_batch_size": _number(int, 1),
+    "cleanup_file_grace_seconds": _number(float, 0),
+    "purge_cooldown_seconds": _number(float, 0),
+}
 
 
 def load_config(app: Flask) -> ProxyConfig:
@@ -184,99 +227,12 @@ def load_config(app: Flask) -> ProxyConfig:
         app.config.setdefault(key, value)
     if app.config[f"{_PREFIX}STORAGE_PATH"] is None:
         app.config[f"{_PREFIX}STORAGE_PATH"] = os.path.join(app.instance_path, "dependency_proxy")
-
-    c = app.config
-    external = c[f"{_PREFIX}EXTERNAL_URL"]
-    username = c[f"{_PREFIX}UPSTREAM_USERNAME"] or None
-    password = c[f"{_PREFIX}UPSTREAM_PASSWORD"] or None
-    if bool(username) != bool(password):
+    values = {
+        name: coerce(f"{_PREFIX}{name.upper()}", app.config[f"{_PREFIX}{name.upper()}"])
+        for name, coerce in _FIELDS.items()
+    }
+    if bool(values["upstream_username"]) != bool(values["upstream_password"]):
         raise ConfigError(
             f"Set both {_PREFIX}UPSTREAM_USERNAME and {_PREFIX}UPSTREAM_PASSWORD, or neither."
         )
-    job_username = c[f"{_PREFIX}JOB_TOKEN_USERNAME"]
-    if not isinstance(job_username, str) or not job_username:
-        raise ConfigError(f"{_PREFIX}JOB_TOKEN_USERNAME must be a non-empty string.")
-    storage_path = c[f"{_PREFIX}STORAGE_PATH"]
-    if not isinstance(storage_path, str | os.PathLike):
-        raise ConfigError(f"{_PREFIX}STORAGE_PATH must be a folder path, not {storage_path!r}.")
-    return ProxyConfig(
-        enabled=_coerce_bool(f"{_PREFIX}ENABLED", c[f"{_PREFIX}ENABLED"]),
-        upstream_url=_coerce_url(f"{_PREFIX}UPSTREAM_URL", c[f"{_PREFIX}UPSTREAM_URL"]),
-        upstream_username=username,
-        upstream_password=password,
-        upstream_connect_timeout_seconds=_coerce_number(
-            f"{_PREFIX}UPSTREAM_CONNECT_TIMEOUT_SECONDS",
-            c[f"{_PREFIX}UPSTREAM_CONNECT_TIMEOUT_SECONDS"],
-            float,
-            0.001,
-        ),
-        upstream_read_timeout_seconds=_coerce_number(
-            f"{_PREFIX}UPSTREAM_READ_TIMEOUT_SECONDS",
-            c[f"{_PREFIX}UPSTREAM_READ_TIMEOUT_SECONDS"],
-            float,
-            0.001,
-        ),
-        upstream_retries=_coerce_number(
-            f"{_PREFIX}UPSTREAM_RETRIES", c[f"{_PREFIX}UPSTREAM_RETRIES"], int, 0
-        ),
-        external_url=None
-        if external in (None, "")
-        else _coerce_url(f"{_PREFIX}EXTERNAL_URL", external),
-        storage_path=os.fspath(storage_path),
-        token_ttl=_coerce_number(f"{_PREFIX}TOKEN_TTL", c[f"{_PREFIX}TOKEN_TTL"], int, 1),
-        principal_recheck_seconds=_coerce_number(
-            f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS",
-            c[f"{_PREFIX}PRINCIPAL_RECHECK_SECONDS"],
-            float,
-            0,
-        ),
-        tag_check_interval=_coerce_number(
-            f"{_PREFIX}TAG_CHECK_INTERVAL", c[f"{_PREFIX}TAG_CHECK_INTERVAL"], float, 0
-        ),
-        serve_stale_on_upstream_not_found=_coerce_bool(
-            f"{_PREFIX}SERVE_STALE_ON_UPSTREAM_NOT_FOUND",
-            c[f"{_PREFIX}SERVE_STALE_ON_UPSTREAM_NOT_FOUND"],
-        ),
-        group_default_enabled=_coerce_bool(
-            f"{_PREFIX}GROUP_DEFAULT_ENABLED", c[f"{_PREFIX}GROUP_DEFAULT_ENABLED"]
-        ),
-        job_token_username=job_username,
-        read_time_granularity_seconds=_coerce_number(
-            f"{_PREFIX}READ_TIME_GRANULARITY_SECONDS",
-            c[f"{_PREFIX}READ_TIME_GRANULARITY_SECONDS"],
-            float,
-            0,
-        ),
-        login_max_failures=_coerce_number(
-            f"{_PREFIX}LOGIN_MAX_FAILURES", c[f"{_PREFIX}LOGIN_MAX_FAILURES"], int, 0
-        ),
-        login_failure_window_seconds=_coerce_number(
-            f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS",
-            c[f"{_PREFIX}LOGIN_FAILURE_WINDOW_SECONDS"],
-            float,
-            1,
-        ),
-        x_accel_redirect_prefix=_coerce_location(
-            f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX", c[f"{_PREFIX}X_ACCEL_REDIRECT_PREFIX"]
-        ),
-        # -- pages, REST API and cache life cycle --
-        base_template=_coerce_template(f"{_PREFIX}BASE_TEMPLATE", c[f"{_PREFIX}BASE_TEMPLATE"]),
-        cleanup_scheduler=_coerce_bool(
-            f"{_PREFIX}CLEANUP_SCHEDULER", c[f"{_PREFIX}CLEANUP_SCHEDULER"]
-        ),
-        cleanup_interval_seconds=_coerce_number(
-            f"{_PREFIX}CLEANUP_INTERVAL_SECONDS", c[f"{_PREFIX}CLEANUP_INTERVAL_SECONDS"], float, 1
-        ),
-        cleanup_batch_size=_coerce_number(
-            f"{_PREFIX}CLEANUP_BATCH_SIZE", c[f"{_PREFIX}CLEANUP_BATCH_SIZE"], int, 1
-        ),
-        cleanup_file_grace_seconds=_coerce_number(
-            f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS",
-            c[f"{_PREFIX}CLEANUP_FILE_GRACE_SECONDS"],
-            float,
-            0,
-        ),
-        purge_cooldown_seconds=_coerce_number(
-            f"{_PREFIX}PURGE_COOLDOWN_SECONDS", c[f"{_PREFIX}PURGE_COOLDOWN_SECONDS"], float, 0
-        ),
-    )
+    return ProxyConfig(**values)
