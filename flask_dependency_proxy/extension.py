@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing as t
 
 from .access import AccessControl
@@ -13,6 +14,7 @@ from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
 from .storage import FilesystemStore
 from .throttle import LoginThrottle
+from .tokencache import SharedTokenFiles
 from .tokens import TokenIssuer
 from .upstream import UpstreamClient
 
@@ -99,6 +101,7 @@ class DependencyProxy:
             connect_timeout=config.upstream_connect_timeout_seconds,
             read_timeout=config.upstream_read_timeout_seconds,
             retries=config.upstream_retries,
+            shared_tokens=SharedTokenFiles(os.path.join(config.storage_path, "upstream-tokens")),
         )
         fetcher = BlobFetcher(
             store,

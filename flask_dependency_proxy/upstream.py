@@ -7,6 +7,7 @@ storage or Flask. One client per application, shared by its threads: the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -19,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT
+from .tokencache import SharedTokenFiles
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,8 @@ class UpstreamClient:
         read_timeout: float = 60.0,
         retries: int = 2,
         chunk_size: int = 1024 * 1024,
-        clock: t.Callable[[], float] = time.monotonic,
+        shared_tokens: SharedTokenFiles | None = None,
+        clock: t.Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session or _new_session()
@@ -137,6 +140,8 @@ class UpstreamClient:
         self.retries = retries
         self.chunk_size = chunk_size
         self._clock = clock
+        #: Tokens shared with the other worker processes of this host.
+        self.shared_tokens = shared_tokens
         self._tokens: dict[str, _CachedToken] = {}
         self._token_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -256,7 +261,7 @@ class UpstreamClient:
     ) -> requests.Response:
         token = self._cached_token(repository)
         if token is None and self._realm is not None:
-            token = self._fetch_token(repository, *self._realm)
+            token = self._fetch_token(repository, *self._realm, rejected=None)
         response = self._send(method, url, headers, token, stream)
         if response.status_code != 401:
             return response
@@ -265,9 +270,7 @@ class UpstreamClient:
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and "realm" in params:
             self._realm = (params["realm"], params.get("service", ""))
-            with self._lock:
-                self._tokens.pop(repository, None)
-            token = self._fetch_token(repository, *self._realm, force=True)
+            token = self._fetch_token(repository, *self._realm, rejected=token or "")
             return self._send(method, url, headers, token, stream)
         if scheme == "basic" and self.credentials:
             return self._send(method, url, headers, None, stream, basic=True)
@@ -342,39 +345,60 @@ class UpstreamClient:
             return cached.value
         return None
 
-    def _fetch_token(self, repository: str, realm: str, service: str, force: bool = False) -> str:
+    def _fetch_token(
+        self, repository: str, realm: str, service: str, *, rejected: str | None
+    ) -> str:
+        """A pull token for ``repository``: from this process, from the other workers of
+        the host (``shared``), or from the realm, in that order.
+
+        :param rejected: a token upstream just refused (``""`` for none sent); it is not
+            handed out again.
+        """
         with self._lock:
             lock = self._token_locks.setdefault(repository, threading.Lock())
+        key = f"{realm}|{service}|{repository}|{self.credentials[0] if self.credentials else ''}"
         with lock:  # one token request per repository, whatever the number of threads
-            if not force:
-                cached = self._cached_token(repository)
-                if cached:
-                    return cached
-            params = {"scope": f"repository:{repository}:pull"}
-            if service:
-                params["service"] = service
-            try:
-                response = self.session.get(
-                    realm, params=params, auth=self.credentials, timeout=self.timeout
-                )
-            except requests.RequestException as exc:
-                raise UpstreamError(f"upstream token request failed: {exc}") from exc
-            with response:
-                if response.status_code != 200:
-                    raise UpstreamError(
-                        f"upstream token realm answered {response.status_code}",
-                        status=502 if response.status_code < 500 else response.status_code,
-                    )
-                try:
-                    body = response.json()
-                    value = body.get("token") or body["access_token"]
-                    lifetime = int(body.get("expires_in") or _DEFAULT_TOKEN_SECONDS)
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise UpstreamError("upstream token realm sent no token") from exc
-            expires = self._clock() + max(lifetime - _TOKEN_EXPIRY_MARGIN_SECONDS, 1)
+            cached = self._cached_token(repository)
+            if cached and cached != rejected:
+                return cached
+            shared = self.shared_tokens
+            with shared.locked(key) if shared else contextlib.nullcontext():
+                entry = shared.load(key) if shared else None
+                if entry and entry[0] != rejected and entry[1] > self._clock():
+                    value, expires = entry
+                else:
+                    value, expires = self._request_token(repository, realm, service)
+                    if shared:
+                        shared.save(key, value, expires)
             with self._lock:
                 self._tokens[repository] = _CachedToken(value, expires)
-            return t.cast(str, value)
+            return value
+
+    def _request_token(self, repository: str, realm: str, service: str) -> tuple[str, float]:
+        params = {"scope": f"repository:{repository}:pull"}
+        if service:
+            params["service"] = service
+        try:
+            response = self.session.get(
+                realm, params=params, auth=self.credentials, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise UpstreamError(f"upstream token request failed: {exc}") from exc
+        with response:
+            if response.status_code != 200:
+                raise UpstreamError(
+                    f"upstream token realm answered {response.status_code}",
+                    status=502 if response.status_code < 500 else response.status_code,
+                )
+            try:
+                body = response.json()
+                value = body.get("token") or body["access_token"]
+                lifetime = int(body.get("expires_in") or _DEFAULT_TOKEN_SECONDS)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise UpstreamError("upstream token realm sent no token") from exc
+        if not isinstance(value, str) or not value:
+            raise UpstreamError("upstream token realm sent no token")
+        return value, self._clock() + max(lifetime - _TOKEN_EXPIRY_MARGIN_SECONDS, 1)
 
 
 def _new_session() -> requests.Session:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import itertools
 import threading
 import typing as t
 from pathlib import Path
 
 import pytest
 
+from flask_dependency_proxy.tokencache import SharedTokenFiles
 from flask_dependency_proxy.upstream import (
     UpstreamClient,
     UpstreamNotFound,
@@ -52,9 +54,11 @@ def test_token_upstream_one_token_per_repository(
         for name in ("first", "second")
     }
     mark = tokens.mark()
-    client = UpstreamClient(registry.url)
+    # Two clients sharing a token folder stand for two worker processes of one host.
+    shared = SharedTokenFiles(str(tmp_path / "tokens"))
+    workers = [UpstreamClient(registry.url, shared_tokens=shared) for _ in range(2)]
 
-    for name, image in pushed.items():
+    for (name, image), client in itertools.product(pushed.items(), workers):
         repository = f"library/{name}"
         head = client.head_manifest(repository, "latest")
         assert head.digest == image.digest
@@ -69,7 +73,7 @@ def test_token_upstream_one_token_per_repository(
     assert tokens.count("library/first", since=mark) == 1
     assert tokens.count("library/second", since=mark) == 1
     with pytest.raises(UpstreamNotFound):
-        client.head_manifest("library/missing", "latest")
+        workers[0].head_manifest("library/missing", "latest")
 
 
 def test_oci_index_comes_back_whole(upstream: Registry, tmp_path: Path) -> None:
