@@ -21,10 +21,11 @@ import pytest
 
 from tests.support import postgres, processes, seed
 from tests.support.clients import Podman, Skopeo, podman_unusable
+from tests.support.databases import Databases
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry, TokenAuth
-from tests.support.tokenserver import TokenServer
+from tests.support.tokenserver import TokenServer, TokenUpstream
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -42,7 +43,9 @@ E2E_TIMEOUT_SECONDS = 300
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("timeout") is None:
-            limit = E2E_TIMEOUT_SECONDS if item.get_closest_marker("e2e") else DEFAULT_TIMEOUT_SECONDS
+            limit = (
+                E2E_TIMEOUT_SECONDS if item.get_closest_marker("e2e") else DEFAULT_TIMEOUT_SECONDS
+            )
             item.add_marker(pytest.mark.timeout(limit))
 
 
@@ -69,7 +72,9 @@ def pytest_runtest_makereport(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> t.Generator[None, None, None]:
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> t.Generator[None, None, None]:
     """Fail a test that leaves a Flask app or request context pushed (after every
     fixture, pytest-flask's own pushed context included, has been torn down)."""
     result = yield
@@ -126,43 +131,6 @@ def postgres_cluster(session_processes: ProcessFactory) -> t.Iterator[postgres.P
     cluster.stop()
 
 
-class Databases:
-    """Makes empty databases of one backend and removes them when the session ends."""
-
-    def __init__(
-        self,
-        backend: str,
-        directory: Path,
-        cluster: postgres.PostgresCluster | None,
-    ) -> None:
-        self.backend = backend
-        self.directory = directory
-        self.cluster = cluster
-        self._counter = itertools.count(1)
-        self._created: list[str] = []
-
-    def create(self, prefix: str = "test") -> str:
-        """Return the SQLAlchemy URL of a new, empty database."""
-        if self.cluster is None:
-            path = self.directory / f"{prefix}-{next(self._counter)}.sqlite"
-            return f"sqlite:///{path}"
-        name = self.cluster.create_database(prefix)
-        self._created.append(name)
-        return self.cluster.url(name)
-
-    def drop(self, url: str) -> None:
-        if self.cluster is not None:
-            name = url.rsplit("/", 1)[1]
-            self.cluster.drop_database(name)
-            self._created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self._created):
-            assert self.cluster is not None
-            self.cluster.drop_database(name)
-        self._created.clear()
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_backend(request: pytest.FixtureRequest) -> str:
     return t.cast(str, request.param)
@@ -174,8 +142,12 @@ def databases(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> t.Iterator[Databases]:
-    cluster = request.getfixturevalue("postgres_cluster") if database_backend == "postgresql" else None
-    manager = Databases(database_backend, tmp_path_factory.mktemp(f"db-{database_backend}"), cluster)
+    cluster = (
+        request.getfixturevalue("postgres_cluster") if database_backend == "postgresql" else None
+    )
+    manager = Databases(
+        database_backend, tmp_path_factory.mktemp(f"db-{database_backend}"), cluster
+    )
     yield manager
     manager.drop_all()
 
@@ -198,9 +170,7 @@ def fresh_database_url(databases: Databases) -> t.Iterator[str]:
 
 
 @pytest.fixture
-def app_factory(
-    databases: Databases, tmp_path: Path
-) -> t.Iterator[t.Callable[..., Flask]]:
+def app_factory(databases: Databases, tmp_path: Path) -> t.Iterator[t.Callable[..., Flask]]:
     """Make in-process platform apps, each on a new database with its tables created.
 
     ``app_factory(DEPENDENCY_PROXY_UPSTREAM_URL=upstream.url)``
@@ -253,7 +223,9 @@ def runner(app: Flask) -> FlaskCliRunner:
 
 
 @pytest.fixture(scope="session")
-def upstream(session_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+def upstream(
+    session_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Registry:
     """A plain upstream registry shared by the session (push unique image names)."""
     return Registry(session_processes, tmp_path_factory.mktemp("upstream")).start()
 
@@ -267,13 +239,6 @@ def upstream_factory(live_process: ProcessFactory, tmp_path: Path) -> t.Callable
         return Registry(live_process, tmp_path / f"{name}-{next(counter)}", name=name).start()
 
     return make
-
-
-class TokenUpstream(t.NamedTuple):
-    registry: Registry
-    token_server: TokenServer
-    #: Credentials that may push (anonymous clients may only pull).
-    push_creds: tuple[str, str]
 
 
 @pytest.fixture

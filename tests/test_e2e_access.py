@@ -22,7 +22,9 @@ def pushed(upstream: Registry, unique_name: str, tmp_path: Path) -> images.Pushe
     return images.push(image, upstream, f"e2e/{unique_name}", "1", workdir=tmp_path)
 
 
-def _manifest(platform: Platform, account: seed.Account, group: str, image: str) -> requests.Response:
+def _manifest(
+    platform: Platform, account: seed.Account, group: str, image: str
+) -> requests.Response:
     """Log in through ``/jwt/auth`` for ``group``'s proxy, then ask for the manifest."""
     headers = platform.bearer(account.username, account.password, group, image)
     headers["Accept"] = images.MANIFEST_ACCEPT
@@ -47,7 +49,9 @@ def test_member_of_one_group_cannot_pull_through_another(
 
 
 def test_non_member_cannot_pull(platform: Platform, pushed: images.Pushed, tmp_path: Path) -> None:
-    checks.registry_error(_manifest(platform, seed.CAROL, seed.ACME, pushed.repository), 404, "NAME_UNKNOWN")
+    checks.registry_error(
+        _manifest(platform, seed.CAROL, seed.ACME, pushed.repository), 404, "NAME_UNKNOWN"
+    )
     skopeo = Skopeo(tmp_path / "carol")
     checks.ok(skopeo.login(platform.host, seed.CAROL.username, seed.CAROL.password))
     checks.failed(skopeo.copy_to_dir(platform.image(seed.ACME, pushed.repository, "1"))[0])
@@ -67,10 +71,14 @@ def test_subgroup_proxy_inherits_membership(
     result, target = skopeo.copy_to_dir(platform.image(seed.ACME_TOOLS, pushed.repository, "1"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    checks.registry_error(_manifest(platform, seed.BOB, seed.ACME_TOOLS, pushed.repository), 404, "NAME_UNKNOWN")
+    checks.registry_error(
+        _manifest(platform, seed.BOB, seed.ACME_TOOLS, pushed.repository), 404, "NAME_UNKNOWN"
+    )
 
 
-def test_disabled_and_unknown_groups_look_the_same(platform: Platform, pushed: images.Pushed) -> None:
+def test_disabled_and_unknown_groups_look_the_same(
+    platform: Platform, pushed: images.Pushed
+) -> None:
     disabled = checks.registry_error(
         _manifest(platform, seed.ALICE, seed.INITECH, pushed.repository), 404, "NAME_UNKNOWN"
     )
@@ -82,7 +90,11 @@ def test_disabled_and_unknown_groups_look_the_same(platform: Platform, pushed: i
 
 def test_no_token_or_bad_token_is_challenged(platform: Platform, pushed: images.Pushed) -> None:
     url = f"{platform.url}/v2/{platform.repository(seed.ACME, pushed.repository)}/manifests/1"
-    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YWxpY2U6eA=="}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Basic YWxpY2U6eA=="},
+    ):
         response = requests.get(url, headers=headers, timeout=30)
         checks.registry_error(response, 401, "UNAUTHORIZED")
         assert response.headers["WWW-Authenticate"].startswith(
@@ -102,7 +114,9 @@ def test_token_endpoint_refusals(platform: Platform) -> None:
         timeout=30,
     )
     assert other_service.status_code == 404
-    anonymous = requests.get(f"{platform.url}/jwt/auth", params={"service": "dependency_proxy"}, timeout=30)
+    anonymous = requests.get(
+        f"{platform.url}/jwt/auth", params={"service": "dependency_proxy"}, timeout=30
+    )
     assert anonymous.status_code == 401
 
     answer = platform.token(seed.ALICE.username, seed.ALICE.password)

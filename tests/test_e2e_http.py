@@ -31,7 +31,9 @@ def pulled(platform: Platform, upstream: Registry, unique_name: str, tmp_path: P
     image = images.build_image(unique_name, layer_sizes=(50_000, 120_000))
     pushed = images.push(image, upstream, f"e2e/{unique_name}", "1", workdir=tmp_path)
     headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
-    return Pulled(pushed, f"{platform.url}/v2/{platform.repository(GROUP, pushed.repository)}", headers)
+    return Pulled(
+        pushed, f"{platform.url}/v2/{platform.repository(GROUP, pushed.repository)}", headers
+    )
 
 
 def test_base_challenge(platform: Platform) -> None:
@@ -44,7 +46,9 @@ def test_base_challenge(platform: Platform) -> None:
 
 def test_base_with_token(platform: Platform) -> None:
     token = platform.token(USER.username, USER.password).json()["token"]
-    response = requests.get(f"{platform.url}/v2/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    response = requests.get(
+        f"{platform.url}/v2/", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     assert response.status_code == 200
     assert response.json() == {}
     checks.api_version(response)
@@ -94,7 +98,9 @@ def test_bad_references_are_registry_errors(
 def test_paths_outside_the_proxy(platform: Platform, path: str) -> None:
     headers = platform.bearer(USER.username, USER.password, GROUP, "x")
     response = requests.get(f"{platform.url}/v2/{path}", headers=headers, timeout=30)
-    checks.registry_error(response, (400, 404, 405), ("NAME_INVALID", "NAME_UNKNOWN", "UNSUPPORTED"))
+    checks.registry_error(
+        response, (400, 404, 405), ("NAME_INVALID", "NAME_UNKNOWN", "UNSUPPORTED")
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,7 +147,9 @@ def test_docker_media_type_passes_through(
     platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path
 ) -> None:
     image = images.build_image(unique_name, layer_sizes=(1000,))
-    pushed = images.push(image, upstream, f"e2e/{unique_name}", "1", workdir=tmp_path, docker_format=True)
+    pushed = images.push(
+        image, upstream, f"e2e/{unique_name}", "1", workdir=tmp_path, docker_format=True
+    )
     headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
     headers["Accept"] = images.MANIFEST_ACCEPT
     response = requests.get(
@@ -184,7 +192,9 @@ def test_blob_full_then_range(pulled: Pulled, upstream: Registry) -> None:
     checks.api_version(head)
 
     ranged = requests.get(
-        f"{pulled.base}/blobs/{digest}", headers={**pulled.headers, "Range": "bytes=100-1099"}, timeout=60
+        f"{pulled.base}/blobs/{digest}",
+        headers={**pulled.headers, "Range": "bytes=100-1099"},
+        timeout=60,
     )
     assert ranged.status_code == 206
     checks.api_version(ranged)

@@ -41,7 +41,9 @@ def _push(
     docker_format: bool = False,
 ) -> images.Pushed:
     image = images.build_image(seed_, layer_sizes=sizes)
-    return images.push(image, upstream, repository, tag, workdir=workdir, docker_format=docker_format)
+    return images.push(
+        image, upstream, repository, tag, workdir=workdir, docker_format=docker_format
+    )
 
 
 def test_login(platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path) -> None:
@@ -49,7 +51,9 @@ def test_login(platform: Platform, upstream: Registry, unique_name: str, tmp_pat
 
     checks.ok(Skopeo(tmp_path / "good").login(platform.host, USER.username, USER.password))
 
-    output = checks.failed(Skopeo(tmp_path / "bad").login(platform.host, USER.username, "wrong-password"))
+    output = checks.failed(
+        Skopeo(tmp_path / "bad").login(platform.host, USER.username, "wrong-password")
+    )
     assert "invalid username/password" in output or "unauthorized" in output
 
     result, _ = Skopeo(tmp_path / "anonymous").copy_to_dir(
@@ -89,7 +93,11 @@ def test_second_pull_only_heads_upstream(
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    seen = [(r.method, r.kind, r.reference) for r in upstream.access_log(since) if r.repository == repository]
+    seen = [
+        (r.method, r.kind, r.reference)
+        for r in upstream.access_log(since)
+        if r.repository == repository
+    ]
     assert ("HEAD", "manifests", "1.0") in seen, seen
     assert not [s for s in seen if s[0] == "GET"], seen
 
@@ -108,7 +116,9 @@ def test_moved_tag_gets_new_digest(
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "stable"))
     checks.ok(result)
     checks.same_as_upstream(target, second, upstream)
-    inspected = json.loads(checks.ok(alice.inspect(platform.image(GROUP, repository, "stable"))).stdout)
+    inspected = json.loads(
+        checks.ok(alice.inspect(platform.image(GROUP, repository, "stable"))).stdout
+    )
     assert inspected["Digest"] == second.digest
 
 
@@ -116,7 +126,9 @@ def test_copy_all_of_multi_arch_index(
     platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
-    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+    pushed = images.push(
+        images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path
+    )
 
     result, layout = alice.copy_to_oci(platform.image(GROUP, repository, "multi"))
     checks.ok(result)
@@ -134,7 +146,9 @@ def test_podman_pulls_arm64_from_index(
     platform: Platform, upstream: Registry, podman: Podman, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
-    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+    pushed = images.push(
+        images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path
+    )
     checks.ok(podman.login(platform.host, USER.username, USER.password))
 
     reference = platform.image(GROUP, repository, "multi")
@@ -144,7 +158,11 @@ def test_podman_pulls_arm64_from_index(
     arm64 = pushed.child("arm64")
     assert f"{platform.image(GROUP, repository)}@{arm64.digest}" in inspected["RepoDigests"]
     # Exactly the arm64 blobs came through the proxy, and from upstream.
-    fetched = {r.reference for r in upstream.access_log() if r.repository == repository and r.kind == "blobs" and r.method == "GET"}
+    fetched = {
+        r.reference
+        for r in upstream.access_log()
+        if r.repository == repository and r.kind == "blobs" and r.method == "GET"
+    }
     assert set(arm64.blob_digests) <= fetched
     assert not set(pushed.child("amd64").layer_digests) & fetched
 
@@ -153,7 +171,9 @@ def test_pull_by_digest(
     platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
-    pushed = images.push(images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path)
+    pushed = images.push(
+        images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path
+    )
     arm64 = pushed.child("arm64")
 
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, arm64.digest))
@@ -181,7 +201,11 @@ def test_blob_not_matching_its_digest_is_not_cached(
     checks.failed(result)
     assert upstream.count("GET", repository=repository, reference=bad) >= 1
     # Neither a committed blob nor a leftover staging file for the digest.
-    wait_for(lambda: not platform.store_files_for(bad), timeout=15, what="no store file for the bad digest")
+    wait_for(
+        lambda: not platform.store_files_for(bad),
+        timeout=15,
+        what="no store file for the bad digest",
+    )
 
     upstream.restore_blob(bad, original)
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1"))

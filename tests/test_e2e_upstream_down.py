@@ -11,6 +11,7 @@ import requests
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.databases import Databases
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
@@ -33,7 +34,7 @@ class Down(t.NamedTuple):
 @pytest.fixture(scope="module")
 def down(
     module_processes: ProcessFactory,
-    databases: t.Any,
+    databases: Databases,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> t.Iterator[Down]:
     """A platform of its own whose upstream has stopped after one image was pulled."""
@@ -48,8 +49,12 @@ def down(
     )
     seed.seed_minimal(platform)
     platform.start()
-    cached = images.push(images.build_image("down-cached"), upstream, "e2e/cached", "1", workdir=workdir)
-    uncached = images.push(images.build_image("down-uncached"), upstream, "e2e/uncached", "1", workdir=workdir)
+    cached = images.push(
+        images.build_image("down-cached"), upstream, "e2e/cached", "1", workdir=workdir
+    )
+    uncached = images.push(
+        images.build_image("down-uncached"), upstream, "e2e/uncached", "1", workdir=workdir
+    )
     skopeo = Skopeo(workdir / "warm")
     checks.ok(skopeo.login(platform.host, USER.username, USER.password))
     checks.ok(skopeo.copy_to_dir(platform.image(GROUP, "e2e/cached", "1"))[0])
@@ -84,10 +89,14 @@ def test_uncached_image_fails_with_registry_error(down: Down, alice: Skopeo) -> 
     base = f"{down.platform.url}/v2/{down.platform.repository(GROUP, 'e2e/uncached')}"
     manifest = requests.get(f"{base}/manifests/1", headers=headers, timeout=120)
     error = checks.registry_error(
-        manifest, (404, 429, 502, 503, 504), ("MANIFEST_UNKNOWN", "UNAVAILABLE", "TOOMANYREQUESTS", "UNKNOWN")
+        manifest,
+        (404, 429, 502, 503, 504),
+        ("MANIFEST_UNKNOWN", "UNAVAILABLE", "TOOMANYREQUESTS", "UNKNOWN"),
     )
     assert manifest.status_code != 500, error
-    blob = requests.get(f"{base}/blobs/{down.uncached.layer_digests[0]}", headers=headers, timeout=120)
+    blob = requests.get(
+        f"{base}/blobs/{down.uncached.layer_digests[0]}", headers=headers, timeout=120
+    )
     checks.registry_error(blob, (404, 502, 503, 504), ("BLOB_UNKNOWN", "UNAVAILABLE", "UNKNOWN"))
 
 
@@ -103,7 +112,9 @@ def test_stale_header_on_cached_tag(down: Down) -> None:
         assert response.headers["Docker-Content-Digest"] == down.cached.digest
     # A digest is immutable: serving it from the cache is not stale.
     by_digest = requests.get(
-        url.replace("/manifests/1", f"/manifests/{down.cached.digest}"), headers=headers, timeout=120
+        url.replace("/manifests/1", f"/manifests/{down.cached.digest}"),
+        headers=headers,
+        timeout=120,
     )
     assert by_digest.status_code == 200
     assert STALE_HEADER not in by_digest.headers

@@ -14,7 +14,7 @@ import requests
 from tests.support import images, seed
 from tests.support.faultproxy import FaultProxy, Status, Throttle, Truncate
 from tests.support.platform import Platform
-from tests.support.processes import ProcessFactory
+from tests.support.processes import ProcessFactory, wait_for
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -119,8 +119,13 @@ def test_upstream_that_keeps_breaking_leaves_nothing_and_next_pull_recovers(
     else:
         assert response.status_code == 503
         assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+    # The fetch thread discards its staging file right after the client saw the failure.
+    wait_for(
+        lambda: not [p for p in live.store_files_for(layer) if p.suffix == ".partial"],
+        timeout=15,
+        what="the staging file to be discarded",
+    )
     assert _committed(live, layer) == []
-    assert [p for p in live.store_files_for(layer) if p.suffix == ".partial"] == []
 
     faulty.clear()
     response = requests.get(_blob_url(live, unique_name, layer), headers=headers, timeout=60)

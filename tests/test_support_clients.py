@@ -38,4 +38,6 @@ def test_podman_pulls_arm64_from_index(upstream: Registry, podman: Podman, tmp_p
     assert result.returncode == 0, describe(result)
     inspected = podman.image_inspect(reference)
     assert inspected["Architecture"] == "arm64"
-    assert f"{upstream.host}/support/podman@{pushed.child('arm64').digest}" in inspected["RepoDigests"]
+    assert (
+        f"{upstream.host}/support/podman@{pushed.child('arm64').digest}" in inspected["RepoDigests"]
+    )

@@ -38,12 +38,15 @@ def echo_url() -> t.Iterator[str]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+ProxyTo = t.Callable[[str], FaultProxy]
 
 
 @pytest.fixture
@@ -59,7 +62,7 @@ def proxy_to(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[str], Fau
         proxy.stop()
 
 
-def test_forwards_every_accept_line_and_host(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
+def test_forwards_every_accept_line_and_host(echo_url: str, proxy_to: ProxyTo) -> None:
     proxy = proxy_to(echo_url)
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     conn.putrequest("GET", "/v2/x/manifests/1", skip_host=True, skip_accept_encoding=True)
@@ -70,13 +73,22 @@ def test_forwards_every_accept_line_and_host(echo_url: str, proxy_to) -> None:  
     received = json.loads(conn.getresponse().read())
     conn.close()
     assert ["Host", "registry.example:5000"] in received
-    assert [v for k, v in received if k == "Accept"] == [images.OCI_MANIFEST, images.DOCKER_MANIFEST]
+    assert [v for k, v in received if k == "Accept"] == [
+        images.OCI_MANIFEST,
+        images.DOCKER_MANIFEST,
+    ]
     (logged,) = proxy.requests
     assert logged.header_lines("accept") == [images.OCI_MANIFEST, images.DOCKER_MANIFEST]
 
 
-def test_accept_lines_reach_registry(upstream: Registry, proxy_to, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pushed = images.push(images.build_image("fp-accept", layer_sizes=(100,)), upstream, "support/fp-accept", "1", workdir=tmp_path)
+def test_accept_lines_reach_registry(upstream: Registry, proxy_to: ProxyTo, tmp_path: Path) -> None:
+    pushed = images.push(
+        images.build_image("fp-accept", layer_sizes=(100,)),
+        upstream,
+        "support/fp-accept",
+        "1",
+        workdir=tmp_path,
+    )
     proxy = proxy_to(upstream.url)
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     conn.putrequest("GET", "/v2/support/fp-accept/manifests/1", skip_accept_encoding=True)
@@ -89,7 +101,7 @@ def test_accept_lines_reach_registry(upstream: Registry, proxy_to, tmp_path: Pat
     conn.close()
 
 
-def test_status_rule_then_forward(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
+def test_status_rule_then_forward(echo_url: str, proxy_to: ProxyTo) -> None:
     proxy = proxy_to(echo_url)
     proxy.add(Status(429, retry_after=7), method="GET", path="/manifests/", times=1)
     first = requests.get(f"{proxy.url}/v2/a/manifests/1", timeout=10)
@@ -99,7 +111,7 @@ def test_status_rule_then_forward(echo_url: str, proxy_to) -> None:  # type: ign
     assert [r.status for r in proxy.requests] == [429, 200]
 
 
-def test_delay(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
+def test_delay(echo_url: str, proxy_to: ProxyTo) -> None:
     proxy = proxy_to(echo_url)
     proxy.add(Delay(0.3))
     started = time.monotonic()
@@ -107,8 +119,14 @@ def test_delay(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
     assert time.monotonic() - started >= 0.3
 
 
-def test_truncate(upstream: Registry, proxy_to, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pushed = images.push(images.build_image("fp-trunc", layer_sizes=(100_000,)), upstream, "support/fp-trunc", "1", workdir=tmp_path)
+def test_truncate(upstream: Registry, proxy_to: ProxyTo, tmp_path: Path) -> None:
+    pushed = images.push(
+        images.build_image("fp-trunc", layer_sizes=(100_000,)),
+        upstream,
+        "support/fp-trunc",
+        "1",
+        workdir=tmp_path,
+    )
     proxy = proxy_to(upstream.url)
     proxy.add(Truncate(1000), path="/blobs/")
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
@@ -121,7 +139,7 @@ def test_truncate(upstream: Registry, proxy_to, tmp_path: Path) -> None:  # type
     conn.close()
 
 
-def test_reset_and_hang(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
+def test_reset_and_hang(echo_url: str, proxy_to: ProxyTo) -> None:
     proxy = proxy_to(echo_url)
     proxy.add(Reset(), path="/reset")
     proxy.add(Hang(30), path="/hang")
@@ -134,10 +152,20 @@ def test_reset_and_hang(echo_url: str, proxy_to) -> None:  # type: ignore[no-unt
     assert time.monotonic() - started < 10
 
 
-def test_throttle(echo_url: str, proxy_to) -> None:  # type: ignore[no-untyped-def]
+def test_throttle(echo_url: str, proxy_to: ProxyTo) -> None:
     proxy = proxy_to(echo_url)
     proxy.add(Throttle(2000))
     started = time.monotonic()
     body = requests.get(proxy.url, timeout=10, headers={"X-Pad": "x" * 1000}).content
     assert len(body) > 1000
     assert time.monotonic() - started >= 0.4
+
+
+def test_upstream_down_resets(proxy_to: ProxyTo) -> None:
+    from tests.support.processes import free_port
+
+    proxy = proxy_to(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{proxy.url}/v2/", timeout=10)
+    (logged,) = proxy.requests
+    assert logged.status is None

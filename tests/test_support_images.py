@@ -81,7 +81,9 @@ def test_push_lands_in_registry(upstream: Registry, tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_push_docker_format(upstream: Registry, tmp_path: Path) -> None:
     image = images.build_image("push-v2s2", layer_sizes=(1000, 2000))
-    pushed = images.push(image, upstream, "support/push-v2s2", "v1", workdir=tmp_path, docker_format=True)
+    pushed = images.push(
+        image, upstream, "support/push-v2s2", "v1", workdir=tmp_path, docker_format=True
+    )
     assert pushed.media_type == images.DOCKER_MANIFEST
     assert pushed.digest != image.digest
     assert pushed.layer_digests == tuple(layer.digest for layer in image.layers)

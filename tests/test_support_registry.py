@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,14 @@ pytestmark = pytest.mark.e2e
 
 
 def test_parse_access_log() -> None:
-    text = (
-        'time="2026-11-27T08:43:36Z" level=info msg="response completed"\n'
-        '127.0.0.1 - - [27/Nov/2026:08:43:36 +0000] "HEAD /v2/library/x/manifests/latest HTTP/1.1" 404 96 "" "curl/7.88.1"\n'
-        '127.0.0.1 - - [27/Nov/2026:08:43:37 +0000] "GET /v2/a/b/blobs/sha256:ab?x=1 HTTP/1.1" 200 - "" "x"\n'
+    text = "\n".join(
+        [
+            'time="2026-11-27T08:43:36Z" level=info msg="response completed"',
+            "127.0.0.1 - - [27/Nov/2026:08:43:36 +0000] "
+            '"HEAD /v2/library/x/manifests/latest HTTP/1.1" 404 96 "" "curl/7.88.1"',
+            "127.0.0.1 - - [27/Nov/2026:08:43:37 +0000] "
+            '"GET /v2/a/b/blobs/sha256:ab?x=1 HTTP/1.1" 200 - "" "x"',
+        ]
     )
     head, get = parse_access_log(text)
     assert (head.method, head.repository, head.kind, head.reference, head.status) == (
@@ -44,18 +49,33 @@ def test_access_log_counts_pulls(upstream: Registry, tmp_path: Path) -> None:
     assert upstream.count("HEAD", repository="support/count", kind="manifests", since=since) == 1
     assert upstream.count("GET", repository="support/count", kind="manifests", since=since) == 1
     assert upstream.count("GET", repository="support/count", kind="blobs", since=since) == 2
-    assert upstream.count("GET", repository="support/count", reference=pushed.layer_digests[0], since=since) == 1
+    assert (
+        upstream.count(
+            "GET", repository="support/count", reference=pushed.layer_digests[0], since=since
+        )
+        == 1
+    )
 
 
-def test_stop_and_restart_keep_port_and_data(upstream_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stop_and_restart_keep_port_and_data(
+    upstream_factory: t.Callable[..., Registry], tmp_path: Path
+) -> None:
     registry: Registry = upstream_factory()
-    pushed = images.push(images.build_image("restart", layer_sizes=(100,)), registry, "library/r", "1", workdir=tmp_path)
+    pushed = images.push(
+        images.build_image("restart", layer_sizes=(100,)),
+        registry,
+        "library/r",
+        "1",
+        workdir=tmp_path,
+    )
     registry.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{registry.url}/v2/", timeout=5)
     registry.start()
     response = requests.get(
-        f"{registry.url}/v2/library/r/manifests/1", headers={"Accept": images.MANIFEST_ACCEPT}, timeout=10
+        f"{registry.url}/v2/library/r/manifests/1",
+        headers={"Accept": images.MANIFEST_ACCEPT},
+        timeout=10,
     )
     assert response.headers["Docker-Content-Digest"] == pushed.digest
     # The log covers both runs.
@@ -64,7 +84,13 @@ def test_stop_and_restart_keep_port_and_data(upstream_factory, tmp_path: Path) -
 
 
 def test_corrupt_blob(upstream: Registry, tmp_path: Path) -> None:
-    pushed = images.push(images.build_image("corrupt", layer_sizes=(5000,)), upstream, "support/corrupt", "1", workdir=tmp_path)
+    pushed = images.push(
+        images.build_image("corrupt", layer_sizes=(5000,)),
+        upstream,
+        "support/corrupt",
+        "1",
+        workdir=tmp_path,
+    )
     digest = pushed.layer_digests[0]
     original = upstream.corrupt_blob(digest)
     url = f"{upstream.url}/v2/support/corrupt/blobs/{digest}"

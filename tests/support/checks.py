@@ -44,7 +44,9 @@ def registry_error(
     """Assert a registry-style JSON error (never HTML, never 500); return the first error."""
     allowed_status = {status} if isinstance(status, int) else set(status)
     allowed_codes = {codes} if isinstance(codes, str) else set(codes)
-    detail = f"{response.request.method} {response.url} -> {response.status_code}: {response.text[:500]}"
+    detail = (
+        f"{response.request.method} {response.url} -> {response.status_code}: {response.text[:500]}"
+    )
     assert response.status_code in allowed_status, detail
     assert response.headers.get("Content-Type", "").startswith("application/json"), detail
     body = response.json()
@@ -62,4 +64,6 @@ def same_as_upstream(target: Path, pushed: Pushed, upstream: Registry) -> None:
     files = {p.name for p in target.iterdir()} - {"manifest.json", "version"}
     assert files == {d.partition(":")[2] for d in pushed.blob_digests}
     for digest in pushed.blob_digests:
-        assert (target / digest.partition(":")[2]).read_bytes() == upstream.read_blob(digest), digest
+        assert (target / digest.partition(":")[2]).read_bytes() == upstream.read_blob(digest), (
+            digest
+        )

@@ -85,7 +85,9 @@ class Skopeo:
             timeout=limit + 10,
         )
 
-    def login(self, registry: str, username: str, password: str) -> subprocess.CompletedProcess[str]:
+    def login(
+        self, registry: str, username: str, password: str
+    ) -> subprocess.CompletedProcess[str]:
         """``skopeo login`` to ``registry`` (``host:port``)."""
         return self.run(
             "login",
@@ -201,7 +203,9 @@ class Podman:
     def run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         return _run([*self.base_argv, *args], env=self.env, timeout=timeout or self.timeout)
 
-    def login(self, registry: str, username: str, password: str) -> subprocess.CompletedProcess[str]:
+    def login(
+        self, registry: str, username: str, password: str
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(
             "login",
             "--tls-verify=false",

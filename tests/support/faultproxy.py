@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import http.server
+import io
 import json
 import re
 import socket
@@ -195,7 +196,7 @@ class FaultProxy:
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, name="fault-proxy", daemon=True
+            target=server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
         )
         self._thread.start()
         return self
@@ -222,29 +223,36 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
             self.close_connection = True
             headers = tuple(self.headers.items())
             action = proxy._pick(self.command, self.path)
-            status: int | None = None
+            self._recorded = False
+            self._entry = ProxiedRequest(self.command, self.path, headers, action)
             try:
                 if isinstance(action, Reset):
+                    self._note(None)
                     self._reset()
                 elif isinstance(action, Hang):
+                    self._note(None)
                     proxy._release.wait(action.seconds)
                     self._reset()
                 elif isinstance(action, Status):
-                    status = action.code
                     self._answer(action)
                 else:
                     if isinstance(action, Delay):
                         time.sleep(action.seconds)
-                    status = self._forward(headers, action)
+                    self._forward(headers, action)
             finally:
-                proxy._record(ProxiedRequest(self.command, self.path, headers, action, status))
+                self._note(None)
+
+        def _note(self, status: int | None) -> None:
+            """Record the request once, before its response starts: a test that has
+            read the response finds it in :attr:`FaultProxy.requests`."""
+            if not self._recorded:
+                self._recorded = True
+                proxy._record(dataclasses.replace(self._entry, status=status))
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
         def _reset(self) -> None:
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.wfile = _Sink()  # the handler's final flush must not fail
 
@@ -260,6 +268,7 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
                     ]
                 }
             ).encode()
+            self._note(action.code)
             self.send_response_only(action.code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -272,29 +281,37 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def _forward(self, headers: tuple[tuple[str, str], ...], action: Action | None) -> int:
+        def _forward(self, headers: tuple[tuple[str, str], ...], action: Action | None) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            conn = http.client.HTTPConnection(
-                proxy.upstream_host, proxy.upstream_port, timeout=120
-            )
+            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=120)
             try:
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for name, value in headers:
-                    if name.lower() not in _HOP_BY_HOP:
-                        conn.putheader(name, value)
-                conn.endheaders(body)
-                response = conn.getresponse()
+                try:
+                    conn.putrequest(
+                        self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    )
+                    for name, value in headers:
+                        if name.lower() not in _HOP_BY_HOP:
+                            conn.putheader(name, value)
+                    conn.endheaders(body)
+                    response = conn.getresponse()
+                    self._note(response.status)
+                except OSError:
+                    # The upstream is down or broke before answering: so does this
+                    # connection, as the cache would see it without a proxy in between.
+                    self._reset()
+                    return
                 self.send_response_only(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in _HOP_BY_HOP:
                         self.send_header(name, value)
                 self.send_header("Connection", "close")
                 self.end_headers()
-                if self.command == "HEAD":
-                    return response.status
-                self._copy_body(response, action)
-                return response.status
+                if self.command != "HEAD":
+                    try:
+                        self._copy_body(response, action)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client went away; nothing to tell it
             finally:
                 conn.close()
 
@@ -327,12 +344,8 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
     return Handler
 
 
-class _Sink:
-    def write(self, data: bytes) -> int:
+class _Sink(io.BufferedIOBase):
+    """Stands in for the handler's output once its connection is gone."""
+
+    def write(self, data: t.Any) -> int:
         return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -148,9 +148,7 @@ def build_image(
     layers = []
     diff_ids = []
     for number, size in enumerate(layer_sizes):
-        blob, diff_id = _layer(
-            f"{seed}/{architecture}/{number}", size, f"data/layer-{number}.bin"
-        )
+        blob, diff_id = _layer(f"{seed}/{architecture}/{number}", size, f"data/layer-{number}.bin")
         layers.append(blob)
         diff_ids.append(diff_id)
     config_document: dict[str, t.Any] = {

@@ -58,6 +58,7 @@ class Platform:
         threads: int = 4,
     ) -> None:
         self.name = name
+        self.workers = workers
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -136,7 +137,9 @@ class Platform:
 
     # -- CLI ---------------------------------------------------------------------------
 
-    def flask(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def flask(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``flask --app examples.platform ARGS`` with the platform's environment."""
         argv = [sys.executable, "-m", "flask", "--app", APP_IMPORT, *args]
         result = subprocess.run(
@@ -159,7 +162,9 @@ class Platform:
         self.flask("init-db")
 
     def create_user(self, username: str, password: str, *, admin: bool = False) -> None:
-        self.flask("user", "create", username, "--password", password, *(["--admin"] if admin else []))
+        self.flask(
+            "user", "create", username, "--password", password, *(["--admin"] if admin else [])
+        )
 
     def create_group(self, full_path: str, *, private: bool = False) -> None:
         self.flask("group", "create", full_path, *(["--private"] if private else []))

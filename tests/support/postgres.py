@@ -20,7 +20,22 @@ import psycopg
 
 from .processes import LiveProcess, ProcessFactory, free_port
 
-BIN_DIR = Path(os.environ.get("POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin"))
+
+def _bin_dir() -> Path:
+    """``POSTGRES_BIN_DIR``, else PostgreSQL 15's (Debian 12), else the newest installed."""
+    if "POSTGRES_BIN_DIR" in os.environ:
+        return Path(os.environ["POSTGRES_BIN_DIR"])
+    preferred = Path("/usr/lib/postgresql/15/bin")
+    if preferred.exists():
+        return preferred
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    return found[-1] if found else preferred
+
+
+BIN_DIR = _bin_dir()
 _counter = itertools.count(1)
 
 

@@ -152,9 +152,7 @@ class Registry:
         return f"http://{self.host}"
 
     def start(self, timeout: float = 20.0) -> Registry:
-        self.process.start(
-            ready=http_probe(f"{self.url}/v2/", status=(200, 401)), timeout=timeout
-        )
+        self.process.start(ready=http_probe(f"{self.url}/v2/", status=(200, 401)), timeout=timeout)
         return self
 
     def stop(self) -> None:

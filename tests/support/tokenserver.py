@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+if t.TYPE_CHECKING:
+    from .registry import Registry
+
 _SCOPE = re.compile(r"^(?P<type>[a-z]+):(?P<name>[^:]+):(?P<actions>[a-z*,]+)$")
 
 
@@ -54,7 +57,7 @@ class TokenRequest:
 def _self_signed(directory: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-token-issuer")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -140,7 +143,7 @@ class TokenServer:
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, name="token-server", daemon=True
+            target=server.serve_forever, args=(0.05,), name="token-server", daemon=True
         )
         self._thread.start()
         return self
@@ -229,7 +232,7 @@ class TokenServer:
         token = jwt.encode(
             claims, self._private_pem, algorithm="RS256", headers={"x5c": [self._x5c]}
         )
-        issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat()
+        issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
         return (
             username,
             200,
@@ -240,3 +243,10 @@ class TokenServer:
                 "issued_at": issued_at.replace("+00:00", "Z"),
             },
         )
+
+
+class TokenUpstream(t.NamedTuple):
+    registry: Registry
+    token_server: TokenServer
+    #: Credentials that may push (anonymous clients may only pull).
+    push_creds: tuple[str, str]
