@@ -1,0 +1,948 @@
+#!/usr/bin/env python
+"""Benchmark flask-dependency-proxy against CNCF distribution in proxy mode.
+
+Both caches proxy the same upstream (``docker-registry``) and are measured with the
+same clients (skopeo, wrk, curl), alternating, over several repetitions. See
+``benchmarks/README.md`` for what each scenario measures.
+
+    python benchmarks/run.py                 # full run, 5 repetitions (~10-15 minutes)
+    python benchmarks/run.py --quick         # smaller images, 1 repetition (< 2 minutes)
+    python benchmarks/run.py --only 4,5 --profile
+
+The Markdown table goes to stdout and to ``benchmarks/results/<name>.md`` (``latest``
+for a full run, ``quick`` for ``--quick``), with ``<name>.json`` and ``<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import functools
+import os
+import platform as python_platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import typing as t
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
+
+import harness as h  # noqa: E402
+import report  # noqa: E402
+import requests  # noqa: E402
+
+from tests.support.processes import ProcessFactory, wait_for  # noqa: E402
+from tests.support.registry import AccessRecord, Registry, TokenAuth  # noqa: E402
+from tests.support.tokenserver import TokenServer  # noqa: E402
+
+MiB = h.MiB
+GiB = 1024 * MiB
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    quick: bool
+    repetitions: int
+    large_size: int
+    huge_size: int | None
+    load_seconds: float
+    downloads: int
+    concurrency: int
+    workers: int
+    threads: int
+    quiet_wait: float
+    profile: bool
+    only: tuple[int, ...]
+
+    @property
+    def large_label(self) -> str:
+        return _size_label(self.large_size)
+
+    @property
+    def memory_label(self) -> str:
+        return _size_label(self.huge_size or self.large_size)
+
+
+def _size_label(size: int) -> str:
+    return f"{size // GiB} GiB" if size % GiB == 0 else f"{size // MiB} MiB"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def kinds(records: list[AccessRecord]) -> collections.Counter[str]:
+    """Upstream requests by method and kind: ``GET blobs``, ``HEAD manifests``, ``GET /v2/``."""
+    return collections.Counter(f"{r.method} {r.kind or r.path}" for r in records)
+
+
+def kinds_text(counter: collections.Counter[str]) -> str:
+    return ", ".join(f"{key} ×{n}" for key, n in sorted(counter.items())) or "none"
+
+
+def get_bytes(records: list[AccessRecord]) -> int:
+    return sum(r.size for r in records if r.method == "GET" and r.status in (200, 206))
+
+
+class Bench:
+    def __init__(self, settings: Settings, run_dir: Path) -> None:
+        self.s = settings
+        self.run_dir = run_dir
+        self.processes = ProcessFactory(run_dir / "logs")
+        self.rows: list[report.Row] = []
+        self.details: dict[str, list[str]] = collections.defaultdict(list)
+        self.interference: dict[str, float | None] = {}
+        self.timings: dict[str, float] = {}
+        self.profiles: dict[str, str] = {}
+        self._stoppers: list[t.Callable[[], None]] = []
+        #: Repetitions that could not be measured (a pull failed, a server answered an error).
+        self.failures: list[str] = []
+        self.profile_dir = BENCH_DIR / "results" / "profiles"
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def row(self, *args: t.Any, **kwargs: t.Any) -> report.Row:
+        row = report.Row(*args, **kwargs)
+        self.rows.append(row)
+        return row
+
+    @staticmethod
+    def rotate(items: t.Sequence[t.Any], rep: int) -> list[t.Any]:
+        """Alternate who goes first from one repetition to the next."""
+        shift = rep % len(items)
+        return list(items[shift:]) + list(items[:shift])
+
+    def each_rep(self, name: str, body: t.Callable[[int], None]) -> None:
+        """Run ``body`` once per repetition; a failed repetition is reported and skipped,
+        the others still count."""
+        for rep in range(self.s.repetitions):
+            try:
+                body(rep)
+            except h.BenchError as exc:
+                self.failures.append(f"{name}, repetition {rep + 1}: {exc}")
+                log(f"  rep {rep + 1} failed: {str(exc).splitlines()[0]}")
+
+    def quiet(self) -> None:
+        if self.s.quiet_wait > 0:
+            share = h.wait_quiet(self.s.quiet_wait)
+            if share is not None and share >= 0.10:
+                log(f"  other processes still use {share:.0%} of the CPU; measuring anyway")
+
+    def profiled(self, pid: int, name: str) -> t.ContextManager[t.Any]:
+        if not self.s.profile:
+            return _Null()
+        return h.PySpy(pid, self.profile_dir, name)
+
+    def summarize_profile(self, name: str) -> None:
+        summary = h.summarize_collapsed(self.profile_dir / f"{name}.txt")
+        (self.profile_dir / f"{name}.top.txt").write_text(summary + "\n")
+        self.profiles[name] = summary
+
+    def stop_all(self) -> None:
+        for stop in reversed(self._stoppers):
+            try:
+                stop()
+            except Exception:  # keep stopping the rest
+                traceback.print_exc()
+        self.processes.stop_all()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        started = time.monotonic()
+        log("starting the upstream registry and seeding images")
+        self.upstream = Registry(self.processes, self.run_dir / "upstream").start()
+        images_dir = self.run_dir / "images"
+        self.small = h.small_image("library/small")
+        self.multi = h.multiarch_index("library/multi")
+        self.large = h.build_large_image(
+            images_dir, "bench-large", self.s.large_size, "library/large"
+        )
+        self.huge = None
+        if self.s.huge_size and 6 in self.s.only:
+            self.huge = h.build_large_image(
+                images_dir, "bench-huge", self.s.huge_size, "library/huge"
+            )
+        for image in (self.small, self.multi, self.large, self.huge):
+            if image is not None:
+                h.push(image, self.upstream.url)
+                if image.blobs[-1].path is not None:
+                    image.blobs[-1].path.unlink()  # upstream has it now; save the disk space
+        self.template = h.seed_template(self.run_dir / "template", self.upstream.url)
+        self.dist = h.Distribution(self.processes, self.run_dir / "distribution", self.upstream.url)
+        self.ours = self.make_ours("ours", self.upstream.url)
+        self.timings["setup"] = time.monotonic() - started
+
+    def make_ours(self, name: str, upstream_url: str, **env: str) -> h.Ours:
+        return h.Ours(
+            self.processes,
+            self.run_dir / name,
+            template=self.template,
+            upstream_url=upstream_url,
+            workers=self.s.workers,
+            threads=self.s.threads,
+            extra_env=env,
+            name=name,
+        )
+
+    # -- scenarios -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.setup()
+        plan: list[tuple[tuple[int, ...], str, t.Callable[[], None]]] = [
+            ((1, 2), "1-2 cold and warm pulls", self.pulls),
+            ((3,), "3 concurrent cold pulls", self.concurrent),
+            ((5,), "5 cached blob throughput", self.throughput),
+            ((4,), "4 warm manifest requests", self.manifests),
+            ((6,), "6 worker memory", self.memory),
+            ((7,), "7 token upstream", self.tokens),
+        ]
+        for numbers, name, step in plan:
+            if not set(numbers) & set(self.s.only):
+                continue
+            log(f"scenario {name}")
+            before = len(self.rows)
+            started = time.monotonic()
+            self.quiet()
+            monitor = h.ForeignCpu()
+            try:
+                with monitor:
+                    step()
+            except Exception as exc:  # one broken scenario must not lose the others
+                log(f"  failed: {exc}")
+                traceback.print_exc()
+                for row in self.rows[before:]:
+                    row.error = row.error or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                if len(self.rows) == before:
+                    self.row(name, "scenario", "", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.interference[name] = monitor.share
+            self.timings[name] = time.monotonic() - started
+
+    def pulls(self) -> None:
+        """1 and 2: cold then warm pull of the large image (and the multi-arch index)."""
+        label = self.s.large_label
+        caches: list[h.Cache] = [self.ours, self.dist]
+        cold = self.row(
+            "1 cold pull",
+            f"wall time, {label} image",
+            "s",
+            goal=report.Goal("≤ 1.0 × distribution", "ratio_max", 1.0),
+        )
+        cold_bytes = self.row(
+            "1 cold pull",
+            "upstream bytes",
+            "× image size",
+            goal=report.Goal("1.00 × image size", "worst_max", 1.001),
+        )
+        cold_requests = self.row("1 cold pull", "upstream requests", "requests")
+        cold_multi = self.row("1 cold pull", "wall time, multi-arch index (--all)", "s")
+        warm = self.row(
+            "2 warm pull",
+            f"wall time, {label} image",
+            "s",
+            goal=report.Goal("≤ 1.0 × distribution", "ratio_max", 1.0),
+        )
+        warm_requests = self.row("2 warm pull", "upstream requests", "requests")
+        warm_multi = self.row("2 warm pull", "wall time, multi-arch index (--all)", "s")
+        warm_password = self.row(
+            "2 warm pull",
+            f"wall time, {label} image, logged in with the password",
+            "s",
+            note="ours: the token request checks the password (scrypt) on every pull",
+        )
+        pulls_dir = self.run_dir / "pulls"
+
+        def one(rep: int) -> None:
+            order = self.rotate(caches, rep)
+            for cache in order:
+                cache.fresh()
+            for cache in order:
+                mark = self.upstream.mark()
+                wall = h.pull(cache, self.large, pulls_dir / cache.label)
+                h.wait_cached(cache, self.large)  # the reference stores in the background
+                h.settle_upstream(self.upstream)
+                records = self.upstream.access_log(mark)
+                self._add(cold, cache, wall)
+                self._add(cold_bytes, cache, get_bytes(records) / self.large.total_bytes)
+                self._add(cold_requests, cache, len(records))
+                self.details[f"1 cold pull, upstream requests ({cache.label})"] = [
+                    kinds_text(kinds(records))
+                ]
+            for cache in order:
+                self._add(
+                    cold_multi,
+                    cache,
+                    h.pull(cache, self.multi, pulls_dir / cache.label, all_platforms=True),
+                )
+                h.wait_cached(cache, self.multi)
+            for cache in order:
+                mark = self.upstream.mark()
+                wall = h.pull(cache, self.large, pulls_dir / cache.label)
+                h.settle_upstream(self.upstream, quiet=0.1)
+                records = self.upstream.access_log(mark)
+                self._add(warm, cache, wall)
+                self._add(warm_requests, cache, len(records))
+                self.details[f"2 warm pull, upstream requests ({cache.label})"] = [
+                    kinds_text(kinds(records))
+                ]
+            for cache in order:
+                self._add(
+                    warm_multi,
+                    cache,
+                    h.pull(cache, self.multi, pulls_dir / cache.label, all_platforms=True),
+                )
+            for cache in order:  # the reference has no auth: the same pull as above
+                client = self.ours.password_skopeo if cache is self.ours else None
+                self._add(
+                    warm_password,
+                    cache,
+                    h.pull(cache, self.large, pulls_dir / cache.label, client=client),
+                )
+            log(
+                f"  rep {rep + 1}: cold {cold.ours[-1]:.2f}/{cold.dist[-1]:.2f} s, "
+                f"warm {warm.ours[-1]:.2f}/{warm.dist[-1]:.2f} s (ours/distribution)"
+            )
+
+        self.each_rep("1-2 cold and warm pulls", one)
+        if self.s.profile:
+            self.ours.fresh()
+            self.h_token_warmup()
+            with self.profiled(self.ours.master_pid, "pull-cold"):
+                h.pull(self.ours, self.large, pulls_dir / "profiled")
+            with self.profiled(self.ours.master_pid, "pull-warm"):
+                h.pull(self.ours, self.large, pulls_dir / "profiled")
+            self.summarize_profile("pull-cold")
+            self.summarize_profile("pull-warm")
+
+    def h_token_warmup(self) -> None:
+        """One request per worker so a profile shows steady state, not first-request setup."""
+        h.load(
+            self.ours.manifest_url(self.small),
+            {**self.ours.auth_headers(self.small), "Accept": h.MANIFEST_ACCEPT},
+            method="GET",
+            duration=0.5,
+        )
+
+    def _add(self, row: report.Row, cache: h.Cache, value: float) -> None:
+        (row.ours if cache.label.startswith("ours") else row.dist).append(value)
+
+    def concurrent(self) -> None:
+        """3: N concurrent cold pulls of the large image into an empty cache."""
+        n = self.s.concurrency
+        gets = self.row(
+            f"3 {n} concurrent cold pulls",
+            "upstream GETs per blob (max)",
+            "GETs",
+            goal=report.Goal("1", "worst_max", 1),
+        )
+        layer_gets = self.row(
+            f"3 {n} concurrent cold pulls", "upstream GETs of the large layer", "GETs"
+        )
+        upstream_bytes = self.row(f"3 {n} concurrent cold pulls", "upstream bytes", "× image size")
+        wall = self.row(f"3 {n} concurrent cold pulls", f"wall time until all {n} finish", "s")
+        caches: list[h.Cache] = [self.ours, self.dist]
+        layer = self.large.largest_blob.digest
+
+        def one(rep: int) -> None:
+            for cache in self.rotate(caches, rep):
+                cache.fresh()
+                mark = self.upstream.mark()
+                targets = [self.run_dir / "concurrent" / f"{cache.label}-{i}" for i in range(n)]
+                elapsed = h.concurrent_pulls(cache, self.large, targets)
+                h.wait_cached(cache, self.large)
+                h.settle_upstream(self.upstream)
+                records = self.upstream.access_log(mark)
+                per_blob = collections.Counter(
+                    r.reference for r in records if r.method == "GET" and r.kind == "blobs"
+                )
+                self._add(gets, cache, max(per_blob[b.digest] for b in self.large.blobs))
+                self._add(layer_gets, cache, per_blob[layer])
+                self._add(upstream_bytes, cache, get_bytes(records) / self.large.total_bytes)
+                self._add(wall, cache, elapsed)
+                self.details[f"3 concurrent cold pulls, upstream requests ({cache.label})"] = [
+                    kinds_text(kinds(records)),
+                    "GETs per blob: "
+                    + ", ".join(
+                        f"{b.media_type.rsplit('.', 1)[-1]} {b.digest[7:19]}: {per_blob[b.digest]}"
+                        for b in self.large.blobs
+                    ),
+                ]
+            log(
+                f"  rep {rep + 1}: layer GETs {layer_gets.ours[-1]:.0f}/{layer_gets.dist[-1]:.0f}, "
+                f"wall {wall.ours[-1]:.2f}/{wall.dist[-1]:.2f} s"
+            )
+
+        self.each_rep("3 concurrent cold pulls", one)
+
+    def _ensure_cached(self, cache: h.Cache, image: h.SeededImage) -> None:
+        """Start ``cache`` if needed and pull ``image`` through it once. A failed pull is
+        reported (it is a finding) and tried once more, so the scenario still runs."""
+        if not cache.is_running():
+            cache.fresh()
+        for attempt in (1, 2):
+            if cache.has_blobs(image):
+                return
+            try:
+                h.pull(cache, image, self.run_dir / "pulls" / cache.label)
+                h.wait_cached(cache, image)
+            except h.BenchError as exc:
+                self.failures.append(f"warming {cache.label} up with {image.repository}: {exc}")
+                log(f"  warm-up pull failed: {str(exc).splitlines()[0]}")
+                if attempt == 2:
+                    raise
+
+    def throughput(self) -> None:
+        """5: one client downloading the cached large blob; nginx serves the same file."""
+        for cache in (self.ours, self.dist):
+            self._ensure_cached(cache, self.large)
+        blob = self.large.largest_blob
+        root = self.run_dir / "nginx-root"
+        root.mkdir(exist_ok=True)
+        served = root / "blob"
+        served.unlink(missing_ok=True)
+        try:
+            os.link(self.ours.blob_file(blob.digest), served)  # same inode, same page cache
+        except OSError:
+            shutil.copyfile(self.ours.blob_file(blob.digest), served)
+        nginx = h.Nginx(self.processes, self.run_dir / "nginx", root).start()
+        self._stoppers.append(nginx.process.stop)
+        row = self.row(
+            "5 cached blob throughput",
+            f"{self.s.large_label} blob, one client",
+            "MB/s",
+            ref_label="nginx sendfile",
+            goal=report.Goal("≥ 0.8 × nginx sendfile", "ref_ratio_min", 0.8),
+        )
+        sources: list[tuple[str, str, dict[str, str]]] = [
+            (
+                "ours",
+                self.ours.blob_url(self.large, blob.digest),
+                self.ours.auth_headers(self.large),
+            ),
+            ("distribution", self.dist.blob_url(self.large, blob.digest), {}),
+            ("nginx", nginx.url("blob"), {}),
+        ]
+        for _, url, headers in sources:  # page cache and connections warm
+            h.download(url, headers)
+
+        def one(rep: int) -> None:
+            for label, url, headers in self.rotate(sources, rep):
+                for _ in range(self.s.downloads):
+                    size, seconds = h.download(url, headers)
+                    if size != blob.size:
+                        raise h.BenchError(f"{label} sent {size} of {blob.size} bytes")
+                    value = size / seconds / 1e6
+                    {"ours": row.ours, "distribution": row.dist, "nginx": row.ref}[label].append(
+                        value
+                    )
+            log(
+                f"  rep {rep + 1}: {statistics.median(row.ours):.0f} / "
+                f"{statistics.median(row.dist):.0f} / {statistics.median(row.ref):.0f} MB/s "
+                "(ours / distribution / nginx)"
+            )
+
+        self.each_rep("5 cached blob throughput", one)
+        if self.s.profile:
+            with self.profiled(self.ours.master_pid, "blob-warm"):
+                for _ in range(5):
+                    h.download(sources[0][1], sources[0][2])
+            self.summarize_profile("blob-warm")
+
+    def manifests(self) -> None:
+        """4: warm manifest GET and HEAD by tag, 8 connections, both tag-check settings."""
+        self.ours30 = self.make_ours(
+            "ours-interval30", self.upstream.url, DEPENDENCY_PROXY_TAG_CHECK_INTERVAL="30"
+        )
+        self.ours30.fresh()
+        for cache in (self.ours, self.dist):
+            self._ensure_cached(cache, self.small)
+        self._ensure_cached(self.ours30, self.small)
+        targets: list[tuple[str, h.Cache]] = [
+            ("ours", self.ours),
+            ("ours30", self.ours30),
+            ("dist", self.dist),
+        ]
+        samples: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        upstream_per_request: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        latencies: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        problems: list[str] = []
+
+        def headers(cache: h.Cache) -> dict[str, str]:
+            return {**cache.auth_headers(self.small), "Accept": h.MANIFEST_ACCEPT}
+
+        for _, cache in targets:  # cached, and answering 200 to what the load sends
+            answer = requests.get(
+                cache.manifest_url(self.small), headers=headers(cache), timeout=30
+            )
+            if (
+                answer.status_code != 200
+                or answer.headers.get("Docker-Content-Digest") != self.small.digest
+            ):
+                raise h.BenchError(f"{cache.label}: manifest GET answered {answer.status_code}")
+
+        # The upstream itself, as a reference: at interval 0 both caches ask it on every
+        # request, so it bounds them.
+        loads: list[tuple[str, str, dict[str, str]]] = [
+            (key, cache.manifest_url(self.small), headers(cache)) for key, cache in targets
+        ]
+        loads.append(
+            (
+                "upstream",
+                f"{self.upstream.url}/v2/{self.small.repository}/manifests/{self.small.tag}",
+                {"Accept": h.MANIFEST_ACCEPT},
+            )
+        )
+
+        def one(rep: int) -> None:
+            for method in ("GET", "HEAD"):
+                for key, url, load_headers in self.rotate(loads, rep):
+                    if key != "upstream":  # tokens are renewed before they expire
+                        load_headers = headers(dict(targets)[key])
+                    mark = self.upstream.mark()
+                    result = h.load(url, load_headers, method=method, duration=self.s.load_seconds)
+                    if key == "upstream":
+                        samples[key, method].append(result.requests_per_second)
+                        continue
+                    upstream = len(self.upstream.access_log(mark))
+                    samples[key, method].append(result.requests_per_second)
+                    if result.requests:
+                        upstream_per_request[key, method].append(upstream / result.requests)
+                    if result.latency_p50_ms is not None:
+                        latencies[key, method].append(result.latency_p50_ms)
+                    if result.non_2xx or result.socket_errors:
+                        problems.append(
+                            f"{key} {method}: {result.non_2xx} non-2xx, "
+                            f"{result.socket_errors} socket errors ({result.tool})"
+                        )
+            log(
+                "  rep {}: GET {:.0f}/{:.0f}/{:.0f}, HEAD {:.0f}/{:.0f}/{:.0f} req/s "
+                "(ours, ours interval 30, distribution)".format(
+                    rep + 1,
+                    *(
+                        samples[k, m][-1]
+                        for m in ("GET", "HEAD")
+                        for k in ("ours", "ours30", "dist")
+                    ),
+                )
+            )
+
+        self.each_rep("4 warm manifest requests", one)
+        for method in ("GET", "HEAD"):
+            tool = "wrk" if method == "GET" else "loadgen.py"
+            for key, setting in (
+                ("ours", "tag check on every pull (interval 0, default)"),
+                ("ours30", "DEPENDENCY_PROXY_TAG_CHECK_INTERVAL=30"),
+            ):
+                self.row(
+                    "4 warm manifest, 8 connections",
+                    f"{method} by tag ({tool}), {setting}",
+                    "req/s",
+                    ours=samples[key, method],
+                    dist=samples["dist", method],
+                    ref=samples["upstream", method],
+                    ref_label="upstream itself",
+                    goal=report.Goal("≥ 1.0 × distribution", "ratio_min", 1.0),
+                )
+        lines = []
+        for (key, method), values in sorted(upstream_per_request.items()):
+            lines.append(
+                f"{key} {method}: {statistics.median(values):.3f} upstream requests per "
+                f"client request, median latency {statistics.median(latencies[key, method]):.1f} ms"
+            )
+        self.details["4 warm manifest: upstream requests per client request, latency"] = (
+            lines + problems
+        )
+        if self.s.profile:
+            for key, cache in targets[:2]:
+                name = f"manifest-get-{'interval30' if key == 'ours30' else 'interval0'}"
+                with self.profiled(cache.master_pid, name):  # type: ignore[attr-defined]
+                    h.load(
+                        cache.manifest_url(self.small),
+                        headers(cache),
+                        method="GET",
+                        duration=max(self.s.load_seconds, 5),
+                    )
+                self.summarize_profile(name)
+        self.ours30.stop()
+
+    def memory(self) -> None:
+        """6: RSS growth of the serving process while one client streams the big blob."""
+        image = self.huge or self.large
+        blob = image.largest_blob
+        label = self.s.memory_label
+        # A ratio of two growths near zero says nothing: these stay out of the chart.
+        cold = self.row(
+            "6 memory",
+            f"RSS growth of the serving worker, {label} blob, cold",
+            "MiB",
+            goal=report.Goal("< 50 MiB", "worst_max", 50),
+            chart=False,
+        )
+        warm = self.row(
+            "6 memory",
+            f"RSS growth of the serving worker, {label} blob, warm",
+            "MiB",
+            goal=report.Goal("< 50 MiB", "worst_max", 50),
+            chart=False,
+        )
+        cold_rate = self.row("6 memory", f"cold blob throughput, {label} blob (one client)", "MB/s")
+        warm_rate = self.row("6 memory", f"warm blob throughput, {label} blob (one client)", "MB/s")
+        peaks: dict[str, list[float]] = collections.defaultdict(list)
+        caches: list[h.Cache] = [self.ours, self.dist]
+
+        def one(rep: int) -> None:
+            for cache in self.rotate(caches, rep):
+                cache.fresh()
+                # Every worker has served requests before, so first-request setup is not counted.
+                h.load(
+                    cache.manifest_url(self.small),
+                    {**cache.auth_headers(self.small), "Accept": h.MANIFEST_ACCEPT},
+                    method="GET",
+                    duration=0.5,
+                )
+                headers = cache.auth_headers(image)
+                pids = cache.server_pids()
+                url = cache.blob_url(image, blob.digest)
+                with h.RssSampler(pids) as sampler:
+                    size, seconds = h.download(url, headers, timeout=600)
+                self._check_size(cache, size, blob)
+                self._add(cold, cache, sampler.growth_mib())
+                self._add(cold_rate, cache, size / seconds / 1e6)
+                peaks[f"{cache.label} cold"].append(sampler.peak_mib())
+                wait_for(
+                    functools.partial(cache.has_blob, blob), timeout=120, what="blob committed"
+                )
+                with h.RssSampler(pids) as sampler:
+                    size, seconds = h.download(url, headers, timeout=600)
+                self._check_size(cache, size, blob)
+                self._add(warm, cache, sampler.growth_mib())
+                self._add(warm_rate, cache, size / seconds / 1e6)
+                peaks[f"{cache.label} warm"].append(sampler.peak_mib())
+            log(
+                f"  rep {rep + 1}: cold growth {cold.ours[-1]:.1f}/{cold.dist[-1]:.1f} MiB, "
+                f"warm {warm.ours[-1]:.1f}/{warm.dist[-1]:.1f} MiB"
+            )
+
+        self.each_rep("6 worker memory", one)
+        self.details["6 memory: peak RSS of the serving process (MiB)"] = [
+            f"{key}: {report.cell(values, 'MiB')}" for key, values in sorted(peaks.items())
+        ]
+        if self.s.profile:
+            self.ours.fresh()
+            self.h_token_warmup()
+            headers = self.ours.auth_headers(image)
+            with self.profiled(self.ours.master_pid, "blob-cold"):
+                h.download(self.ours.blob_url(image, blob.digest), headers, timeout=600)
+            self.summarize_profile("blob-cold")
+
+    @staticmethod
+    def _check_size(cache: h.Cache, size: int, blob: h.BlobFile) -> None:
+        if size != blob.size:
+            raise h.BenchError(f"{cache.label} sent {size} of {blob.size} bytes")
+
+    def tokens(self) -> None:
+        """7: token requests to a Docker-Hub-like token server for cold pulls of two images."""
+        token_server = TokenServer(
+            self.run_dir / "token-server", users={"pusher": "pusher-password"}
+        ).start()
+        self._stoppers.append(token_server.stop)
+        registry = Registry(
+            self.processes,
+            self.run_dir / "token-upstream",
+            name="token-upstream",
+            token_auth=TokenAuth(token_server.realm, token_server.bundle_path),
+        ).start()
+        first = h.small_image("library/small", "bench-token-small")
+        second = h.multiarch_index("team/multi", "bench-token-multi")
+        for image in (first, second):
+            h.push(image, registry.url, credentials=("pusher", "pusher-password"))
+        dist = h.Distribution(
+            self.processes,
+            self.run_dir / "distribution-token",
+            registry.url,
+            name="distribution-token",
+        )
+        ours = self.make_ours("ours-token", registry.url)
+        total = self.row(
+            "7 token upstream", "token requests, cold pulls of 2 images", "token requests"
+        )
+        per_repo = self.row(
+            "7 token upstream",
+            "token requests per repository (max)",
+            "token requests",
+            goal=report.Goal("≤ 1 per repository and token lifetime", "worst_max", 1),
+        )
+        caches: list[h.Cache] = [ours, dist]
+
+        def one(rep: int) -> None:
+            for cache in self.rotate(caches, rep):
+                cache.fresh()
+                mark = token_server.mark()
+                upstream_mark = registry.mark()
+                h.pull(cache, first, self.run_dir / "pulls" / cache.label)
+                h.pull(cache, second, self.run_dir / "pulls" / cache.label, all_platforms=True)
+                h.wait_cached(cache, first)
+                h.wait_cached(cache, second)
+                h.settle_upstream(registry)
+                asked = [r for r in token_server.requests[mark:] if r.status == 200]
+                repos = collections.Counter(name for r in asked for name in r.repositories)
+                self._add(total, cache, len(asked))
+                self._add(per_repo, cache, max(repos.values(), default=0))
+                records = registry.access_log(upstream_mark)
+                self.details[f"7 token upstream ({cache.label})"] = [
+                    "token requests per repository: "
+                    + (", ".join(f"{name} ×{n}" for name, n in sorted(repos.items())) or "none"),
+                    "upstream requests: "
+                    + kinds_text(
+                        collections.Counter(
+                            f"{r.method} {r.kind or r.path} {r.status}" for r in records
+                        )
+                    ),
+                ]
+                cache.stop()
+            log(f"  rep {rep + 1}: token requests {total.ours[-1]:.0f}/{total.dist[-1]:.0f}")
+
+        self.each_rep("7 token upstream", one)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def environment(settings: Settings) -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    revision = h.tool_version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    changed = (
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO_ROOT),
+                "diff",
+                "--stat",
+                "HEAD",
+                "--",
+                "flask_dependency_proxy",
+                "examples",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    if changed:
+        revision += f" + uncommitted changes ({changed[-1].strip()})"
+    gunicorn = h.tool_version([sys.executable, "-m", "gunicorn", "--version"])
+    registry = h.tool_version(["docker-registry", "--version"])
+    clients = ", ".join(h.tool_version(argv) for argv in (["skopeo", "--version"], ["wrk", "-v"]))
+    nginx = h.tool_version(["nginx", "-v"])
+    return [
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"revision {revision}",
+        f"- machine: {os.cpu_count()} × {cpu}, Linux {python_platform.release()}, "
+        f"Python {python_platform.python_version()}",
+        f"- ours: example platform, {gunicorn}, `--worker-class gthread --workers "
+        f"{settings.workers} --threads {settings.threads}`, SQLite, filesystem blob store; "
+        "clients log in with a personal access token",
+        f"- distribution: {registry}, `proxy: {{remoteurl}}`, filesystem storage, no auth",
+        f"- upstream: the same docker-registry binary; clients: {clients}, curl; {nginx}",
+        f"- mode: {'--quick' if settings.quick else 'full'}, {settings.repetitions} repetition(s), "
+        f"large image {settings.large_label}, memory check {settings.memory_label}, "
+        f"{settings.load_seconds:g} s per load run, {settings.downloads} downloads per repetition",
+    ]
+
+
+def render(bench: Bench, settings: Settings, chart_name: str | None) -> str:
+    parts = [
+        "# flask-dependency-proxy vs distribution (proxy mode)",
+        "",
+        *environment(settings),
+        "",
+        "Values: median (min–max) over the repetitions. Ratio: median ours / median distribution.",
+        "",
+        report.markdown_table(bench.rows),
+        "",
+    ]
+    if chart_name:
+        parts += [f"![ours / distribution]({chart_name})", ""]
+    parts += ["## Details", ""]
+    for title, lines in bench.details.items():
+        parts.append(f"- {title}:")
+        parts += [f"  - {line}" for line in lines]
+    if bench.failures:
+        parts += ["", "## Failures", ""]
+        for failure in bench.failures:
+            first, _, rest = failure.partition("\n")
+            parts.append(f"- {first}")
+            if rest.strip():
+                parts += [
+                    "",
+                    "  ```",
+                    *(f"  {line}" for line in rest.strip().splitlines()[-6:]),
+                    "  ```",
+                ]
+    parts += ["", "## Run", ""]
+    for name, share in bench.interference.items():
+        share_text = "n/a" if share is None else f"{share:.0%}"
+        parts.append(
+            f"- {name}: {bench.timings.get(name, 0):.0f} s; CPU used by other processes "
+            f"on the machine meanwhile: {share_text}"
+        )
+    parts.append(
+        f"- setup (build and push images, seed the platform): {bench.timings.get('setup', 0):.0f} s"
+    )
+    if bench.profiles:
+        parts += ["", "## Profiles (py-spy, busy samples of the gunicorn workers)", ""]
+        for name, summary in bench.profiles.items():
+            parts += [f"### {name}", "", "```", summary, "```", ""]
+    return "\n".join(parts) + "\n"
+
+
+def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        description="Benchmark ours against distribution in proxy mode."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller images, no 1 GiB blob, short load runs (< 2 minutes)",
+    )
+    parser.add_argument("--repetitions", type=int, help="default: 5, or 1 with --quick")
+    parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 4,5")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record py-spy profiles of extra, unmeasured runs",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="seconds to wait for other processes to leave the CPU before each "
+        "scenario (default 60, 0 with --quick)",
+    )
+    parser.add_argument("--name", help="results file name (default: latest, or quick)")
+    parser.add_argument("--workdir", type=Path, help="where processes keep their state")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    repetitions = args.repetitions or (1 if quick else 5)
+    if not 1 <= repetitions <= 50:
+        parser.error("--repetitions must be between 1 and 50")
+    only = tuple(sorted({int(x) for x in args.only.split(",")})) if args.only else SCENARIOS
+    if not set(only) <= set(SCENARIOS):
+        parser.error(f"--only takes scenario numbers from {SCENARIOS}")
+    settings = Settings(
+        quick=quick,
+        repetitions=repetitions,
+        large_size=(32 if quick else 200) * MiB,
+        huge_size=None if quick else GiB,
+        load_seconds=2 if quick else 5,
+        downloads=2 if quick else 3,
+        concurrency=8,
+        workers=args.workers,
+        threads=args.threads,
+        quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0 if quick else 60),
+        profile=args.profile,
+        only=only,
+    )
+    return settings, args
+
+
+def _interrupt(signum: int, frame: t.Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: t.Sequence[str] | None = None) -> int:
+    settings, args = parse_args(argv)
+    missing = [
+        tool for tool in ("docker-registry", "skopeo", "curl", "nginx") if not shutil.which(tool)
+    ]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (see benchmarks/README.md)", file=sys.stderr)
+        return 2
+    if settings.profile and not shutil.which("py-spy"):
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
+    # Also when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    run_dir = Path(tempfile.mkdtemp(prefix="fdp-bench-", dir=args.workdir))
+    results_dir = BENCH_DIR / "results"
+    results_dir.mkdir(exist_ok=True)
+    name = args.name or ("quick" if settings.quick else "latest")
+    bench = Bench(settings, run_dir)
+    started = time.monotonic()
+    interrupted = False
+    log(f"work folder {run_dir}")
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted; stopping every process")
+        interrupted = True
+    finally:
+        bench.stop_all()
+        if args.keep:
+            log(f"logs kept in {run_dir / 'logs'}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if interrupted:
+        return 130
+    total = time.monotonic() - started
+    bench.timings["total"] = total
+    chart_path = results_dir / f"{name}.png"
+    problem = report.chart(
+        chart_path,
+        bench.rows,
+        f"ours / distribution ({'--quick' if settings.quick else 'full'} run)",
+    )
+    if problem:
+        log(f"no chart: {problem}")
+    text = render(bench, settings, None if problem else chart_path.name)
+    text += f"\nTotal time: {total:.0f} s.\n"
+    (results_dir / f"{name}.md").write_text(text)
+    report.write_json(
+        results_dir / f"{name}.json",
+        bench.rows,
+        {
+            "settings": dataclasses.asdict(settings),
+            "timings": bench.timings,
+            "interference": bench.interference,
+            "details": bench.details,
+        },
+    )
+    print(text)
+    log(f"results: {results_dir / (name + '.md')} ({total:.0f} s)")
+    return 1 if bench.failures or any(row.error for row in bench.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
