@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _READ_CHUNK = 1024 * 1024
 #: What a broken upstream transfer raises from the middle of a response body.
 _TRANSFER_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
+#: Longest wait for a fetch whose staging file just disappeared to say how it ended.
+_FINISH_WAIT_SECONDS = 30.0
 #: How often a reader in another process looks for new bytes or the end of the fetch.
 _POLL_SECONDS = 0.01
 
@@ -117,7 +119,9 @@ class LocalFetch:
         try:
             file = open(self.staging_path or "", "rb")
         except FileNotFoundError:
-            # Committed (renamed) or discarded between the check and the open.
+            # Renamed by the commit, or discarded: the fetch is finishing either way.
+            with self._condition:
+                self._condition.wait_for(lambda: self.finished, _FINISH_WAIT_SECONDS)
             if self.committed:
                 yield from _read_file(store.open(self.digest))
                 return

@@ -161,6 +161,7 @@ def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
     try:
         first = next(stream, b"")
     except FetchFailed as exc:
+        log.warning("upstream transfer of %s failed before the first byte: %s", digest, exc)
         raise RegistryError(ErrorCode.UNAVAILABLE, "the upstream transfer failed") from exc
 
     def rest() -> t.Iterator[bytes]:
