@@ -140,6 +140,7 @@ class UpstreamClient:
         self.retries = retries
         self.chunk_size = chunk_size
         self._clock = clock
+        self._single_flight = _SingleFlight()
         #: Tokens shared with the other worker processes of this host.
         self.shared_tokens = shared_tokens
         self._tokens: dict[str, _CachedToken] = {}
@@ -154,7 +155,15 @@ class UpstreamClient:
     # -- public API ---------------------------------------------------------------
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
-        """Ask for a manifest's digest without spending Docker Hub pull quota."""
+        """Ask for a manifest's digest without spending Docker Hub pull quota.
+
+        Concurrent calls for the same manifest share one upstream request.
+        """
+        return self._single_flight.do(
+            ("HEAD", repository, reference), lambda: self._head_manifest(repository, reference)
+        )
+
+    def _head_manifest(self, repository: str, reference: str) -> ManifestHead:
         response = self._request(
             "HEAD",
             f"/v2/{repository}/manifests/{reference}",
@@ -175,9 +184,17 @@ class UpstreamClient:
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """Fetch a manifest and check its bytes against the digest upstream announced.
 
+        Concurrent calls for the same manifest share one upstream request (Docker Hub
+        counts every manifest GET as a pull).
+
         :raises UpstreamDigestMismatch: when the body does not hash to that digest (or to
             ``reference`` when it is a digest).
         """
+        return self._single_flight.do(
+            ("GET", repository, reference), lambda: self._get_manifest(repository, reference)
+        )
+
+    def _get_manifest(self, repository: str, reference: str) -> Manifest:
         response = self._request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
@@ -399,6 +416,46 @@ class UpstreamClient:
         if not isinstance(value, str) or not value:
             raise UpstreamError("upstream token realm sent no token")
         return value, self._clock() + max(lifetime - _TOKEN_EXPIRY_MARGIN_SECONDS, 1)
+
+
+_T = t.TypeVar("_T")
+
+
+class _Call(t.Generic[_T]):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+
+class _SingleFlight:
+    """Concurrent calls with the same key wait for the first one and share its outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[t.Hashable, _Call[t.Any]] = {}
+
+    def do(self, key: t.Hashable, call: t.Callable[[], _T]) -> _T:
+        with self._lock:
+            running = self._calls.get(key)
+            if running is None:
+                mine: _Call[_T] = _Call()
+                self._calls[key] = mine
+        if running is not None:
+            running.done.wait()
+            if running.error is not None:
+                raise running.error
+            return t.cast(_T, running.result)
+        try:
+            mine.result = call()
+            return mine.result
+        except BaseException as exc:
+            mine.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            mine.done.set()
 
 
 def _new_session() -> requests.Session:

@@ -3,6 +3,7 @@ token reuse, the Accept list, digest checks, and redirects to a blob host."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import http.server
 import itertools
@@ -169,3 +170,29 @@ def test_blob_redirect_is_followed_without_the_upstream_authorization() -> None:
     finally:
         registry.close()
         blob_host.close()
+
+
+def test_concurrent_manifest_requests_share_one_upstream_request(
+    upstream: Registry, tmp_path: Path
+) -> None:
+    pushed = images.push(
+        images.build_image("single-flight-seed", layer_sizes=(1024,)),
+        upstream,
+        "library/single-flight",
+        "latest",
+        workdir=tmp_path,
+    )
+    client = UpstreamClient(upstream.url)
+    client.head_manifest("library/single-flight", "latest")  # learn the challenge, warm up
+    mark = upstream.mark()
+    barrier = threading.Barrier(8)
+
+    def check(_: int) -> str:
+        barrier.wait()
+        return client.head_manifest("library/single-flight", "latest").digest
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(check, range(8)))
+    assert digests == [pushed.digest] * 8
+    heads = upstream.count("HEAD", kind="manifests", since=mark)
+    assert 1 <= heads < 8
