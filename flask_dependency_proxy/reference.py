@@ -17,9 +17,11 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DIGEST_RE = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
-#: A group path segment on the host platform (a little wider than a repository component:
+#: A group's full path on the host platform (a little wider than a repository component:
 #: hosts allow upper case, which is folded to lower case).
-_GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
+GROUP_PATH_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*"
+)
 
 #: The separator between the group path and the image name in a proxy path.
 PROXY_SEPARATOR = "/dependency_proxy/containers/"
@@ -81,7 +83,7 @@ def parse_proxy_path(name: str) -> ProxyPath:
             "repository name not known to registry",
             detail={"name": name[:300]},
         )
-    if not _GROUP_RE.fullmatch(group_path):
+    if not GROUP_PATH_RE.fullmatch(group_path):
         raise RegistryError(ErrorCode.NAME_INVALID, "invalid group path", {"name": name[:300]})
     if len(image) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(image):
         raise RegistryError(ErrorCode.NAME_INVALID, "invalid image name", {"name": name[:300]})

@@ -40,13 +40,13 @@ from ..models.admin import (
     Settings,
 )
 from ..models.tables import Status, utcnow
+from ..reference import GROUP_PATH_RE
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
 bp = Blueprint("dependency_proxy_api", __name__, url_prefix="/api/v4/groups")
 
 _ROUTE = "/<path:group_ref>/dependency_proxy"
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-_GROUP_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
 _GROUP_ID = re.compile(r"[1-9][0-9]{0,17}")
 _MAX_TOKEN_LENGTH = 1024
 _MAX_BODY_BYTES = 64 * 1024
@@ -149,7 +149,7 @@ def _group(group_ref: str) -> Group:
     host = state(None).host
     if _GROUP_ID.fullmatch(group_ref):
         group = host.find_group_by_id(int(group_ref))
-    elif len(group_ref) <= 1024 and _GROUP_PATH.fullmatch(group_ref):
+    elif len(group_ref) <= 1024 and GROUP_PATH_RE.fullmatch(group_ref):
         group = host.find_group(group_ref.lower())
     else:
         group = None

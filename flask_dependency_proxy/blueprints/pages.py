@@ -48,6 +48,7 @@ from ..models.admin import (
     human_size,
 )
 from ..models.tables import utcnow
+from ..reference import GROUP_PATH_RE
 from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
@@ -66,8 +67,6 @@ CSRF_HEADER = "X-CSRF-Token"
 PREFIX_SUFFIX = "dependency_proxy/containers"
 
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
-#: Group paths as hosts name them; anything else is a 404 before the host is asked.
-_GROUP_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*")
 _MAX_PAGE = 100_000
 _NUMBER = re.compile(r"[0-9]{1,9}")
 
@@ -160,7 +159,7 @@ def _for_admins(view: t.Callable[..., ResponseReturnValue]) -> t.Callable[..., R
             if login_manager is None:
                 abort(401)
             return t.cast("ResponseReturnValue", login_manager.unauthorized())
-        if len(full_path) > 1024 or not _GROUP_PATH.fullmatch(full_path):
+        if len(full_path) > 1024 or not GROUP_PATH_RE.fullmatch(full_path):
             abort(404)
         group = proxy.host.find_group(full_path.lower())
         if group is None or not proxy.host.can_admin(principal, group):
