@@ -87,20 +87,13 @@ def test_oci_index_comes_back_whole(upstream: Registry, tmp_path: Path) -> None:
     assert manifest.content == pushed.manifest
 
 
-class _BlobHost:
-    """Answers like a presigned object-store URL: records the headers it got."""
+class _Server:
+    """A throwaway HTTP server on 127.0.0.1 whose GETs ``answer`` handles."""
 
-    def __init__(self, data: bytes) -> None:
-        self.seen: list[dict[str, str]] = []
-        host = self
-
+    def __init__(self, answer: t.Callable[[http.server.BaseHTTPRequestHandler], None]) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                host.seen.append(dict(self.headers))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer(self)
 
             def log_message(self, format: str, *args: t.Any) -> None:
                 pass
@@ -117,59 +110,51 @@ class _BlobHost:
         self.server.server_close()
 
 
-class _RedirectingRegistry:
-    """Challenges for a bearer token, then redirects blob GETs to the blob host."""
-
-    def __init__(self, blob_url: str) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path.startswith("/token"):
-                    body = b'{"token": "upstream-secret-token", "expires_in": 300}'
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                elif self.headers.get("Authorization") != "Bearer upstream-secret-token":
-                    realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="x"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                else:
-                    self.send_response(307)
-                    self.send_header("Location", f"{blob_url}/object?X-Signature=abc")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-
-            def log_message(self, format: str, *args: t.Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _reply(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def test_blob_redirect_is_followed_without_the_upstream_authorization() -> None:
+    """Like Docker Hub: a bearer challenge, then a 307 to a presigned object-store URL."""
     data = b"layer bytes" * 1000
-    blob_host = _BlobHost(data)
-    registry = _RedirectingRegistry(blob_host.url)
+    seen_by_blob_host: list[dict[str, str]] = []
+
+    def blob_host(handler: http.server.BaseHTTPRequestHandler) -> None:
+        seen_by_blob_host.append(dict(handler.headers))
+        _reply(handler, 200, data)
+
+    blobs = _Server(blob_host)
+
+    def registry_answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if handler.path.startswith("/token"):
+            _reply(handler, 200, b'{"token": "upstream-secret-token", "expires_in": 300}')
+        elif handler.headers.get("Authorization") != "Bearer upstream-secret-token":
+            realm = f"{registry.url}/token"
+            _reply(handler, 401, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+        else:
+            _reply(handler, 307, headers={"Location": f"{blobs.url}/object?X-Signature=abc"})
+
+    registry = _Server(registry_answer)
     try:
         client = UpstreamClient(registry.url)
         stream = client.open_blob("library/x", "sha256:" + hashlib.sha256(data).hexdigest())
         assert b"".join(stream) == data
         stream.close()
-        assert len(blob_host.seen) == 1
-        assert "Authorization" not in blob_host.seen[0]
+        assert len(seen_by_blob_host) == 1
+        assert "Authorization" not in seen_by_blob_host[0]
     finally:
         registry.close()
-        blob_host.close()
+        blobs.close()
 
 
 def test_concurrent_manifest_requests_share_one_upstream_request(
