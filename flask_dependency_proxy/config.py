@@ -55,6 +55,12 @@ LOGIN_FAILURE_WINDOW_SECONDS = 300
 #: ``blobs/`` folder (e.g. ``/_dependency_proxy_blobs/``). Responses then carry
 #: ``X-Accel-Redirect`` and no body. (For Apache's X-Sendfile use Flask's ``USE_X_SENDFILE``.)
 X_ACCEL_REDIRECT_PREFIX: str | None = None
+#: Cached blobs are written to the client in chunks of this many bytes. ``0`` hands the
+#: file to the WSGI server's file wrapper instead (``sendfile`` under gunicorn): no copy
+#: through the worker, but then a client on the same host copies straight from the page
+#: cache, and clients that spend their CPU hashing and unpacking (skopeo, podman,
+#: containerd) pull slower; see ``benchmarks/README.md``.
+BLOB_CHUNK_SIZE = 1024 * 1024
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
 # -- pages, REST API and cache life cycle --------------------------------------------
@@ -101,6 +107,7 @@ class ProxyConfig:
     login_max_failures: int
     login_failure_window_seconds: float
     x_accel_redirect_prefix: str | None
+    blob_chunk_size: int
     # -- pages, REST API and cache life cycle --
     base_template: str
     cleanup_scheduler: bool
@@ -182,6 +189,20 @@ def _folder(key: str, value: t.Any) -> str:
     return os.fspath(value)
 
 
+def _chunk_size(key: str, value: t.Any) -> int:
+    size = _number(int, 0)(key, value)
+    if size and not _MIN_CHUNK <= size <= _MAX_CHUNK:
+        raise ConfigError(
+            f"{key} must be 0 (sendfile) or between {_MIN_CHUNK} and {_MAX_CHUNK} bytes, "
+            f"not {value!r}."
+        )
+    return t.cast(int, size)
+
+
+_MIN_CHUNK = 4096
+_MAX_CHUNK = 64 * 1024 * 1024
+
+
 def _location(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
@@ -209,6 +230,7 @@ _FIELDS: dict[str, Coerce] = {
     "login_max_failures": _number(int, 0),
     "login_failure_window_seconds": _number(float, 1),
     "x_accel_redirect_prefix": _optional(_location),
+    "blob_chunk_size": _chunk_size,
     "base_template": _text("a template name, such as 'base.html'"),
     "cleanup_scheduler": _boolean,
     "cleanup_interval_seconds": _number(float, 1),

@@ -200,3 +200,38 @@ def test_blob_full_then_range(pulled: Pulled, upstream: Registry) -> None:
     checks.api_version(ranged)
     assert ranged.content == data[100:1100]
     assert ranged.headers["Content-Range"] == f"bytes 100-1099/{len(data)}"
+
+
+@pytest.mark.parametrize("chunk_size", ["0", "4096"], ids=["sendfile", "chunks"])
+def test_cached_blob_in_either_serving_mode(
+    platform_factory: t.Callable[..., Platform],
+    upstream: Registry,
+    unique_name: str,
+    tmp_path: Path,
+    chunk_size: str,
+) -> None:
+    """Whole blobs and ranges across chunk boundaries, served by sendfile or in chunks."""
+    live = platform_factory(
+        upstream.url, extra_env={"DEPENDENCY_PROXY_BLOB_CHUNK_SIZE": chunk_size}
+    )
+    image = images.build_image(unique_name, layer_sizes=(300_000,))
+    pushed = images.push(image, upstream, f"e2e/{unique_name}", "1", workdir=tmp_path)
+    headers = live.bearer(USER.username, USER.password, GROUP, pushed.repository)
+    url = f"{live.url}/v2/{live.repository(GROUP, pushed.repository)}/blobs/"
+    digest = pushed.layer_digests[0]
+    data = upstream.read_blob(digest)
+
+    cold = requests.get(url + digest, headers=headers, timeout=60)
+    assert cold.content == data
+    warm = requests.get(url + digest, headers=headers, timeout=60)
+    assert warm.status_code == 200
+    assert warm.headers["Content-Length"] == str(len(data))
+    assert hashlib.sha256(warm.content).hexdigest() == digest.removeprefix("sha256:")
+
+    for first, last in ((4000, 12_345), (0, 4095), (len(data) - 5000, len(data) - 1)):
+        ranged = requests.get(
+            url + digest, headers={**headers, "Range": f"bytes={first}-{last}"}, timeout=60
+        )
+        assert ranged.status_code == 206
+        assert ranged.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+        assert ranged.content == data[first : last + 1]

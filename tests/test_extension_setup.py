@@ -40,6 +40,8 @@ def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
         ("DEPENDENCY_PROXY_UPSTREAM_READ_TIMEOUT_SECONDS", -1, "at least"),
         ("DEPENDENCY_PROXY_UPSTREAM_USERNAME", "only-a-name", "UPSTREAM_PASSWORD"),
         ("DEPENDENCY_PROXY_X_ACCEL_REDIRECT_PREFIX", "no-slashes", "starts and ends with '/'"),
+        ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", 100, "0 (sendfile) or between"),
+        ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", "1e9", "must be a number"),
     ],
 )
 def test_bad_configuration_fails_at_init_app(
