@@ -314,6 +314,24 @@ def proc_status_kib(pid: int, field: str) -> int | None:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pids: t.Iterable[int]) -> float:
+    """CPU time the live threads of the processes have run so far, in nanosecond
+    resolution (``/proc/PID/task/TID/schedstat``); threads that ended are not counted."""
+    nanoseconds = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as file:
+                    nanoseconds += int(file.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return nanoseconds / 1e9
+
+
 def _cpu_snapshot() -> dict[int, tuple[int, int, int]]:
     """pid -> (ppid, CPU ticks used by the process itself, start time in ticks since boot).
 

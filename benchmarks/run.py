@@ -64,6 +64,8 @@ class Settings:
     quiet_wait: float
     profile: bool
     only: tuple[int, ...]
+    #: ``DEPENDENCY_PROXY_*`` settings given with ``--set``, for every platform of ours.
+    platform_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def large_label(self) -> str:
@@ -192,7 +194,7 @@ class Bench:
             upstream_url=upstream_url,
             workers=self.s.workers,
             threads=self.s.threads,
-            extra_env=env,
+            extra_env={**dict(self.s.platform_env), **env},
             name=name,
         )
 
@@ -424,6 +426,14 @@ class Bench:
             ref_label="nginx sendfile",
             goal=report.Goal("≥ 0.8 × nginx sendfile", "ref_ratio_min", 0.8),
         )
+        cpu = self.row(
+            "5 cached blob throughput",
+            f"server CPU time per GiB sent, {self.s.large_label} blob",
+            "s",
+            ref_label="nginx sendfile",
+            note="user + system time of the serving processes, including the loopback "
+            "TCP work the kernel charges to the sender",
+        )
         sources: list[tuple[str, str, dict[str, str]]] = [
             (
                 "ours",
@@ -433,19 +443,28 @@ class Bench:
             ("distribution", self.dist.blob_url(self.large, blob.digest), {}),
             ("nginx", nginx.url("blob"), {}),
         ]
+        nginx_pid = nginx.process.pid
+        assert nginx_pid is not None
+        servers: dict[str, t.Callable[[], list[int]]] = {
+            "ours": lambda: h.children_of(self.ours.master_pid),
+            "distribution": self.dist.server_pids,
+            "nginx": lambda: [nginx_pid, *h.children_of(nginx_pid)],
+        }
         for _, url, headers in sources:  # page cache and connections warm
             h.download(url, headers)
 
         def one(rep: int) -> None:
             for label, url, headers in self.rotate(sources, rep):
+                pids = servers[label]()
+                column = {"ours": "ours", "distribution": "dist", "nginx": "ref"}[label]
+                used = h.cpu_seconds(pids)
                 for _ in range(self.s.downloads):
                     size, seconds = h.download(url, headers)
                     if size != blob.size:
                         raise h.BenchError(f"{label} sent {size} of {blob.size} bytes")
-                    value = size / seconds / 1e6
-                    {"ours": row.ours, "distribution": row.dist, "nginx": row.ref}[label].append(
-                        value
-                    )
+                    getattr(row, column).append(size / seconds / 1e6)
+                used = h.cpu_seconds(pids) - used
+                getattr(cpu, column).append(used / (self.s.downloads * blob.size / GiB))
             log(
                 f"  rep {rep + 1}: {statistics.median(row.ours):.0f} / "
                 f"{statistics.median(row.dist):.0f} / {statistics.median(row.ref):.0f} MB/s "
@@ -776,6 +795,11 @@ def environment(settings: Settings) -> list[str]:
         f"- mode: {'--quick' if settings.quick else 'full'}, {settings.repetitions} repetition(s), "
         f"large image {settings.large_label}, memory check {settings.memory_label}, "
         f"{settings.load_seconds:g} s per load run, {settings.downloads} downloads per repetition",
+        *(
+            [f"- settings of ours: `{' '.join(f'{k}={v}' for k, v in settings.platform_env)}`"]
+            if settings.platform_env
+            else []
+        ),
     ]
 
 
@@ -849,6 +873,14 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         help="seconds to wait for other processes to leave the CPU before each "
         "scenario (default 60, 0 with --quick)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DEPENDENCY_PROXY_KEY=VALUE",
+        help="a setting of ours for the whole run (repeatable), e.g. "
+        "--set DEPENDENCY_PROXY_BLOB_CHUNK_SIZE=0",
+    )
     parser.add_argument("--name", help="results file name (default: latest, or quick)")
     parser.add_argument("--workdir", type=Path, help="where processes keep their state")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
@@ -860,6 +892,12 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
     only = tuple(sorted({int(x) for x in args.only.split(",")})) if args.only else SCENARIOS
     if not set(only) <= set(SCENARIOS):
         parser.error(f"--only takes scenario numbers from {SCENARIOS}")
+    platform_env = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("DEPENDENCY_PROXY_"):
+            parser.error(f"--set takes DEPENDENCY_PROXY_KEY=VALUE, not {item!r}")
+        platform_env.append((key, value))
     settings = Settings(
         quick=quick,
         repetitions=repetitions,
@@ -873,6 +911,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0 if quick else 60),
         profile=args.profile,
         only=only,
+        platform_env=tuple(platform_env),
     )
     return settings, args
 
