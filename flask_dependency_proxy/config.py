@@ -57,9 +57,10 @@ LOGIN_FAILURE_WINDOW_SECONDS = 300
 X_ACCEL_REDIRECT_PREFIX: str | None = None
 #: Cached blobs are written to the client in chunks of this many bytes. ``0`` hands the
 #: file to the WSGI server's file wrapper instead (``sendfile`` under gunicorn): no copy
-#: through the worker, but then a client on the same host copies straight from the page
-#: cache, and clients that spend their CPU hashing and unpacking (skopeo, podman,
-#: containerd) pull slower; see ``benchmarks/README.md``.
+#: through the worker, the better choice when clients are on other machines. A client on
+#: the same host then copies from page-cache pages rather than from cache-warm buffers,
+#: and clients that spend their CPU hashing and unpacking (skopeo, podman, containerd)
+#: pull 5-15 % slower; see ``benchmarks/README.md``.
 BLOB_CHUNK_SIZE = 1024 * 1024
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
