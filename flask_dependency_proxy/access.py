@@ -55,8 +55,18 @@ class _TTLCache:
             self._data.clear()
 
 
+#: Longest reuse of a refusal (unknown group, no access, proxy off). Short, so a group
+#: whose owner just switched the proxy on, or a member just added, can pull at once in
+#: every worker; long enough that a client retrying in a loop does not reach the host
+#: on each request.
+DENIAL_RECHECK_SECONDS = 2.0
+
+
 class AccessControl:
     """Checks credentials and group access through the host adapter.
+
+    Answers are reused for ``recheck_seconds``: the bound on how long a revoked grant
+    keeps working. Refusals are reused for at most :data:`DENIAL_RECHECK_SECONDS`.
 
     :param group_default_enabled: whether a group without settings has its proxy on.
     """
@@ -70,14 +80,16 @@ class AccessControl:
         *,
         recheck_seconds: float,
         group_default_enabled: bool,
+        clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.issuer = issuer
         self.metadata = metadata
         self.throttle = throttle
         self.group_default_enabled = group_default_enabled
-        self._principals = _TTLCache(recheck_seconds)
-        self._grants = _TTLCache(recheck_seconds)
+        self._principals = _TTLCache(recheck_seconds, clock=clock)
+        self._grants = _TTLCache(recheck_seconds, clock=clock)
+        self._denials = _TTLCache(min(recheck_seconds, DENIAL_RECHECK_SECONDS), clock=clock)
 
     def login(self, username: str, secret: str, address: str | None = None) -> Principal:
         """Check a ``docker login`` credential.
@@ -123,8 +135,12 @@ class AccessControl:
         key = (principal.subject, group_path)
         found, group = self._grants.get(key)
         if not found:
-            group = self._resolve_grant(principal, group_path)
-            self._grants.put(key, group)
+            denied, _ = self._denials.get(key)
+            group = None if denied else self._resolve_grant(principal, group_path)
+            if group is not None:
+                self._grants.put(key, group)
+            elif not denied:
+                self._denials.put(key, True)
         if group is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"group": group_path})
         return t.cast(Group, group)
@@ -141,3 +157,4 @@ class AccessControl:
         """Drop remembered answers, e.g. after a group's proxy was switched off here."""
         self._principals.clear()
         self._grants.clear()
+        self._denials.clear()

@@ -42,6 +42,7 @@ def sha256(data: bytes) -> str:
 
 def image_manifest(config_size: int, layer_sizes: t.Sequence[int], seed: str = "") -> bytes:
     """An OCI image manifest whose descriptors have these sizes (digests are made up)."""
+
     def descriptor(media_type: str, size: int, n: int) -> dict[str, t.Any]:
         return {"mediaType": media_type, "size": size, "digest": sha256(f"{seed}/{n}".encode())}
 

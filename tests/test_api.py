@@ -440,8 +440,17 @@ def test_manifest_and_blob_fields(env: Env) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    [{"page": "0"}, {"page": "-1"}, {"page": "x"}, {"per_page": "0"}, {"per_page": "101"},
-     {"per_page": "1e3"}, {"page": "100001"}, {"page": "²"}, {"page": " 1"}],
+    [
+        {"page": "0"},
+        {"page": "-1"},
+        {"page": "x"},
+        {"per_page": "0"},
+        {"per_page": "101"},
+        {"per_page": "1e3"},
+        {"page": "100001"},
+        {"page": "²"},
+        {"page": " 1"},
+    ],
 )
 def test_bad_pagination_parameters_are_400(env: Env, query: dict[str, str]) -> None:
     response = env.client().get(

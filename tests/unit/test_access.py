@@ -1,0 +1,119 @@
+"""How long :class:`AccessControl` reuses grants and refusals, on a controlled clock."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+from flask_dependency_proxy.access import DENIAL_RECHECK_SECONDS, AccessControl
+from flask_dependency_proxy.errors import RegistryError
+from flask_dependency_proxy.host import Group, Principal, PrincipalKind
+
+ALICE = Principal(kind=PrincipalKind.USER, subject="user:1", username="alice")
+TEAM = Group(id=7, full_path="team")
+RECHECK = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """The host's and the database's answers, with a count of how often each was asked."""
+
+    def __init__(self) -> None:
+        self.members = {ALICE.subject}
+        self.enabled = False
+        self.host_lookups = 0
+
+    # host adapter
+    def find_group(self, path: str) -> Group | None:
+        self.host_lookups += 1
+        return TEAM if path == TEAM.full_path else None
+
+    def can_read(self, principal: Principal, group: Group) -> bool:
+        return principal.subject in self.members
+
+    # cache metadata
+    def group_enabled(self, group_id: int, default: bool) -> bool:
+        return self.enabled
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def access(world: World, clock: Clock) -> AccessControl:
+    unused = t.cast(t.Any, None)
+    return AccessControl(
+        t.cast(t.Any, world),
+        unused,
+        t.cast(t.Any, world),
+        unused,
+        recheck_seconds=RECHECK,
+        group_default_enabled=False,
+        clock=clock,
+    )
+
+
+def _allowed(access: AccessControl) -> bool:
+    try:
+        return access.authorize_pull(ALICE, TEAM.full_path) == TEAM
+    except RegistryError:
+        return False
+
+
+def test_switching_the_proxy_on_takes_effect_after_the_short_denial_window(
+    access: AccessControl, world: World, clock: Clock
+) -> None:
+    assert not _allowed(access)
+    world.enabled = True
+    assert not _allowed(access)  # the refusal is reused for a moment ...
+    clock.now += DENIAL_RECHECK_SECONDS + 0.01
+    assert _allowed(access)  # ... not for the whole recheck interval
+
+
+def test_a_refusal_spares_the_host_within_its_window(
+    access: AccessControl, world: World, clock: Clock
+) -> None:
+    for _ in range(5):
+        assert not _allowed(access)
+    assert world.host_lookups == 1
+    clock.now += DENIAL_RECHECK_SECONDS + 0.01
+    assert not _allowed(access)
+    assert world.host_lookups == 2
+
+
+def test_a_grant_lasts_the_recheck_interval(
+    access: AccessControl, world: World, clock: Clock
+) -> None:
+    world.enabled = True
+    assert _allowed(access)
+    world.members.clear()
+    clock.now += RECHECK - 1
+    assert _allowed(access)
+    assert world.host_lookups == 1
+    clock.now += 1.01
+    assert not _allowed(access)
+
+
+def test_forget_drops_grants_and_refusals(access: AccessControl, world: World) -> None:
+    assert not _allowed(access)
+    world.enabled = True
+    access.forget()
+    assert _allowed(access)
+    world.enabled = False
+    access.forget()
+    assert not _allowed(access)
