@@ -55,18 +55,22 @@ class _TTLCache:
             self._data.clear()
 
 
-#: Longest reuse of a refusal (unknown group, no access, proxy off). Short, so a group
-#: whose owner just switched the proxy on, or a member just added, can pull at once in
-#: every worker; long enough that a client retrying in a loop does not reach the host
-#: on each request.
+#: Longest reuse of the host's refusal (unknown group, no access). Short, so a member
+#: just added can pull at once in every worker; long enough that a client retrying in a
+#: loop does not reach the host on each request.
 DENIAL_RECHECK_SECONDS = 2.0
+#: Longest reuse of a group's proxy on/off switch. It is the extension's own row, cheap
+#: to read, so switching the proxy on or off reaches every worker within this time.
+SWITCH_RECHECK_SECONDS = 2.0
 
 
 class AccessControl:
     """Checks credentials and group access through the host adapter.
 
-    Answers are reused for ``recheck_seconds``: the bound on how long a revoked grant
-    keeps working. Refusals are reused for at most :data:`DENIAL_RECHECK_SECONDS`.
+    The host's answers are reused for ``recheck_seconds``: the bound on how long a
+    blocked user or a revoked membership keeps pulling. Its refusals are reused for at
+    most :data:`DENIAL_RECHECK_SECONDS`, a group's on/off switch for at most
+    :data:`SWITCH_RECHECK_SECONDS`.
 
     :param group_default_enabled: whether a group without settings has its proxy on.
     """
@@ -90,6 +94,7 @@ class AccessControl:
         self._principals = _TTLCache(recheck_seconds, clock=clock)
         self._grants = _TTLCache(recheck_seconds, clock=clock)
         self._denials = _TTLCache(min(recheck_seconds, DENIAL_RECHECK_SECONDS), clock=clock)
+        self._switches = _TTLCache(min(recheck_seconds, SWITCH_RECHECK_SECONDS), clock=clock)
 
     def login(self, username: str, secret: str, address: str | None = None) -> Principal:
         """Check a ``docker login`` credential.
@@ -136,25 +141,31 @@ class AccessControl:
         found, group = self._grants.get(key)
         if not found:
             denied, _ = self._denials.get(key)
-            group = None if denied else self._resolve_grant(principal, group_path)
+            group = None if denied else self._readable_group(principal, group_path)
             if group is not None:
                 self._grants.put(key, group)
             elif not denied:
                 self._denials.put(key, True)
-        if group is None:
+        if group is None or not self._proxy_enabled(group):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"group": group_path})
         return t.cast(Group, group)
 
-    def _resolve_grant(self, principal: Principal, group_path: str) -> Group | None:
+    def _readable_group(self, principal: Principal, group_path: str) -> Group | None:
         group = self.host.find_group(group_path)
         if group is None or not self.host.can_read(principal, group):
             return None
-        if not self.metadata.group_enabled(group.id, self.group_default_enabled):
-            return None
         return group
+
+    def _proxy_enabled(self, group: Group) -> bool:
+        found, enabled = self._switches.get(group.id)
+        if not found:
+            enabled = self.metadata.group_enabled(group.id, self.group_default_enabled)
+            self._switches.put(group.id, enabled)
+        return bool(enabled)
 
     def forget(self) -> None:
         """Drop remembered answers, e.g. after a group's proxy was switched off here."""
         self._principals.clear()
         self._grants.clear()
         self._denials.clear()
+        self._switches.clear()

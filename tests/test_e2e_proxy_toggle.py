@@ -1,5 +1,5 @@
-"""Switching a group's proxy on reaches every gunicorn worker at once, not after the
-recheck interval that bounds how long a revoked grant keeps working."""
+"""Switching a group's proxy on or off reaches every gunicorn worker within seconds, not
+after the recheck interval that bounds how long a revoked membership keeps working."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.access import DENIAL_RECHECK_SECONDS
+from flask_dependency_proxy.access import SWITCH_RECHECK_SECONDS
 from tests.support import images, seed
 from tests.support.platform import Platform
 from tests.support.registry import Registry
@@ -25,7 +25,7 @@ def _proxy_off(platform: Platform) -> None:
     platform.add_member(seed.ACME, seed.ALICE.username, "developer")
 
 
-def test_switching_the_proxy_on_reaches_every_worker(
+def test_switching_the_proxy_reaches_every_worker(
     platform_factory: t.Callable[..., Platform],
     upstream: Registry,
     unique_name: str,
@@ -41,7 +41,11 @@ def test_switching_the_proxy_on_reaches_every_worker(
         # Separate connections, so both workers answer some of them.
         return [requests.get(url, headers=headers, timeout=30).status_code for _ in range(12)]
 
-    assert set(statuses()) == {404}  # every worker now remembers the refusal
+    assert set(statuses()) == {404}  # every worker has seen the proxy off
     live.enable_proxy(seed.ACME)  # another process writes the setting
-    time.sleep(DENIAL_RECHECK_SECONDS + 0.5)
-    assert set(statuses()) == {200}
+    time.sleep(SWITCH_RECHECK_SECONDS + 0.5)
+    assert set(statuses()) == {200}  # and every worker has granted the pull
+
+    live.flask("dependency-proxy", "disable", seed.ACME)
+    time.sleep(SWITCH_RECHECK_SECONDS + 0.5)
+    assert set(statuses()) == {404}

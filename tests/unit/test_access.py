@@ -6,7 +6,11 @@ import typing as t
 
 import pytest
 
-from flask_dependency_proxy.access import DENIAL_RECHECK_SECONDS, AccessControl
+from flask_dependency_proxy.access import (
+    DENIAL_RECHECK_SECONDS,
+    SWITCH_RECHECK_SECONDS,
+    AccessControl,
+)
 from flask_dependency_proxy.errors import RegistryError
 from flask_dependency_proxy.host import Group, Principal, PrincipalKind
 
@@ -30,6 +34,7 @@ class World:
         self.members = {ALICE.subject}
         self.enabled = False
         self.host_lookups = 0
+        self.switch_reads = 0
 
     # host adapter
     def find_group(self, path: str) -> Group | None:
@@ -41,6 +46,7 @@ class World:
 
     # cache metadata
     def group_enabled(self, group_id: int, default: bool) -> bool:
+        self.switch_reads += 1
         return self.enabled
 
 
@@ -75,24 +81,34 @@ def _allowed(access: AccessControl) -> bool:
         return False
 
 
-def test_switching_the_proxy_on_takes_effect_after_the_short_denial_window(
+def test_switching_the_proxy_on_and_off_takes_effect_within_the_switch_window(
     access: AccessControl, world: World, clock: Clock
 ) -> None:
     assert not _allowed(access)
     world.enabled = True
-    assert not _allowed(access)  # the refusal is reused for a moment ...
-    clock.now += DENIAL_RECHECK_SECONDS + 0.01
+    assert not _allowed(access)  # the switch is reused for a moment ...
+    clock.now += SWITCH_RECHECK_SECONDS + 0.01
     assert _allowed(access)  # ... not for the whole recheck interval
+    world.enabled = False
+    assert _allowed(access)
+    clock.now += SWITCH_RECHECK_SECONDS + 0.01
+    assert not _allowed(access)
+    assert world.switch_reads == 3
+    assert world.host_lookups == 1  # the membership answer still holds
 
 
-def test_a_refusal_spares_the_host_within_its_window(
+def test_a_refusal_by_the_host_spares_it_within_its_window(
     access: AccessControl, world: World, clock: Clock
 ) -> None:
+    world.enabled = True
+    world.members.clear()
     for _ in range(5):
         assert not _allowed(access)
     assert world.host_lookups == 1
-    clock.now += DENIAL_RECHECK_SECONDS + 0.01
+    world.members.add(ALICE.subject)  # a member just added ...
     assert not _allowed(access)
+    clock.now += DENIAL_RECHECK_SECONDS + 0.01
+    assert _allowed(access)  # ... pulls without waiting for the recheck interval
     assert world.host_lookups == 2
 
 
