@@ -57,6 +57,21 @@ def dispose(app: Flask) -> None:
             engine.dispose()
 
 
+def fresh_platform(tmp_path: Path, monkeypatch: t.Any, **config: t.Any) -> t.Iterator[Flask]:
+    """Body of a ``platform_app`` fixture: a fresh platform on SQLite in ``tmp_path``,
+    configured by ``config`` alone (the environment's platform keys are removed).
+
+    Name the fixture ``platform_app``, not ``app``: pytest-flask would then push one
+    request context around the whole test, and every request would share its ``g`` and
+    database session.
+    """
+    for key in platform_env_keys():
+        monkeypatch.delenv(key)
+    flask_app = make_app(tmp_path, **config)
+    yield flask_app
+    dispose(flask_app)
+
+
 @dataclasses.dataclass
 class World:
     """A populated platform; ids and secrets the tests refer to.

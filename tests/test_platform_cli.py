@@ -15,7 +15,7 @@ from flask.testing import FlaskCliRunner
 from examples.platform.host import PlatformHost
 from examples.platform.models import CiJob, DeployToken, Group, PersonalAccessToken, db
 from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
-from tests.platform_fixtures import dispose, make_app, platform_env_keys
+from tests.platform_fixtures import fresh_platform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROXY = "dependency_proxy/containers"
@@ -24,16 +24,10 @@ host = PlatformHost()
 
 @pytest.fixture
 def platform_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Flask]:
-    """A fresh platform on SQLite in ``tmp_path``.
-
-    Not named ``app``: pytest-flask would then push one request context around the
-    whole test, and every request would share its ``g`` and database session.
-    """
-    for key in platform_env_keys():
-        monkeypatch.delenv(key)
-    flask_app = make_app(tmp_path, DEPENDENCY_PROXY_EXTERNAL_URL="http://registry.test:8080")
-    yield flask_app
-    dispose(flask_app)
+    """A fresh platform on SQLite in ``tmp_path``."""
+    yield from fresh_platform(
+        tmp_path, monkeypatch, DEPENDENCY_PROXY_EXTERNAL_URL="http://registry.test:8080"
+    )
 
 
 @pytest.fixture

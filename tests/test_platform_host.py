@@ -22,7 +22,15 @@ from examples.platform.models import (
     find_user,
 )
 from flask_dependency_proxy.host import AuthFailure, HostAdapter, Principal, PrincipalKind
-from tests.platform_fixtures import World, build_world, dispose, expire, make_app, platform_env_keys
+from tests.platform_fixtures import (
+    World,
+    build_world,
+    dispose,
+    expire,
+    fresh_platform,
+    make_app,
+    platform_env_keys,
+)
 
 JOB_USER = "gitlab-ci-token"
 GROUPS = ("org", "org/team", "org/team/sub", "other")
@@ -32,16 +40,8 @@ host = PlatformHost()
 
 @pytest.fixture
 def platform_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Flask]:
-    """A fresh platform on SQLite in ``tmp_path``.
-
-    Not named ``app``: pytest-flask would then push one request context around the
-    whole test, and every request would share its ``g`` and database session.
-    """
-    for key in platform_env_keys():
-        monkeypatch.delenv(key)
-    flask_app = make_app(tmp_path)
-    yield flask_app
-    dispose(flask_app)
+    """A fresh platform on SQLite in ``tmp_path``."""
+    yield from fresh_platform(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ from tests.platform_fixtures import (
     World,
     build_world,
     csrf_from,
-    dispose,
+    fresh_platform,
     login,
-    make_app,
-    platform_env_keys,
 )
 
 host = PlatformHost()
@@ -29,16 +27,8 @@ PAT_PAGE = "/-/user_settings/personal_access_tokens"
 
 @pytest.fixture
 def platform_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Flask]:
-    """A fresh platform on SQLite in ``tmp_path``.
-
-    Not named ``app``: pytest-flask would then push one request context around the
-    whole test, and every request would share its ``g`` and database session.
-    """
-    for key in platform_env_keys():
-        monkeypatch.delenv(key)
-    flask_app = make_app(tmp_path)
-    yield flask_app
-    dispose(flask_app)
+    """A fresh platform on SQLite in ``tmp_path``."""
+    yield from fresh_platform(tmp_path, monkeypatch)
 
 
 @pytest.fixture
