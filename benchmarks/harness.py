@@ -512,7 +512,24 @@ class Cache(t.Protocol):
     def stop(self) -> None: ...
 
 
-class Distribution:
+class _StoredBlobs:
+    """Whether a cache has committed blobs, from the file its store keeps for each."""
+
+    def blob_file(self, digest: str) -> Path:
+        raise NotImplementedError
+
+    def has_blob(self, blob: BlobFile) -> bool:
+        path = self.blob_file(blob.digest)
+        try:
+            return path.stat().st_size == blob.size
+        except FileNotFoundError:
+            return False
+
+    def has_blobs(self, image: SeededImage) -> bool:
+        return all(self.has_blob(blob) for blob in image.blobs)
+
+
+class Distribution(_StoredBlobs):
     """``docker-registry serve`` with ``proxy: {remoteurl: UPSTREAM}``: the reference.
 
     :meth:`fresh` restarts it on a new, empty storage folder (an empty cache).
@@ -598,16 +615,6 @@ class Distribution:
         hex_ = digest.partition(":")[2]
         return self.storage_dir / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
 
-    def has_blob(self, blob: BlobFile) -> bool:
-        path = self.blob_file(blob.digest)
-        try:
-            return path.stat().st_size == blob.size
-        except FileNotFoundError:
-            return False
-
-    def has_blobs(self, image: SeededImage) -> bool:
-        return all(self.has_blob(blob) for blob in image.blobs)
-
 
 @dataclasses.dataclass(frozen=True)
 class Template:
@@ -670,7 +677,7 @@ def seed_template(directory: Path, upstream_url: str) -> Template:
     return Template(db_path, result.stdout.strip().splitlines()[-1])
 
 
-class Ours:
+class Ours(_StoredBlobs):
     """The example platform under gunicorn (gthread) with the extension.
 
     :meth:`fresh` starts a new platform on a copy of the template database and a new,
@@ -788,16 +795,6 @@ class Ours:
         assert self.platform is not None
         algorithm, _, hex_ = digest.partition(":")
         return self.platform.store_path / "blobs" / algorithm / hex_[:2] / hex_
-
-    def has_blob(self, blob: BlobFile) -> bool:
-        path = self.blob_file(blob.digest)
-        try:
-            return path.stat().st_size == blob.size
-        except FileNotFoundError:
-            return False
-
-    def has_blobs(self, image: SeededImage) -> bool:
-        return all(self.has_blob(blob) for blob in image.blobs)
 
 
 # -- nginx ------------------------------------------------------------------------------
