@@ -42,7 +42,6 @@ def live(
         upstream_url=faulty.url,
         name="platform-faults",
         workers=4,
-        threads=4,
     )
     seed.seed_minimal(platform)
     return platform.start()

@@ -1,10 +1,10 @@
-"""The example host platform (``examples/platform``) run for real: gunicorn with two
-worker processes, configured through the environment, set up with its own CLI.
+"""The example host platform (``examples/platform``) run for real: gunicorn started with
+the shipped ``examples/gunicorn.conf.py`` (the production serving model), two worker
+processes, configured through the environment, set up with its own CLI.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -17,18 +17,10 @@ from .processes import LiveProcess, ProcessFactory, free_port, http_probe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_IMPORT = "examples.platform"
+#: The gunicorn configuration the README recommends for production.
+GUNICORN_CONF = REPO_ROOT / "examples" / "gunicorn.conf.py"
 #: The one place the proxy lives in an image path.
 PROXY_SEGMENT = "dependency_proxy/containers"
-
-
-@functools.cache
-def _no_control_socket() -> list[str]:
-    """Newer gunicorn opens a control socket at one fixed path per user; several
-    platforms at once must not share it."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, timeout=60
-    ).stdout
-    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
 
 
 class CommandFailed(AssertionError):
@@ -43,6 +35,7 @@ class Platform:
     :param database_url: SQLAlchemy URL of an empty database of its own.
     :param upstream_url: ``DEPENDENCY_PROXY_UPSTREAM_URL``.
     :param extra_env: more settings, e.g. ``DEPENDENCY_PROXY_UPSTREAM_RETRIES``.
+    :param gunicorn_args: more gunicorn options, after the shipped configuration's.
     """
 
     def __init__(
@@ -55,7 +48,7 @@ class Platform:
         name: str = "platform",
         extra_env: t.Mapping[str, str] | None = None,
         workers: int = 2,
-        threads: int = 4,
+        gunicorn_args: t.Sequence[str] = (),
     ) -> None:
         self.name = name
         self.workers = workers
@@ -92,21 +85,15 @@ class Platform:
                 sys.executable,
                 "-m",
                 "gunicorn",
+                "--config",
+                str(GUNICORN_CONF),
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                str(threads),
                 "--workers",
                 str(workers),
-                "--timeout",
-                "120",
                 "--graceful-timeout",
                 "5",
-                "--access-logfile",
-                "-",
-                *_no_control_socket(),
+                *gunicorn_args,
                 f"{APP_IMPORT}:create_app()",
             ],
             env=env,
