@@ -62,6 +62,11 @@ X_ACCEL_REDIRECT_PREFIX: str | None = None
 #: and clients that spend their CPU hashing and unpacking (skopeo, podman, containerd)
 #: pull 5-15 % slower; see ``benchmarks/README.md``.
 BLOB_CHUNK_SIZE = 1024 * 1024
+#: A blob response is cut off when the client takes longer than this to accept one write
+#: (up to ``BLOB_CHUNK_SIZE`` bytes): a client that stopped reading, or one slower than a
+#: chunk per this many seconds, frees its connection. Applied where the WSGI server
+#: exposes the connection's socket (gunicorn); ``0`` never cuts a client off.
+CLIENT_SEND_TIMEOUT_SECONDS = 120.0
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
 # -- pages, REST API and cache life cycle --------------------------------------------
@@ -109,6 +114,7 @@ class ProxyConfig:
     login_failure_window_seconds: float
     x_accel_redirect_prefix: str | None
     blob_chunk_size: int
+    client_send_timeout_seconds: float
     # -- pages, REST API and cache life cycle --
     base_template: str
     cleanup_scheduler: bool
@@ -232,6 +238,7 @@ _FIELDS: dict[str, Coerce] = {
     "login_failure_window_seconds": _number(float, 1),
     "x_accel_redirect_prefix": _optional(_location),
     "blob_chunk_size": _chunk_size,
+    "client_send_timeout_seconds": _number(float, 0),
     "base_template": _text("a template name, such as 'base.html'"),
     "cleanup_scheduler": _boolean,
     "cleanup_interval_seconds": _number(float, 1),

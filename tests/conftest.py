@@ -290,7 +290,8 @@ def platform_factory(
 ) -> t.Callable[..., Platform]:
     """Start platforms that belong to one test, each on a new database.
 
-    ``platform_factory(upstream_url, seed=seed.seed_minimal, extra_env={...})``
+    ``platform_factory(upstream_url, seed=seed.seed_minimal, extra_env={...},
+    gunicorn_args=[...])``
     """
     counter = itertools.count(1)
 
@@ -299,6 +300,7 @@ def platform_factory(
         *,
         setup: t.Callable[[Platform], None] = seed.seed_minimal,
         extra_env: t.Mapping[str, str] | None = None,
+        gunicorn_args: t.Sequence[str] = (),
     ) -> Platform:
         number = next(counter)
         live = Platform(
@@ -308,6 +310,7 @@ def platform_factory(
             upstream_url=upstream_url,
             name=f"platform-{number}",
             extra_env=extra_env,
+            gunicorn_args=gunicorn_args,
         )
         setup(live)
         return live.start()

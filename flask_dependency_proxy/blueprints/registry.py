@@ -6,6 +6,7 @@ method, and builds a response. Writes answer 405 UNSUPPORTED.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -106,10 +107,36 @@ def blob(name: str, digest: str) -> Response:
     validate_digest(digest)
     group = _authorize(path)
     try:
-        return _blob_response(_find_blob(group, path, digest))
+        response = _blob_response(_find_blob(group, path, digest))
     except FileNotFoundError:
         # Cleanup removed the file between the lookup and the open: fetch it again.
-        return _blob_response(_find_blob(group, path, digest))
+        response = _blob_response(_find_blob(group, path, digest))
+    return _cut_off_stalled_clients(response)
+
+
+def _cut_off_stalled_clients(response: Response) -> Response:
+    """Bound how long one write of the body may wait for the client.
+
+    A client that stops reading would otherwise hold its connection (and, on a
+    threaded server, a thread) for as long as it stays connected. The timeout is set on
+    the connection's socket where the server exposes it and is lifted again when the
+    response ends, so it never applies to the next request on a kept-alive connection.
+    """
+    seconds = state(None).config.client_send_timeout_seconds
+    sock = request.environ.get("gunicorn.socket")
+    if not seconds or sock is None or request.method == "HEAD":
+        return response
+    try:
+        sock.settimeout(seconds)
+    except OSError:  # already closed by the client
+        return response
+
+    def lift() -> None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)
+
+    response.call_on_close(lift)
+    return response
 
 
 def _find_blob(group: Group, path: ProxyPath, digest: str) -> BlobResult:
