@@ -500,3 +500,46 @@ def test_cleanup_removes_staging_files_of_fetches_that_died(
     assert report.staging_removed == 1
     assert not os.path.exists(dead)
     assert os.path.exists(live)
+
+
+@pytest.mark.parametrize("kind", ["blob", "manifest"])
+def test_a_row_deleted_by_cleanup_while_a_pull_claims_it_is_recorded_again(
+    make_app: t.Callable[..., Flask], kind: str
+) -> None:
+    """Cleanup deletes a purged row between the pull's read of it and its write: the
+    pull's write matches no row. It must insert the row again, not fail."""
+    app = make_app()
+    digest = lf.sha256(b"raced")
+    with app.app_context():
+        metadata = state(None).metadata
+        if kind == "blob":
+            metadata.record_blob(1, digest, 5)
+            table: t.Any = CachedBlob
+        else:
+            metadata.save_manifest(
+                1, "img", "1", digest=digest, media_type=lf.OCI_MANIFEST, content=b"{}"
+            )
+            table = CachedManifest
+        Lifecycle.for_app(app).purge(1, force=True)
+        metadata.session.remove()
+        engine = metadata.session.get_bind()
+        deleted = []
+
+        @sa.event.listens_for(metadata.session, "before_flush")
+        def delete_underneath(session: t.Any, context: t.Any, instances: t.Any) -> None:
+            if not deleted:
+                with engine.begin() as other:
+                    deleted.append(other.execute(sa.delete(table)).rowcount)
+
+        try:
+            if kind == "blob":
+                metadata.record_blob(1, digest, 5)
+            else:
+                metadata.save_manifest(
+                    1, "img", "1", digest=digest, media_type=lf.OCI_MANIFEST, content=b"{}"
+                )
+        finally:
+            sa.event.remove(metadata.session, "before_flush", delete_underneath)
+        assert deleted == [1]
+        assert lf.rows(table, 1) == [(digest, Status.DEFAULT)]
+        metadata.session.remove()

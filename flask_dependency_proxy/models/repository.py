@@ -15,6 +15,7 @@ import typing as t
 import sqlalchemy as sa
 from flask import has_app_context
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status, metadata, utcnow
 
@@ -22,6 +23,9 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
+#: A write that raced another transaction on the same row: the row read was deleted
+#: meanwhile (cleanup), or the row about to be inserted was inserted meanwhile.
+_LOST_RACE = (IntegrityError, StaleDataError)
 #: Buffered last-read times are written when this many seconds passed since the last write.
 _READ_FLUSH_SECONDS = 5.0
 
@@ -149,7 +153,7 @@ class CacheMetadata:
             "checked_at": now,
             "last_read_at": now,
         }
-        for _attempt in range(2):
+        for _attempt in range(3):
             if tag is None:
                 query = (
                     sa.select(CachedManifest)
@@ -176,8 +180,9 @@ class CacheMetadata:
                 setattr(row, key, value)
             try:
                 self.session.commit()
-            except IntegrityError:
-                # Another worker inserted the same tag at the same moment: update theirs.
+            except _LOST_RACE:
+                # Another worker inserted the same tag at the same moment (update theirs),
+                # or cleanup deleted the row just read (insert it again).
                 self.session.rollback()
                 continue
             return _manifest_record(row)
@@ -216,7 +221,7 @@ class CacheMetadata:
 
     def _upsert_blob(self, group_id: int, digest: str, size: int) -> None:
         now = utcnow()
-        for _attempt in range(2):
+        for _attempt in range(3):
             row = self.session.execute(
                 sa.select(CachedBlob).where(
                     CachedBlob.group_id == group_id, CachedBlob.digest == digest
@@ -241,7 +246,7 @@ class CacheMetadata:
             try:
                 self.session.commit()
                 return
-            except IntegrityError:
+            except _LOST_RACE:
                 self.session.rollback()
 
     # -- last-read times ----------------------------------------------------------------
