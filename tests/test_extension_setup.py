@@ -42,6 +42,7 @@ def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
         ("DEPENDENCY_PROXY_X_ACCEL_REDIRECT_PREFIX", "no-slashes", "starts and ends with '/'"),
         ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", 100, "0 (sendfile) or between"),
         ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", "1e9", "must be a number"),
+        ("DEPENDENCY_PROXY_CLIENT_SEND_TIMEOUT_SECONDS", -1, "must be at least 0"),
     ],
 )
 def test_bad_configuration_fails_at_init_app(
