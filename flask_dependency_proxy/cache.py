@@ -16,12 +16,12 @@ import datetime as dt
 import logging
 import typing as t
 
-from .errors import ErrorCode, RegistryError
+from .errors import ErrorCode, RegistryError, storage_unavailable
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
 from .reference import ProxyPath, is_digest
-from .storage import FilesystemStore
+from .storage import FilesystemStore, StorageError
 from .upstream import (
     UpstreamClient,
     UpstreamDigestMismatch,
@@ -217,6 +217,9 @@ class PullThroughCache:
             return call()
         except UpstreamError as exc:
             raise _translate(exc, not_found) from exc
+        except StorageError as exc:
+            # The store, not upstream, refused the blob: logged by the fetcher.
+            raise storage_unavailable() from exc
 
 
 def _result(record: ManifestRecord, stale: bool = False) -> ManifestResult:

@@ -73,3 +73,12 @@ class RegistryError(Exception):
         if self.detail is not None:
             error["detail"] = self.detail
         return {"errors": [error]}
+
+
+def storage_unavailable() -> RegistryError:
+    """The error for a blob the cache cannot store (disk full, read-only, failing).
+
+    503, like an upstream outage: the client may retry, and the pull works again once
+    the store has room.
+    """
+    return RegistryError(ErrorCode.UNAVAILABLE, "the cache's blob storage is full or not writable")

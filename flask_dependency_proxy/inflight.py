@@ -8,8 +8,15 @@ a fetch others are waiting for.
 
 Across processes (gunicorn workers, or hosts sharing the store's filesystem) an
 exclusive ``flock`` on the digest's lock file elects the one process that fetches. The
-holder writes the fetch's state (size, or the upstream error) into the lock file; other
-processes follow the same staging file and learn the outcome when the lock is released.
+holder writes the fetch's state (size, or the error) into the lock file; other
+processes follow the same staging file and learn the outcome when the lock is released:
+the blob was committed if the file now under its digest is the very file they read.
+
+Nobody can tell a wrong blob from a right one before its last byte is hashed, so every
+follower holds its last chunk back until the fetch is verified: a blob that fails its
+digest (or breaks, or cannot be stored) always reaches clients as a broken transfer,
+never as a complete response, and a small blob that fails before a byte was sent
+answers with a registry error instead.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import typing as t
 import requests
 import urllib3.exceptions
 
-from .storage import FilesystemStore
+from .storage import FilesystemStore, StorageError
 from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,28 @@ _POLL_SECONDS = 0.01
 
 
 class FetchFailed(Exception):
-    """The fetch a client was following broke; whatever it already received is not valid."""
+    """The fetch a client was following broke; whatever it already received is not valid.
+
+    Its ``__cause__`` says why when it is known: a :class:`StorageError`, an
+    :class:`UpstreamDigestMismatch` or another :class:`UpstreamError`.
+    """
+
+    @property
+    def reason(self) -> str:
+        """``storage``, ``digest_mismatch`` or ``upstream``: what broke the fetch."""
+        cause = self.__cause__
+        if isinstance(cause, StorageError):
+            return "storage"
+        if isinstance(cause, UpstreamDigestMismatch):
+            return "digest_mismatch"
+        return "upstream"
+
+
+class UpstreamSizeError(UpstreamError):
+    """Upstream sent more bytes than it announced, or announced two sizes for one blob.
+
+    Not resumed: the fetch is aborted before the extra bytes are written.
+    """
 
 
 class Fetch(t.Protocol):
@@ -111,11 +139,15 @@ class LocalFetch:
         return lambda: self.written > position or self.finished
 
     def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
-        """Yield the blob's bytes as the fetch writes them.
+        """Yield the blob's bytes as the fetch writes them, the last chunk only once the
+        fetch is verified and committed.
 
         :raises FetchFailed: if the fetch breaks; the response must then be aborted so
             the client sees a truncated transfer, never a wrong blob.
         """
+        return _held_back(self._follow(store))
+
+    def _follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
         try:
             file = open(self.staging_path or "", "rb")
         except FileNotFoundError:
@@ -132,6 +164,7 @@ class LocalFetch:
                 with self._condition:
                     self._condition.wait_for(self._progressed(position))
                     available, finished, error = self.written, self.finished, self.error
+                    committed = self.committed
                 if error is not None:
                     raise FetchFailed(f"fetch of {self.digest} failed: {error}") from error
                 while position < available:
@@ -141,6 +174,8 @@ class LocalFetch:
                     position += len(chunk)
                     yield chunk
                 if finished:
+                    if not committed:
+                        raise FetchFailed(f"fetch of {self.digest} was not committed")
                     return
 
 
@@ -158,34 +193,52 @@ class RemoteFetch:
         self._on_commit.append(callback)
 
     def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
-        file: t.BinaryIO
+        """Like :meth:`LocalFetch.follow`, for a fetch that another process runs."""
+        return _held_back(self._follow(store))
+
+    def _follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+        # The lock file of the fetch being followed: held while it runs, and where its
+        # holder leaves the reason when it fails (still readable once unlinked).
+        lock_fd: int | None
         try:
-            file = open(store.staging_path(self.digest), "rb")
+            lock_fd = os.open(self._lock_path, os.O_RDONLY)
         except FileNotFoundError:
-            if store.size(self.digest) is None:
-                raise FetchFailed(f"fetch of {self.digest} in another process failed") from None
-            file = store.open(self.digest)
-        position = 0
-        with file:
-            while True:
-                chunk = file.read(_READ_CHUNK)
-                if chunk:
-                    position += len(chunk)
-                    yield chunk
-                    continue
-                if _lock_is_held(self._lock_path):
-                    time.sleep(_POLL_SECONDS)
-                    continue
-                # The fetch ended: whatever it wrote is in the file by now.
-                while chunk := file.read(_READ_CHUNK):
-                    position += len(chunk)
-                    yield chunk
-                committed = store.size(self.digest)
-                if committed is None or committed != position:
-                    raise FetchFailed(f"fetch of {self.digest} in another process failed")
-                for callback in self._on_commit:
-                    callback(position)
-                return
+            lock_fd = None  # it has ended already
+        try:
+            file: t.BinaryIO
+            try:
+                file = open(store.staging_path(self.digest), "rb")
+            except FileNotFoundError:
+                try:
+                    file = store.open(self.digest)
+                except FileNotFoundError:
+                    raise self._failed() from _published_error(lock_fd)
+            with file:
+                position = 0
+                while True:
+                    chunk = file.read(_READ_CHUNK)
+                    if chunk:
+                        position += len(chunk)
+                        yield chunk
+                        continue
+                    if lock_fd is not None and _is_locked(lock_fd):
+                        time.sleep(_POLL_SECONDS)
+                        continue
+                    # The fetch ended: whatever it wrote is in the file by now.
+                    while chunk := file.read(_READ_CHUNK):
+                        position += len(chunk)
+                        yield chunk
+                    if not _is_committed(store, self.digest, file, position):
+                        raise self._failed() from _published_error(lock_fd)
+                    for callback in self._on_commit:
+                        callback(position)
+                    return
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+    def _failed(self) -> FetchFailed:
+        return FetchFailed(f"fetch of {self.digest} in another process failed")
 
 
 class BlobFetcher:
@@ -257,10 +310,9 @@ class BlobFetcher:
             state = json.loads(text)
         except ValueError:
             return None
-        if state.get("error") == "not_found":
-            raise UpstreamNotFound(f"upstream has no blob {digest}", status=404)
-        if state.get("error"):
-            raise UpstreamError(f"upstream fetch of {digest} failed: {state['error']}")
+        error = _error_from_state(digest, state)
+        if error is not None:
+            raise error
         size = state.get("size")
         return RemoteFetch(digest, size if isinstance(size, int) else None, lock_path)
 
@@ -274,13 +326,13 @@ class BlobFetcher:
         lock_path = self.store.lock_path(fetch.digest)
         staging_path: str | None = None
         try:
+            stream = open_upstream(0)
             try:
-                stream = open_upstream(0)
-            except UpstreamError as exc:
-                kind = "not_found" if isinstance(exc, UpstreamNotFound) else str(exc)[:200]
-                _publish(lock_fd, {"error": kind})
+                self._check_space(fetch, stream.size)
+                staging_path, file = self.store.create_staging(fetch.digest)
+            except BaseException:
+                stream.close()
                 raise
-            staging_path, file = self.store.create_staging(fetch.digest)
             _publish(lock_fd, {"size": stream.size})
             fetch.update(staging_path=staging_path, size=stream.size, started=True)
             with file:
@@ -293,7 +345,22 @@ class BlobFetcher:
                 except Exception:
                     log.exception("recording blob %s failed", fetch.digest)
         except BaseException as exc:  # noqa: B036 - every failure must release the readers
-            log.warning("fetch of %s failed: %s", fetch.digest, exc)
+            if isinstance(exc, StorageError):
+                log.error(
+                    "blob store cannot take %s: %s (path %s, errno %s)",
+                    fetch.digest,
+                    exc,
+                    exc.path,
+                    exc.errno_name,
+                )
+            else:
+                log.warning("fetch of %s failed: %s", fetch.digest, exc)
+            # Readers in other processes find the reason in the lock file.
+            failure = {"size": fetch.size, "error": _error_kind(exc)}
+            if isinstance(exc, StorageError):
+                failure["path"] = exc.path
+            with contextlib.suppress(StorageError):
+                _publish(lock_fd, failure)
             fetch.update(error=exc, finished=True)
         finally:
             if staging_path is not None:
@@ -301,6 +368,32 @@ class BlobFetcher:
             with self._lock:
                 self._fetches.pop(fetch.digest, None)
                 _unlock(lock_path, lock_fd)
+
+    def _check_space(self, fetch: LocalFetch, size: int | None) -> None:
+        """Refuse a blob of announced ``size`` that the store has no room for, counting
+        what this process's other fetches still have to write.
+
+        :raises StorageError: before anything is written, so the client gets a clean
+            error rather than a broken transfer.
+        """
+        if size is None:
+            return
+        with self._lock:
+            pending = sum(
+                max(other.size - other.written, 0)
+                for other in self._fetches.values()
+                if other is not fetch and other.size is not None
+            )
+        try:
+            free = self.store.free_bytes()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.store.staging_root) from exc
+        if free - pending < size:
+            raise StorageError(
+                f"no room for {size} bytes: {free} free, {pending} promised to other fetches",
+                path=self.store.staging_root,
+                errno=errno.ENOSPC,
+            )
 
     def _download(
         self,
@@ -310,9 +403,14 @@ class BlobFetcher:
         open_upstream: t.Callable[[int], BlobStream],
     ) -> int:
         """Copy, hash and publish upstream bytes; resume a broken transfer with a range
-        request (up to ``resume_attempts`` times). Returns the verified size."""
+        request (up to ``resume_attempts`` times). Returns the verified size.
+
+        :raises StorageError: a write failed; never retried upstream.
+        :raises UpstreamSizeError: upstream sent more than it announced.
+        """
         algorithm = fetch.digest.split(":", 1)[0]
         hasher = hashlib.new(algorithm)
+        staging_path = fetch.staging_path or ""
         written = 0
         size = stream.size
         resumes = 0
@@ -320,11 +418,19 @@ class BlobFetcher:
             try:
                 try:
                     for chunk in stream:
+                        end = written + len(chunk)
+                        if size is not None and end > size:
+                            raise UpstreamSizeError(
+                                f"upstream sent more than the {size} bytes it announced"
+                            )
                         hasher.update(chunk)
-                        file.write(chunk)
-                        # Make the bytes visible to readers of the staging file.
-                        file.flush()
-                        written += len(chunk)
+                        try:
+                            file.write(chunk)
+                            # Make the bytes visible to readers of the staging file.
+                            file.flush()
+                        except OSError as exc:
+                            raise StorageError.from_os_error(exc, staging_path) from exc
+                        written = end
                         fetch.update(written=written)
                 finally:
                     stream.close()
@@ -332,6 +438,8 @@ class BlobFetcher:
                     raise UpstreamError(f"upstream sent {written} of {size} bytes")
                 break
             except (OSError, UpstreamError, *_TRANSFER_ERRORS) as exc:
+                if isinstance(exc, UpstreamSizeError):
+                    raise
                 if resumes >= self.resume_attempts or isinstance(exc, UpstreamNotFound):
                     raise UpstreamError(
                         f"upstream transfer of {fetch.digest} broke: {exc}"
@@ -342,10 +450,21 @@ class BlobFetcher:
                 if stream.offset != written:
                     # Upstream ignored the range: start over in the same file, whose
                     # readers see the same bytes at the same offsets again.
-                    file.seek(0)
-                    file.truncate()
+                    try:
+                        file.seek(0)
+                        file.truncate()
+                    except OSError as truncate_error:
+                        stream.close()
+                        raise StorageError.from_os_error(
+                            truncate_error, staging_path
+                        ) from truncate_error
                     hasher = hashlib.new(algorithm)
                     written = 0
+                if stream.size is not None and size is not None and stream.size != size:
+                    stream.close()
+                    raise UpstreamSizeError(
+                        f"upstream announced {stream.size} bytes for {fetch.digest}, {size} before"
+                    ) from exc
                 size = stream.size if stream.size is not None else size
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != fetch.digest:
@@ -356,7 +475,10 @@ class BlobFetcher:
 def _try_lock(path: str) -> int | None:
     """Take the digest's fetch lock without waiting; the open descriptor, or ``None``."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -378,8 +500,11 @@ def _try_lock(path: str) -> int | None:
 def _publish(fd: int, state: dict[str, t.Any]) -> None:
     """Tell readers in other processes how the fetch started."""
     data = json.dumps(state).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, f"/proc/self/fd/{fd}") from exc
 
 
 def _unlock(path: str, fd: int) -> None:
@@ -388,18 +513,82 @@ def _unlock(path: str, fd: int) -> None:
     os.close(fd)  # releases the flock
 
 
-def _lock_is_held(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
+def _is_locked(fd: int) -> bool:
+    """Whether a fetch still holds the lock file open as ``fd`` (same file, even once
+    unlinked)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         return True
-    finally:
-        os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def _is_committed(store: FilesystemStore, digest: str, file: t.BinaryIO, size: int) -> bool:
+    """Whether the file just read to its end (``size`` bytes) is the committed blob.
+
+    A commit renames the staging file, so a committed blob is the same file (device and
+    inode) its readers followed; a fetch that failed left nothing, or a later fetch's
+    file, under the digest.
+    """
+    try:
+        final = os.stat(store.path(digest))
+    except FileNotFoundError:
+        return False
+    read = os.fstat(file.fileno())
+    return (final.st_dev, final.st_ino, final.st_size) == (read.st_dev, read.st_ino, size)
+
+
+def _error_kind(exc: BaseException) -> str:
+    """How a failed fetch is described in its lock file."""
+    if isinstance(exc, StorageError):
+        return "storage"
+    if isinstance(exc, UpstreamNotFound):
+        return "not_found"
+    if isinstance(exc, UpstreamDigestMismatch):
+        return "digest_mismatch"
+    return str(exc)[:200] or type(exc).__name__
+
+
+def _error_from_state(digest: str, state: dict[str, t.Any]) -> Exception | None:
+    """The exception that a failure published in a lock file stands for."""
+    kind = state.get("error")
+    if not kind:
+        return None
+    if kind == "not_found":
+        return UpstreamNotFound(f"upstream has no blob {digest}", status=404)
+    if kind == "storage":
+        return StorageError(
+            f"the fetch of {digest} in another process could not store it",
+            path=state.get("path") or "",
+        )
+    if kind == "digest_mismatch":
+        return UpstreamDigestMismatch(f"upstream blob {digest} does not match its digest")
+    return UpstreamError(f"upstream fetch of {digest} failed: {kind}")
+
+
+def _published_error(fd: int | None) -> Exception | None:
+    """The failure a fetch's holder left in its lock file (open as ``fd``), if any."""
+    if fd is None:
+        return None
+    try:
+        state = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return None
+    return _error_from_state("the blob", state) if isinstance(state, dict) else None
+
+
+def _held_back(chunks: t.Iterator[bytes]) -> t.Iterator[bytes]:
+    """Yield ``chunks`` one behind: the last one only once ``chunks`` has ended
+    normally, which a follower does only for a verified, committed blob. A failure
+    therefore always leaves the client short of the end of the body."""
+    held: bytes | None = None
+    for chunk in chunks:
+        if held is not None:
+            yield held
+        held = chunk
+    if held is not None:
+        yield held
 
 
 def _read_file(file: t.BinaryIO) -> t.Iterator[bytes]:

@@ -8,12 +8,38 @@ only through :meth:`FilesystemStore.commit`, an atomic rename after verification
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import typing as t
 
 _DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
 _TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+
+
+class StorageError(Exception):
+    """The blob store cannot take a blob: its disk is full, read-only or failing.
+
+    Unlike an upstream error this is not retried upstream: the same bytes would fail
+    the same way. ``path`` is the file the store could not write; ``errno`` the
+    operating system's error number (``None`` for a refusal made before writing).
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: str) -> StorageError:
+        return cls(f"cannot write {path}: {exc.strerror or exc}", path=path, errno=exc.errno)
+
+    @property
+    def errno_name(self) -> str:
+        """``ENOSPC``, ``EROFS``, ...; ``-`` when there is no error number."""
+        if self.errno is None:
+            return "-"
+        return errno.errorcode.get(self.errno, str(self.errno))
 
 
 class FilesystemStore:
@@ -66,15 +92,32 @@ class FilesystemStore:
         return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
 
     def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
-        """Create (or empty) the staging file of a blob whose fetch lock the caller holds."""
+        """Create (or empty) the staging file of a blob whose fetch lock the caller holds.
+
+        :raises StorageError: when the file cannot be created.
+        """
         staging_path = self.staging_path(digest)
-        return staging_path, open(staging_path, "wb")
+        try:
+            return staging_path, open(staging_path, "wb")
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, staging_path) from exc
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer can still put on the store's filesystem."""
+        stats = os.statvfs(self.staging_root)
+        return stats.f_bavail * stats.f_frsize
 
     def commit(self, staging_path: str, digest: str) -> None:
-        """Publish a fully written and verified staging file under its digest."""
+        """Publish a fully written and verified staging file under its digest.
+
+        :raises StorageError: when the file cannot be moved into place.
+        """
         final = self.path(digest)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(staging_path, final)
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(staging_path, final)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, final) from exc
 
     def discard(self, staging_path: str) -> None:
         """Remove a staging file that will not be committed."""

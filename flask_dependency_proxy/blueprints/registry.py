@@ -17,7 +17,7 @@ from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
 from ..cache import BlobResult
-from ..errors import ErrorCode, RegistryError
+from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..extension import state
 from ..host import Group
 from ..inflight import FetchFailed
@@ -207,12 +207,21 @@ def _chunked_file_wrapper(chunk_size: int) -> t.Callable[[t.IO[bytes], int], Fil
 def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
     """Wait for the first bytes before the response starts, so a fetch that fails at
     once is answered with a registry error. A fetch that breaks later ends the response
-    early: the client sees a short transfer (and retries), never a wrong blob."""
+    early: the client sees a short transfer (and retries), never a wrong blob.
+
+    ``stream`` holds the end of the blob back until its digest is verified, so a small
+    blob that fails its digest is always answered here, with a registry error.
+    """
     try:
         first = next(stream, b"")
     except FetchFailed as exc:
-        log.warning("upstream transfer of %s failed before the first byte: %s", digest, exc)
-        raise RegistryError(ErrorCode.UNAVAILABLE, "the upstream transfer failed") from exc
+        log.warning("transfer of %s failed before the first byte: %s", digest, exc)
+        if exc.reason == "storage":
+            raise storage_unavailable() from exc
+        message = {
+            "digest_mismatch": "upstream sent content that does not match its digest",
+        }.get(exc.reason, "the upstream transfer failed")
+        raise RegistryError(ErrorCode.UNAVAILABLE, message) from exc
 
     def rest() -> t.Iterator[bytes]:
         try:
