@@ -1,17 +1,31 @@
-"""Blob fetches with an in-memory upstream: commit, failure, and followers that arrive
-at every moment of a fetch."""
+"""Blob fetches with an in-memory upstream: commit, failure, followers that arrive at
+every moment of a fetch, the end of a body held back until its digest is verified, and
+a store without room."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import logging
+import os
 import threading
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.inflight import BlobFetcher, FetchFailed
-from flask_dependency_proxy.storage import FilesystemStore
+from flask_dependency_proxy.inflight import (
+    BlobFetcher,
+    FetchFailed,
+    LocalFetch,
+    RemoteFetch,
+    UpstreamSizeError,
+    _try_lock,
+    _unlock,
+)
+from flask_dependency_proxy.storage import FilesystemStore, StorageError
 
 
 class FakeStream:
@@ -88,3 +102,303 @@ def test_wrong_bytes_are_never_committed(tmp_path: Path) -> None:
     with pytest.raises(FetchFailed):
         b"".join(fetch.follow(store))
     assert store.size(digest) is None
+
+
+# -- holding the end back until the digest is verified -----------------------------------
+
+
+class GatedEnd:
+    """An upstream response that sends all of ``data`` and then waits for ``end``
+    before it ends: the fetch has every byte but cannot verify it yet."""
+
+    def __init__(self, data: bytes, end: threading.Event) -> None:
+        self.data = data
+        self.offset = 0
+        self.size: int | None = len(data)
+        self.end = end
+        self.closed = False
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        for start in range(0, len(self.data), 64 * 1024):
+            yield self.data[start : start + 64 * 1024]
+        self.end.wait(5)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Reader:
+    """Follows a fetch in a thread, recording what it received and how it ended."""
+
+    def __init__(self, chunks: t.Iterator[bytes]) -> None:
+        self.received = bytearray()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(chunks,), daemon=True).start()
+
+    def _run(self, chunks: t.Iterator[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                self.received += chunk
+        except BaseException as exc:  # noqa: B036 - recorded for the test to check
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def _wait(condition: t.Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("right_bytes", [True, False])
+def test_followers_get_the_last_chunk_only_once_the_blob_is_verified(
+    tmp_path: Path, right_bytes: bool
+) -> None:
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 12_000  # about 3 MiB: several chunks for the reader
+    digest = _digest(data if right_bytes else data[:-1] + b"?")
+    end = threading.Event()
+    fetch = fetcher.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert fetch is not None
+    reader = Reader(fetch.follow(store))
+
+    _wait(lambda: fetch.written == len(data))  # type: ignore[attr-defined]
+    time.sleep(0.2)
+    # Every byte is on disk, but the follower keeps the last chunk in hand.
+    assert not reader.done.is_set()
+    assert 0 < len(reader.received) < len(data)
+    end.set()
+    assert reader.done.wait(5)
+
+    if right_bytes:
+        assert reader.error is None
+        assert bytes(reader.received) == data
+    else:
+        assert isinstance(reader.error, FetchFailed)
+        assert reader.error.reason == "digest_mismatch"
+        assert len(reader.received) < len(data)
+        assert store.size(digest) is None
+
+
+def test_small_wrong_blob_fails_before_its_first_byte(tmp_path: Path) -> None:
+    """A blob that fits in one chunk is held back whole: the response can still be an
+    error instead of a body."""
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    data = b"small config" * 50
+    digest = _digest(b"what it should have been")
+    fetch = fetcher.fetch(digest, lambda offset: FakeStream(data[:900], offset))
+    assert fetch is not None
+    chunks = fetch.follow(store)
+    with pytest.raises(FetchFailed) as failed:
+        next(chunks)
+    assert failed.value.reason == "digest_mismatch"
+
+
+@pytest.mark.parametrize("outcome", ["commit", "digest_mismatch", "storage"])
+def test_follower_in_another_process_is_held_back_and_learns_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """A second fetcher on the same store stands for another worker: the lock is taken,
+    so it follows the staging file and the lock file."""
+    store = FilesystemStore(str(tmp_path))
+    holder, other = BlobFetcher(store), BlobFetcher(store)
+    data = bytes(range(256)) * 12_000
+    digest = _digest(data if outcome != "digest_mismatch" else b"not these bytes")
+    end = threading.Event()
+    fetch = holder.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert isinstance(fetch, LocalFetch)
+    remote = other.fetch(digest, lambda offset: pytest.fail("a second fetch"))
+    assert isinstance(remote, RemoteFetch)
+    assert remote.size == len(data)
+    if outcome == "storage":
+        # The commit (a rename into place) fails as on a read-only or full disk.
+        def no_room(staging_path: str, digest: str) -> None:
+            raise StorageError("cannot write", path=store.path(digest), errno=errno.ENOSPC)
+
+        monkeypatch.setattr(store, "commit", no_room)
+    committed: list[int] = []
+    remote.on_commit(committed.append)
+    reader = Reader(remote.follow(store))
+
+    _wait(lambda: fetch.written == len(data))
+    time.sleep(0.2)
+    assert not reader.done.is_set()
+    assert 0 < len(reader.received) < len(data)
+    end.set()
+    assert reader.done.wait(5)
+
+    if outcome == "commit":
+        assert reader.error is None
+        assert bytes(reader.received) == data
+        assert committed == [len(data)]
+    else:
+        assert isinstance(reader.error, FetchFailed)
+        assert reader.error.reason == outcome
+        assert len(reader.received) < len(data)
+        assert committed == []
+        assert store.size(digest) is None
+
+
+def test_remote_follower_does_not_take_another_fetchs_file_for_its_own(tmp_path: Path) -> None:
+    """The fetch being followed fails and a later one commits a file of the same size:
+    the bytes this follower read are still not that blob."""
+    store = FilesystemStore(str(tmp_path))
+    data = b"a" * 1_500_000
+    digest = _digest(b"b" * len(data))
+    lock_path = store.lock_path(digest)
+    lock_fd = _try_lock(lock_path)
+    assert lock_fd is not None
+    staging_path, file = store.create_staging(digest)
+    with file:
+        file.write(data)
+    remote = RemoteFetch(digest, len(data), lock_path)
+    reader = Reader(remote.follow(store))
+    _wait(lambda: len(reader.received) > 0)
+
+    store.discard(staging_path)
+    final = store.path(digest)
+    os.makedirs(os.path.dirname(final))
+    with open(final, "wb") as later:
+        later.write(b"b" * len(data))
+    _unlock(lock_path, lock_fd)
+
+    assert reader.done.wait(5)
+    assert isinstance(reader.error, FetchFailed)
+    assert len(reader.received) < len(data)
+
+
+# -- bytes beyond the announced size ----------------------------------------------------
+
+
+def test_bytes_beyond_the_announced_size_abort_the_fetch_unwritten(tmp_path: Path) -> None:
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 20
+    digest = _digest(data)
+    opened: list[int] = []
+    largest: list[int] = [0]
+    create_staging = store.create_staging
+
+    def watched_staging(digest: str) -> tuple[str, t.BinaryIO]:
+        path, file = create_staging(digest)
+        write = file.write
+
+        def counting_write(chunk: t.Any) -> int:
+            written = write(chunk)
+            largest[0] = max(largest[0], file.tell())
+            return written
+
+        file.write = counting_write  # type: ignore[method-assign]
+        return path, file
+
+    store.create_staging = watched_staging  # type: ignore[method-assign]
+
+    def open_upstream(offset: int) -> FakeStream:
+        opened.append(offset)
+        stream = FakeStream(data + b"extra bytes" * 200, offset)
+        stream.size = len(data)  # what upstream announced
+        return stream
+
+    fetch = fetcher.fetch(digest, open_upstream)
+    assert fetch is not None
+    with pytest.raises(FetchFailed) as failed:
+        b"".join(fetch.follow(store))
+    assert isinstance(failed.value.__cause__, UpstreamSizeError)
+    assert opened == [0]  # not resumed
+    assert largest[0] <= len(data)
+    assert store.size(digest) is None
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+# -- storage full or failing ------------------------------------------------------------
+
+
+def test_blob_larger_than_the_free_space_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    monkeypatch.setattr(store, "free_bytes", lambda: 4000)
+    data = b"z" * 5000
+    streams: list[FakeStream] = []
+
+    def open_upstream(offset: int) -> FakeStream:
+        streams.append(FakeStream(data, offset))
+        return streams[-1]
+
+    with pytest.raises(StorageError) as refused:
+        fetcher.fetch(_digest(data), open_upstream)
+    assert refused.value.errno == errno.ENOSPC
+    assert refused.value.path == store.staging_root
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert fetcher.in_flight() == 0
+
+
+def test_space_promised_to_fetches_in_flight_counts_as_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    monkeypatch.setattr(store, "free_bytes", lambda: 10_000)
+    first = bytes(range(256)) * 24  # 6144 bytes, still to be written
+    end = threading.Event()
+    running = fetcher.fetch(_digest(first), lambda offset: FakeStream(first, offset, end))
+    assert running is not None
+    try:
+        with pytest.raises(StorageError):
+            fetcher.fetch(_digest(b"y" * 5000), lambda offset: FakeStream(b"y" * 5000, offset))
+        # One that fits beside it is fetched.
+        fits = fetcher.fetch(_digest(b"x" * 3000), lambda offset: FakeStream(b"x" * 3000, offset))
+        assert fits is not None
+        assert b"".join(fits.follow(store)) == b"x" * 3000
+    finally:
+        end.set()
+    assert b"".join(running.follow(store)) == first
+
+
+class FailingFile(io.FileIO):
+    """A staging file on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, path: str, room: int) -> None:
+        super().__init__(path, "wb")
+        self.room = room
+
+    def write(self, data: t.Any) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def test_write_that_fails_aborts_the_fetch_without_retrying_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store, resume_attempts=3)
+    data = bytes(range(256)) * 20
+    digest = _digest(data)
+    staging = store.staging_path(digest)
+    monkeypatch.setattr(
+        store, "create_staging", lambda digest: (staging, FailingFile(staging, 2500))
+    )
+    opened: list[int] = []
+
+    def open_upstream(offset: int) -> FakeStream:
+        opened.append(offset)
+        return FakeStream(data, offset)
+
+    fetch = fetcher.fetch(digest, open_upstream)
+    assert fetch is not None
+    with caplog.at_level(logging.ERROR, logger="flask_dependency_proxy.inflight"):
+        with pytest.raises(FetchFailed) as failed:
+            b"".join(fetch.follow(store))
+        _wait(lambda: fetcher.in_flight() == 0)
+    assert failed.value.reason == "storage"
+    assert opened == [0]
+    assert store.size(digest) is None
+    assert not os.path.exists(staging)
+    assert f"path {staging}, errno ENOSPC" in caplog.text
