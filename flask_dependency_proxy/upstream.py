@@ -87,7 +87,8 @@ class BlobStream:
 
     def __iter__(self) -> t.Iterator[bytes]:
         # decode_content=False: blob bytes are hashed as sent, never gunzipped.
-        return self._response.raw.stream(self._chunk_size, decode_content=False)
+        chunks = self._response.raw.stream(self._chunk_size, decode_content=False)
+        return t.cast("t.Iterator[bytes]", chunks)
 
     def close(self) -> None:
         self._response.close()
