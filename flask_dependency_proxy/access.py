@@ -4,6 +4,11 @@ Every registry request goes through :meth:`AccessControl.authorize_pull`, cache 
 included. Answers from the host are remembered for ``PRINCIPAL_RECHECK_SECONDS`` so a
 warm pull does not cost the host several queries; that is also the bound on how long a
 blocked user or a revoked token keeps pulling with a registry token it already has.
+
+Every question to the host or the database runs in a database phase (:mod:`.database`),
+which ends before the cache talks to upstream. While the database is unavailable, a
+principal and a grant checked within ``PRINCIPAL_RECHECK_SECONDS`` still hold, and so
+does the last known state of the group's proxy switch; anything else answers 503.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 import time
 import typing as t
 
+from .database import DatabaseGuard, DatabaseUnavailable
 from .errors import ErrorCode, RegistryError
 from .host import AuthFailure, Group, HostAdapter, Principal
 from .throttle import LoginThrottle
@@ -73,6 +79,7 @@ class AccessControl:
     :data:`SWITCH_RECHECK_SECONDS`.
 
     :param group_default_enabled: whether a group without settings has its proxy on.
+    :param database: runs the host's and the database's answers as database phases.
     """
 
     def __init__(
@@ -84,8 +91,10 @@ class AccessControl:
         *,
         recheck_seconds: float,
         group_default_enabled: bool,
+        database: DatabaseGuard | None = None,
         clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
+        self.database = database or DatabaseGuard()
         self.host = host
         self.issuer = issuer
         self.metadata = metadata
@@ -95,6 +104,9 @@ class AccessControl:
         self._grants = _TTLCache(recheck_seconds, clock=clock)
         self._denials = _TTLCache(min(recheck_seconds, DENIAL_RECHECK_SECONDS), clock=clock)
         self._switches = _TTLCache(min(recheck_seconds, SWITCH_RECHECK_SECONDS), clock=clock)
+        #: The switch as last read, for as long as a grant holds: the answer while the
+        #: database cannot be asked.
+        self._known_switches = _TTLCache(recheck_seconds, clock=clock)
 
     def login(self, username: str, secret: str, address: str | None = None) -> Principal:
         """Check a ``docker login`` credential.
@@ -102,16 +114,18 @@ class AccessControl:
         :raises RegistryError: ``UNAUTHORIZED`` (401) for a bad credential, ``DENIED``
             (403) for a genuine one without the registry scopes, ``TOOMANYREQUESTS``
             (429) after too many failures for the username or the address.
+        :raises DatabaseUnavailable: the credential could not be checked.
         """
         keys = self.throttle.keys(username, address)
-        with_failures = self.throttle.check(keys)
-        outcome = self.host.authenticate(username, secret)
-        if outcome is AuthFailure.INSUFFICIENT_SCOPE:
-            raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
-        if not isinstance(outcome, Principal):
-            self.throttle.record_failure(keys)
-            raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
-        self.throttle.record_success(keys, with_failures)
+        with self.database.phase("checking a login"):
+            with_failures = self.throttle.check(keys)
+            outcome = self.host.authenticate(username, secret)
+            if outcome is AuthFailure.INSUFFICIENT_SCOPE:
+                raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
+            if not isinstance(outcome, Principal):
+                self.throttle.record_failure(keys)
+                raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
+            self.throttle.record_success(keys, with_failures)
         return outcome
 
     def principal_for_token(self, token: str | None) -> Principal:
@@ -125,7 +139,8 @@ class AccessControl:
             raise RegistryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
         found, principal = self._principals.get(claims.subject)
         if not found:
-            principal = self.host.load_principal(claims.subject)
+            with self.database.phase("loading a token's principal"):
+                principal = self.host.load_principal(claims.subject)
             self._principals.put(claims.subject, principal)
         if principal is None:
             raise RegistryError(ErrorCode.UNAUTHORIZED, "the credential is no longer valid")
@@ -151,16 +166,26 @@ class AccessControl:
         return t.cast(Group, group)
 
     def _readable_group(self, principal: Principal, group_path: str) -> Group | None:
-        group = self.host.find_group(group_path)
-        if group is None or not self.host.can_read(principal, group):
-            return None
+        with self.database.phase("checking group access"):
+            group = self.host.find_group(group_path)
+            if group is None or not self.host.can_read(principal, group):
+                return None
         return group
 
     def _proxy_enabled(self, group: Group) -> bool:
         found, enabled = self._switches.get(group.id)
-        if not found:
-            enabled = self.metadata.group_enabled(group.id, self.group_default_enabled)
-            self._switches.put(group.id, enabled)
+        if found:
+            return bool(enabled)
+        known, last_known = self._known_switches.get(group.id)
+        try:
+            with self.database.phase("reading the proxy switch", has_fallback=known):
+                enabled = self.metadata.group_enabled(group.id, self.group_default_enabled)
+        except DatabaseUnavailable:
+            if not known:
+                raise
+            return bool(last_known)
+        self._switches.put(group.id, enabled)
+        self._known_switches.put(group.id, enabled)
         return bool(enabled)
 
     def forget(self) -> None:
@@ -169,3 +194,4 @@ class AccessControl:
         self._grants.clear()
         self._denials.clear()
         self._switches.clear()
+        self._known_switches.clear()

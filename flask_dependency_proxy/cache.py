@@ -7,15 +7,22 @@ turns the returned records into responses.
   digest costs a GET. An unreachable upstream falls back to the cached copy.
 - Manifests by digest and blobs are immutable: served locally once cached.
 - A blob miss is fetched once and streamed to every client while it is verified.
+- Database reads and writes run in short phases (:mod:`.database`) that end, with the
+  connection back in the pool, before any upstream request, retry or wait for a fetch.
+- While the database is unavailable, a blob this worker recently served or recorded for
+  the group is still served from the store; last-read bookkeeping waits for it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import typing as t
 
+from .database import DatabaseUnavailable
 from .errors import ErrorCode, RegistryError, storage_unavailable
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata, ManifestRecord
@@ -31,6 +38,37 @@ from .upstream import (
 )
 
 log = logging.getLogger(__name__)
+
+#: (group, digest) pairs remembered per worker for pulls during a database outage.
+RECENT_BLOBS = 10_000
+
+
+class _RecentBlobs:
+    """The blobs this worker recently served or recorded, per group: a bounded LRU set.
+
+    Only consulted when the database cannot say whether a group holds a blob.
+    """
+
+    def __init__(self, max_entries: int = RECENT_BLOBS) -> None:
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict[tuple[int, str], None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, group_id: int, digest: str) -> None:
+        key = (group_id, digest)
+        with self._lock:
+            self._entries[key] = None
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +115,9 @@ class PullThroughCache:
         self.tag_check_interval = dt.timedelta(seconds=tag_check_interval)
         self.serve_stale_on_not_found = serve_stale_on_not_found
         self._clock = clock
+        self.database = metadata.database
+        self.recent_blobs = _RecentBlobs()
+        self._bookkeeping_failed = False
 
     # -- manifests -----------------------------------------------------------------
 
@@ -87,7 +128,8 @@ class PullThroughCache:
         return self._manifest_by_tag(group_id, path, reference)
 
     def _manifest_by_digest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
-        cached = self.metadata.find_digest(group_id, path.image, digest)
+        with self.database.phase("reading a manifest"):
+            cached = self.metadata.find_digest(group_id, path.image, digest)
         if cached is not None:
             self.metadata.touch_manifest(cached)
             return _result(cached)
@@ -95,18 +137,20 @@ class PullThroughCache:
             lambda: self.upstream.get_manifest(path.upstream_repository, digest),
             ErrorCode.MANIFEST_UNKNOWN,
         )
-        record = self.metadata.save_manifest(
-            group_id,
-            path.image,
-            None,
-            digest=manifest.digest,
-            media_type=manifest.media_type,
-            content=manifest.content,
-        )
+        with self.database.phase("saving a manifest"):
+            record = self.metadata.save_manifest(
+                group_id,
+                path.image,
+                None,
+                digest=manifest.digest,
+                media_type=manifest.media_type,
+                content=manifest.content,
+            )
         return _result(record)
 
     def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
-        cached = self.metadata.find_tag(group_id, path.image, tag)
+        with self.database.phase("reading a tag"):
+            cached = self.metadata.find_tag(group_id, path.image, tag)
         if cached is not None and self._clock() - cached.checked_at < self.tag_check_interval:
             self.metadata.touch_manifest(cached)
             return _result(cached)
@@ -131,13 +175,15 @@ class PullThroughCache:
 
         if cached is not None and cached.digest == head.digest:
             if self.tag_check_interval:
-                self.metadata.mark_checked(cached)
+                with self.database.phase("marking a tag checked"):
+                    self.metadata.mark_checked(cached)
             self.metadata.touch_manifest(cached)
             return _result(cached)
 
         # The tag is new or moved. A manifest this group already holds by digest
         # (pulled by digest earlier) needs no GET.
-        known = self.metadata.find_digest(group_id, path.image, head.digest)
+        with self.database.phase("reading a manifest"):
+            known = self.metadata.find_digest(group_id, path.image, head.digest)
         if known is not None:
             digest, media_type, content = known.digest, known.media_type, known.content
         else:
@@ -148,21 +194,19 @@ class PullThroughCache:
                     return _result(cached, stale=True)
                 raise _translate(exc, ErrorCode.MANIFEST_UNKNOWN) from exc
             digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
-        record = self.metadata.save_manifest(
-            group_id, path.image, tag, digest=digest, media_type=media_type, content=content
-        )
+        with self.database.phase("saving a manifest"):
+            record = self.metadata.save_manifest(
+                group_id, path.image, tag, digest=digest, media_type=media_type, content=content
+            )
         return _result(record)
 
     # -- blobs -----------------------------------------------------------------------
 
     def get_blob(self, group_id: int, path: ProxyPath, digest: str) -> BlobResult:
         """A blob from the store, or a stream of an upstream fetch that caches it."""
-        record = self.metadata.find_blob(group_id, digest)
-        if record is not None:
-            size = self.store.size(digest)
-            if size is not None:
-                self.metadata.touch_blob(record)
-                return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+        size = self._held_blob_size(group_id, digest, touch=True)
+        if size is not None:
+            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
 
         repository = path.upstream_repository
         size = self.store.size(digest)
@@ -172,7 +216,7 @@ class PullThroughCache:
             self._call_upstream(
                 lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
             )
-            self.metadata.record_blob(group_id, digest, size)
+            self._record_blob(group_id, digest, size)
             return BlobResult(digest=digest, size=size, path=self.store.path(digest))
 
         fetch = self._call_upstream(
@@ -185,28 +229,79 @@ class PullThroughCache:
             size = self.store.size(digest)
             if size is None:
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN)
-            self.metadata.record_blob(group_id, digest, size)
+            self._record_blob(group_id, digest, size)
             return BlobResult(digest=digest, size=size, path=self.store.path(digest))
-        fetch.on_commit(lambda written: self.metadata.record_blob(group_id, digest, written))
+        fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
         return BlobResult(digest=digest, size=fetch.size, stream=fetch.follow(self.store))
 
     def head_blob(self, group_id: int, path: ProxyPath, digest: str) -> int | None:
         """The size of a blob, without downloading it when it is not cached."""
-        record = self.metadata.find_blob(group_id, digest)
-        if record is not None:
-            size = self.store.size(digest)
-            if size is not None:
-                return size
+        size = self._held_blob_size(group_id, digest, touch=False)
+        if size is not None:
+            return size
         repository = path.upstream_repository
         size = self._call_upstream(
             lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
         )
         return t.cast("int | None", size)
 
-    def finish_request(self) -> None:
-        """Write batched bookkeeping, then free the database connection."""
+    def _held_blob_size(self, group_id: int, digest: str, *, touch: bool) -> int | None:
+        """The size of the group's cached copy of a blob, or ``None`` when it has none.
+
+        While the database is unavailable, a blob this worker recently served or
+        recorded for the group still counts as the group's.
+
+        :raises DatabaseUnavailable: the database is unavailable and this worker does
+            not know the group to hold the blob.
+        """
+        known = (group_id, digest) in self.recent_blobs
         try:
-            self.metadata.flush_reads()
+            with self.database.phase("reading a blob", has_fallback=known):
+                record = self.metadata.find_blob(group_id, digest)
+        except DatabaseUnavailable:
+            size = self.store.size(digest) if known else None
+            if size is None:
+                raise
+            log.info("database unavailable; serving %s to group %s from memory", digest, group_id)
+            return size
+        if record is None:
+            return None
+        size = self.store.size(digest)
+        if size is not None:
+            self.recent_blobs.add(group_id, digest)
+            if touch:
+                self.metadata.touch_blob(record)
+        return size
+
+    def _record_blob(self, group_id: int, digest: str, size: int) -> None:
+        """Claim a committed blob for the group. The bytes are verified and committed
+        whether or not the row can be written now, so a database failure here does not
+        fail the pull: the worker remembers the claim, and the next pull records it."""
+        self.recent_blobs.add(group_id, digest)
+        try:
+            self.metadata.record_blob(group_id, digest, size)
+        except DatabaseUnavailable as exc:
+            log.warning("could not record blob %s for group %s: %s", digest, group_id, exc)
+
+    def finish_request(self) -> None:
+        """Write batched bookkeeping, then free the database connection.
+
+        Bookkeeping never fails a request: while the database is unavailable the
+        last-read times stay buffered, and the outage is logged once.
+        """
+        try:
+            if not self.metadata.flush_due():
+                return
+            with self.database.phase("writing last-read times", has_fallback=True):
+                self.metadata.flush_reads()
+        except DatabaseUnavailable as exc:
+            if not self._bookkeeping_failed:
+                log.warning("last-read times kept for later: %s", exc)
+            self._bookkeeping_failed = True
+        else:
+            if self._bookkeeping_failed:
+                log.info("last-read times written again")
+            self._bookkeeping_failed = False
         finally:
             self.metadata.release()
 

@@ -67,6 +67,12 @@ BLOB_CHUNK_SIZE = 1024 * 1024
 #: chunk per this many seconds, frees its connection. Applied where the WSGI server
 #: exposes the connection's socket (gunicorn); ``0`` never cuts a client off.
 CLIENT_SEND_TIMEOUT_SECONDS = 120.0
+#: Longest time one database phase of a request may take (its queries, the pool checkout
+#: and a new connection included) before the request answers 503 ``UNAVAILABLE``. Enforced
+#: under gevent (gunicorn's gevent worker, ``examples/gunicorn.conf.py``), where a timer
+#: can interrupt a query waiting on a hung server; ``0`` sets no deadline. Elsewhere the
+#: driver's ``connect_timeout`` and the pool's ``pool_timeout`` are the only bounds.
+DATABASE_TIMEOUT_SECONDS = 5.0
 #: Last-read times are written at most this often per row (they drive cleanup by days).
 READ_TIME_GRANULARITY_SECONDS = 3600
 # -- pages, REST API and cache life cycle --------------------------------------------
@@ -115,6 +121,7 @@ class ProxyConfig:
     x_accel_redirect_prefix: str | None
     blob_chunk_size: int
     client_send_timeout_seconds: float
+    database_timeout_seconds: float
     # -- pages, REST API and cache life cycle --
     base_template: str
     cleanup_scheduler: bool
@@ -239,6 +246,7 @@ _FIELDS: dict[str, Coerce] = {
     "x_accel_redirect_prefix": _optional(_location),
     "blob_chunk_size": _chunk_size,
     "client_send_timeout_seconds": _number(float, 0),
+    "database_timeout_seconds": _number(float, 0),
     "base_template": _text("a template name, such as 'base.html'"),
     "cleanup_scheduler": _boolean,
     "cleanup_interval_seconds": _number(float, 1),

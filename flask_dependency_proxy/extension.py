@@ -9,6 +9,7 @@ import typing as t
 from .access import AccessControl
 from .cache import PullThroughCache
 from .config import ProxyConfig, load_config
+from .database import DatabaseGuard
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
@@ -33,6 +34,8 @@ class ProxyState:
     config: ProxyConfig
     host: HostAdapter
     metadata: CacheMetadata
+    #: Database phases (bounded, released, failures answered with 503).
+    database: DatabaseGuard
     access: AccessControl
     issuer: TokenIssuer
     store: FilesystemStore
@@ -86,7 +89,10 @@ class DependencyProxy:
         fallbacks = list(app.config.get("SECRET_KEY_FALLBACKS") or [])
 
         metadata = CacheMetadata(
-            app, self.db, read_granularity_seconds=config.read_time_granularity_seconds
+            app,
+            self.db,
+            read_granularity_seconds=config.read_time_granularity_seconds,
+            timeout_seconds=config.database_timeout_seconds,
         )
         issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
         store = FilesystemStore(config.storage_path)
@@ -128,11 +134,13 @@ class DependencyProxy:
             throttle,
             recheck_seconds=config.principal_recheck_seconds,
             group_default_enabled=config.group_default_enabled,
+            database=metadata.database,
         )
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
             metadata=metadata,
+            database=metadata.database,
             access=access,
             issuer=issuer,
             store=store,

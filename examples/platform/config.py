@@ -2,6 +2,12 @@
 
 * ``DATABASE_URL``: any SQLAlchemy URL. ``postgresql://`` and ``postgres://`` are
   pointed at the psycopg 3 driver. Default: SQLite in the instance folder.
+* ``DATABASE_CONNECT_TIMEOUT_SECONDS`` (PostgreSQL, default 5): psycopg's
+  ``connect_timeout``, how long opening a new connection may take.
+* ``DATABASE_POOL_TIMEOUT_SECONDS`` (default 5): SQLAlchemy's ``pool_timeout``, how
+  long a request waits for a free pooled connection. With these two, a database that
+  is down or refuses connections fails a request within seconds; a hung one is bounded
+  by ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` under the gevent worker.
 * ``SECRET_KEY``: signs sessions (and the extension derives its token key from
   it). The default is for development only and is logged as such.
 * ``PASSWORD_HASH_METHOD`` (``test_config`` only): Werkzeug's password hash
@@ -28,6 +34,9 @@ ENV_PREFIX = "DEPENDENCY_PROXY_"
 _STRING_SUFFIXES = ("_URL", "_PATH", "_USERNAME", "_PASSWORD", "_KEY", "_SECRET", "_ROLE")
 _INT = re.compile(r"[-+]?\d+")
 _FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+#: Defaults of ``DATABASE_CONNECT_TIMEOUT_SECONDS`` and ``DATABASE_POOL_TIMEOUT_SECONDS``.
+CONNECT_TIMEOUT_SECONDS = 5
+POOL_TIMEOUT_SECONDS = 5
 
 
 def parse_env_value(key: str, raw: str) -> str | int | float | bool:
@@ -55,6 +64,30 @@ def database_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme) :]
     return url
+
+
+def _timeout(environ: Mapping[str, str], key: str, default: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    if not _FLOAT.fullmatch(raw) or float(raw) <= 0:
+        raise ValueError(f"{key} must be a positive number of seconds, not {raw!r}")
+    return float(raw)
+
+
+def _engine_options(app: Flask, environ: Mapping[str, str]) -> dict[str, t.Any]:
+    """Engine options for a database server (not SQLite)."""
+    options: dict[str, t.Any] = {
+        # Gunicorn workers live long; drop connections the server closed meanwhile
+        # (a restart of PostgreSQL), so the next request gets a fresh one.
+        "pool_pre_ping": True,
+        "pool_timeout": _timeout(environ, "DATABASE_POOL_TIMEOUT_SECONDS", POOL_TIMEOUT_SECONDS),
+    }
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg"):
+        seconds = _timeout(environ, "DATABASE_CONNECT_TIMEOUT_SECONDS", CONNECT_TIMEOUT_SECONDS)
+        # libpq counts whole seconds and takes at least 2.
+        options["connect_args"] = {"connect_timeout": max(2, round(seconds))}
+    return options
 
 
 def load_config(
@@ -88,8 +121,7 @@ def load_config(
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url(url)
     app.config.update(overrides)
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # Gunicorn workers live long; drop connections the server closed meanwhile.
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app, environ))
 
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = DEV_SECRET_KEY

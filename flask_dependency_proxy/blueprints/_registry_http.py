@@ -6,6 +6,7 @@ import logging
 
 from flask import Response, current_app, json, request
 
+from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ..errors import ErrorCode, RegistryError
 from ..extension import state
 
@@ -43,9 +44,28 @@ def handle_registry_error(error: RegistryError) -> Response:
     return error_response(error)
 
 
+def database_unavailable() -> RegistryError:
+    """503 ``UNAVAILABLE`` for a request the database failed (down, hung, pool exhausted)."""
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        "the dependency proxy's database is unavailable; try again later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def handle_database_unavailable(error: DatabaseUnavailable) -> Response:
+    # The database phase has logged the outage already (once, not per request).
+    return error_response(database_unavailable())
+
+
 def handle_unexpected(error: Exception) -> Response:
     """Anything unforeseen is logged and answered in the registry envelope, never HTML."""
     from werkzeug.exceptions import HTTPException
+
+    if is_unavailable(error):
+        # A database error outside a database phase: still an outage, not a bug.
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, error)
+        return error_response(database_unavailable())
 
     if isinstance(error, HTTPException):
         code = {

@@ -13,11 +13,15 @@ default). Answers and errors are JSON; errors carry a ``message``.
 - ``GET manifests`` and ``GET blobs``: ``page`` and ``per_page`` (at most 100), with
   ``X-Total``, ``X-Total-Pages``, ``X-Page``, ``X-Per-Page``, ``X-Next-Page``,
   ``X-Prev-Page`` and ``Link`` headers.
+
+While the database is unavailable every endpoint answers 503 with ``Retry-After``
+within ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`..database`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import typing as t
 from urllib.parse import urlencode
@@ -25,6 +29,7 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
+from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ..extension import state
 from ..host import AuthFailure, Group, Principal
 from ..lifecycle import Lifecycle, PurgeTooSoon
@@ -94,10 +99,42 @@ def _http_error(error: HTTPException) -> Response:
     return _json({"message": f"{status} {error.name}"}, status)
 
 
+def _database_unavailable() -> Response:
+    return _json(
+        {"message": "503 Service Unavailable - the database is unavailable; try again later"},
+        503,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def _database_error(error: DatabaseUnavailable) -> Response:
+    return _database_unavailable()
+
+
 @bp.errorhandler(Exception)
 def _unexpected(error: Exception) -> Response:
+    if is_unavailable(error):
+        current_app.logger.warning(
+            "database unavailable on %s %s: %s", request.method, request.path, error
+        )
+        return _database_unavailable()
     current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
     return _json({"message": "500 Internal Server Error"}, 500)
+
+
+_View = t.TypeVar("_View", bound=t.Callable[..., Response])
+
+
+def _database_phase(view: _View) -> _View:
+    """Run a view that only talks to the database as one bounded database phase."""
+
+    @functools.wraps(view)
+    def wrapper(*args: t.Any, **kwargs: t.Any) -> Response:
+        with state(None).database.phase(f"{request.method} {request.url_rule}"):
+            return view(*args, **kwargs)
+
+    return t.cast(_View, wrapper)
 
 
 # -- authentication and the group -----------------------------------------------------------------
@@ -349,6 +386,7 @@ def _json_body() -> t.Any:
 
 
 @bp.route(f"{_ROUTE}/cache", methods=_ALL_METHODS)
+@_database_phase
 def cache(group_ref: str) -> Response:
     _methods("DELETE")
     group = _group(group_ref)
@@ -372,22 +410,26 @@ def cache(group_ref: str) -> Response:
 @bp.route(f"{_ROUTE}/settings", methods=_ALL_METHODS)
 def settings(group_ref: str) -> Response:
     _methods("GET", "PUT")
-    group = _group(group_ref)
     proxy = state(None)
     admin = _admin()
-    if request.method == "PUT":
-        changes = _parse_settings(_json_body())
+    with proxy.database.phase("API settings"):
+        group = _group(group_ref)
+        if request.method != "PUT":
+            current = admin.settings(group.id, proxy.config.group_default_enabled)
+            return _json(_settings_body(group, current))
+    # The body is read between two phases: a slow client holds no connection.
+    changes = _parse_settings(_json_body())
+    with proxy.database.phase("API settings update"):
         updated = admin.update_settings(
             group.id, proxy.config.group_default_enabled, utcnow(), **changes
         )
-        if "enabled" in changes:
-            proxy.access.forget()
-        return _json(_settings_body(group, updated))
-    current = admin.settings(group.id, proxy.config.group_default_enabled)
-    return _json(_settings_body(group, current))
+    if "enabled" in changes:
+        proxy.access.forget()
+    return _json(_settings_body(group, updated))
 
 
 @bp.route(f"{_ROUTE}/manifests", methods=_ALL_METHODS)
+@_database_phase
 def manifests(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)
@@ -397,6 +439,7 @@ def manifests(group_ref: str) -> Response:
 
 
 @bp.route(f"{_ROUTE}/blobs", methods=_ALL_METHODS)
+@_database_phase
 def blobs(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)

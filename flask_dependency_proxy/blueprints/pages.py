@@ -13,6 +13,10 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days`` and
 ``max_days``, and ``clear.html`` gets ``stats`` and ``cooldown``. Flashed messages use
 the categories ``info`` and ``error``.
+
+Each view runs as one database phase (:mod:`..database`). While the database is
+unavailable the pages answer a plain 503 page (not the host's base template, which may
+need the database itself) with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -38,6 +43,7 @@ from flask import (
 )
 from markupsafe import Markup
 
+from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..extension import state
 from ..lifecycle import Lifecycle, PurgeTooSoon
 from ..models.admin import (
@@ -121,6 +127,24 @@ def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
     )
 
 
+_UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Service unavailable</title></head>
+<body><h1>Service unavailable</h1>
+<p>The Dependency Proxy cannot reach its database right now. Try again in a moment.</p>
+</body></html>
+"""
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def _database_unavailable(error: DatabaseUnavailable) -> ResponseReturnValue:
+    return Response(
+        _UNAVAILABLE_PAGE,
+        status=503,
+        mimetype="text/html",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
+    )
+
+
 # -- shared helpers -------------------------------------------------------------------------------
 
 
@@ -152,21 +176,28 @@ def _for_admins(view: t.Callable[..., ResponseReturnValue]) -> t.Callable[..., R
 
     @functools.wraps(view)
     def wrapper(full_path: str, **kwargs: t.Any) -> ResponseReturnValue:
-        proxy = state(None)
-        principal = proxy.host.current_principal()
-        if principal is None:
-            login_manager = getattr(current_app, "login_manager", None)
-            if login_manager is None:
-                abort(401)
-            return t.cast("ResponseReturnValue", login_manager.unauthorized())
-        if len(full_path) > 1024 or not GROUP_PATH_RE.fullmatch(full_path):
-            abort(404)
-        group = proxy.host.find_group(full_path.lower())
-        if group is None or not proxy.host.can_admin(principal, group):
-            abort(404)
-        return view(group, **kwargs)
+        with state(None).database.phase(f"page {request.endpoint}"):
+            return _admin_view(view, full_path, **kwargs)
 
     return wrapper
+
+
+def _admin_view(
+    view: t.Callable[..., ResponseReturnValue], full_path: str, **kwargs: t.Any
+) -> ResponseReturnValue:
+    proxy = state(None)
+    principal = proxy.host.current_principal()
+    if principal is None:
+        login_manager = getattr(current_app, "login_manager", None)
+        if login_manager is None:
+            abort(401)
+        return t.cast("ResponseReturnValue", login_manager.unauthorized())
+    if len(full_path) > 1024 or not GROUP_PATH_RE.fullmatch(full_path):
+        abort(404)
+    group = proxy.host.find_group(full_path.lower())
+    if group is None or not proxy.host.can_admin(principal, group):
+        abort(404)
+    return view(group, **kwargs)
 
 
 def _admin() -> CacheAdmin:

@@ -17,6 +17,7 @@ from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
 from ..cache import BlobResult
+from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..extension import state
 from ..host import Group
@@ -26,6 +27,7 @@ from ._registry_http import (
     add_api_version,
     challenge,
     error_response,
+    handle_database_unavailable,
     handle_registry_error,
     handle_unexpected,
 )
@@ -34,6 +36,7 @@ log = logging.getLogger("flask_dependency_proxy")
 
 bp = Blueprint("dependency_proxy_registry", __name__)
 bp.register_error_handler(RegistryError, handle_registry_error)
+bp.register_error_handler(DatabaseUnavailable, handle_database_unavailable)
 bp.register_error_handler(Exception, handle_unexpected)
 bp.after_request(add_api_version)
 

@@ -6,12 +6,20 @@ import datetime as dt
 
 from flask import Blueprint, Response, jsonify, request
 
+from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
 from ..extension import state
-from ._registry_http import SERVICE, add_api_version, handle_registry_error, handle_unexpected
+from ._registry_http import (
+    SERVICE,
+    add_api_version,
+    handle_database_unavailable,
+    handle_registry_error,
+    handle_unexpected,
+)
 
 bp = Blueprint("dependency_proxy_token", __name__)
 bp.register_error_handler(RegistryError, handle_registry_error)
+bp.register_error_handler(DatabaseUnavailable, handle_database_unavailable)
 bp.register_error_handler(Exception, handle_unexpected)
 bp.after_request(add_api_version)
 

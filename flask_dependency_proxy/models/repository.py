@@ -17,6 +17,7 @@ from flask import has_app_context
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from ..database import DatabaseGuard
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status, metadata, utcnow
 
 if t.TYPE_CHECKING:
@@ -28,6 +29,8 @@ if t.TYPE_CHECKING:
 _LOST_RACE = (IntegrityError, StaleDataError)
 #: Buffered last-read times are written when this many seconds passed since the last write.
 _READ_FLUSH_SECONDS = 5.0
+#: Buffered last-read times kept while the database cannot take them.
+_MAX_PENDING_READS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +69,28 @@ class CacheMetadata:
         request (the thread that commits a fetched blob).
     :param db: the host's ``SQLAlchemy`` extension object.
     :param read_granularity_seconds: a row's last-read time is rewritten at most this often.
+    :param timeout_seconds: the deadline of one database phase (see :mod:`..database`).
+
+    Callers run these methods inside :attr:`database` phases; :meth:`record_blob`, which
+    may run outside a request, opens its own.
     """
 
-    def __init__(self, app: Flask, db: SQLAlchemy, *, read_granularity_seconds: float) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        db: SQLAlchemy,
+        *,
+        read_granularity_seconds: float,
+        timeout_seconds: float = 0,
+    ) -> None:
         self._app = app
         self._db = db
+        #: Phases over the host's session: bounded, released, failures translated.
+        self.database = DatabaseGuard(
+            release=self.end_transaction,
+            invalidate=self.invalidate,
+            timeout_seconds=timeout_seconds,
+        )
         self._read_granularity = dt.timedelta(seconds=read_granularity_seconds)
         self._pending_reads: dict[tuple[type, int], dt.datetime] = {}
         self._reads_lock = threading.Lock()
@@ -85,8 +105,21 @@ class CacheMetadata:
         metadata.create_all(bind=self._db.engine)
 
     def release(self) -> None:
-        """Hand the connection back to the pool before a long transfer starts."""
+        """End the session: its connection goes back to the pool, no transaction stays open."""
         self.session.remove()
+
+    def end_transaction(self) -> None:
+        """End the session's transaction (what a database phase ends with): its connection
+        goes back to the pool. Unlike :meth:`release`, objects the session loaded stay
+        attached (expired), for a caller that shares the session."""
+        self.session.rollback()
+
+    def invalidate(self) -> None:
+        """Drop the session's connections without a word to the server (which may be
+        hung); the pool opens new ones when they are needed again."""
+        registry = self.session.registry
+        if registry.has():
+            registry().invalidate()
 
     # -- group settings ---------------------------------------------------------------
 
@@ -212,11 +245,15 @@ class CacheMetadata:
         return BlobRecord(id=row.id, digest=digest, size=row.size, last_read_at=row.last_read_at)
 
     def record_blob(self, group_id: int, digest: str, size: int) -> None:
-        """Claim a committed blob file for a group; safe to call from any thread."""
+        """Claim a committed blob file for a group; safe to call from any thread.
+
+        :raises DatabaseUnavailable: the row could not be written.
+        """
         if has_app_context():
-            self._upsert_blob(group_id, digest, size)
+            with self.database.phase("recording a blob"):
+                self._upsert_blob(group_id, digest, size)
             return
-        with self._app.app_context():
+        with self._app.app_context(), self.database.phase("recording a blob"):
             self._upsert_blob(group_id, digest, size)
 
     def _upsert_blob(self, group_id: int, digest: str, size: int) -> None:
@@ -264,8 +301,17 @@ class CacheMetadata:
         with self._reads_lock:
             self._pending_reads[(table, row_id)] = now
 
+    def flush_due(self) -> bool:
+        """Whether :meth:`flush_reads` has something to write now."""
+        with self._reads_lock:
+            elapsed = time.monotonic() - self._last_flush
+            return bool(self._pending_reads) and elapsed >= _READ_FLUSH_SECONDS
+
     def flush_reads(self, force: bool = False) -> int:
-        """Write buffered last-read times, one UPDATE per table; returns the rows written."""
+        """Write buffered last-read times, one UPDATE per table; returns the rows written.
+
+        When the write fails the times stay buffered for the next flush.
+        """
         with self._reads_lock:
             due = force or time.monotonic() - self._last_flush >= _READ_FLUSH_SECONDS
             if not due or not self._pending_reads:
@@ -276,8 +322,24 @@ class CacheMetadata:
         for table, row_id in pending:
             by_table.setdefault(table, []).append(row_id)
         now = max(pending.values())
-        for table, ids in by_table.items():
-            column = table.id  # type: ignore[attr-defined]
-            self.session.execute(sa.update(table).where(column.in_(ids)).values(last_read_at=now))
-        self.session.commit()
+        try:
+            for table, ids in by_table.items():
+                column = table.id  # type: ignore[attr-defined]
+                self.session.execute(
+                    sa.update(table).where(column.in_(ids)).values(last_read_at=now)
+                )
+            self.session.commit()
+        except BaseException:
+            self._keep_pending(pending)
+            raise
         return len(pending)
+
+    def _keep_pending(self, pending: dict[tuple[type, int], dt.datetime]) -> None:
+        with self._reads_lock:
+            for key, moment in pending.items():
+                newer = self._pending_reads.get(key)
+                self._pending_reads[key] = moment if newer is None else max(newer, moment)
+            if len(self._pending_reads) > _MAX_PENDING_READS:
+                # A long outage: keep the newest times, the rest is a day's precision lost.
+                newest = sorted(self._pending_reads.items(), key=lambda item: item[1])
+                self._pending_reads = dict(newest[-_MAX_PENDING_READS:])
