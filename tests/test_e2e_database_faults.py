@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 import typing as t
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -35,8 +36,11 @@ from tests.support import checks, images, postgres, processes, seed
 from tests.support.faultproxy import Delay, FaultProxy
 from tests.support.platform import Platform
 from tests.support.postgres import PostgresCluster
-from tests.support.processes import ProcessFactory, wait_for
+from tests.support.processes import ProcessFactory, free_port, wait_for
 from tests.support.registry import Registry
+
+if t.TYPE_CHECKING:
+    from flask import Flask
 
 if t.TYPE_CHECKING:
     pass
@@ -408,3 +412,90 @@ def _burst(probe: Probe, count: int) -> dict[int, int]:
     probe.times[f"burst of {count}"] = round(elapsed, 3)
     assert len(statuses) == count and elapsed < DATABASE_TIMEOUT + MARGIN, (statuses, elapsed)
     return statuses
+
+
+# -- in process: a database that cannot be reached ------------------------------------------
+
+_DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unreachable_app(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> t.Iterator[Flask]:
+    """The platform in process on a database it cannot open: a SQLite file in a folder
+    that does not exist, or a PostgreSQL port nobody listens on."""
+    from examples.platform import create_app
+    from tests.platform_fixtures import dispose, platform_env_keys
+
+    for key in platform_env_keys():
+        monkeypatch.delenv(key)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'missing' / 'platform.sqlite3'}"
+    else:
+        url = f"postgresql://postgres@127.0.0.1:{free_port()}/platform"
+    flask_app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "DATABASE_URL": url,
+            "DEPENDENCY_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",
+            "DEPENDENCY_PROXY_STORAGE_PATH": str(tmp_path / "store"),
+        }
+    )
+    yield flask_app
+    dispose(flask_app)
+
+
+def _registry_unavailable(response: t.Any) -> None:
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["errors"][0]
+    assert error["code"] == "UNAVAILABLE", error
+    assert "database" in error["message"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_unreachable_database_answers_503_in_every_blueprint(unreachable_app: Flask) -> None:
+    from examples.platform.tokens import PERSONAL_ACCESS_TOKEN_PREFIX
+    from flask_dependency_proxy.extension import state
+
+    client = unreachable_app.test_client()
+    started = time.monotonic()
+
+    # Needs no database: the login challenge.
+    assert client.get("/v2/").status_code == 401
+
+    _registry_unavailable(
+        client.get("/jwt/auth?service=dependency_proxy", auth=("alice", "a-password"))
+    )
+    with unreachable_app.app_context():
+        token, _claims = state(None).issuer.issue("user:1")
+    bearer = {"Authorization": f"Bearer {token}"}
+    repository = "acme/dependency_proxy/containers/alpine"
+    _registry_unavailable(client.get("/v2/", headers=bearer))
+    _registry_unavailable(client.get(f"/v2/{repository}/manifests/latest", headers=bearer))
+    _registry_unavailable(client.get(f"/v2/{repository}/blobs/{_DIGEST}", headers=bearer))
+    head = client.head(f"/v2/{repository}/blobs/{_DIGEST}", headers=bearer)
+    assert head.status_code == 503 and int(head.headers["Retry-After"]) > 0
+
+    api = client.get(
+        "/api/v4/groups/acme/dependency_proxy/settings",
+        headers={"PRIVATE-TOKEN": PERSONAL_ACCESS_TOKEN_PREFIX + "x" * 40},
+    )
+    assert api.status_code == 503, api.get_data(as_text=True)
+    assert api.mimetype == "application/json"
+    assert api.get_json()["message"].startswith("503 Service Unavailable")
+    assert int(api.headers["Retry-After"]) > 0
+
+    with client.session_transaction() as session:
+        session["_user_id"] = "1"
+    page = client.get("/groups/acme/-/dependency_proxy")
+    assert page.status_code == 503, page.get_data(as_text=True)
+    assert page.mimetype == "text/html"
+    assert "database" in page.get_data(as_text=True)
+    assert int(page.headers["Retry-After"]) > 0
+
+    # Refused or impossible connections fail at once, not after a timeout.
+    assert time.monotonic() - started < 10

@@ -5,12 +5,14 @@ from __future__ import annotations
 import typing as t
 
 import pytest
+import sqlalchemy.exc as sa_exc
 
 from flask_dependency_proxy.access import (
     DENIAL_RECHECK_SECONDS,
     SWITCH_RECHECK_SECONDS,
     AccessControl,
 )
+from flask_dependency_proxy.database import DatabaseUnavailable
 from flask_dependency_proxy.errors import RegistryError
 from flask_dependency_proxy.host import Group, Principal, PrincipalKind
 
@@ -35,9 +37,16 @@ class World:
         self.enabled = False
         self.host_lookups = 0
         self.switch_reads = 0
+        #: The database is down: every question to the host or the database fails.
+        self.down = False
+
+    def _ask(self) -> None:
+        if self.down:
+            raise sa_exc.OperationalError("SELECT", {}, Exception("connection refused"))
 
     # host adapter
     def find_group(self, path: str) -> Group | None:
+        self._ask()
         self.host_lookups += 1
         return TEAM if path == TEAM.full_path else None
 
@@ -46,6 +55,7 @@ class World:
 
     # cache metadata
     def group_enabled(self, group_id: int, default: bool) -> bool:
+        self._ask()
         self.switch_reads += 1
         return self.enabled
 
@@ -133,3 +143,43 @@ def test_forget_drops_grants_and_refusals(access: AccessControl, world: World) -
     world.enabled = False
     access.forget()
     assert not _allowed(access)
+
+
+# -- the database is down -------------------------------------------------------------------
+
+
+def test_a_recent_grant_and_the_last_known_switch_hold_during_an_outage(
+    access: AccessControl, world: World, clock: Clock
+) -> None:
+    world.enabled = True
+    assert _allowed(access)
+    world.down = True
+    clock.now += SWITCH_RECHECK_SECONDS + 0.01  # the switch would be read again
+    assert _allowed(access)
+    clock.now += RECHECK  # past the recheck interval: nothing is known any more
+    with pytest.raises(DatabaseUnavailable):
+        access.authorize_pull(ALICE, TEAM.full_path)
+    world.down = False
+    assert _allowed(access)
+
+
+def test_a_proxy_known_to_be_off_stays_off_during_an_outage(
+    access: AccessControl, world: World, clock: Clock
+) -> None:
+    assert not _allowed(access)  # granted, but the proxy is off
+    world.down = True
+    clock.now += SWITCH_RECHECK_SECONDS + 0.01
+    with pytest.raises(RegistryError) as refused:
+        access.authorize_pull(ALICE, TEAM.full_path)
+    assert refused.value.code.name == "NAME_UNKNOWN"
+
+
+def test_an_unknown_grant_during_an_outage_is_unavailable_not_a_refusal(
+    access: AccessControl, world: World
+) -> None:
+    world.down = True
+    with pytest.raises(DatabaseUnavailable):
+        access.authorize_pull(ALICE, TEAM.full_path)
+    world.down = False
+    world.enabled = True
+    assert _allowed(access)  # the outage was not remembered as a refusal
