@@ -677,8 +677,18 @@ def seed_template(directory: Path, upstream_url: str) -> Template:
     return Template(db_path, result.stdout.strip().splitlines()[-1])
 
 
+def serving_args(serving: str, threads: int) -> list[str]:
+    """gunicorn options on top of ``examples/gunicorn.conf.py`` for a serving model."""
+    if serving == "gevent":
+        return []
+    if serving == "gthread":
+        return ["--worker-class", "gthread", "--threads", str(threads), "--timeout", "120"]
+    raise ValueError(f"unknown serving model {serving!r}")
+
+
 class Ours(_StoredBlobs):
-    """The example platform under gunicorn (gthread) with the extension.
+    """The example platform under gunicorn with the extension: the shipped
+    ``examples/gunicorn.conf.py`` (gevent), or ``gthread`` with ``threads`` per worker.
 
     :meth:`fresh` starts a new platform on a copy of the template database and a new,
     empty blob store (an empty cache), then logs skopeo in: :attr:`skopeo` with
@@ -698,6 +708,7 @@ class Ours(_StoredBlobs):
         upstream_url: str,
         workers: int,
         threads: int,
+        serving: str = "gevent",
         extra_env: t.Mapping[str, str] | None = None,
         name: str = "ours",
     ) -> None:
@@ -708,6 +719,7 @@ class Ours(_StoredBlobs):
         self.upstream_url = upstream_url
         self.workers = workers
         self.threads = threads
+        self.serving = serving
         self.extra_env = dict(extra_env or {})
         self.name = name
         self.platform: Platform | None = None
@@ -739,7 +751,7 @@ class Ours(_StoredBlobs):
             name=self.name,
             extra_env=self.extra_env,
             workers=self.workers,
-            threads=self.threads,
+            gunicorn_args=serving_args(self.serving, self.threads),
         )
         self.platform.start(timeout=60)
         self._tokens.clear()

@@ -22,6 +22,7 @@ import datetime
 import functools
 import os
 import platform as python_platform
+import resource
 import shutil
 import signal
 import statistics
@@ -41,13 +42,14 @@ import harness as h  # noqa: E402
 import report  # noqa: E402
 import requests  # noqa: E402
 
+from tests.support.crowd import Crowd  # noqa: E402
 from tests.support.processes import ProcessFactory, wait_for  # noqa: E402
 from tests.support.registry import AccessRecord, Registry, TokenAuth  # noqa: E402
 from tests.support.tokenserver import TokenServer  # noqa: E402
 
 MiB = h.MiB
 GiB = 1024 * MiB
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Settings:
     only: tuple[int, ...]
     #: ``DEPENDENCY_PROXY_*`` settings given with ``--set``, for every platform of ours.
     platform_env: tuple[tuple[str, str], ...] = ()
+    #: gunicorn worker model of ours: ``gevent`` (the shipped configuration) or ``gthread``.
+    serving: str = "gevent"
 
     @property
     def large_label(self) -> str:
@@ -194,6 +198,7 @@ class Bench:
             upstream_url=upstream_url,
             workers=self.s.workers,
             threads=self.s.threads,
+            serving=self.s.serving,
             extra_env={**dict(self.s.platform_env), **env},
             name=name,
         )
@@ -209,6 +214,7 @@ class Bench:
             ((4,), "4 warm manifest requests", self.manifests),
             ((6,), "6 worker memory", self.memory),
             ((7,), "7 token upstream", self.tokens),
+            ((8,), "8 slow and idle clients", self.crowds),
         ]
         for numbers, name, step in plan:
             if not set(numbers) & set(self.s.only):
@@ -595,6 +601,82 @@ class Bench:
                 self.summarize_profile(name)
         self.ours30.stop()
 
+    def crowds(self) -> None:
+        """8: a probe's cached manifest GET while slow readers and idle connections are held.
+
+        Slow readers GET the cached large blob through a 4 KiB receive buffer and read
+        1 KiB/s; idle connections send nothing; a few slowloris connections send one
+        header line every 2 s. The probe asks for the cached small manifest (a valid
+        token for ours) every 50 ms with a 5 s timeout.
+        """
+        for cache in (self.ours, self.dist):
+            self._ensure_cached(cache, self.large)
+            self._ensure_cached(cache, self.small)
+        idle = 200 if self.s.quick else 1000
+        crowd_sizes = (20,) if self.s.quick else (50, 200, 1000)
+        hold = 4.0 if self.s.quick else 12.0
+        repetitions = min(self.s.repetitions, 2)
+        p99: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+        p50: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+        failed: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+        notes: list[str] = []
+        for rep in range(repetitions):
+            for readers in crowd_sizes:
+                for cache in self.rotate([self.ours, self.dist], rep):
+                    result = _probe_under_crowd(
+                        cache, self.large, self.small, readers=readers, idle=idle, hold=hold
+                    )
+                    key = (cache.label, readers)
+                    p99[key].append(result.p99_ms)
+                    p50[key].append(result.p50_ms)
+                    failed[key].append(result.failures)
+                    notes.append(
+                        f"{cache.label}, {readers} slow readers + {idle} idle, rep {rep + 1}: "
+                        f"{result.probes} probes, {result.failures} failed, p50 "
+                        f"{result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max "
+                        f"{result.max_ms:.0f} ms; slow readers still open at the end "
+                        f"{result.readers_open}/{readers}; idle connections closed by the "
+                        f"server during the {hold:g} s hold: {result.idle_closed}"
+                    )
+                    log(f"  {notes[-1]}")
+        for readers in crowd_sizes:
+            setting = f"{readers} slow readers + {idle} idle connections"
+            self.row(
+                "8 slow and idle clients",
+                f"probe p99, cached manifest GET, {setting}",
+                "ms",
+                ours=p99["ours", readers],
+                dist=p99["distribution", readers],
+                goal=report.Goal("≤ 2 × distribution", "ratio_max", 2.0)
+                if readers == 200
+                else None,
+            )
+            if readers == 200:
+                self.row(
+                    "8 slow and idle clients",
+                    f"probe p99 of ours, {setting}",
+                    "ms",
+                    ours=p99["ours", readers],
+                    goal=report.Goal("< 100 ms", "worst_max", 100.0),
+                    chart=False,
+                )
+            self.row(
+                "8 slow and idle clients",
+                f"probe p50, {setting}",
+                "ms",
+                ours=p50["ours", readers],
+                dist=p50["distribution", readers],
+            )
+            self.row(
+                "8 slow and idle clients",
+                f"failed or timed-out probes (5 s), {setting}",
+                "count",
+                ours=failed["ours", readers],
+                dist=failed["distribution", readers],
+                chart=False,
+            )
+        self.details["8 slow and idle clients"] = notes
+
     def memory(self) -> None:
         """6: RSS growth of the serving process while one client streams the big blob."""
         image = self.huge or self.large
@@ -735,6 +817,74 @@ class Bench:
         self.each_rep("7 token upstream", one)
 
 
+@dataclasses.dataclass
+class ProbeResult:
+    probes: int
+    failures: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    readers_open: int
+    idle_closed: int
+
+
+def _probe_under_crowd(
+    cache: h.Cache,
+    large: h.SeededImage,
+    small: h.SeededImage,
+    *,
+    readers: int,
+    idle: int,
+    hold: float,
+) -> ProbeResult:
+    host, _, port = cache.host.rpartition(":")
+    blob_path = cache.blob_url(large, large.blobs[-1].digest).split(cache.host, 1)[1]
+    crowd = Crowd(host, int(port))
+    latencies: list[float] = []
+    failures = 0
+    try:
+        crowd.slow_readers(readers, blob_path, cache.auth_headers(large))
+        crowd.idle_connections(idle)
+        crowd.slowloris_connections(10)
+        time.sleep(1.0)
+        session = requests.Session()
+        headers = {**cache.auth_headers(small), "Accept": h.MANIFEST_ACCEPT}
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                answer = session.get(cache.manifest_url(small), headers=headers, timeout=5)
+                ok = answer.status_code == 200
+            except requests.RequestException:
+                ok = False
+                session = requests.Session()
+            elapsed = (time.monotonic() - started) * 1000
+            if ok:
+                latencies.append(elapsed)
+            else:
+                failures += 1
+            time.sleep(max(0.0, 0.05 - elapsed / 1000))
+        readers_open = crowd.readers_open()
+        idle_closed = len(crowd.closed_by_server(crowd.idle))
+    finally:
+        crowd.close()
+    # A failed or timed-out probe counts as the 5 s timeout.
+    ordered = sorted(latencies + [5000.0] * failures) or [5000.0]
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return ProbeResult(
+        probes=len(ordered),
+        failures=failures,
+        p50_ms=quantile(0.5),
+        p99_ms=quantile(0.99),
+        max_ms=ordered[-1],
+        readers_open=readers_open,
+        idle_closed=idle_closed,
+    )
+
+
 class _Null:
     def __enter__(self) -> None:
         return None
@@ -779,6 +929,13 @@ def environment(settings: Settings) -> list[str]:
     if changed:
         revision += f" + uncommitted changes ({changed[-1].strip()})"
     gunicorn = h.tool_version([sys.executable, "-m", "gunicorn", "--version"])
+    serving = " ".join(
+        [
+            "-c examples/gunicorn.conf.py",
+            f"--workers {settings.workers}",
+            *h.serving_args(settings.serving, settings.threads),
+        ]
+    )
     registry = h.tool_version(["docker-registry", "--version"])
     clients = ", ".join(h.tool_version(argv) for argv in (["skopeo", "--version"], ["wrk", "-v"]))
     nginx = h.tool_version(["nginx", "-v"])
@@ -787,9 +944,8 @@ def environment(settings: Settings) -> list[str]:
         f"revision {revision}",
         f"- machine: {os.cpu_count()} × {cpu}, Linux {python_platform.release()}, "
         f"Python {python_platform.python_version()}",
-        f"- ours: example platform, {gunicorn}, `--worker-class gthread --workers "
-        f"{settings.workers} --threads {settings.threads}`, SQLite, filesystem blob store; "
-        "clients log in with a personal access token",
+        f"- ours: example platform, {gunicorn}, `{serving}` ({settings.serving}), SQLite, "
+        "filesystem blob store; clients log in with a personal access token",
         f"- distribution: {registry}, `proxy: {{remoteurl}}`, filesystem storage, no auth",
         f"- upstream: the same docker-registry binary; clients: {clients}, curl; {nginx}",
         f"- mode: {'--quick' if settings.quick else 'full'}, {settings.repetitions} repetition(s), "
@@ -861,7 +1017,16 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
     parser.add_argument("--repetitions", type=int, help="default: 5, or 1 with --quick")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 4,5")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads per worker with --serving gthread"
+    )
+    parser.add_argument(
+        "--serving",
+        choices=("gevent", "gthread"),
+        default="gevent",
+        help="gunicorn worker model of ours: gevent (examples/gunicorn.conf.py, default) "
+        "or gthread with --threads",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -912,6 +1077,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         profile=args.profile,
         only=only,
         platform_env=tuple(platform_env),
+        serving=args.serving,
     )
     return settings, args
 
@@ -922,6 +1088,9 @@ def _interrupt(signum: int, frame: t.Any) -> None:
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
+    # Scenario 8 holds over a thousand sockets; gunicorn and distribution inherit this.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     missing = [
         tool for tool in ("docker-registry", "skopeo", "curl", "nginx") if not shutil.which(tool)
     ]
