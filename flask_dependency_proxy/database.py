@@ -46,6 +46,8 @@ import typing as t
 import sqlalchemy.exc as sa_exc
 from flask import g, has_app_context
 
+from .blocking import gevent_patched
+
 log = logging.getLogger(__name__)
 
 #: Seconds a client is told to wait before it retries a request the database failed.
@@ -135,10 +137,7 @@ def _optional_module(name: str) -> t.Any:
 def cooperative() -> bool:
     """Whether the process runs under gevent's monkey patching (gunicorn's gevent
     worker): only then can a timer interrupt a database call that waits."""
-    monkey = _optional_module("gevent.monkey")
-    if monkey is None:
-        return False
-    return bool(monkey.is_module_patched("socket") and monkey.is_module_patched("select"))
+    return gevent_patched()
 
 
 def _describe(error: BaseException) -> str:

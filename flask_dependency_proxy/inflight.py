@@ -35,6 +35,7 @@ import typing as t
 import requests
 import urllib3.exceptions
 
+from .blocking import off_the_loop
 from .storage import FilesystemStore, StorageError
 from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
@@ -423,11 +424,8 @@ class BlobFetcher:
                             raise UpstreamSizeError(
                                 f"upstream sent more than the {size} bytes it announced"
                             )
-                        hasher.update(chunk)
                         try:
-                            file.write(chunk)
-                            # Make the bytes visible to readers of the staging file.
-                            file.flush()
+                            off_the_loop(_absorb, hasher, file, chunk)
                         except OSError as exc:
                             raise StorageError.from_os_error(exc, staging_path) from exc
                         written = end
@@ -470,6 +468,13 @@ class BlobFetcher:
         if actual != fetch.digest:
             raise UpstreamDigestMismatch(f"upstream blob {fetch.digest} hashes to {actual}")
         return written
+
+
+def _absorb(hasher: t.Any, file: t.BinaryIO, chunk: bytes) -> None:
+    """Hash a chunk and write it to the staging file, visible to its readers at once."""
+    hasher.update(chunk)
+    file.write(chunk)
+    file.flush()
 
 
 def _try_lock(path: str) -> int | None:
