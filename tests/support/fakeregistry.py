@@ -19,6 +19,8 @@ import threading
 import time
 import typing as t
 
+from .httpserver import BackgroundServer
+
 _PATH = re.compile(r"^/v2/(?P<repository>.+)/(?P<kind>manifests|blobs)/(?P<reference>[^/]+)$")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 _PIECE = 64 * 1024
@@ -86,8 +88,7 @@ class FakeRegistry:
         self._blobs: dict[tuple[str, str], ServedBlob] = {}
         self._log: list[Served] = []
         self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer("fake registry")
 
     # -- content -----------------------------------------------------------------------
 
@@ -117,31 +118,18 @@ class FakeRegistry:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeRegistry:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="fake-registry", daemon=True
-        )
-        self._thread.start()
+        self._http.start(_make_handler(self))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._http.stop()
 
 
 def _make_handler(registry: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:

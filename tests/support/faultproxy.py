@@ -26,6 +26,8 @@ import time
 import typing as t
 import urllib.parse
 
+from .httpserver import BackgroundServer
+
 _HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -132,8 +134,7 @@ class FaultProxy:
         self._log: list[ProxiedRequest] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer("fault proxy")
 
     # -- rules -------------------------------------------------------------------------
 
@@ -184,32 +185,19 @@ class FaultProxy:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the proxy first"
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FaultProxy:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
-        )
-        self._thread.start()
+        self._http.start(_make_handler(self))
         return self
 
     def stop(self) -> None:
         self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._http.stop()
 
 
 def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:

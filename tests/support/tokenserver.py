@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from .httpserver import BackgroundServer
+
 if t.TYPE_CHECKING:
     from .registry import Registry
 
@@ -103,13 +105,11 @@ class TokenServer:
         )
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer("token server")
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the token server first"
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def url(self) -> str:
@@ -139,23 +139,11 @@ class TokenServer:
             def log_message(self, format: str, *args: t.Any) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="token-server", daemon=True
-        )
-        self._thread.start()
+        self._http.start(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._http.stop()
 
     # -- requests ----------------------------------------------------------------------
 
