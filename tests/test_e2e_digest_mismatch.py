@@ -1,10 +1,11 @@
 """An upstream whose blob bytes do not match their digest, through the platform under
-gunicorn (two worker processes), pulled with curl, which keeps whatever it receives.
+gunicorn (two worker processes) and a second host on the same database and blob store,
+pulled with curl, which keeps whatever it receives.
 
 The cache only knows a blob is wrong once it has hashed the last byte, so it holds the
 end of every body back until then: a client of a wrong blob always sees a broken
 transfer (fewer bytes than ``Content-Length``, or no final chunk), never a complete
-``200``, whether it started the fetch or followed it from the same or the other worker.
+``200``, whether it started the fetch or followed it from the same or another process.
 A small blob that fails before a byte was sent gets a registry error instead.
 """
 
@@ -65,6 +66,13 @@ def live(
     return platform.start()
 
 
+@pytest.fixture(scope="module")
+def second_host(module_processes: ProcessFactory, live: Platform) -> Platform:
+    """Another gunicorn on ``live``'s database and blob store: its clients follow a
+    fetch that ``live`` runs (and the other way round) through the staging file."""
+    return live.sibling(module_processes, "platform-mismatch-second-host").start()
+
+
 def _serve_image(
     fake: FakeRegistry, name: str, layer_size: int, blob: t.Callable[[bytes], ServedBlob]
 ) -> tuple[str, bytes]:
@@ -79,19 +87,27 @@ def _serve_image(
     return layer.digest, layer.data
 
 
-def _curl(live: Platform, name: str, digest: str, workdir: Path, number: int) -> Transfer:
-    url = f"{live.url}/v2/{live.repository(GROUP, name)}/blobs/{digest}"
-    headers = live.bearer(USER.username, USER.password, GROUP, name)
+def _curl(
+    host: Platform, name: str, digest: str, workdir: Path, number: int, headers: dict[str, str]
+) -> Transfer:
+    url = f"{host.url}/v2/{host.repository(GROUP, name)}/blobs/{digest}"
     return curl.get(url, headers, workdir, f"client-{number}")
 
 
-def _pull_rounds(live: Platform, name: str, digest: str, workdir: Path) -> list[Transfer]:
-    """One client at a time, then several at once (spread over both workers)."""
-    transfers = [_curl(live, name, digest, workdir, n) for n in range(SINGLE_ROUNDS)]
+def _pull_rounds(
+    hosts: t.Sequence[Platform], name: str, digest: str, workdir: Path
+) -> list[Transfer]:
+    """One client at a time, then several at once, taking turns over ``hosts``."""
+    headers = hosts[0].bearer(USER.username, USER.password, GROUP, name)
+
+    def pull(number: int) -> Transfer:
+        return _curl(hosts[number % len(hosts)], name, digest, workdir, number, headers)
+
+    transfers = [pull(n) for n in range(SINGLE_ROUNDS)]
     with concurrent.futures.ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
         for round_ in range(CONCURRENT_ROUNDS):
             numbers = range(100 * (round_ + 1), 100 * (round_ + 1) + CONCURRENT_CLIENTS)
-            transfers += pool.map(lambda n: _curl(live, name, digest, workdir, n), numbers)
+            transfers += pool.map(pull, numbers)
     return transfers
 
 
@@ -121,10 +137,16 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_blob_with_one_flipped_byte_never_reaches_a_client_complete(
-    live: Platform, fake: FakeRegistry, unique_name: str, tmp_path: Path, scenario: str
+    live: Platform,
+    second_host: Platform,
+    fake: FakeRegistry,
+    unique_name: str,
+    tmp_path: Path,
+    scenario: str,
 ) -> None:
     size, rate = SCENARIOS[scenario]
     live.process.mark_log()
+    second_host.process.mark_log()
     digest, _data = _serve_image(
         fake,
         unique_name,
@@ -132,20 +154,24 @@ def test_blob_with_one_flipped_byte_never_reaches_a_client_complete(
         lambda data: ServedBlob(corrupt_one_byte(data), bytes_per_second=rate),
     )
 
-    transfers = _pull_rounds(live, unique_name, digest, tmp_path)
+    transfers = _pull_rounds([live, second_host], unique_name, digest, tmp_path)
 
     _assert_never_complete(transfers, digest)
     if size < 1024 * 1024:
         # Nothing of a small blob is sent before its hash is known: a registry error.
         assert {(tr.status, tr.error_code) for tr in transfers} == {(503, "UNAVAILABLE")}
     assert _committed(live, digest) == []
-    followed = live.process.log_text(live.process.log_mark).count(
-        f"fetch of {digest} in another process failed"
+    followed = sum(
+        host.process.log_text(host.process.log_mark).count(
+            f"fetch of {digest} in another process failed"
+        )
+        for host in (live, second_host)
     )
-    print(f"{scenario}: {len(transfers)} clients, {followed} followed from the other worker")
+    print(f"{scenario}: {len(transfers)} clients, {followed} followed from another process")
     if scenario == "large-throttled":
-        # The fetch lasts about a second: concurrent clients land on both workers, and
-        # those on the other one followed it through the staging file.
+        # The fetch lasts about a second and each concurrent round starts clients on
+        # both hosts at once: those on the host that did not fetch followed the other's
+        # fetch through the staging file.
         assert followed > 0
 
 
@@ -161,7 +187,7 @@ def test_chunked_blob_without_length_is_held_back_too(
         ),
     )
 
-    transfers = _pull_rounds(live, unique_name, digest, tmp_path)
+    transfers = _pull_rounds([live], unique_name, digest, tmp_path)
 
     _assert_never_complete(transfers, digest)
     assert _committed(live, digest) == []
@@ -183,7 +209,8 @@ def test_bytes_beyond_the_announced_length_abort_the_fetch(
     )
     tmp_path.mkdir(exist_ok=True)
 
-    transfer = _curl(live, unique_name, digest, tmp_path, 0)
+    headers = live.bearer(USER.username, USER.password, GROUP, unique_name)
+    transfer = _curl(live, unique_name, digest, tmp_path, 0, headers)
 
     _assert_never_complete([transfer], digest)
     if transfer.status == 200:

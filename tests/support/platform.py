@@ -172,6 +172,29 @@ class Platform:
     def stop(self) -> None:
         self.process.stop()
 
+    def sibling(self, processes: ProcessFactory, name: str, *, workers: int = 1) -> Platform:
+        """A second host of this platform: its own gunicorn and port, on the same
+        database, blob store and ``SECRET_KEY`` (tokens of one are good on the other)."""
+        twin = Platform(
+            processes,
+            self.directory / name,
+            database_url=self.database_url,
+            upstream_url=self.upstream_url,
+            name=name,
+            workers=workers,
+            extra_env={
+                **{
+                    key: value
+                    for key, value in self.env.items()
+                    if key.startswith("DEPENDENCY_PROXY_")
+                    and key != "DEPENDENCY_PROXY_EXTERNAL_URL"
+                },
+                "SECRET_KEY": self.env["SECRET_KEY"],
+            },
+        )
+        twin.store_path = self.store_path
+        return twin
+
     # -- HTTP --------------------------------------------------------------------------
 
     def token(self, username: str, password: str, scope: str | None = None) -> requests.Response:
