@@ -36,7 +36,7 @@ import requests
 import urllib3.exceptions
 
 from .blocking import off_the_loop
-from .storage import FilesystemStore, StorageError
+from .storage import FilesystemStore, StorageError, open_for_reading, open_lock_file
 from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class LocalFetch:
 
     def _follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
         try:
-            file = open(self.staging_path or "", "rb")
+            file = open_for_reading(self.staging_path or "")
         except FileNotFoundError:
             # Renamed by the commit, or discarded: the fetch is finishing either way.
             with self._condition:
@@ -202,13 +202,13 @@ class RemoteFetch:
         # holder leaves the reason when it fails (still readable once unlinked).
         lock_fd: int | None
         try:
-            lock_fd = os.open(self._lock_path, os.O_RDONLY)
+            lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             lock_fd = None  # it has ended already
         try:
             file: t.BinaryIO
             try:
-                file = open(store.staging_path(self.digest), "rb")
+                file = open_for_reading(store.staging_path(self.digest))
             except FileNotFoundError:
                 try:
                     file = store.open(self.digest)
@@ -301,7 +301,7 @@ class BlobFetcher:
         (not started yet, or already finished)."""
         lock_path = self.store.lock_path(digest)
         try:
-            with open(lock_path) as file:
+            with open_for_reading(lock_path) as file:
                 text = file.read()
         except FileNotFoundError:
             return None
@@ -481,7 +481,7 @@ def _try_lock(path: str) -> int | None:
     """Take the digest's fetch lock without waiting; the open descriptor, or ``None``."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(path)
         except OSError as exc:
             raise StorageError.from_os_error(exc, path) from exc
         try:

@@ -3,6 +3,10 @@
 Knows files and digests; nothing of the database, the upstream or HTTP. A blob is
 written to a staging file while it is fetched and becomes visible under its digest
 only through :meth:`FilesystemStore.commit`, an atomic rename after verification.
+
+Folders are created ``0750`` and files ``0640`` (the process's user and group only), and
+every file is opened without following a symbolic link, so nobody who can write into
+the store folder can point a blob at a file elsewhere.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ import datetime as dt
 import errno
 import os
 import re
+import stat as _stat
 import typing as t
 
 _DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
 _TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+FOLDER_MODE = 0o750
+FILE_MODE = 0o640
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class StorageError(Exception):
@@ -52,11 +60,11 @@ class FilesystemStore:
         self.root = os.path.abspath(root)
         self.staging_root = os.path.join(self.root, "staging")
         self._locks = os.path.join(self.root, "locks")
-        os.makedirs(self.staging_root, exist_ok=True)
-        os.makedirs(self._locks, exist_ok=True)
         #: Committed blobs live below this folder (what a web server may serve directly).
         self.blobs_root = os.path.join(self.root, "blobs")
-        os.makedirs(self.blobs_root, exist_ok=True)
+        make_folder(self.root)
+        for folder in (self.staging_root, self._locks, self.blobs_root):
+            make_folder(folder)
 
     def path(self, digest: str) -> str:
         """The final location of a blob. ``digest`` must already be validated."""
@@ -66,16 +74,24 @@ class FilesystemStore:
     def size(self, digest: str) -> int | None:
         """The size of a committed blob, or ``None`` when it is not stored."""
         try:
-            return os.stat(self.path(digest)).st_size
+            stat = os.stat(self.path(digest), follow_symlinks=False)
         except FileNotFoundError:
             return None
+        return stat.st_size if _stat.S_ISREG(stat.st_mode) else None
 
     def open(self, digest: str) -> t.BinaryIO:
         """Open a committed blob for reading.
 
-        :raises FileNotFoundError: when it is not stored.
+        :raises FileNotFoundError: when it is not stored (a symbolic link in its place
+            counts as not stored: the next fetch replaces it).
         """
-        return open(self.path(digest), "rb")
+        path = self.path(digest)
+        try:
+            return open_for_reading(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FileNotFoundError(errno.ENOENT, "a symbolic link, not a blob", path) from exc
+            raise
 
     def staging_path(self, digest: str) -> str:
         """Where a blob is written while it is fetched.
@@ -92,13 +108,16 @@ class FilesystemStore:
         return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
 
     def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
-        """Create (or empty) the staging file of a blob whose fetch lock the caller holds.
+        """Create the staging file of a blob whose fetch lock the caller holds, anew: a
+        file (or link) left there by a killed fetch is removed first.
 
         :raises StorageError: when the file cannot be created.
         """
         staging_path = self.staging_path(digest)
         try:
-            return staging_path, open(staging_path, "wb")
+            _unlink(staging_path)
+            fd = os.open(staging_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, FILE_MODE)
+            return staging_path, os.fdopen(fd, "wb")
         except OSError as exc:
             raise StorageError.from_os_error(exc, staging_path) from exc
 
@@ -114,7 +133,7 @@ class FilesystemStore:
         """
         final = self.path(digest)
         try:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            make_folder(os.path.dirname(final))
             os.replace(staging_path, final)
         except OSError as exc:
             raise StorageError.from_os_error(exc, final) from exc
@@ -176,7 +195,7 @@ class BlobFiles:
 
     def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
         """Move a committed file into the trash; ``False`` if it is no longer there."""
-        os.makedirs(self.trash, exist_ok=True)
+        make_folder(self.trash)
         algorithm, hex_digest = digest.split(":", 1)
         target = os.path.join(self.trash, f"{algorithm}-{hex_digest}.{_epoch_ms(stamp)}")
         try:
@@ -198,7 +217,7 @@ class BlobFiles:
         """Put a set-aside file back; ``False`` when a newer copy is already committed
         (then the set-aside one is dropped)."""
         final = self.store.path(digest)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        make_folder(os.path.dirname(final))
         try:
             # A link never replaces a file a fetch committed meanwhile.
             os.link(path, final)
@@ -233,6 +252,35 @@ class BlobFiles:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def make_folder(path: str) -> None:
+    """Create a store folder and its missing parents, each as :data:`FOLDER_MODE`
+    (``os.makedirs`` gives the parents the default mode)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_folder(parent)
+    try:
+        os.mkdir(path, FOLDER_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def open_for_reading(path: str) -> t.BinaryIO:
+    """Open a store file for reading, refusing a symbolic link (``OSError`` ``ELOOP``).
+
+    :raises FileNotFoundError: when there is no such file.
+    """
+    return os.fdopen(os.open(path, os.O_RDONLY | _NO_FOLLOW), "rb")
+
+
+def open_lock_file(path: str) -> int:
+    """Open (creating it if needed) a lock file for reading and writing, never through a
+    symbolic link; the descriptor."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, FILE_MODE)
 
 
 def _epoch(moment: dt.datetime) -> float:

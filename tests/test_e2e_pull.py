@@ -79,6 +79,11 @@ def test_pull_by_tag_gets_upstream_bytes(
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
+    # The cached layers are readable by the platform's user and group only.
+    for digest in pushed.layer_digests:
+        (blob,) = [p for p in platform.store_files_for(digest) if "blobs" in p.parts]
+        assert oct(blob.stat().st_mode & 0o777) == oct(0o640)
+        assert oct(blob.parent.stat().st_mode & 0o777) == oct(0o750)
 
 
 def test_second_pull_only_heads_upstream(
