@@ -102,11 +102,20 @@ def validate_digest(digest: str) -> str:
 
 
 def validate_reference(reference: str) -> str:
-    """Validate a manifest reference, which is a tag or a digest."""
+    """Validate a manifest reference, which is a tag or a digest.
+
+    :raises RegistryError: ``DIGEST_INVALID`` (400) for a malformed digest;
+        ``MANIFEST_UNKNOWN`` (404) for anything else that is not a tag, since no manifest
+        can exist under it (what distribution-spec clients and conformance tools expect).
+    """
     if is_digest(reference):
         return validate_digest(reference)
     if not _TAG_RE.fullmatch(reference):
-        raise RegistryError(ErrorCode.TAG_INVALID, "invalid tag", {"tag": reference[:200]})
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            "manifest unknown: not a valid tag or digest",
+            {"reference": reference[:200]},
+        )
     return reference
 
 

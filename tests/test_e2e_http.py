@@ -63,8 +63,9 @@ def test_base_with_token(platform: Platform) -> None:
         ("x_/manifests/1", 400, "NAME_INVALID"),
         ("x%00y/manifests/1", 400, "NAME_INVALID"),
         (f"{'a' * 300}/manifests/1", 400, "NAME_INVALID"),
-        ("x/manifests/-tag", (400, 404), ("TAG_INVALID", "MANIFEST_UNKNOWN")),
-        (f"x/manifests/{'t' * 129}", (400, 404), ("TAG_INVALID", "MANIFEST_UNKNOWN")),
+        ("x/manifests/-tag", 404, "MANIFEST_UNKNOWN"),
+        ("x/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
+        (f"x/manifests/{'t' * 129}", 404, "MANIFEST_UNKNOWN"),
         ("x/manifests/sha256:abc", 400, "DIGEST_INVALID"),
         (f"x/manifests/sha256:{'A' * 64}", 400, "DIGEST_INVALID"),
         ("x/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
@@ -83,6 +84,36 @@ def test_bad_references_are_registry_errors(
     head = requests.head(url, headers=headers, timeout=30)
     assert head.status_code in ({statuses} if isinstance(statuses, int) else set(statuses))
     checks.api_version(head)
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("x/manifests/.INVALID_MANIFEST_NAME", "x"),
+        ("x/manifests/sha256:abc", "x"),
+        ("x/blobs/sha256:xyz", "x"),
+        ("UPPER/manifests/1", None),
+        ("a..b/blobs/sha256:" + "0" * 64, None),
+        ("x/blobs/uploads/", None),
+    ],
+    ids=lambda value: value[:30] if isinstance(value, str) else None,
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_anonymous_requests_get_the_challenge_before_any_grammar(
+    platform: Platform, path: str, scope: str | None, method: str
+) -> None:
+    """Authentication comes first: whatever an anonymous client asks for, it is told how
+    to log in (with the repository's scope when the name is valid, never an echo of a bad
+    one), not that its request is malformed."""
+    url = f"{platform.url}/v2/{GROUP}/dependency_proxy/containers/{path}"
+    response = requests.request(method, url, timeout=30, allow_redirects=False)
+    assert response.status_code == 401
+    if method != "HEAD":
+        checks.registry_error(response, 401, "UNAUTHORIZED")
+    expected = f'Bearer realm="{platform.url}/jwt/auth",service="dependency_proxy"'
+    if scope is not None:
+        expected += f',scope="repository:{GROUP}/dependency_proxy/containers/{scope}:pull"'
+    assert response.headers["WWW-Authenticate"] == expected
 
 
 @pytest.mark.parametrize(

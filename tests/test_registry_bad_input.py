@@ -81,6 +81,10 @@ def test_malformed_registry_requests_get_registry_errors(registry_app: tuple[Fla
         response = client.open(path, method=method, headers=headers)
         answers.add(response.status_code)
         assert response.status_code != 500, (method, path, response.data[:200])
+        if headers.get("Authorization") != f"Bearer {token}":
+            # No valid token: the login challenge comes before any check of the path.
+            assert response.status_code == 401, (method, path, headers.get("Authorization"))
+            assert response.headers["WWW-Authenticate"].startswith("Bearer realm=")
         assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
         if method != "HEAD" and response.status_code >= 400:
             assert response.get_json()["errors"][0]["code"], (method, path)

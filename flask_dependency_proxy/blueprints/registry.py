@@ -20,7 +20,7 @@ from ..cache import BlobResult
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..extension import state
-from ..host import Group
+from ..host import Group, Principal
 from ..inflight import FetchFailed
 from ..reference import ProxyPath, parse_proxy_path, validate_digest, validate_reference
 from ._registry_http import (
@@ -54,18 +54,26 @@ def _bearer_token() -> str | None:
     return token.strip() or None
 
 
-def _authorize(path: ProxyPath) -> Group:
-    """Check the token and the principal's access to the path's group."""
-    access = state(None).access
+def _authenticate(name: str | None = None) -> Principal:
+    """The principal of the request's token: the first check on every registry route,
+    before the path or reference is parsed, so an anonymous client always gets the
+    challenge that starts its login, whatever it asked for."""
     try:
-        principal = access.principal_for_token(_bearer_token())
+        return state(None).access.principal_for_token(_bearer_token())
     except RegistryError as error:
-        # The scope tells clients which token to ask for on the retry.
-        error.headers.setdefault(
-            "WWW-Authenticate", challenge(f"repository:{path.repository}:pull")
-        )
+        # The scope tells clients which token to ask for on the retry; a malformed
+        # name gets a challenge without one, never the name echoed back.
+        error.headers.setdefault("WWW-Authenticate", challenge(_pull_scope(name)))
         raise
-    return access.authorize_pull(principal, path.group_path)
+
+
+def _pull_scope(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        return f"repository:{parse_proxy_path(name).repository}:pull"
+    except RegistryError:
+        return None
 
 
 def _refuse_writes() -> None:
@@ -77,17 +85,18 @@ def _refuse_writes() -> None:
 @bp.route("/v2", methods=_ALL_METHODS)
 def base() -> Response:
     """API version check: 200 for a valid token, else the challenge that starts a login."""
+    _authenticate()
     _refuse_writes()
-    state(None).access.principal_for_token(_bearer_token())
     return Response("{}", mimetype="application/json")
 
 
 @bp.route("/v2/<path:name>/manifests/<reference>", methods=_ALL_METHODS)
 def manifest(name: str, reference: str) -> Response:
+    principal = _authenticate(name)
     _refuse_writes()
     path = parse_proxy_path(name)
     validate_reference(reference)
-    group = _authorize(path)
+    group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
         result = cache.get_manifest(group.id, path, reference)
@@ -105,10 +114,11 @@ def manifest(name: str, reference: str) -> Response:
 
 @bp.route("/v2/<path:name>/blobs/<digest>", methods=_ALL_METHODS)
 def blob(name: str, digest: str) -> Response:
+    principal = _authenticate(name)
     _refuse_writes()
     path = parse_proxy_path(name)
     validate_digest(digest)
-    group = _authorize(path)
+    group = state(None).access.authorize_pull(principal, path.group_path)
     try:
         response = _blob_response(_find_blob(group, path, digest))
     except FileNotFoundError:
@@ -240,6 +250,7 @@ def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
 @bp.route("/v2/<path:rest>", methods=_ALL_METHODS)
 def unknown(rest: str) -> Response:
     """Everything else under /v2/: catalog, uploads, tag lists, malformed paths."""
+    _authenticate()
     _refuse_writes()
     if "/blobs/uploads" in f"/{rest}":
         raise RegistryError(ErrorCode.UNSUPPORTED, "the dependency proxy is read-only")

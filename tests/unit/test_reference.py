@@ -60,22 +60,24 @@ def test_valid_references(ref: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ref", "code"),
+    ("ref", "code", "status"),
     [
-        ("-latest", ErrorCode.TAG_INVALID),
-        ("A" * 129, ErrorCode.TAG_INVALID),
-        ("a/b", ErrorCode.TAG_INVALID),
-        ("sha256:" + "A" * 64, ErrorCode.DIGEST_INVALID),
-        ("sha256:abc", ErrorCode.DIGEST_INVALID),
-        ("md5:" + "a" * 32, ErrorCode.DIGEST_INVALID),
-        ("sha256:" + "a" * 64 + "\n", ErrorCode.DIGEST_INVALID),
+        # Not a tag: no manifest can exist under it, so it is unknown, as OCI clients expect.
+        ("-latest", ErrorCode.MANIFEST_UNKNOWN, 404),
+        (".INVALID_MANIFEST_NAME", ErrorCode.MANIFEST_UNKNOWN, 404),
+        ("A" * 129, ErrorCode.MANIFEST_UNKNOWN, 404),
+        ("a/b", ErrorCode.MANIFEST_UNKNOWN, 404),
+        ("sha256:" + "A" * 64, ErrorCode.DIGEST_INVALID, 400),
+        ("sha256:abc", ErrorCode.DIGEST_INVALID, 400),
+        ("md5:" + "a" * 32, ErrorCode.DIGEST_INVALID, 400),
+        ("sha256:" + "a" * 64 + "\n", ErrorCode.DIGEST_INVALID, 400),
     ],
 )
-def test_invalid_references(ref: str, code: ErrorCode) -> None:
+def test_invalid_references(ref: str, code: ErrorCode, status: int) -> None:
     with pytest.raises(RegistryError) as info:
         validate_reference(ref)
     assert info.value.code is code
-    assert info.value.status == 400
+    assert info.value.status == status
 
 
 def test_validate_digest_rejects_tag() -> None:
