@@ -251,6 +251,28 @@ def test_deploy_token_create_options(platform_app: Flask, seeded: FlaskCliRunner
     )
 
 
+def test_deploy_token_and_user_names_never_collide(seeded: FlaskCliRunner) -> None:
+    """A deploy token never shares its login name with a user (in any case), neither a
+    chosen name nor the ``deploy-token-<id>`` ones given by default."""
+    scopes = ("--scopes", "read_registry")
+    for taken in ("alice", "ALICE"):
+        assert "a user's name" in fails(
+            seeded, "deploy-token", "create", "org", *scopes, "--username", taken
+        )
+    assert "given to tokens without a username" in fails(
+        seeded, "deploy-token", "create", "org", *scopes, "--username", "deploy-token-99"
+    )
+    ok(seeded, "deploy-token", "create", "org", *scopes, "--username", "mirror-bot")
+    assert "A deploy token is called" in fails(
+        seeded, "user", "create", "Mirror-Bot", "--password", "pw-123456"
+    )
+    default_name = last_line(ok(seeded, "deploy-token", "create", "org", *scopes)).split()[0]
+    assert default_name.startswith("deploy-token-")
+    assert "reserved" in fails(seeded, "user", "create", default_name, "--password", "pw")
+    assert "reserved" in fails(seeded, "user", "create", "Deploy-Token-7", "--password", "pw")
+    assert "already exists" in fails(seeded, "user", "create", "Alice", "--password", "pw")
+
+
 def test_project_create(platform_app: Flask, seeded: FlaskCliRunner) -> None:
     assert "already exists" in fails(seeded, "project", "create", "org/team/app")
     assert "No group at 'nope'" in fails(seeded, "project", "create", "nope/app")

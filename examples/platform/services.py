@@ -36,6 +36,9 @@ from .models import (
 )
 
 DEFAULT_JOB_TOKEN_USERNAME = "gitlab-ci-token"
+#: Deploy tokens without a chosen username are called ``deploy-token-<id>``; no user and
+#: no chosen deploy-token username may start with it.
+DEPLOY_TOKEN_USERNAME_PREFIX = "deploy-token-"
 
 
 class PlatformError(ValueError):
@@ -113,8 +116,14 @@ def create_user(username: str, password: str, *, is_admin: bool = False) -> User
         raise PlatformError("A username must be non-empty, with no spaces around it, '/' or ':'.")
     if username == job_token_username():
         raise PlatformError(f"{username!r} is reserved for CI job tokens.")
-    if find_user(username) is not None:
+    if username.lower().startswith(DEPLOY_TOKEN_USERNAME_PREFIX):
+        raise PlatformError(
+            f"Usernames starting with {DEPLOY_TOKEN_USERNAME_PREFIX!r} are reserved."
+        )
+    if _user_named(username) is not None:
         raise PlatformError(f"User {username!r} already exists.")
+    if _deploy_token_named(username) is not None:
+        raise PlatformError(f"A deploy token is called {username!r}: choose another username.")
     if not password:
         raise PlatformError("A password must not be empty.")
     user = User(username=username, is_admin=is_admin)
@@ -234,8 +243,17 @@ def create_deploy_token(
     lifetime = _expiry(expires_days)
     username = _check_text(username or "", "username").strip() or None
     name = _check_text(name or "", "token name")
-    if username is not None and (username == job_token_username() or ":" in username):
-        raise PlatformError(f"{username!r} cannot be a deploy token username.")
+    if username is not None:
+        if username == job_token_username() or ":" in username:
+            raise PlatformError(f"{username!r} cannot be a deploy token username.")
+        if username.lower().startswith(DEPLOY_TOKEN_USERNAME_PREFIX):
+            raise PlatformError(
+                f"{DEPLOY_TOKEN_USERNAME_PREFIX!r} names are given to tokens without a username."
+            )
+        if _user_named(username) is not None:
+            raise PlatformError(
+                f"{username!r} is a user's name: a deploy token cannot log in as a user."
+            )
     secret = tokens.new_secret(tokens.DEPLOY_TOKEN_PREFIX)
     token = DeployToken(
         group=group,
@@ -251,6 +269,22 @@ def create_deploy_token(
         token.username = f"deploy-token-{token.id}"
     db.session.commit()
     return token, secret
+
+
+def _user_named(username: str) -> User | None:
+    """The user whose name is ``username`` ignoring case (names that differ only in case
+    would read as the same account in logs and lists)."""
+    return db.session.scalars(
+        sa.select(User).where(sa.func.lower(User.username) == username.lower()).limit(1)
+    ).first()
+
+
+def _deploy_token_named(username: str) -> DeployToken | None:
+    return db.session.scalars(
+        sa.select(DeployToken)
+        .where(sa.func.lower(DeployToken.username) == username.lower())
+        .limit(1)
+    ).first()
 
 
 def revoke_deploy_token(token_id: int, *, group: Group | None = None) -> DeployToken:
