@@ -19,8 +19,8 @@ import typing as t
 
 from .database import DatabaseGuard, DatabaseUnavailable
 from .errors import ErrorCode, RegistryError
-from .host import AuthFailure, Group, HostAdapter, Principal
-from .throttle import LoginThrottle
+from .host import AuthFailure, Group, HostAdapter, Principal, TokenAuthenticator
+from .throttle import LoginRefused, LoginThrottle
 from .tokens import InvalidToken, TokenIssuer
 
 if t.TYPE_CHECKING:
@@ -109,23 +109,50 @@ class AccessControl:
         self._known_switches = _TTLCache(recheck_seconds, clock=clock)
 
     def login(self, username: str, secret: str, address: str | None = None) -> Principal:
-        """Check a ``docker login`` credential.
+        """Check a ``docker login`` credential from the client at ``address``.
+
+        A host token (see :class:`~.host.TokenAuthenticator`) is checked first and a
+        valid one is never refused. Anything else is a password: refused unchecked
+        while the (username, address) pair or the address is throttled, and counted
+        against both when wrong.
 
         :raises RegistryError: ``UNAUTHORIZED`` (401) for a bad credential, ``DENIED``
             (403) for a genuine one without the registry scopes, ``TOOMANYREQUESTS``
-            (429) after too many failures for the username or the address.
+            (429) with ``Retry-After`` after too many failures from the address.
         :raises DatabaseUnavailable: the credential could not be checked.
         """
-        keys = self.throttle.keys(username, address)
         with self.database.phase("checking a login"):
-            with_failures = self.throttle.check(keys)
-            outcome = self.host.authenticate(username, secret)
-            if outcome is AuthFailure.INSUFFICIENT_SCOPE:
-                raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
-            if not isinstance(outcome, Principal):
-                self.throttle.record_failure(keys)
-                raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
-            self.throttle.record_success(keys, with_failures)
+            outcome: Principal | AuthFailure | None = None
+            if isinstance(self.host, TokenAuthenticator):
+                outcome = self.host.authenticate_token(username, secret)
+            if outcome is None or outcome is AuthFailure.INVALID:
+                outcome = self._throttled_login(username, secret, address, outcome)
+        if outcome is AuthFailure.INSUFFICIENT_SCOPE:
+            raise RegistryError(ErrorCode.DENIED, "the credential lacks the registry scopes")
+        if not isinstance(outcome, Principal):
+            raise RegistryError(ErrorCode.UNAUTHORIZED, "invalid username or password")
+        return outcome
+
+    def _throttled_login(
+        self, username: str, secret: str, address: str | None, token_failure: AuthFailure | None
+    ) -> Principal | AuthFailure:
+        """A password, or a failed token: refused unchecked while the client address is
+        throttled, else checked and counted."""
+        try:
+            attempt = self.throttle.check(username, address)
+        except LoginRefused as refused:
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS,
+                "too many failed logins from this address; try again later",
+                headers={"Retry-After": str(refused.retry_after_seconds)},
+            ) from None
+        outcome: Principal | AuthFailure = (
+            token_failure if token_failure is not None else self.host.authenticate(username, secret)
+        )
+        if isinstance(outcome, Principal):
+            self.throttle.record_success(attempt)
+        elif outcome is not AuthFailure.INSUFFICIENT_SCOPE:
+            self.throttle.record_failure(attempt)
         return outcome
 
     def principal_for_token(self, token: str | None) -> Principal:

@@ -46,9 +46,13 @@ SERVE_STALE_ON_UPSTREAM_NOT_FOUND = False
 GROUP_DEFAULT_ENABLED = False
 #: Username that CI job tokens log in with.
 JOB_TOKEN_USERNAME = "gitlab-ci-token"
-#: Failed logins per username or client address before ``/jwt/auth`` answers 429.
-#: ``0`` turns throttling off.
+#: Failed password logins per username and client address before that client's
+#: further attempts for the username are refused (429 at ``/jwt/auth``). Valid tokens
+#: are never refused. ``0`` turns throttling off.
 LOGIN_MAX_FAILURES = 10
+#: Failed password logins per client address, whatever the usernames, before every
+#: password login from that address is refused. ``0`` turns this limit off.
+LOGIN_MAX_FAILURES_PER_ADDRESS = 50
 #: The window those failures are counted in; also the longest wait it imposes.
 LOGIN_FAILURE_WINDOW_SECONDS = 300
 #: Serve cached blobs through nginx: the internal location that maps to the store's
@@ -117,6 +121,7 @@ class ProxyConfig:
     job_token_username: str
     read_time_granularity_seconds: float
     login_max_failures: int
+    login_max_failures_per_address: int
     login_failure_window_seconds: float
     x_accel_redirect_prefix: str | None
     blob_chunk_size: int
@@ -242,6 +247,7 @@ _FIELDS: dict[str, Coerce] = {
     "job_token_username": _text("a non-empty username"),
     "read_time_granularity_seconds": _number(float, 0),
     "login_max_failures": _number(int, 0),
+    "login_max_failures_per_address": _number(int, 0),
     "login_failure_window_seconds": _number(float, 1),
     "x_accel_redirect_prefix": _optional(_location),
     "blob_chunk_size": _chunk_size,

@@ -125,6 +125,7 @@ class DependencyProxy:
         throttle = LoginThrottle(
             lambda: self.db.session,
             max_failures=config.login_max_failures,
+            max_failures_per_address=config.login_max_failures_per_address,
             window_seconds=config.login_failure_window_seconds,
         )
         access = AccessControl(

@@ -76,7 +76,12 @@ class HostAdapter(t.Protocol):
         """Return the group with this id, or ``None`` (the REST API accepts ids)."""
 
     def authenticate(self, username: str, secret: str) -> Principal | AuthFailure:
-        """Check a username and a secret (password or any token the host issues)."""
+        """Check a username and a secret (password or any token the host issues).
+
+        Only called for a client address that is not throttled. A host that also
+        implements :class:`TokenAuthenticator` gets here only for secrets that
+        :meth:`~TokenAuthenticator.authenticate_token` did not recognise as tokens.
+        """
 
     def authenticate_api_token(self, secret: str) -> Principal | AuthFailure:
         """Check a token sent to the REST API (``PRIVATE-TOKEN`` or ``Bearer``).
@@ -97,3 +102,29 @@ class HostAdapter(t.Protocol):
 
     def can_admin(self, principal: Principal, group: Group) -> bool:
         """Whether the principal may change the group's proxy settings and purge its cache."""
+
+
+@t.runtime_checkable
+class TokenAuthenticator(t.Protocol):
+    """An optional extra of a :class:`HostAdapter`: telling tokens from passwords.
+
+    Failed logins are throttled per client address, and a throttled address gets no
+    password checked (a password hash is a CPU cost an attacker could aim). Tokens
+    with enough entropy cannot be guessed, so they need no throttle: a host whose
+    adapter also has this method gets its valid tokens accepted from any address,
+    throttled or not. The extension calls it first; only when it answers ``None``
+    does it check the throttle and then call :meth:`HostAdapter.authenticate`.
+
+    Without this method every credential is treated as a password: throttled per
+    (username, client address) and per client address, never per username alone.
+    """
+
+    def authenticate_token(self, username: str, secret: str) -> Principal | AuthFailure | None:
+        """Check a secret that is one of the host's tokens, with cheap lookups only.
+
+        Return a :class:`Principal` for a valid token, ``AuthFailure.INSUFFICIENT_SCOPE``
+        for a genuine one without the registry scopes, ``AuthFailure.INVALID`` for a
+        credential that cannot be valid at all (it counts as a failure), and ``None``
+        when the secret is no token of this host, so it may be a password. Never
+        compute a password hash here.
+        """

@@ -218,21 +218,29 @@ def test_tampered_and_foreign_tokens_are_refused(setup: Setup) -> None:
     assert _manifest(client, "org/team", foreign).status_code == 401
 
 
-def test_repeated_failed_logins_are_slowed_down(setup: Setup) -> None:
+def _token_from(client: FlaskClient, address: str, username: str, secret: str) -> t.Any:
+    return client.get(
+        "/jwt/auth?service=dependency_proxy",
+        auth=(username, secret),
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_repeated_failed_logins_are_slowed_down_for_their_address(setup: Setup) -> None:
     client = setup.app.test_client()
     limit = setup.app.config["DEPENDENCY_PROXY_LOGIN_MAX_FAILURES"]
+    attacker, elsewhere = "192.0.2.1", "192.0.2.10"
     for _ in range(limit):
-        assert _token(client, "dev", "wrong password").status_code == 401
-    throttled = _token(client, "dev", "wrong password")
+        assert _token_from(client, attacker, "dev", "wrong password").status_code == 401
+    throttled = _token_from(client, attacker, "dev", "wrong password")
     assert throttled.status_code == 429
     assert throttled.get_json()["errors"][0]["code"] == "TOOMANYREQUESTS"
     assert 0 < int(throttled.headers["Retry-After"]) <= 300
-    # The right password does not get through either until the window ends...
-    assert _token(client, *setup.credentials["developer of the group"]).status_code == 429
-    # ...but another user from another address is not affected.
-    other = client.get(
-        "/jwt/auth?service=dependency_proxy",
-        auth=setup.credentials["guest of the parent"],
-        environ_base={"REMOTE_ADDR": "192.0.2.10"},
-    )
-    assert other.status_code == 200
+    # The right password from that address waits for the window too...
+    developer = setup.credentials["developer of the group"]
+    assert _token_from(client, attacker, *developer).status_code == 429
+    # ...but not from another address, and tokens are never refused.
+    assert _token_from(client, elsewhere, *developer).status_code == 200
+    for kind in ("PAT with registry scopes", "job token of a running job"):
+        assert _token_from(client, attacker, *setup.credentials[kind]).status_code == 200, kind
+    assert _token_from(client, attacker, *setup.credentials["PAT with read_api"]).status_code == 403

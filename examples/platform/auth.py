@@ -9,6 +9,7 @@ session cookie is also ``SameSite=Lax`` (see :mod:`.config`).
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from flask import (
     Blueprint,
     Flask,
     abort,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -27,6 +29,9 @@ from flask.typing import ResponseReturnValue
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from markupsafe import Markup
 from werkzeug.wrappers import Response
+
+from flask_dependency_proxy.extension import state
+from flask_dependency_proxy.throttle import LoginRefused, LoginThrottle
 
 from .models import User, get_by_id
 from .services import verify_password
@@ -97,15 +102,42 @@ def _safe_next(target: str | None) -> str:
     return url_for("views.home")
 
 
+def _login_throttle() -> LoginThrottle:
+    """The dependency proxy's limiter: a password guessed through this form or through
+    ``docker login`` is the same guess, so both count against one limit per address."""
+    return state(current_app).access.throttle
+
+
+def _refused(refused: LoginRefused) -> ResponseReturnValue:
+    """The form again, with no password checked: a hash per refused attempt would let
+    anyone spend the server's CPU."""
+    minutes = math.ceil(refused.retry_after_seconds / 60)
+    flash(
+        "Too many failed sign-ins from your address. "
+        f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+        "error",
+    )
+    headers = {"Retry-After": str(refused.retry_after_seconds)}
+    return render_template("login.html"), 429, headers
+
+
 @bp.route("/users/sign_in", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(_safe_next(request.args.get("next")))
     if request.method == "POST":
-        user = verify_password(request.form.get("username", ""), request.form.get("password", ""))
+        username = request.form.get("username", "")
+        throttle = _login_throttle()
+        try:
+            attempt = throttle.check(username, request.remote_addr)
+        except LoginRefused as refused:
+            return _refused(refused)
+        user = verify_password(username, request.form.get("password", ""))
         if user is None:
+            throttle.record_failure(attempt)
             flash("Invalid username or password.", "error")
             return render_template("login.html"), 401
+        throttle.record_success(attempt)
         login_user(user)
         # A fresh CSRF token for the signed-in session.
         session.pop(CSRF_SESSION_KEY, None)

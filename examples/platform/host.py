@@ -75,7 +75,9 @@ class _Actor:
 
 
 class PlatformHost:
-    """The example platform's :class:`flask_dependency_proxy.host.HostAdapter`.
+    """The example platform's :class:`flask_dependency_proxy.host.HostAdapter`, with
+    :class:`~flask_dependency_proxy.host.TokenAuthenticator` so its tokens are never
+    throttled.
 
     It holds no state, so one instance serves every application; it reads the
     current app's config and database session on each call.
@@ -92,23 +94,32 @@ class PlatformHost:
     # -- credentials --------------------------------------------------------
 
     def authenticate(self, username: str, secret: str) -> Principal | AuthFailure:
-        """Check a password or a token; the secret's prefix says which kind it claims to be.
+        """Check a token, then a password.
 
         A secret that looks like a token but matches none is still tried as a
         password, so a password that happens to start with ``dppat-`` works.
+        """
+        token = self.authenticate_token(username, secret)
+        if token is not None:
+            return token
+        return self._authenticate_password(username, secret)
+
+    def authenticate_token(self, username: str, secret: str) -> Principal | AuthFailure | None:
+        """Check a job, personal access or deploy token by digest; no password hash.
+
+        The secret's prefix says which kind it claims to be. ``None`` when it is none
+        of this user's tokens (it may be a password); the job token username has no
+        password, so a bad secret for it is ``INVALID``.
         """
         if not username or not secret or not usable_text(username + secret):
             return AuthFailure.INVALID
         if username == job_token_username():
             return self._authenticate_job(secret)
-        result: Principal | AuthFailure | None = None
         if secret.startswith(tokens.PERSONAL_ACCESS_TOKEN_PREFIX):
-            result = self._authenticate_personal_access_token(username, secret)
-        elif secret.startswith(tokens.DEPLOY_TOKEN_PREFIX):
-            result = self._authenticate_deploy_token(username, secret)
-        if result is not None:
-            return result
-        return self._authenticate_password(username, secret)
+            return self._authenticate_personal_access_token(username, secret)
+        if secret.startswith(tokens.DEPLOY_TOKEN_PREFIX):
+            return self._authenticate_deploy_token(username, secret)
+        return None
 
     def _authenticate_password(self, username: str, password: str) -> Principal | AuthFailure:
         user = verify_password(username, password)
