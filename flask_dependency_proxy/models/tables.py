@@ -102,7 +102,8 @@ class CachedBlob(Base):
 
 
 class LoginFailure(Base):
-    """Recent failed logins per throttling key (a hash of a username or a client address)."""
+    """Recent failed logins per throttling key: a hash of a username with a client address,
+    or of a client address alone."""
 
     __tablename__ = f"{TABLE_PREFIX}login_failures"
 
