@@ -174,10 +174,13 @@ class LoginThrottle:
                     .where(LoginFailure.key == key)
                     .values(failures=LoginFailure.failures + 1)
                 )
-            # Read back inside the same transaction: the row is locked by the write, so
-            # concurrent failures each see a count of their own.
-            count = session.scalar(sa.select(LoginFailure.failures).where(LoginFailure.key == key))
             try:
+                # Read back inside the same transaction: the row is locked by the write,
+                # so concurrent failures each see a count of their own.
+                session.flush()
+                count = session.scalar(
+                    sa.select(LoginFailure.failures).where(LoginFailure.key == key)
+                )
                 session.commit()
             except IntegrityError:
                 session.rollback()

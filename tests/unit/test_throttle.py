@@ -257,3 +257,26 @@ def test_workers_share_one_count(fresh_database_url: str, clock: Clock) -> None:
         assert refusal(workers[0], "alice", A) == WINDOW
         assert refusal(workers[1], "alice", A) == WINDOW
     engine.dispose()
+
+
+def test_a_first_failure_racing_another_worker_is_counted(
+    fresh_database_url: str, clock: Clock
+) -> None:
+    engine = sa.create_engine(fresh_database_url)
+    metadata.create_all(engine, tables=[LoginFailure.__table__])  # type: ignore[list-item]
+    with orm.Session(engine) as first, orm.Session(engine) as second:
+        racing, other = make_throttle(first, clock), make_throttle(second, clock)
+        attempt = racing.check("alice", A)
+
+        # The other worker records the first failure of the same keys between this
+        # worker's read and its insert.
+        @sa.event.listens_for(first, "before_flush", once=True)
+        def other_worker_first(*_: t.Any) -> None:
+            other.record_failure(other.check("alice", A))
+
+        racing.record_failure(attempt)
+        counts = second.scalars(
+            sa.select(LoginFailure.failures).execution_options(populate_existing=True)
+        )
+        assert sorted(counts) == [2, 2]
+    engine.dispose()
