@@ -30,6 +30,11 @@ UPSTREAM_RETRIES = 2
 #: The URL clients use to reach this application (token realm, image prefix, CI
 #: variables). ``None`` derives it from each request's host.
 EXTERNAL_URL: str | None = None
+#: How many reverse proxies sit in front of the app. With ``n > 0`` the whole WSGI app
+#: is wrapped in Werkzeug's ``ProxyFix``, and the last ``n`` entries of
+#: ``X-Forwarded-For``, ``-Proto`` and ``-Host`` give the client address (the login
+#: throttle's key), the scheme and the host (the token realm). ``0`` believes none of them.
+TRUSTED_PROXIES = 0
 #: Folder of the filesystem blob store. ``None`` means ``<instance folder>/dependency_proxy``.
 STORAGE_PATH: str | None = None
 #: Lifetime of a registry token, in seconds.
@@ -112,6 +117,7 @@ class ProxyConfig:
     upstream_read_timeout_seconds: float
     upstream_retries: int
     external_url: str | None
+    trusted_proxies: int
     storage_path: str
     token_ttl: int
     principal_recheck_seconds: float
@@ -238,6 +244,7 @@ _FIELDS: dict[str, Coerce] = {
     "upstream_read_timeout_seconds": _number(float, 0.001),
     "upstream_retries": _number(int, 0),
     "external_url": _optional(_url),
+    "trusted_proxies": _number(int, 0),
     "storage_path": _folder,
     "token_ttl": _number(int, 1),
     "principal_recheck_seconds": _number(float, 0),

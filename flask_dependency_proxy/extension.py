@@ -150,11 +150,15 @@ class DependencyProxy:
         )
 
         from .blueprints import registry, token
+        from .blueprints._registry_http import refuse_untrusted_host
         from .cli import cli
 
         if config.enabled:
             app.register_blueprint(registry.bp)
             app.register_blueprint(token.bp)
+            app.before_request(refuse_untrusted_host)
+        if config.trusted_proxies:
+            _trust_forwarded_headers(app, config.trusted_proxies)
         # -- pages, REST API and cache life cycle --
         from .blueprints import api, pages
 
@@ -172,6 +176,15 @@ class DependencyProxy:
     def create_all(self) -> None:
         """Create the extension's tables in the host's database (inside an app context)."""
         state(None).metadata.create_all()
+
+
+def _trust_forwarded_headers(app: Flask, proxies: int) -> None:
+    """Wrap the whole host app, so its own pages see the client's address and scheme too."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
+    )
 
 
 def state(app: Flask | None) -> ProxyState:

@@ -12,10 +12,16 @@ import pytest
 from flask import Flask
 
 from examples.platform import create_app
-from examples.platform.config import database_url, load_config, parse_env_value
+from examples.platform.config import (
+    MissingSecretKey,
+    database_url,
+    load_config,
+    parse_env_value,
+)
 from tests.platform_fixtures import platform_env_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GUNICORN_CONF = REPO_ROOT / "examples" / "gunicorn.conf.py"
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +45,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DEPENDENCY_PROXY_UPSTREAM_USERNAME", "true", "true"),
         ("DEPENDENCY_PROXY_STORAGE_PATH", "1", "1"),
         ("DEPENDENCY_PROXY_UPSTREAM_URL", "http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("DEPENDENCY_PROXY_TRUSTED_PROXIES", "1", 1),
     ],
 )
 def test_parse_env_value(key: str, raw: str, value: object) -> None:
@@ -77,6 +84,7 @@ def test_test_config_wins_over_the_environment(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://nowhere/db")
     monkeypatch.setenv("DEPENDENCY_PROXY_TOKEN_TTL", "120")
+    monkeypatch.setenv("SECRET_KEY", "from-env")
     app = Flask("examples.platform")
     load_config(
         app,
@@ -86,16 +94,67 @@ def test_test_config_wins_over_the_environment(
     assert app.config["DEPENDENCY_PROXY_TOKEN_TTL"] == 60
 
 
-def test_default_secret_key_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_without_secret_key_the_platform_refuses_to_start(tmp_path: Path) -> None:
     app = Flask("examples.platform", instance_path=str(tmp_path / "instance"))
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(MissingSecretKey, match="SECRET_KEY is not set.*environment variable"):
         load_config(app, {})
-    assert app.config["SECRET_KEY"]
-    assert "SECRET_KEY is not set" in caplog.text
+    with pytest.raises(MissingSecretKey):
+        load_config(app, {"SECRET_KEY": ""})
+
+
+def test_gunicorn_without_secret_key_exits_with_the_message(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in platform_env_keys()}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'gunicorn.sqlite3'}",
+        DEPENDENCY_PROXY_STORAGE_PATH=str(tmp_path / "store"),
+    )
+    env.pop("FLASK_DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF),
+         "--bind", "127.0.0.1:0", "--workers", "1", "examples.platform:create_app()"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", ["DEBUG", "TESTING"])
+def test_debug_and_testing_mode_use_a_random_key_per_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    keys = set()
+    for _ in range(2):
+        app = Flask("examples.platform", instance_path=str(tmp_path / "instance"))
+        with caplog.at_level(logging.WARNING):
+            load_config(app, {mode: True})
+        keys.add(app.config["SECRET_KEY"])
+    assert len(keys) == 2 and all(len(key) >= 32 for key in keys)
+    assert "SECRET_KEY is not set; using a random key" in caplog.text
     # The default database lives in the instance folder.
     assert app.config["SQLALCHEMY_DATABASE_URI"] == (
         f"sqlite:///{tmp_path / 'instance' / 'platform.sqlite3'}"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("registry.example.com", ["registry.example.com"]),
+        (" a.example , .b.example,", ["a.example", ".b.example"]),
+        ("", None),
+    ],
+)
+def test_trusted_hosts_from_the_environment(
+    tmp_path: Path, raw: str, expected: list[str] | None
+) -> None:
+    app = Flask("examples.platform")
+    load_config(
+        app,
+        {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}", "SECRET_KEY": "k"},
+        environ={"TRUSTED_HOSTS": raw, "DEPENDENCY_PROXY_TRUSTED_PROXIES": "2"},
+    )
+    assert app.config["TRUSTED_HOSTS"] == expected
+    assert app.config["DEPENDENCY_PROXY_TRUSTED_PROXIES"] == 2
 
 
 def test_a_role_setting_that_names_no_role_fails_at_startup(tmp_path: Path) -> None:
@@ -105,6 +164,7 @@ def test_a_role_setting_that_names_no_role_fails_at_startup(tmp_path: Path) -> N
             app,
             {
                 "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+                "SECRET_KEY": "k",
                 "DEPENDENCY_PROXY_ADMIN_ROLE": "boss",
             },
         )

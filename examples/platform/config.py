@@ -8,8 +8,13 @@
   long a request waits for a free pooled connection. With these two, a database that
   is down or refuses connections fails a request within seconds; a hung one is bounded
   by ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` under the gevent worker.
-* ``SECRET_KEY``: signs sessions (and the extension derives its token key from
-  it). The default is for development only and is logged as such.
+* ``SECRET_KEY`` (required): signs sessions, and the extension derives its token
+  key from it. Without it the app refuses to start, except in debug or testing mode,
+  where each process makes a random key of its own (sessions and registry tokens then
+  do not survive a restart and are not shared between processes).
+* ``TRUSTED_HOSTS``: comma-separated host names (Flask's ``TRUSTED_HOSTS``); requests
+  with another ``Host`` are refused. Needed behind a reverse proxy when
+  ``DEPENDENCY_PROXY_EXTERNAL_URL`` is not set (see the README).
 * ``PASSWORD_HASH_METHOD`` (``test_config`` only): Werkzeug's password hash
   method, ``scrypt`` by default.
 * ``DEPENDENCY_PROXY_*``: copied into ``app.config`` for the extension and for
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import typing as t
 from collections.abc import Mapping
 
@@ -27,7 +33,6 @@ from flask import Flask
 
 from .models import Role
 
-DEV_SECRET_KEY = "dev-only-not-secret"
 ENV_PREFIX = "DEPENDENCY_PROXY_"
 #: Keys whose values stay strings even when they look like numbers (a password
 #: of digits, a path called ``1``).
@@ -90,6 +95,33 @@ def _engine_options(app: Flask, environ: Mapping[str, str]) -> dict[str, t.Any]:
     return options
 
 
+class MissingSecretKey(RuntimeError):
+    """The platform was started for production without ``SECRET_KEY``."""
+
+
+def trusted_hosts(raw: str) -> list[str]:
+    """``"a.example, .b.example"`` → ``["a.example", ".b.example"]``."""
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def _secret_key(app: Flask) -> str:
+    """The configured key; in debug or testing mode a random one for this process."""
+    key = app.config.get("SECRET_KEY")
+    if key:
+        return t.cast(str, key)
+    if not (app.debug or app.testing):
+        raise MissingSecretKey(
+            "SECRET_KEY is not set. It signs sessions and registry tokens: set the"
+            " SECRET_KEY environment variable to a long random value, for example the"
+            ' output of: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+        )
+    app.logger.warning(
+        "SECRET_KEY is not set; using a random key for this process (debug or testing"
+        " mode). Sessions and registry tokens end when it exits."
+    )
+    return secrets.token_urlsafe(48)
+
+
 def load_config(
     app: Flask,
     test_config: Mapping[str, t.Any] | None = None,
@@ -98,6 +130,7 @@ def load_config(
     """Fill ``app.config``: defaults, then the environment, then ``test_config``.
 
     :raises ValueError: for a role setting that names no role.
+    :raises MissingSecretKey: without ``SECRET_KEY`` outside debug and testing mode.
     """
     overrides = dict(test_config or {})
     app.config.update(
@@ -109,6 +142,8 @@ def load_config(
             app.config[key] = parse_env_value(key, raw)
     if "SECRET_KEY" in environ:
         app.config["SECRET_KEY"] = environ["SECRET_KEY"]
+    if "TRUSTED_HOSTS" in environ:
+        app.config["TRUSTED_HOSTS"] = trusted_hosts(environ["TRUSTED_HOSTS"]) or None
 
     url = (
         overrides.pop("DATABASE_URL", None)
@@ -123,13 +158,7 @@ def load_config(
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app, environ))
 
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = DEV_SECRET_KEY
-    if app.config["SECRET_KEY"] == DEV_SECRET_KEY:
-        app.logger.warning(
-            "SECRET_KEY is not set; using a development key. Sessions and registry"
-            " tokens can be forged. Set SECRET_KEY to a long random value."
-        )
+    app.config["SECRET_KEY"] = _secret_key(app)
 
     for key in ("DEPENDENCY_PROXY_MIN_READ_ROLE", "DEPENDENCY_PROXY_ADMIN_ROLE"):
         if key in app.config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Response, current_app, json, request
+from werkzeug.exceptions import SecurityError
 
 from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ..errors import ErrorCode, RegistryError
@@ -15,10 +16,19 @@ log = logging.getLogger("flask_dependency_proxy")
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 #: The ``service`` of the token challenge, as docker clients echo it back to /jwt/auth.
 SERVICE = "dependency_proxy"
+#: Registry clients would take a JSON error served as ``text/html`` for a page.
+NOSNIFF_HEADER = ("X-Content-Type-Options", "nosniff")
+#: Paths the registry and token blueprints answer, for errors raised before routing.
+_REGISTRY_PATHS = ("/v2", "/jwt/auth")
 
 
 def external_url() -> str:
-    """The URL clients reach this app at: configured, or derived from the request."""
+    """The URL clients reach this app at: configured, or derived from the request.
+
+    Derived, it is the request's scheme and Host, which ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` set only with ``DEPENDENCY_PROXY_TRUSTED_PROXIES`` (through
+    ``ProxyFix``), and which Flask has checked against ``TRUSTED_HOSTS`` when that is set.
+    """
     configured = state(None).config.external_url
     return configured or request.host_url.rstrip("/")
 
@@ -80,5 +90,28 @@ def handle_unexpected(error: Exception) -> Response:
 
 
 def add_api_version(response: Response) -> Response:
+    """The headers of every registry and token response: the API version, and ``nosniff``."""
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    response.headers[NOSNIFF_HEADER[0]] = NOSNIFF_HEADER[1]
     return response
+
+
+def is_registry_path(path: str) -> bool:
+    return any(path == prefix or path.startswith(f"{prefix}/") for prefix in _REGISTRY_PATHS)
+
+
+def refuse_untrusted_host() -> Response | None:
+    """App-wide ``before_request``: a Host outside ``TRUSTED_HOSTS`` on a registry path gets
+    a registry error instead of Flask's HTML page.
+
+    Flask finds the untrusted Host before routing, so no blueprint handler sees it; other
+    paths keep the host app's own answer.
+    """
+    if isinstance(request.routing_exception, SecurityError) and is_registry_path(request.path):
+        error = RegistryError(
+            ErrorCode.DENIED,
+            "the Host header names a host this registry does not serve",
+            status=400,
+        )
+        return add_api_version(error_response(error))
+    return None
