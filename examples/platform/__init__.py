@@ -16,13 +16,19 @@ from __future__ import annotations
 import typing as t
 from collections.abc import Mapping
 
-from flask import Flask
+from flask import Flask, Response
 
 from . import auth, cli, views
 from .config import load_config
 from .extensions import db, proxy
 
 __all__ = ["create_app", "db", "proxy"]
+
+#: No page of the platform may be framed: its one-click forms would be clickjackable.
+FRAMING_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
 
 
 def create_app(test_config: Mapping[str, t.Any] | None = None) -> Flask:
@@ -34,4 +40,11 @@ def create_app(test_config: Mapping[str, t.Any] | None = None) -> Flask:
     views.init_app(app)
     proxy.init_app(app)
     cli.init_app(app)
+    app.after_request(forbid_framing)
     return app
+
+
+def forbid_framing(response: Response) -> Response:
+    for name, value in FRAMING_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response

@@ -127,6 +127,17 @@ def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
     )
 
 
+@bp.after_request
+def _forbid_framing(response: Response) -> Response:
+    """The pages' one-click forms (disable, clear cache) must not be clickjackable."""
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    policies = " ".join(response.headers.getlist("Content-Security-Policy"))
+    if "frame-ancestors" not in policies:
+        # A second policy only adds restrictions to one the host may have set.
+        response.headers.add("Content-Security-Policy", "frame-ancestors 'none'")
+    return response
+
+
 _UNAVAILABLE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Service unavailable</title></head>
 <body><h1>Service unavailable</h1>
