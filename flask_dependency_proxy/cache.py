@@ -11,6 +11,8 @@ turns the returned records into responses.
   connection back in the pool, before any upstream request, retry or wait for a fetch.
 - While the database is unavailable, a blob this worker recently served or recorded for
   the group is still served from the store; last-read bookkeeping waits for it.
+- New content (a manifest or blob the group does not hold) passes the size checks of
+  :mod:`.quota` first; cached content is always served.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import typing as t
 
 from .database import DatabaseUnavailable
 from .errors import ErrorCode, RegistryError, storage_unavailable
-from .inflight import BlobFetcher
+from .inflight import BlobFetcher, BlobTooLarge
+from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
+from .quota import QuotaPolicy, Quotas, blob_too_large
 from .reference import ProxyPath, is_digest
 from .storage import FilesystemStore, StorageError
 from .upstream import (
@@ -95,6 +99,8 @@ class PullThroughCache:
 
     :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
     :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
+    :param max_blob_size: largest blob fetched, in bytes; ``0`` sets no limit.
+    :param quota_policy: what new content does to a group over its size limit.
     """
 
     def __init__(
@@ -106,6 +112,8 @@ class PullThroughCache:
         fetcher: BlobFetcher,
         tag_check_interval: float = 0,
         serve_stale_on_not_found: bool = False,
+        max_blob_size: int = 0,
+        quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
         clock: t.Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -118,6 +126,12 @@ class PullThroughCache:
         self.database = metadata.database
         self.recent_blobs = _RecentBlobs()
         self._bookkeeping_failed = False
+        self.quotas = Quotas(
+            QuotaRecords(lambda: metadata.session),
+            policy=quota_policy,
+            max_blob_size=max_blob_size,
+            flush_reads=lambda: metadata.flush_reads(force=True),
+        )
 
     # -- manifests -----------------------------------------------------------------
 
@@ -138,6 +152,7 @@ class PullThroughCache:
             ErrorCode.MANIFEST_UNKNOWN,
         )
         with self.database.phase("saving a manifest"):
+            self.quotas.admit_manifest(group_id, manifest.digest, manifest.content)
             record = self.metadata.save_manifest(
                 group_id,
                 path.image,
@@ -195,6 +210,7 @@ class PullThroughCache:
                 raise _translate(exc, ErrorCode.MANIFEST_UNKNOWN) from exc
             digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
         with self.database.phase("saving a manifest"):
+            self.quotas.admit_manifest(group_id, digest, content)
             record = self.metadata.save_manifest(
                 group_id, path.image, tag, digest=digest, media_type=media_type, content=content
             )
@@ -210,6 +226,8 @@ class PullThroughCache:
 
         repository = path.upstream_repository
         size = self.store.size(digest)
+        with self.database.phase("checking the quota"):
+            self.quotas.admit_blob(group_id, digest, size)
         if size is not None:
             # Another group cached these bytes. This group may only have them if its
             # upstream serves them to it: a HEAD settles that without a download.
@@ -243,6 +261,7 @@ class PullThroughCache:
         size = self._call_upstream(
             lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
         )
+        self.quotas.check_blob_size(digest, size)
         return t.cast("int | None", size)
 
     def _held_blob_size(self, group_id: int, digest: str, *, touch: bool) -> int | None:
@@ -324,6 +343,8 @@ def _result(record: ManifestRecord, stale: bool = False) -> ManifestResult:
 
 
 def _translate(exc: UpstreamError, not_found: ErrorCode) -> RegistryError:
+    if isinstance(exc, BlobTooLarge):
+        return blob_too_large(exc.digest, exc.size, exc.limit)
     if isinstance(exc, UpstreamNotFound):
         return RegistryError(not_found)
     if isinstance(exc, UpstreamDigestMismatch):

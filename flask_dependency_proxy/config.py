@@ -101,6 +101,15 @@ CLEANUP_BATCH_SIZE = 500
 CLEANUP_FILE_GRACE_SECONDS = 600
 #: Seconds after a purge during which another purge of the same group answers 409.
 PURGE_COOLDOWN_SECONDS = 3600
+# -- quotas ----------------------------------------------------------------------------
+#: Largest blob fetched from upstream, in bytes; larger ones are refused (403 ``DENIED``).
+#: The default, 10 GiB, passes the largest layers of common images (CUDA, ML
+#: frameworks) and stops a single pull from filling a disk. ``0`` sets no limit.
+MAX_BLOB_SIZE = 10 * 1024**3
+#: What new content does to a group over its size limit: ``evict`` marks the group's
+#: least recently pulled manifests and blobs for deletion to make room; ``refuse``
+#: answers 403 ``DENIED``. Cached content is served either way.
+QUOTA_POLICY = "evict"
 
 _PREFIX = "DEPENDENCY_PROXY_"
 
@@ -140,6 +149,9 @@ class ProxyConfig:
     cleanup_batch_size: int
     cleanup_file_grace_seconds: float
     purge_cooldown_seconds: float
+    # -- quotas --
+    max_blob_size: int
+    quota_policy: str
 
 
 class ConfigError(ValueError):
@@ -228,6 +240,15 @@ _MIN_CHUNK = 4096
 _MAX_CHUNK = 64 * 1024 * 1024
 
 
+def _choice(*allowed: str) -> Coerce:
+    def coerce(key: str, value: t.Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}.")
+        return value.lower()
+
+    return coerce
+
+
 def _location(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
@@ -266,6 +287,8 @@ _FIELDS: dict[str, Coerce] = {
     "cleanup_batch_size": _number(int, 1),
     "cleanup_file_grace_seconds": _number(float, 0),
     "purge_cooldown_seconds": _number(float, 0),
+    "max_blob_size": _number(int, 0),
+    "quota_policy": _choice("evict", "refuse"),
 }
 
 

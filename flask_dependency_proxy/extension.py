@@ -13,6 +13,7 @@ from .database import DatabaseGuard
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
+from .quota import QuotaPolicy
 from .storage import FilesystemStore
 from .throttle import LoginThrottle
 from .tokencache import SharedTokenFiles
@@ -113,6 +114,7 @@ class DependencyProxy:
             store,
             start_timeout=config.upstream_read_timeout_seconds,
             resume_attempts=config.upstream_retries,
+            max_blob_size=config.max_blob_size,
         )
         cache = PullThroughCache(
             store=store,
@@ -121,6 +123,8 @@ class DependencyProxy:
             fetcher=fetcher,
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
+            max_blob_size=config.max_blob_size,
+            quota_policy=QuotaPolicy(config.quota_policy),
         )
         throttle = LoginThrottle(
             lambda: self.db.session,

@@ -60,12 +60,15 @@ class FetchFailed(Exception):
 
     @property
     def reason(self) -> str:
-        """``storage``, ``digest_mismatch`` or ``upstream``: what broke the fetch."""
+        """``storage``, ``digest_mismatch``, ``too_large`` or ``upstream``: what broke
+        the fetch."""
         cause = self.__cause__
         if isinstance(cause, StorageError):
             return "storage"
         if isinstance(cause, UpstreamDigestMismatch):
             return "digest_mismatch"
+        if isinstance(cause, BlobTooLarge):
+            return "too_large"
         return "upstream"
 
 
@@ -74,6 +77,24 @@ class UpstreamSizeError(UpstreamError):
 
     Not resumed: the fetch is aborted before the extra bytes are written.
     """
+
+
+class BlobTooLarge(UpstreamError):
+    """The blob is larger than ``DEPENDENCY_PROXY_MAX_BLOB_SIZE``: refused before a byte
+    is written when upstream announces its size, cut off (never committed) when the
+    limit is only passed while it streams. Not resumed.
+
+    :param digest: the blob.
+    :param size: its size, when upstream announced it.
+    :param limit: the limit in bytes, for the message a client sees.
+    """
+
+    def __init__(self, digest: str, *, size: int | None, limit: int) -> None:
+        what = "while it streamed" if size is None else f"with {size} bytes"
+        super().__init__(f"blob {digest} passed the limit of {limit} bytes {what}")
+        self.digest = digest
+        self.size = size
+        self.limit = limit
 
 
 class Fetch(t.Protocol):
@@ -248,14 +269,21 @@ class BlobFetcher:
     :param store: where verified blobs are committed.
     :param start_timeout: seconds a client waits for upstream's first answer.
     :param resume_attempts: range requests made to finish a transfer that broke off.
+    :param max_blob_size: largest blob fetched, in bytes; ``0`` sets no limit.
     """
 
     def __init__(
-        self, store: FilesystemStore, *, start_timeout: float = 60.0, resume_attempts: int = 2
+        self,
+        store: FilesystemStore,
+        *,
+        start_timeout: float = 60.0,
+        resume_attempts: int = 2,
+        max_blob_size: int = 0,
     ) -> None:
         self.store = store
         self.start_timeout = start_timeout
         self.resume_attempts = resume_attempts
+        self.max_blob_size = max_blob_size
         self._fetches: dict[str, LocalFetch] = {}
         self._lock = threading.Lock()
 
@@ -329,6 +357,7 @@ class BlobFetcher:
         try:
             stream = open_upstream(0)
             try:
+                self._check_size(fetch.digest, stream.size)
                 self._check_space(fetch, stream.size)
                 staging_path, file = self.store.create_staging(fetch.digest)
             except BaseException:
@@ -370,6 +399,15 @@ class BlobFetcher:
                 self._fetches.pop(fetch.digest, None)
                 _unlock(lock_path, lock_fd)
 
+    def _check_size(self, digest: str, size: int | None) -> None:
+        """Refuse a blob whose announced ``size`` exceeds the limit, before a byte is
+        written (the client gets a clean error, not a broken transfer).
+
+        :raises BlobTooLarge:
+        """
+        if size is not None and self.max_blob_size and size > self.max_blob_size:
+            raise BlobTooLarge(digest, size=size, limit=self.max_blob_size)
+
     def _check_space(self, fetch: LocalFetch, size: int | None) -> None:
         """Refuse a blob of announced ``size`` that the store has no room for, counting
         what this process's other fetches still have to write.
@@ -408,6 +446,7 @@ class BlobFetcher:
 
         :raises StorageError: a write failed; never retried upstream.
         :raises UpstreamSizeError: upstream sent more than it announced.
+        :raises BlobTooLarge: upstream announced no size and sent more than the limit.
         """
         algorithm = fetch.digest.split(":", 1)[0]
         hasher = hashlib.new(algorithm)
@@ -416,14 +455,15 @@ class BlobFetcher:
         size = stream.size
         resumes = 0
         while True:
+            # One comparison per chunk: against the announced size (already checked
+            # against the limit), else against the limit itself.
+            bound = size if size is not None else (self.max_blob_size or None)
             try:
                 try:
                     for chunk in stream:
                         end = written + len(chunk)
-                        if size is not None and end > size:
-                            raise UpstreamSizeError(
-                                f"upstream sent more than the {size} bytes it announced"
-                            )
+                        if bound is not None and end > bound:
+                            raise self._overflow(fetch.digest, size)
                         try:
                             off_the_loop(_absorb, hasher, file, chunk)
                         except OSError as exc:
@@ -436,7 +476,7 @@ class BlobFetcher:
                     raise UpstreamError(f"upstream sent {written} of {size} bytes")
                 break
             except (OSError, UpstreamError, *_TRANSFER_ERRORS) as exc:
-                if isinstance(exc, UpstreamSizeError):
+                if isinstance(exc, UpstreamSizeError | BlobTooLarge):
                     raise
                 if resumes >= self.resume_attempts or isinstance(exc, UpstreamNotFound):
                     raise UpstreamError(
@@ -464,10 +504,21 @@ class BlobFetcher:
                         f"upstream announced {stream.size} bytes for {fetch.digest}, {size} before"
                     ) from exc
                 size = stream.size if stream.size is not None else size
+                try:
+                    self._check_size(fetch.digest, size)
+                except BlobTooLarge:
+                    stream.close()
+                    raise
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != fetch.digest:
             raise UpstreamDigestMismatch(f"upstream blob {fetch.digest} hashes to {actual}")
         return written
+
+    def _overflow(self, digest: str, size: int | None) -> UpstreamError:
+        """The error for a chunk that goes past the announced size, or the limit."""
+        if size is not None:
+            return UpstreamSizeError(f"upstream sent more than the {size} bytes it announced")
+        return BlobTooLarge(digest, size=None, limit=self.max_blob_size)
 
 
 def _absorb(hasher: t.Any, file: t.BinaryIO, chunk: bytes) -> None:
@@ -552,6 +603,8 @@ def _error_kind(exc: BaseException) -> str:
         return "not_found"
     if isinstance(exc, UpstreamDigestMismatch):
         return "digest_mismatch"
+    if isinstance(exc, BlobTooLarge):
+        return f"too_large:{exc.limit}"
     return str(exc)[:200] or type(exc).__name__
 
 
@@ -569,6 +622,9 @@ def _error_from_state(digest: str, state: dict[str, t.Any]) -> Exception | None:
         )
     if kind == "digest_mismatch":
         return UpstreamDigestMismatch(f"upstream blob {digest} does not match its digest")
+    if isinstance(kind, str) and kind.startswith("too_large:") and kind[10:].isdigit():
+        limit = int(kind[10:])
+        return BlobTooLarge(digest, size=state.get("size"), limit=limit)
     return UpstreamError(f"upstream fetch of {digest} failed: {kind}")
 
 

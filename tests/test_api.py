@@ -361,6 +361,79 @@ def test_settings_body_must_be_a_json_object(
     json_error(response, status)
 
 
+def test_size_limit_read_and_update_with_the_usage(env: Env) -> None:
+    org = env.world.group_ids["org"]
+    client = env.client()
+    url = f"{API}/org/dependency_proxy/settings"
+    body = client.get(url, headers=env.auth()).get_json()
+    assert body["quota"] == {"limit_bytes": None, "used_bytes": 0, "policy": "evict"}
+
+    manifest = lf.add_manifest(org, "app", "1")
+    lf.add_blob(org, b"b" * 5000)
+    lf.add_blob(org, b"p" * 700, status=Status.PENDING_DESTRUCTION)  # not served: not counted
+    lf.add_blob(env.world.group_ids["other"], b"o" * 900)  # another group's
+    used = manifest.size + 5000
+
+    response = client.put(url, json={"quota": {"limit_bytes": 10_000}}, headers=env.auth())
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["quota"] == {
+        "limit_bytes": 10_000,
+        "used_bytes": used,
+        "policy": "evict",
+    }
+    assert client.get(url, headers=env.auth()).get_json() == response.get_json()
+    assert response.get_json()["enabled"] is False  # other fields stay as they are
+
+    response = client.put(
+        url, json={"enabled": True, "quota": {"limit_bytes": None}}, headers=env.auth()
+    )
+    assert response.get_json()["quota"]["limit_bytes"] is None
+    assert response.get_json()["enabled"] is True
+
+
+def test_size_limit_policy_is_the_instances(make_env: t.Callable[..., Env]) -> None:
+    refusing = make_env(DEPENDENCY_PROXY_QUOTA_POLICY="refuse")
+    body = (
+        refusing.client()
+        .get(f"{API}/org/dependency_proxy/settings", headers=refusing.auth())
+        .get_json()
+    )
+    assert body["quota"]["policy"] == "refuse"
+
+
+@pytest.mark.parametrize(
+    "quota",
+    [-1, 0, "1000", "10 GiB", 1.5, 1e3, True, 2**50 + 1, 10**30, [1000], {"limit": 5}],
+    ids=repr,
+)
+def test_size_limit_values_are_validated(env: Env, quota: t.Any) -> None:
+    url = f"{API}/org/dependency_proxy/settings"
+    body = {"quota": quota if isinstance(quota, dict) else {"limit_bytes": quota}}
+    response = env.client().put(url, json=body, headers=env.auth())
+    json_error(response, 400)
+    assert any(key.startswith("quota.") for key in response.get_json()["errors"])
+    assert env.client().get(url, headers=env.auth()).get_json()["quota"]["limit_bytes"] is None
+
+
+@pytest.mark.parametrize("quota", ["big", None, 5])
+def test_size_limit_must_be_an_object(env: Env, quota: t.Any) -> None:
+    response = env.client().put(
+        f"{API}/org/dependency_proxy/settings", json={"quota": quota}, headers=env.auth()
+    )
+    json_error(response, 400)
+    assert "quota" in response.get_json()["errors"]
+
+
+def test_usage_cannot_be_set(env: Env) -> None:
+    response = env.client().put(
+        f"{API}/org/dependency_proxy/settings",
+        json={"quota": {"used_bytes": 0}},
+        headers=env.auth(),
+    )
+    json_error(response, 400)
+    assert response.get_json()["errors"] == {"quota.used_bytes": "cannot be set"}
+
+
 # -- listings and pagination ----------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+import requests
 from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
@@ -316,3 +317,93 @@ def test_odd_page_numbers_show_the_first_page(owner_app: t.Callable[..., Flask])
     login(client, OWNER.username, OWNER.password)
     for page in ("abc", "0", "-1", "²", "99999999999"):
         assert client.get(PAGE, query_string={"page": page}).status_code == 200
+
+
+@pytest.mark.e2e
+def test_owner_sets_the_size_limit_and_sees_the_usage(
+    browser: Browser,
+    live: Platform,
+    upstream: Registry,
+    skopeo: Skopeo,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    repository = f"pages/{unique_name}"
+    pushed = images.push(
+        images.build_image(unique_name, layer_sizes=(200_000,)),
+        upstream,
+        repository,
+        "1.0",
+        workdir=tmp_path,
+    )
+    document = json.loads(pushed.manifest)
+    used = len(pushed.manifest) + sum(d["size"] for d in [document["config"], *document["layers"]])
+
+    context = new_context(browser, live)
+    page = context.new_page()
+    page.goto(PAGE)
+    sign_in(page, OWNER)
+    page.wait_for_url(f"**{PAGE}")
+    usage = page.locator("#dependency-proxy-usage")
+    expect(usage).to_contain_text("0 bytes cached; no size limit.")
+    page.click("text=Enable the Dependency Proxy")
+
+    checks.ok(skopeo.login(live.host, OWNER.username, OWNER.password))
+    checks.ok(skopeo.copy_to_dir(live.image(GROUP, repository, "1.0"))[0])
+
+    page.reload()
+    expect(usage).to_contain_text(f"{human_size(used)} cached; no size limit.")
+    assert usage.get_attribute("data-used") == str(used)
+
+    field = page.locator("input[name=size_limit]")
+    field.fill("1 MiB")
+    page.click("text=Save size limit")
+    expect(flash(page)).to_contain_text("Size limit saved: 1 MiB.")
+    expect(usage).to_contain_text(
+        f"{human_size(used)} of 1.0 MiB used ({used * 100 // 1024**2} %)."
+    )
+    expect(field).to_have_value("1 MiB")
+    expect(page.locator("#dependency-proxy-quota")).to_contain_text(
+        "the least recently pulled cached items are removed"
+    )
+
+    # A bad value is a form error and changes nothing.
+    field.fill("-5 GiB")
+    page.click("text=Save size limit")
+    expect(flash(page)).to_contain_text("The size limit must be a size such as 500 MiB")
+    expect(field).to_have_value("1 MiB")
+
+    # The API shows what the page set.
+    token = live.flask("token", "create", OWNER.username, "--scopes", "api").stdout.split()[-1]
+    body = requests.get(
+        f"{live.url}/api/v4/groups/{GROUP}/dependency_proxy/settings",
+        headers={"PRIVATE-TOKEN": token},
+        timeout=30,
+    ).json()
+    assert body["quota"] == {"limit_bytes": 1024**2, "used_bytes": used, "policy": "evict"}
+
+    field.fill("")
+    page.click("text=Save size limit")
+    expect(flash(page)).to_contain_text("Size limit removed")
+    expect(usage).to_contain_text("no size limit")
+    context.close()
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "-5", "abc", "5 MB", "1.5", "1025 TiB", "9" * 40, "²", "1 GiB; drop"]
+)
+def test_size_limit_values_are_validated(owner_app: t.Callable[..., Flask], value: str) -> None:
+    client = owner_app().test_client()
+    login(client, OWNER.username, OWNER.password)
+    page = client.get(PAGE).get_data(as_text=True)
+    token = page.split('name="dependency_proxy_csrf_token" value="', 1)[1].split('"', 1)[0]
+    response = client.post(
+        f"{PAGE}/quota",
+        data={"size_limit": value, "dependency_proxy_csrf_token": token},
+        follow_redirects=True,
+    )
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert "The size limit must be a size such as 500 MiB or 20 GiB" in body
+    assert 'name="size_limit" value=""' in body
+    assert "no size limit" in body

@@ -9,7 +9,9 @@ default). Answers and errors are JSON; errors carry a ``message``.
 
 - ``DELETE cache``: 202, schedules the group's cache for deletion; 409 within the
   purge cooldown.
-- ``GET``/``PUT settings``: ``{"enabled", "cleanup_policy": {"enabled", "days"}}``.
+- ``GET``/``PUT settings``: ``{"enabled", "cleanup_policy": {"enabled", "days"},
+  "quota": {"limit_bytes"}}``; ``limit_bytes`` is ``null`` for no limit. Answers also
+  carry ``quota.used_bytes`` and the instance's ``quota.policy``.
 - ``GET manifests`` and ``GET blobs``: ``page`` and ``per_page`` (at most 100), with
   ``X-Total``, ``X-Total-Pages``, ``X-Page``, ``X-Per-Page``, ``X-Next-Page``,
   ``X-Prev-Page`` and ``Link`` headers.
@@ -44,7 +46,9 @@ from ..models.admin import (
     Page,
     Settings,
 )
+from ..models.quota import QuotaRecords
 from ..models.tables import Status, utcnow
+from ..quota import MAX_GROUP_LIMIT_BYTES
 from ..reference import GROUP_PATH_RE
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
@@ -220,6 +224,7 @@ def _time(moment: dt.datetime | None) -> str | None:
 
 
 def _settings_body(group: Group, settings: Settings) -> dict[str, t.Any]:
+    quota = QuotaRecords(lambda: state(None).metadata.session)
     return {
         "group_id": group.id,
         "group_full_path": group.full_path,
@@ -227,6 +232,11 @@ def _settings_body(group: Group, settings: Settings) -> dict[str, t.Any]:
         "image_prefix": image_prefix(group),
         "cleanup_policy": {"enabled": settings.cleanup_enabled, "days": settings.cleanup_days},
         "cache_cleared_at": _time(settings.purged_at),
+        "quota": {
+            "limit_bytes": quota.limit(group.id),
+            "used_bytes": quota.usage(group.id),
+            "policy": state(None).config.quota_policy,
+        },
     }
 
 
@@ -324,7 +334,7 @@ def _parse_settings(data: t.Any) -> dict[str, t.Any]:
     errors: dict[str, str] = {}
     changes: dict[str, t.Any] = {}
     for key in data:
-        if key not in ("enabled", "cleanup_policy"):
+        if key not in ("enabled", "cleanup_policy", "quota"):
             errors[str(key)[:100]] = "unknown field"
     if "enabled" in data:
         if _strict_bool(data["enabled"]) is None:
@@ -356,6 +366,8 @@ def _parse_settings(data: t.Any) -> dict[str, t.Any]:
                     )
                 else:
                     changes["cleanup_days"] = days
+    if "quota" in data:
+        _parse_quota(data["quota"], changes, errors)
     if errors:
         fields = ", ".join(sorted(errors))
         raise ApiError(400, f"400 Bad request - invalid fields: {fields}", errors=errors)
@@ -363,9 +375,36 @@ def _parse_settings(data: t.Any) -> dict[str, t.Any]:
         raise ApiError(
             400,
             "400 Bad request - give at least one of enabled, cleanup_policy.enabled,"
-            " cleanup_policy.days",
+            " cleanup_policy.days, quota.limit_bytes",
         )
     return changes
+
+
+def _parse_quota(quota: t.Any, changes: dict[str, t.Any], errors: dict[str, str]) -> None:
+    """``{"limit_bytes": N}`` (``null`` lifts the limit) into ``changes["size_limit"]``."""
+    if not isinstance(quota, dict):
+        errors["quota"] = "must be an object with limit_bytes"
+        return
+    for key in quota:
+        if key != "limit_bytes":
+            errors[f"quota.{str(key)[:100]}"] = (
+                "unknown field" if key not in ("used_bytes", "policy") else "cannot be set"
+            )
+    if "limit_bytes" not in quota:
+        return
+    limit = quota["limit_bytes"]
+    if limit is None:
+        changes["size_limit"] = None
+    elif (
+        not isinstance(limit, int)
+        or isinstance(limit, bool)
+        or not 1 <= limit <= MAX_GROUP_LIMIT_BYTES
+    ):
+        errors["quota.limit_bytes"] = (
+            f"must be null (no limit) or a whole number of bytes from 1 to {MAX_GROUP_LIMIT_BYTES}"
+        )
+    else:
+        changes["size_limit"] = limit
 
 
 def _json_body() -> t.Any:
@@ -420,12 +459,17 @@ def settings(group_ref: str) -> Response:
     # The body is read between two phases: a slow client holds no connection.
     changes = _parse_settings(_json_body())
     with proxy.database.phase("API settings update"):
-        updated = admin.update_settings(
-            group.id, proxy.config.group_default_enabled, utcnow(), **changes
-        )
+        if "size_limit" in changes:
+            QuotaRecords(lambda: proxy.metadata.session).set_limit(
+                group.id, changes.pop("size_limit"), proxy.config.group_default_enabled, utcnow()
+            )
+        if changes:
+            admin.update_settings(group.id, proxy.config.group_default_enabled, utcnow(), **changes)
+        updated = admin.settings(group.id, proxy.config.group_default_enabled)
+        body = _settings_body(group, updated)
     if "enabled" in changes:
         proxy.access.forget()
-    return _json(_settings_body(group, updated))
+    return _json(body)
 
 
 @bp.route(f"{_ROUTE}/manifests", methods=_ALL_METHODS)

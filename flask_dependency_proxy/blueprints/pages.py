@@ -10,8 +10,9 @@ and work without JavaScript; only the copy button needs it.
 What the templates get, for hosts that override them: ``base_template``, ``group``
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
-``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days`` and
-``max_days``, and ``clear.html`` gets ``stats`` and ``cooldown``. Flashed messages use
+``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
+``max_days`` and ``quota`` (:class:`QuotaView`), and ``clear.html`` gets ``stats`` and
+``cooldown``. Flashed messages use
 the categories ``info`` and ``error``.
 
 Each view runs as one database phase (:mod:`..database`). While the database is
@@ -21,6 +22,7 @@ need the database itself) with ``Retry-After``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hmac
@@ -53,7 +55,9 @@ from ..models.admin import (
     CacheAdmin,
     human_size,
 )
+from ..models.quota import QuotaRecords
 from ..models.tables import utcnow
+from ..quota import exact_size, parse_size
 from ..reference import GROUP_PATH_RE
 from ._registry_http import external_url
 
@@ -79,6 +83,28 @@ _NUMBER = re.compile(r"[0-9]{1,9}")
 
 class CsrfRejected(Exception):
     """A form came without the session's CSRF token."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotaView:
+    """The group's size limit as the page shows it.
+
+    :param limit: bytes, ``None`` for no limit; ``field`` is how the form shows it.
+    :param used: bytes of manifests and blobs the group has cached.
+    :param policy: ``evict`` or ``refuse``, the instance's setting.
+    """
+
+    limit: int | None
+    used: int
+    policy: str
+
+    @property
+    def field(self) -> str:
+        return "" if self.limit is None else exact_size(self.limit)
+
+    @property
+    def percent(self) -> int | None:
+        return None if not self.limit else min(999, self.used * 100 // self.limit)
 
 
 # -- CSRF --------------------------------------------------------------------------------
@@ -246,6 +272,8 @@ def show(group: Group) -> ResponseReturnValue:
     settings = admin.settings(group.id, proxy.config.group_default_enabled)
     stats = admin.stats(group.id)
     listing = admin.list_manifests(group.id, number, DEFAULT_PER_PAGE)
+    records = QuotaRecords(lambda: proxy.metadata.session)
+    quota = QuotaView(records.limit(group.id), records.usage(group.id), proxy.config.quota_policy)
     return _render(
         "dependency_proxy/group.html",
         group,
@@ -255,6 +283,7 @@ def show(group: Group) -> ResponseReturnValue:
         prefix=image_prefix(group),
         min_days=MIN_CLEANUP_DAYS,
         max_days=MAX_CLEANUP_DAYS,
+        quota=quota,
     )
 
 
@@ -297,6 +326,30 @@ def update_cleanup_policy(group: Group) -> ResponseReturnValue:
         flash(f"Cleanup policy saved: items not pulled for {days} days are deleted.", "info")
     else:
         flash("Cleanup policy saved: it is off.", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/quota")
+@_for_admins
+def update_quota(group: Group) -> ResponseReturnValue:
+    """Set the group's size limit from a size such as ``20 GiB``; empty lifts it."""
+    raw = request.form.get("size_limit", "").strip()
+    limit = parse_size(raw) if raw else None
+    if raw and limit is None:
+        flash(
+            "The size limit must be a size such as 500 MiB or 20 GiB (bytes, KiB, MiB, GiB"
+            " or TiB; at most 1024 TiB), or empty for no limit.",
+            "error",
+        )
+        return _back(group)
+    proxy = state(None)
+    QuotaRecords(lambda: proxy.metadata.session).set_limit(
+        group.id, limit, proxy.config.group_default_enabled, utcnow()
+    )
+    if limit is None:
+        flash("Size limit removed: the group may cache any amount.", "info")
+    else:
+        flash(f"Size limit saved: {exact_size(limit)}.", "info")
     return _back(group)
 
 

@@ -51,6 +51,8 @@ class GroupSettings(Base):
     cleanup_days: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=90)
     purged_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
     updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    #: Bytes of manifests and blobs the group may keep cached; ``NULL``: no limit.
+    size_limit_bytes: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
 
 
 class CachedManifest(Base):
