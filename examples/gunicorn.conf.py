@@ -50,3 +50,8 @@ access_log_format = (
 errorlog = "-"
 #: No control socket at a fixed per-user path: several platforms may run on one machine.
 control_socket_disable = True
+#: Which forwarded headers count is the app's decision alone
+#: (``DEPENDENCY_PROXY_TRUSTED_PROXIES``): gunicorn would otherwise take the scheme from
+#: ``X-Forwarded-Proto`` on every connection from 127.0.0.1, trusted or not.
+secure_scheme_headers: dict[str, str] = {}
+forwarded_allow_ips = ""
