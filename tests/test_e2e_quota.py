@@ -8,8 +8,11 @@ platform's own cleanup command tell what was kept.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import typing as t
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ import requests
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.httpserver import BackgroundServer
 from tests.support.platform import Platform
 from tests.support.registry import Registry
 
@@ -264,3 +268,96 @@ def test_max_blob_size_refuses_a_large_layer_before_fetching_it(
     response = requests.get(f"{url}/{small}", headers=headers, timeout=30)
     assert response.status_code == 200
     assert response.content == upstream.read_blob(small)
+
+
+class UnsizedBlobs:
+    """A relay in front of the real upstream that sends blob bodies without a
+    ``Content-Length`` (delimited by closing the connection), as some registries and
+    CDNs do."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urllib.parse.urlsplit(upstream_url)
+        assert parts.hostname and parts.port
+        self._target = (parts.hostname, parts.port)
+        self._http = BackgroundServer("unsized blob relay")
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    def start(self) -> UnsizedBlobs:
+        target = self._target
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                connection = http.client.HTTPConnection(*target, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                connection.request(self.command, self.path, headers=headers)
+                response = connection.getresponse()
+                unsized = self.command == "GET" and "/blobs/" in self.path
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() in ("connection", "transfer-encoding"):
+                        continue
+                    if unsized and key.lower() == "content-length":
+                        continue
+                    self.send_header(key, value)
+                self.end_headers()
+                while chunk := response.read(64 * 1024):
+                    self.wfile.write(chunk)
+                connection.close()
+
+            do_GET = do_HEAD = _relay
+
+            def log_message(self, format: str, *args: t.Any) -> None:
+                pass
+
+        self._http.start(Handler)
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()
+
+
+@pytest.fixture
+def unsized_upstream(upstream: Registry) -> t.Iterator[UnsizedBlobs]:
+    relay = UnsizedBlobs(upstream.url).start()
+    yield relay
+    relay.stop()
+
+
+def test_max_blob_size_cuts_off_a_blob_whose_size_upstream_does_not_announce(
+    platform_factory: t.Callable[..., Platform],
+    upstream: Registry,
+    unsized_upstream: UnsizedBlobs,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    platform = platform_factory(
+        unsized_upstream.url, extra_env={"DEPENDENCY_PROXY_MAX_BLOB_SIZE": "500000"}
+    )
+    pushed = _push(upstream, unique_name, (100_000, 800_000), tmp_path)
+    small, large = pushed.layer_digests
+    headers = platform.bearer(PULLER.username, PULLER.password, GROUP, pushed.repository)
+    url = f"{platform.url}/v2/{platform.repository(GROUP, pushed.repository)}/blobs"
+
+    for _attempt in range(2):  # the cut-off blob was not kept: refused again
+        mark = upstream.mark()
+        try:
+            response = requests.get(f"{url}/{large}", headers=headers, timeout=30)
+        except requests.exceptions.ChunkedEncodingError:
+            pass  # a broken transfer: what the client sees once bytes were sent
+        else:
+            # Never a complete 200: an error, or a body short of the blob.
+            assert response.status_code != 200 or len(response.content) < 500_000, (
+                response.status_code,
+                len(response.content),
+            )
+        assert upstream.count("GET", kind="blobs", reference=large, since=mark) == 1
+        assert platform.store_files_for(large) == []
+
+    # A blob under the limit with no announced size is fetched and kept.
+    response = requests.get(f"{url}/{small}", headers=headers, timeout=30)
+    assert response.status_code == 200
+    assert response.content == upstream.read_blob(small)
+    assert platform.store_files_for(small)
