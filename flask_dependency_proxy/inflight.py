@@ -391,6 +391,10 @@ class BlobFetcher:
                 failure["path"] = exc.path
             with contextlib.suppress(StorageError):
                 _publish(lock_fd, failure)
+            # Gone before any reader hears of the failure.
+            if staging_path is not None:
+                self.store.discard(staging_path)
+                staging_path = None
             fetch.update(error=exc, finished=True)
         finally:
             if staging_path is not None:

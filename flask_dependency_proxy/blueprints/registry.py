@@ -21,7 +21,8 @@ from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..extension import state
 from ..host import Group, Principal
-from ..inflight import FetchFailed
+from ..inflight import BlobTooLarge, FetchFailed
+from ..quota import blob_too_large
 from ..reference import ProxyPath, parse_proxy_path, validate_digest, validate_reference
 from ._registry_http import (
     add_api_version,
@@ -231,6 +232,9 @@ def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
         log.warning("transfer of %s failed before the first byte: %s", digest, exc)
         if exc.reason == "storage":
             raise storage_unavailable() from exc
+        if isinstance(exc.__cause__, BlobTooLarge):
+            cause = exc.__cause__
+            raise blob_too_large(cause.digest, cause.size, cause.limit) from exc
         message = {
             "digest_mismatch": "upstream sent content that does not match its digest",
         }.get(exc.reason, "the upstream transfer failed")
