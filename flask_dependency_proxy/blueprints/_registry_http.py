@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Response, current_app, json, request
 from werkzeug.exceptions import SecurityError
@@ -102,16 +103,35 @@ def is_registry_path(path: str) -> bool:
 
 def refuse_untrusted_host() -> Response | None:
     """App-wide ``before_request``: a Host outside ``TRUSTED_HOSTS`` on a registry path gets
-    a registry error instead of Flask's HTML page.
+    a registry error instead of Flask's HTML page, and so does a scheme or Host that
+    cannot make the token realm (a trusted proxy forwarding ``ftp``, or a Host with a
+    quote in it) when the realm is derived from the request.
 
     Flask finds the untrusted Host before routing, so no blueprint handler sees it; other
     paths keep the host app's own answer.
     """
-    if isinstance(request.routing_exception, SecurityError) and is_registry_path(request.path):
-        error = RegistryError(
-            ErrorCode.DENIED,
-            "the Host header names a host this registry does not serve",
-            status=400,
-        )
-        return add_api_version(error_response(error))
-    return None
+    if not is_registry_path(request.path):
+        return None
+    if isinstance(request.routing_exception, SecurityError):
+        message = "the Host header names a host this registry does not serve"
+    elif state(None).config.external_url is None and not _usable_for_realm(
+        request.scheme, request.host
+    ):
+        message = "the request's scheme or Host header cannot be a registry URL"
+    else:
+        return None
+    return add_api_version(error_response(RegistryError(ErrorCode.DENIED, message, status=400)))
+
+
+#: A DNS name or an IPv4 address, or an IPv6 address in brackets, with an optional port.
+_REALM_HOST = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>\d{1,5}))?"
+)
+
+
+def _usable_for_realm(scheme: str, host: str) -> bool:
+    match = _REALM_HOST.fullmatch(host)
+    if scheme not in ("http", "https") or match is None:
+        return False
+    port = match["port"]
+    return port is None or 0 < int(port) <= 65535
