@@ -5,7 +5,8 @@
   pull asks upstream again (and brings a row back to life if it pulls the same content).
   Another purge of the group within ``PURGE_COOLDOWN_SECONDS`` is refused.
 - **Cleanup** applies each group's policy (marks rows last read more than N days ago),
-  deletes marked rows in batches, then deletes blob files that no row references.
+  deletes marked rows in batches, then deletes blob files that no row references, and
+  forgets failed-login counts whose window has ended.
 
 Blob files are content-addressed and shared by groups, so a file goes only when no
 row of any group, in any status, references its digest. Pulls run meanwhile, and two
@@ -114,6 +115,8 @@ class CleanupReport:
     bytes_deleted: int = 0
     #: Staging files of fetches that died with their process.
     staging_removed: int = 0
+    #: Failed-login counts whose window had ended.
+    login_failures_forgotten: int = 0
 
     def summary(self) -> str:
         return (
@@ -143,6 +146,7 @@ class Lifecycle:
         purge_cooldown_seconds: float,
         batch_size: int,
         file_grace_seconds: float,
+        login_failure_window_seconds: float = 300,
         clock: Clock = utcnow,
     ) -> None:
         self.admin = admin
@@ -151,6 +155,7 @@ class Lifecycle:
         self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
         self.batch_size = batch_size
         self.file_grace = dt.timedelta(seconds=file_grace_seconds)
+        self.login_failure_window = dt.timedelta(seconds=login_failure_window_seconds)
         self.clock = clock
 
     @classmethod
@@ -179,6 +184,7 @@ class Lifecycle:
             purge_cooldown_seconds=config.purge_cooldown_seconds,
             batch_size=config.cleanup_batch_size,
             file_grace_seconds=config.cleanup_file_grace_seconds,
+            login_failure_window_seconds=config.login_failure_window_seconds,
             clock=clock,
         )
 
@@ -240,6 +246,9 @@ class Lifecycle:
         self._sweep(report, renew)
         self._empty_trash(report)
         report.staging_removed = self.files.remove_stale_staging(self.clock() - _STALE_STAGING)
+        report.login_failures_forgotten = self.admin.forget_login_failures(
+            self.clock() - self.login_failure_window
+        )
         log.info("dependency proxy cleanup: %s", report.summary())
         return report
 

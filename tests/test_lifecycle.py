@@ -26,7 +26,7 @@ from flask_dependency_proxy.lifecycle import (
     PurgeTooSoon,
 )
 from flask_dependency_proxy.models.admin import CacheAdmin
-from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
+from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, LoginFailure, Status
 from flask_dependency_proxy.reference import ProxyPath
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import build_world
@@ -500,6 +500,27 @@ def test_cleanup_removes_staging_files_of_fetches_that_died(
     assert report.staging_removed == 1
     assert not os.path.exists(dead)
     assert os.path.exists(live)
+
+
+def test_cleanup_forgets_failed_logins_whose_window_ended(
+    make_app: t.Callable[..., Flask], clock: lf.Clock
+) -> None:
+    make_app(DEPENDENCY_PROXY_LOGIN_FAILURE_WINDOW_SECONDS=300)
+    throttle = state(None).access.throttle
+    for address in ("192.0.2.1", "192.0.2.2"):
+        throttle.record_failure(throttle.check("alice", address))
+    session = state(None).metadata.session
+    rows = session.scalars(sa.select(LoginFailure)).all()
+    assert len(rows) == 4  # (alice, address) and address, for both addresses
+    keys = [row.key for row in rows]
+    for row in rows[:2]:
+        row.window_started_at = clock() - dt.timedelta(seconds=301)
+    session.commit()
+
+    report = lifecycle(clock).cleanup()
+
+    assert report.login_failures_forgotten == 2
+    assert sorted(session.scalars(sa.select(LoginFailure.key)).all()) == sorted(keys[2:])
 
 
 @pytest.mark.parametrize("kind", ["blob", "manifest"])

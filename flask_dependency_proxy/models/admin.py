@@ -21,7 +21,7 @@ import typing as t
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from .tables import CachedBlob, CachedManifest, GroupSettings, Lease, Status
+from .tables import CachedBlob, CachedManifest, GroupSettings, Lease, LoginFailure, Status
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -205,6 +205,16 @@ class CacheAdmin:
     @property
     def session(self) -> Session:
         return self._session()
+
+    # -- login failures ----------------------------------------------------------------------
+
+    def forget_login_failures(self, window_started_before: dt.datetime) -> int:
+        """Delete the failed-login counts whose window has ended; how many."""
+        result = self.session.execute(
+            sa.delete(LoginFailure).where(LoginFailure.window_started_at < window_started_before)
+        )
+        self.session.commit()
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     # -- settings --------------------------------------------------------------------------
 
