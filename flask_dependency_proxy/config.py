@@ -39,6 +39,11 @@ TRUSTED_PROXIES = 0
 STORAGE_PATH: str | None = None
 #: Lifetime of a registry token, in seconds.
 TOKEN_TTL = 900
+#: Lifetime of a refresh token (docker's identity token), in seconds: how long a client
+#: that logged in once with offline access gets registry tokens without its password.
+#: Every refresh asks the host again, so blocking a user or revoking a token ends it at
+#: once; a password change does not. ``0`` issues no refresh tokens.
+REFRESH_TOKEN_TTL_SECONDS = 30 * 24 * 3600
 #: Seconds during which a token's principal is trusted without asking the host again;
 #: the bound on how long a blocked user or revoked token keeps pulling.
 PRINCIPAL_RECHECK_SECONDS = 30
@@ -129,6 +134,7 @@ class ProxyConfig:
     trusted_proxies: int
     storage_path: str
     token_ttl: int
+    refresh_token_ttl_seconds: int
     principal_recheck_seconds: float
     tag_check_interval: float
     serve_stale_on_upstream_not_found: bool
@@ -268,6 +274,7 @@ _FIELDS: dict[str, Coerce] = {
     "trusted_proxies": _number(int, 0),
     "storage_path": _folder,
     "token_ttl": _number(int, 1),
+    "refresh_token_ttl_seconds": _number(int, 0),
     "principal_recheck_seconds": _number(float, 0),
     "tag_check_interval": _number(float, 0),
     "serve_stale_on_upstream_not_found": _boolean,

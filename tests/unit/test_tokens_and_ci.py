@@ -74,3 +74,47 @@ def test_ci_variables(url: str, server: str) -> None:
             f"{server}/org/team/dependency_proxy/containers"
         ),
     }
+
+
+def test_refresh_token_round_trip_names_subject_and_lives_long() -> None:
+    clock = Clock()
+    issuer = TokenIssuer(["s3cret-key"], ttl_seconds=900, clock=clock)
+    refresh = issuer.refresh_tokens(30 * 86400)
+    token, claims = refresh.issue("pat:3")
+    assert claims.expires_at - claims.issued_at == 30 * 86400
+    assert "s3cret" not in token
+    clock.now += 29 * 86400
+    assert refresh.verify(token).subject == "pat:3"
+    clock.now += 2 * 86400
+    with pytest.raises(InvalidToken, match="expired"):
+        refresh.verify(token)
+
+
+def test_refresh_and_registry_tokens_are_not_interchangeable() -> None:
+    issuer = TokenIssuer(["key"], ttl_seconds=900)
+    refresh = issuer.refresh_tokens(86400)
+    registry_token, _ = issuer.issue("user:7")
+    refresh_token, _ = refresh.issue("user:7")
+    with pytest.raises(InvalidToken):
+        issuer.verify(refresh_token)
+    with pytest.raises(InvalidToken):
+        refresh.verify(registry_token)
+
+
+def test_refresh_tokens_follow_secret_rotation() -> None:
+    old = TokenIssuer(["old"], ttl_seconds=900).refresh_tokens(86400)
+    token, _ = old.issue("user:1")
+    assert TokenIssuer(["new", "old"], ttl_seconds=900).refresh_tokens(86400).verify(token)
+    with pytest.raises(InvalidToken):
+        TokenIssuer(["new"], ttl_seconds=900).refresh_tokens(86400).verify(token)
+
+
+def test_refresh_token_tampered_or_oversized_is_rejected() -> None:
+    refresh = TokenIssuer(["key"], ttl_seconds=900).refresh_tokens(86400)
+    token, _ = refresh.issue("user:7")
+    with pytest.raises(InvalidToken):
+        refresh.verify(token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
+    with pytest.raises(InvalidToken):
+        refresh.verify("x" * 5000)
+    with pytest.raises(InvalidToken):
+        refresh.verify("")
