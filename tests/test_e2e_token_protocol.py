@@ -372,14 +372,14 @@ def test_containerd_gets_its_token_with_post(
 def test_skopeo_with_an_identity_token_refreshes_with_post(
     platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path
 ) -> None:
-    """What ``docker login`` stores, in containers/image's auth file: no password left."""
+    """What ``docker login`` stores, in containers/image's auth file: the username with
+    an empty password beside the identity token (skopeo ignores a token alone)."""
     pushed = _push(upstream, unique_name, tmp_path)
     refresh_token = _refresh_token(platform, seed.ALICE.username, seed.ALICE.password)
     client = Skopeo(tmp_path / "identity")
     user_only = base64.b64encode(f"{seed.ALICE.username}:".encode()).decode()
-    client.authfile.write_text(
-        json.dumps({"auths": {platform.host: {"auth": user_only, "identitytoken": refresh_token}}})
-    )
+    entry = {"auth": user_only, "identitytoken": refresh_token}
+    client.authfile.write_text(json.dumps({"auths": {platform.host: entry}}))
     mark = _log_size(platform)
     result, target = client.copy_to_dir(platform.image(seed.ACME, unique_name, "latest"))
     checks.ok(result)
