@@ -15,6 +15,7 @@ Everything binds 127.0.0.1 and every wait is bounded.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -693,7 +694,10 @@ class Ours(_StoredBlobs):
     :meth:`fresh` starts a new platform on a copy of the template database and a new,
     empty blob store (an empty cache), then logs skopeo in: :attr:`skopeo` with
     ``secret`` (the personal access token by default), :attr:`password_skopeo` with the
-    password (whose scrypt check every token request then pays).
+    password (whose scrypt check every token request then pays), and
+    :attr:`identity_skopeo` with the identity token a password login with offline access
+    answers, as ``docker login`` stores it (every pull then refreshes with ``POST``, no
+    password hash).
     """
 
     label = "ours"
@@ -727,6 +731,7 @@ class Ours(_StoredBlobs):
         directory.mkdir(parents=True, exist_ok=True)
         self.skopeo = Skopeo(directory / "skopeo", timeout=600)
         self.password_skopeo = Skopeo(directory / "skopeo-password", timeout=600)
+        self.identity_skopeo = Skopeo(directory / "skopeo-identity", timeout=600)
         self._tokens: dict[str, tuple[float, str]] = {}
 
     @property
@@ -759,6 +764,32 @@ class Ours(_StoredBlobs):
             result = client.login(self.platform.host, USER.username, secret)
             if result.returncode != 0:
                 raise BenchError(describe(result))
+        self._store_identity_token()
+
+    def _store_identity_token(self) -> None:
+        """Log in as ``docker login`` does (``GET /jwt/auth`` with the password and
+        ``offline_token=true``) and keep only the refresh token, as containers/image's
+        ``identitytoken``: the auth file holds no password."""
+        assert self.platform is not None
+        answer = requests.get(
+            f"{self.platform.url}/jwt/auth",
+            params={
+                "service": "dependency_proxy",
+                "offline_token": "true",
+                "client_id": "docker",
+                "account": USER.username,
+            },
+            auth=(USER.username, USER.password),
+            timeout=30,
+        )
+        refresh_token = answer.json().get("refresh_token") if answer.ok else None
+        if not refresh_token:
+            raise BenchError(
+                f"no identity token from /jwt/auth: {answer.status_code} {answer.text}"
+            )
+        username_only = base64.b64encode(f"{USER.username}:".encode()).decode()
+        entry = {"auth": username_only, "identitytoken": refresh_token}
+        self.identity_skopeo.authfile.write_text(json.dumps({"auths": {self.platform.host: entry}}))
 
     def stop(self) -> None:
         if self.platform is not None:
@@ -908,9 +939,18 @@ def pull(
 
 
 def concurrent_pulls(
-    cache: Cache, image: SeededImage, targets: t.Sequence[Path], timeout: float = 600
+    cache: Cache,
+    image: SeededImage,
+    targets: t.Sequence[Path],
+    timeout: float = 600,
+    *,
+    client: Skopeo | None = None,
 ) -> float:
-    """Start one ``skopeo copy`` per target at once; wall seconds until the last ends."""
+    """Start one ``skopeo copy`` per target at once; wall seconds until the last ends.
+
+    :param client: a skopeo logged in otherwise than ``cache.skopeo``.
+    """
+    skopeo = client or cache.skopeo
     argv_base = [
         "skopeo",
         "--command-timeout",
@@ -921,7 +961,7 @@ def concurrent_pulls(
         "0",
         "--src-tls-verify=false",
         "--authfile",
-        str(cache.skopeo.authfile),
+        str(skopeo.authfile),
         f"docker://{cache.reference(image)}",
     ]
     for target in targets:
@@ -939,7 +979,7 @@ def concurrent_pulls(
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
-                        env=cache.skopeo.env,
+                        env=skopeo.env,
                     )
                 )
         deadline = started + timeout + 10

@@ -42,6 +42,7 @@ import harness as h  # noqa: E402
 import report  # noqa: E402
 import requests  # noqa: E402
 
+from tests.support.clients import Skopeo  # noqa: E402
 from tests.support.crowd import Crowd  # noqa: E402
 from tests.support.processes import ProcessFactory, wait_for  # noqa: E402
 from tests.support.registry import AccessRecord, Registry, TokenAuth  # noqa: E402
@@ -254,6 +255,7 @@ class Bench:
             goal=report.Goal("1.00 × image size", "worst_max", 1.001),
         )
         cold_requests = self.row("1 cold pull", "upstream requests", "requests")
+        cold_logins = self._login_rows("1 cold pull", f"wall time, {label} image")
         cold_multi = self.row("1 cold pull", "wall time, multi-arch index (--all)", "s")
         warm = self.row(
             "2 warm pull",
@@ -263,12 +265,7 @@ class Bench:
         )
         warm_requests = self.row("2 warm pull", "upstream requests", "requests")
         warm_multi = self.row("2 warm pull", "wall time, multi-arch index (--all)", "s")
-        warm_password = self.row(
-            "2 warm pull",
-            f"wall time, {label} image, logged in with the password",
-            "s",
-            note="ours: the token request checks the password (scrypt) on every pull",
-        )
+        warm_logins = self._login_rows("2 warm pull", f"wall time, {label} image")
         pulls_dir = self.run_dir / "pulls"
 
         def one(rep: int) -> None:
@@ -287,6 +284,15 @@ class Bench:
                 self.details[f"1 cold pull, upstream requests ({cache.label})"] = [
                     kinds_text(kinds(records))
                 ]
+            # Ours again, into an empty cache, with each password login; the reference has
+            # no auth, so its cold pull above is the one to compare with.
+            for row, client in cold_logins:
+                self.ours.fresh()
+                self._add(
+                    row, self.ours, h.pull(self.ours, self.large, pulls_dir / "ours", client=client)
+                )
+                h.wait_cached(self.ours, self.large)
+                row.dist.append(cold.dist[-1])
             for cache in order:
                 self._add(
                     cold_multi,
@@ -310,13 +316,18 @@ class Bench:
                     cache,
                     h.pull(cache, self.multi, pulls_dir / cache.label, all_platforms=True),
                 )
-            for cache in order:  # the reference has no auth: the same pull as above
-                client = self.ours.password_skopeo if cache is self.ours else None
-                self._add(
-                    warm_password,
-                    cache,
-                    h.pull(cache, self.large, pulls_dir / cache.label, client=client),
-                )
+            for row, client in warm_logins:
+                for cache in order:  # the reference has no auth: the same pull as above
+                    self._add(
+                        row,
+                        cache,
+                        h.pull(
+                            cache,
+                            self.large,
+                            pulls_dir / cache.label,
+                            client=client if cache is self.ours else None,
+                        ),
+                    )
             log(
                 f"  rep {rep + 1}: cold {cold.ours[-1]:.2f}/{cold.dist[-1]:.2f} s, "
                 f"warm {warm.ours[-1]:.2f}/{warm.dist[-1]:.2f} s (ours/distribution)"
@@ -345,6 +356,32 @@ class Bench:
     def _add(self, row: report.Row, cache: h.Cache, value: float) -> None:
         (row.ours if cache.label.startswith("ours") else row.dist).append(value)
 
+    def _login_rows(self, scenario: str, what: str) -> list[tuple[report.Row, Skopeo]]:
+        """Rows of a pull repeated by ours with the two password logins: the password
+        sent on every token request (``skopeo login``), and the identity token a login
+        with offline access answers (what ``docker login`` stores)."""
+        return [
+            (
+                self.row(
+                    scenario,
+                    f"{what}, logged in with the password",
+                    "s",
+                    note="ours: every token request checks the password (scrypt)",
+                ),
+                self.ours.password_skopeo,
+            ),
+            (
+                self.row(
+                    scenario,
+                    f"{what}, identity token from a password login",
+                    "s",
+                    goal=report.Goal("≤ 0.9 × distribution", "ratio_max", 0.9),
+                    note="ours: every token request is a POST refresh, no password hash",
+                ),
+                self.ours.identity_skopeo,
+            ),
+        ]
+
     def concurrent(self) -> None:
         """3: N concurrent cold pulls of the large image into an empty cache."""
         n = self.s.concurrency
@@ -359,6 +396,9 @@ class Bench:
         )
         upstream_bytes = self.row(f"3 {n} concurrent cold pulls", "upstream bytes", "× image size")
         wall = self.row(f"3 {n} concurrent cold pulls", f"wall time until all {n} finish", "s")
+        wall_logins = self._login_rows(
+            f"3 {n} concurrent cold pulls", f"wall time until all {n} finish"
+        )
         caches: list[h.Cache] = [self.ours, self.dist]
         layer = self.large.largest_blob.digest
 
@@ -386,9 +426,22 @@ class Bench:
                         for b in self.large.blobs
                     ),
                 ]
+            # Ours again with each password login; the reference has no auth.
+            for row, client in wall_logins:
+                self.ours.fresh()
+                targets = [self.run_dir / "concurrent" / f"ours-login-{i}" for i in range(n)]
+                self._add(
+                    row,
+                    self.ours,
+                    h.concurrent_pulls(self.ours, self.large, targets, client=client),
+                )
+                h.wait_cached(self.ours, self.large)
+                row.dist.append(wall.dist[-1])
             log(
                 f"  rep {rep + 1}: layer GETs {layer_gets.ours[-1]:.0f}/{layer_gets.dist[-1]:.0f}, "
-                f"wall {wall.ours[-1]:.2f}/{wall.dist[-1]:.2f} s"
+                f"wall {wall.ours[-1]:.2f}/{wall.dist[-1]:.2f} s, with the password "
+                f"{wall_logins[0][0].ours[-1]:.2f} s, with an identity token "
+                f"{wall_logins[1][0].ours[-1]:.2f} s"
             )
 
         self.each_rep("3 concurrent cold pulls", one)
@@ -948,7 +1001,8 @@ def environment(settings: Settings) -> list[str]:
         f"- machine: {os.cpu_count()} × {cpu}, Linux {python_platform.release()}, "
         f"Python {python_platform.python_version()}",
         f"- ours: example platform, {gunicorn}, `{serving}` ({settings.serving}), SQLite, "
-        "filesystem blob store; clients log in with a personal access token",
+        "filesystem blob store; clients log in with a personal access token, and in the "
+        "rows that say so with the password or the identity token of a password login",
         f"- distribution: {registry}, `proxy: {{remoteurl}}`, filesystem storage, no auth",
         f"- upstream: the same docker-registry binary; clients: {clients}, curl; {nginx}",
         f"- mode: {'--quick' if settings.quick else 'full'}, {settings.repetitions} repetition(s), "
