@@ -111,3 +111,106 @@ def test_malformed_credentials_at_the_token_endpoint(
     )
     assert response.status_code == 401
     assert response.get_json()["errors"][0]["code"] == "UNAUTHORIZED"
+
+
+_FIELD_VALUES = [
+    "",
+    "password",
+    "refresh_token",
+    "client_credentials",
+    "authorization_code",
+    "dev",
+    "\x00",
+    "ÄÖ",
+    "%ff",
+    "a" * 5000,
+    "dependency_proxy",
+    "repository:org/team/dependency_proxy/containers/alpine:pull",
+    "repository:..:pull",
+    "true",
+    "offline",
+    "eyJhbGciOiJIUzI1NiJ9.e30.x",
+]
+
+
+def test_malformed_token_requests_in_every_form(registry_app: tuple[Flask, str]) -> None:
+    """``POST /jwt/auth`` (the OAuth2 form) and ``GET`` with its optional parameters,
+    filled at random: a JSON answer every time, never a 500 or HTML, and a token only for
+    a genuine credential."""
+    app, password = registry_app
+    client = app.test_client()
+    rng = random.Random(20261202)
+    fields = ["grant_type", "username", "password", "refresh_token", "service", "scope"]
+    fields += ["client_id", "access_type", "offline_token", "account"]
+    answers: set[int] = set()
+    for _ in range(300):
+        form = {name: rng.choice(_FIELD_VALUES) for name in rng.sample(fields, rng.randint(0, 6))}
+        if rng.random() < 0.3:
+            form.update(grant_type="password", username="dev")
+            form["password"] = password if rng.random() < 0.5 else rng.choice(_FIELD_VALUES)
+        headers = {}
+        if rng.random() < 0.2:
+            headers["Content-Type"] = rng.choice(
+                ["application/json", "text/plain", "multipart/form-data; boundary=", "\x7f"]
+            )
+        if rng.random() < 0.5:
+            response = client.post("/jwt/auth", data=form, headers=headers)
+        else:
+            response = client.get("/jwt/auth", query_string=form, headers=headers)
+        answers.add(response.status_code)
+        assert response.status_code in {200, 400, 401, 403, 404, 429}, (form, response.data)
+        body = response.get_json()
+        assert isinstance(body, dict), (form, response.data[:200])
+        if response.status_code == 200:
+            assert body["token"] and body["access_token"] == body["token"]
+            genuine = form.get("password") == password and form.get("username") == "dev"
+            assert genuine or form.get("grant_type") == "refresh_token", form
+    # The walk reached successes and refusals alike.
+    assert {200, 400, 401} <= answers
+
+
+def test_malformed_forwarded_headers_behind_a_trusted_proxy(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """With a proxy trusted, the ``X-Forwarded-*`` headers reach the address, scheme and
+    realm: garbage in them is never a 500, and the challenge's realm is always a URL."""
+    app = make_app(
+        tmp_path,
+        fresh_database_url,
+        DEPENDENCY_PROXY_TRUSTED_PROXIES=1,
+        DEPENDENCY_PROXY_UPSTREAM_RETRIES=0,
+    )
+    try:
+        client = app.test_client()
+        rng = random.Random(1202)
+        values = ["", "1.2.3.4", "1.2.3.4, 5.6.7.8", "not an address", "\x00", "a" * 3000]
+        values += ["https", "ftp", "evil.example:99999", "[::1]", "ÄÖ", "%0d%0aSet-Cookie: x=y"]
+        values += ['a"b', "host:0", "[::1]:8080", "localhost:5000"]
+        for _ in range(200):
+            headers = {
+                name: rng.choice(values)
+                for name in rng.sample(
+                    [
+                        "X-Forwarded-For",
+                        "X-Forwarded-Proto",
+                        "X-Forwarded-Host",
+                        "Host",
+                    ],
+                    rng.randint(1, 4),
+                )
+            }
+            if ":99999" in headers.get("Host", ""):
+                # Werkzeug's test client cannot send it; X-Forwarded-Host carries it instead.
+                headers["X-Forwarded-Host"] = headers.pop("Host")
+            path = rng.choice(
+                ["/v2/", "/jwt/auth", "/v2/org/dependency_proxy/containers/a/manifests/1"]
+            )
+            auth = ("dev", rng.choice(["wrong", "also wrong"]))
+            response = client.get(path, headers=headers, auth=auth)
+            assert response.status_code in {400, 401, 404, 429}, (headers, response.data[:200])
+            assert response.get_json()["errors"][0]["code"], headers
+            challenge = response.headers.get("WWW-Authenticate", 'Bearer realm="http://x"')
+            assert challenge.startswith('Bearer realm="http'), (headers, challenge)
+            assert "\r" not in challenge and "\n" not in challenge
+    finally:
+        dispose(app)
