@@ -732,6 +732,7 @@ class Ours(_StoredBlobs):
         self.skopeo = Skopeo(directory / "skopeo", timeout=600)
         self.password_skopeo = Skopeo(directory / "skopeo-password", timeout=600)
         self.identity_skopeo = Skopeo(directory / "skopeo-identity", timeout=600)
+        self.identity_token = ""
         self._tokens: dict[str, tuple[float, str]] = {}
 
     @property
@@ -789,6 +790,7 @@ class Ours(_StoredBlobs):
             )
         username_only = base64.b64encode(f"{USER.username}:".encode()).decode()
         entry = {"auth": username_only, "identitytoken": refresh_token}
+        self.identity_token = refresh_token
         self.identity_skopeo.authfile.write_text(json.dumps({"auths": {self.platform.host: entry}}))
 
     def stop(self) -> None:
@@ -821,6 +823,40 @@ class Ours(_StoredBlobs):
             cached = (time.monotonic() + 300, header["Authorization"])
             self._tokens[image.image] = cached
         return {"Authorization": cached[1]}
+
+    #: The logins :meth:`token_request_ms` measures.
+    TOKEN_LOGINS = ("personal access token", "password", "identity token")
+
+    def token_request_ms(self, login: str, image: SeededImage, count: int = 10) -> float:
+        """Median milliseconds of ``count`` sequential token requests for ``image`` as a
+        client logged in with ``login`` (one of :attr:`TOKEN_LOGINS`) makes them:
+        ``GET`` with Basic, or ``POST grant_type=refresh_token`` for the identity token."""
+        assert self.platform is not None
+        url = f"{self.platform.url}/jwt/auth"
+        scope = f"repository:{self._repository(image)}:pull"
+        session = requests.Session()
+        session.trust_env = False
+        timings = []
+        for _ in range(count):
+            started = time.perf_counter()
+            if login == "identity token":
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": self.identity_token,
+                    "service": "dependency_proxy",
+                    "client_id": "containers/image",
+                    "scope": scope,
+                }
+                answer = session.post(url, data=form, timeout=30)
+            else:
+                secret = self.secret if login == "personal access token" else USER.password
+                params = {"service": "dependency_proxy", "scope": scope}
+                answer = session.get(url, params=params, auth=(USER.username, secret), timeout=30)
+            timings.append((time.perf_counter() - started) * 1000)
+            if answer.status_code != 200:
+                raise BenchError(f"token request ({login}): {answer.status_code} {answer.text}")
+        session.close()
+        return sorted(timings)[len(timings) // 2]
 
     @property
     def master_pid(self) -> int:

@@ -266,6 +266,15 @@ class Bench:
         warm_requests = self.row("2 warm pull", "upstream requests", "requests")
         warm_multi = self.row("2 warm pull", "wall time, multi-arch index (--all)", "s")
         warm_logins = self._login_rows("2 warm pull", f"wall time, {label} image")
+        token_requests = {
+            login: self.row(
+                "2 warm pull",
+                f"token request at /jwt/auth, {login} (median of 10)",
+                "ms",
+                note="ours only: distribution runs without auth",
+            )
+            for login in self.ours.TOKEN_LOGINS
+        }
         pulls_dir = self.run_dir / "pulls"
 
         def one(rep: int) -> None:
@@ -328,9 +337,15 @@ class Bench:
                             client=client if cache is self.ours else None,
                         ),
                     )
+            for login, row in token_requests.items():
+                row.ours.append(self.ours.token_request_ms(login, self.large))
             log(
                 f"  rep {rep + 1}: cold {cold.ours[-1]:.2f}/{cold.dist[-1]:.2f} s, "
-                f"warm {warm.ours[-1]:.2f}/{warm.dist[-1]:.2f} s (ours/distribution)"
+                f"warm {warm.ours[-1]:.2f}/{warm.dist[-1]:.2f} s (ours/distribution); "
+                "token requests "
+                + ", ".join(
+                    f"{login} {row.ours[-1]:.1f} ms" for login, row in token_requests.items()
+                )
             )
 
         self.each_rep("1-2 cold and warm pulls", one)
