@@ -295,7 +295,7 @@ class Bench:
                 ]
             # Ours again, into an empty cache, with each password login; the reference has
             # no auth, so its cold pull above is the one to compare with.
-            for row, client in cold_logins:
+            for row, client in self.rotate(cold_logins, rep):
                 self.ours.fresh()
                 self._add(
                     row, self.ours, h.pull(self.ours, self.large, pulls_dir / "ours", client=client)
@@ -325,7 +325,7 @@ class Bench:
                     cache,
                     h.pull(cache, self.multi, pulls_dir / cache.label, all_platforms=True),
                 )
-            for row, client in warm_logins:
+            for row, client in self.rotate(warm_logins, rep):
                 for cache in order:  # the reference has no auth: the same pull as above
                     self._add(
                         row,
@@ -442,7 +442,7 @@ class Bench:
                     ),
                 ]
             # Ours again with each password login; the reference has no auth.
-            for row, client in wall_logins:
+            for row, client in self.rotate(wall_logins, rep):
                 self.ours.fresh()
                 targets = [self.run_dir / "concurrent" / f"ours-login-{i}" for i in range(n)]
                 self._add(
