@@ -5,6 +5,9 @@
   they hold an identity token.
 - ``GET`` with ``offline_token=true``: how ``docker login`` asks for that identity token.
 - A refresh token resolves its principal again on every use, and is good for nothing else.
+- Real clients, proven by the platform's access log: containerd (``ctr``) gets its token
+  with ``POST`` and never falls back to ``GET``; ``docker login`` stores an identity
+  token and docker pulls with it; skopeo with that auth entry refreshes with ``POST``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import requests
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
 from tests.support.containerd import Containerd
+from tests.support.dockerd import Dockerd
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
@@ -385,5 +389,32 @@ def test_skopeo_with_an_identity_token_refreshes_with_post(
     checks.ok(result)
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["config"]["digest"] == pushed.config_digest
+    requests_seen = _token_requests(platform, mark)
+    assert requests_seen and all(req == ("POST", "200") for req in requests_seen), requests_seen
+
+
+def test_docker_login_stores_an_identity_token_and_pulls_with_it(
+    platform: Platform,
+    upstream: Registry,
+    live_process: ProcessFactory,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    engine = Dockerd(live_process, tmp_path / "dockerd").start()
+    mark = _log_size(platform)
+    checks.ok(engine.login(platform.host, seed.ALICE.username, seed.ALICE.password))
+    # The login asked with GET (offline_token=true) and docker kept the refresh token
+    # instead of the password.
+    assert _token_requests(platform, mark) == [("GET", "200")]
+    stored = engine.stored_auth(platform.host)
+    assert stored.get("identitytoken"), stored
+    assert seed.ALICE.password not in base64.b64decode(stored.get("auth", "")).decode()
+
+    mark = _log_size(platform)
+    reference = platform.image(seed.ACME, unique_name, "latest")
+    checks.ok(engine.docker("pull", reference))
+    inspected = json.loads(checks.ok(engine.docker("image", "inspect", reference)).stdout)
+    assert inspected[0]["Id"] == pushed.config_digest
     requests_seen = _token_requests(platform, mark)
     assert requests_seen and all(req == ("POST", "200") for req in requests_seen), requests_seen
