@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from tests.support import seed
+from tests.support.addresses import client_at
 from tests.support.databases import Databases
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
@@ -29,24 +29,6 @@ ADDRESS_LIMIT = 20
 WINDOW_SECONDS = 300
 PROJECT = f"{seed.ACME}/app"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-class _SourceAddress(HTTPAdapter):
-    """Connects from a given local address."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
-        kwargs["source_address"] = (self.address, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-def client_at(address: str) -> requests.Session:
-    session = requests.Session()
-    session.mount("http://", _SourceAddress(address))
-    return session
 
 
 def login(address: str, platform: Platform, username: str, secret: str) -> requests.Response:

@@ -18,9 +18,10 @@ import pytest
 import requests
 
 from tests.support import checks, images, seed
+from tests.support.addresses import client_at
 from tests.support.clients import Skopeo
 from tests.support.databases import Databases
-from tests.support.nginx import Certificates, NginxFront, client_at, make_certificates
+from tests.support.nginx import Certificates, NginxFront, make_certificates
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry

@@ -13,11 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
-import typing as t
 from pathlib import Path
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from .processes import LiveProcess, ProcessFactory, free_port
 
@@ -166,28 +162,3 @@ class NginxFront:
 
     def stop(self) -> None:
         self.process.stop()
-
-
-class _FromAddress(HTTPAdapter):
-    """Connects from a given loopback address (all of 127.0.0.0/8 is local)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
-        kwargs["source_address"] = (self.address, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-def client_at(address: str) -> requests.Session:
-    """A session whose connections come from ``address``.
-
-    Pass ``verify=`` on each request: requests lets ``REQUESTS_CA_BUNDLE`` override a
-    session's own ``verify``.
-    """
-    session = requests.Session()
-    adapter = _FromAddress(address)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
