@@ -46,7 +46,8 @@ bp.after_request(add_api_version)
 _MAX_CREDENTIAL_LENGTH = 1024
 #: Largest ``POST`` body read. A token request is a few hundred bytes.
 _MAX_FORM_BYTES = 16 * 1024
-#: Longest ``scope`` (all of its fields together) and ``client_id`` read.
+#: Most ``scope`` fields, their longest total, and the longest ``client_id`` read.
+_MAX_SCOPES = 64
 _MAX_SCOPE_LENGTH = 8 * 1024
 _MAX_CLIENT_ID_LENGTH = 256
 
@@ -137,7 +138,7 @@ def oauth_token() -> Response:
     form = _read_form()
     _check_service(form.getlist("service"))
     scopes = form.getlist("scope")
-    if len(scopes) > 64 or sum(len(scope) + 1 for scope in scopes) > _MAX_SCOPE_LENGTH:
+    if len(scopes) > _MAX_SCOPES or sum(len(scope) + 1 for scope in scopes) > _MAX_SCOPE_LENGTH:
         raise TokenRequestError("invalid_request", "scope is too long")
     client_ids = form.getlist("client_id")
     if len(client_ids) > 1 or any(len(c) > _MAX_CLIENT_ID_LENGTH for c in client_ids):
