@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import typing as t
+
 import click
 from flask.cli import AppGroup
 
 from .extension import state
+
+if t.TYPE_CHECKING:
+    from .migrations import Upgrade
 
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
@@ -19,9 +25,114 @@ def _group_id(full_path: str) -> int:
 
 @cli.command("init-db")
 def init_db() -> None:
-    """Create the extension's tables in the host's database."""
-    state(None).metadata.create_all()
-    click.echo("Dependency proxy tables are ready.")
+    """Create the extension's tables in the host's database, or bring them to the newest
+    revision (safe to repeat; the same as ``db upgrade``)."""
+    with _migration_errors():
+        _echo_upgrade(state(None).metadata.create_all())
+
+
+# -- schema migrations -----------------------------------------------------------------------
+
+db_cli = AppGroup(
+    "db",
+    help="Migrate the extension's tables (apart from the host's own migrations: run these"
+    " after them, e.g. after `flask db upgrade`).",
+)
+cli.add_command(db_cli)
+
+
+@contextlib.contextmanager
+def _migration_errors() -> t.Iterator[None]:
+    from alembic.util import CommandError
+
+    from .migrations import MigrationError
+
+    try:
+        yield
+    except (CommandError, MigrationError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _echo_upgrade(result: Upgrade) -> None:
+    if result.adopted is not None:
+        click.echo(
+            "Found the dependency proxy's tables made before migrations existed;"
+            f" recorded them at revision {result.adopted}."
+        )
+    if result.before == result.after:
+        click.echo(f"Dependency proxy tables are at revision {result.after}: nothing to do.")
+    else:
+        start = result.before or "an empty database"
+        click.echo(f"Dependency proxy tables upgraded from {start} to revision {result.after}.")
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Upgrade the extension's tables to REVISION (default: the newest).
+
+    Also takes over tables made by an ``init-db`` older than migrations.
+    """
+    from .migrations import upgrade
+
+    with _migration_errors():
+        _echo_upgrade(upgrade(revision))
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Take the extension's tables back to REVISION (``base`` drops them all)."""
+    from .migrations import downgrade
+
+    with _migration_errors():
+        now = downgrade(revision)
+    click.echo(f"Dependency proxy tables downgraded to revision {now or 'base (no tables)'}.")
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Print the revision the database records for the extension's tables."""
+    from .migrations import current, has_unversioned_tables, head
+
+    revision = current()
+    if revision is not None:
+        click.echo(f"{revision} (head)" if revision == head() else revision)
+    elif has_unversioned_tables():
+        click.echo(
+            "none: the tables were made before migrations existed;"
+            " run `flask dependency-proxy db upgrade`."
+        )
+    else:
+        click.echo("none")
+
+
+@db_cli.command("stamp")
+@click.argument("revision")
+def db_stamp(revision: str) -> None:
+    """Record REVISION as the database's without changing any table."""
+    from .migrations import stamp
+
+    with _migration_errors():
+        now = stamp(revision)
+    click.echo(f"Dependency proxy tables recorded at revision {now or 'base'}.")
+
+
+@db_cli.command("check")
+def db_check() -> None:
+    """Exit with status 1 when the extension's tables differ from its models."""
+    from .migrations import differences
+
+    found = differences()
+    if not found:
+        click.echo("Dependency proxy tables match the models.")
+        return
+    for difference in found:
+        click.echo(f"differs: {difference}")
+    raise click.ClickException(
+        "The dependency proxy's tables differ from its models:"
+        " run `flask dependency-proxy db upgrade`."
+    )
 
 
 @cli.command("enable")

@@ -18,11 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..database import DatabaseGuard
-from .tables import CachedBlob, CachedManifest, GroupSettings, Status, metadata, utcnow
+from .tables import CachedBlob, CachedManifest, GroupSettings, Status, utcnow
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
+
+    from ..migrations import Upgrade
 
 #: A write that raced another transaction on the same row: the row read was deleted
 #: meanwhile (cleanup), or the row about to be inserted was inserted meanwhile.
@@ -100,9 +102,18 @@ class CacheMetadata:
     def session(self) -> t.Any:
         return self._db.session
 
-    def create_all(self) -> None:
-        """Create the extension's tables in the host's database (harmless when they exist)."""
-        metadata.create_all(bind=self._db.engine)
+    @property
+    def engine(self) -> sa.Engine:
+        """The host's engine, on which the extension's migrations run."""
+        return self._db.engine
+
+    def create_all(self) -> Upgrade:
+        """Bring the extension's tables in the host's database to the newest revision,
+        through the migrations, so a new database is built the way existing ones are
+        upgraded (harmless to repeat; see :func:`..migrations.upgrade`)."""
+        from ..migrations import upgrade
+
+        return upgrade(engine=self.engine)
 
     def release(self) -> None:
         """End the session: its connection goes back to the pool, no transaction stays open."""
