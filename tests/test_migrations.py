@@ -9,6 +9,10 @@ through the example platform's CLI, as an operator runs them.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+import time
 import typing as t
 from pathlib import Path
 
@@ -24,7 +28,9 @@ from examples.platform.models import db
 from flask_dependency_proxy.migrations import VERSION_TABLE, exclude_proxy_tables
 from flask_dependency_proxy.models.tables import metadata
 from tests.platform_fixtures import dispose, platform_env_keys
+from tests.support.postgres import PostgresCluster
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD = "0003"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
@@ -460,3 +466,73 @@ def test_the_hosts_autogenerate_leaves_the_proxy_tables_alone_with_exclude_proxy
     dropped = {diff[1].name for diff in host_differences() if diff[0] == "remove_table"}
     assert dropped == {*metadata.tables, VERSION_TABLE}
     assert host_differences(include_name=exclude_proxy_tables) == []
+
+
+# -- several hosts -------------------------------------------------------------------------------
+
+
+def test_hosts_upgrading_one_postgresql_database_at_once_all_succeed(
+    make_platform: t.Callable[[str], Flask], postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Every host of a fleet may run ``init-db`` as it starts. Both upgrades are held at
+    their first table (another transaction holds that name) until both wait; then they
+    run one after the other, and the second finds nothing to do."""
+    name = postgres_cluster.create_database("migrate")
+    url = postgres_cluster.url(name)
+    blocker = make_platform(url)
+    try:
+        env = {key: value for key, value in os.environ.items() if key not in platform_env_keys()}
+        env.update(
+            DATABASE_URL=url,
+            SECRET_KEY="test-secret",
+            DEPENDENCY_PROXY_STORAGE_PATH=str(tmp_path / "hosts-store"),
+        )
+        with blocker.app_context(), db.engine.connect() as connection:
+            holding = connection.begin()
+            connection.execute(sa.text(f"CREATE TABLE {VERSION_TABLE} (held INTEGER)"))
+            hosts = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "flask", "--app", "examples.platform"]
+                    + ["dependency-proxy", "init-db"],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                for _host in range(2)
+            ]
+            try:
+                _wait_for_waiting_sessions(db.engine, name, count=2, hosts=hosts)
+            finally:
+                holding.rollback()
+            outputs = [host.communicate(timeout=60)[0] for host in hosts]
+        assert [host.returncode for host in hosts] == [0, 0], outputs
+        assert sum("nothing to do" in output for output in outputs) == 1, outputs
+        assert proxy_cli(blocker, "db", "current").strip() == f"{HEAD} (head)"
+        assert schema_differences(blocker) == []
+    finally:
+        dispose(blocker)
+        postgres_cluster.drop_database(name)
+
+
+def _wait_for_waiting_sessions(
+    engine: sa.Engine, database: str, *, count: int, hosts: list[subprocess.Popen[str]]
+) -> None:
+    """Until ``count`` sessions on ``database`` wait for a lock (hosts still running)."""
+    deadline = time.monotonic() + 30
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = :database"
+        " AND wait_event_type IN ('Lock', 'Advisory')"
+    )
+    with engine.connect() as watcher:
+        while True:
+            # A new transaction each time: the activity view is a snapshot per transaction.
+            seen = watcher.execute(waiting, {"database": database}).scalar_one()
+            watcher.rollback()
+            if seen >= count:
+                return
+            finished = [host.args for host in hosts if host.poll() is not None]
+            assert not finished, f"a host finished while the table was held: {finished}"
+            assert time.monotonic() < deadline, "the hosts never waited for the held table"
+            time.sleep(0.05)

@@ -40,6 +40,10 @@ BASELINE_TABLES = frozenset(
     for name in ("group_settings", "manifests", "blobs", "login_failures", "leases")
 )
 
+#: The PostgreSQL advisory lock (a transaction's) that runs one migration command at a
+#: time, whichever host starts it: every host of a fleet may run ``init-db`` as it starts.
+MIGRATION_LOCK_KEY = 0x6470_6D69_6772  # "dpmigr"
+
 _SCRIPT_LOCATION = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -90,6 +94,7 @@ def upgrade(revision: str = "head", *, engine: sa.Engine | None = None) -> Upgra
         baseline's, and no revision is recorded.
     """
     with _engine(engine).begin() as connection:
+        _one_at_a_time(connection)
         config = _config(connection)
         adopted = _adopt_unversioned(connection, config)
         before = _current(connection)
@@ -103,6 +108,7 @@ def downgrade(revision: str, *, engine: sa.Engine | None = None) -> str | None:
     :returns: the revision the database is at now.
     """
     with _engine(engine).begin() as connection:
+        _one_at_a_time(connection)
         command.downgrade(_config(connection), revision)
         return _current(connection)
 
@@ -114,6 +120,7 @@ def stamp(revision: str, *, engine: sa.Engine | None = None) -> str | None:
     :returns: the revision recorded.
     """
     with _engine(engine).begin() as connection:
+        _one_at_a_time(connection)
         command.stamp(_config(connection), revision)
         return _current(connection)
 
@@ -162,6 +169,15 @@ def _engine(engine: sa.Engine | None) -> sa.Engine:
     from ..extension import state
 
     return state(None).metadata.engine
+
+
+def _one_at_a_time(connection: sa.Connection) -> None:
+    """Wait for any other migration command on this PostgreSQL database; the lock ends
+    with the transaction. SQLite deployments have one host, which runs one at a time."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
 
 
 def _config(connection: sa.Connection) -> Config:
