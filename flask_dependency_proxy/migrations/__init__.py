@@ -73,7 +73,9 @@ def is_proxy_table(
     return type_ != "table" or bool(name and name.startswith(TABLE_PREFIX))
 
 
-def exclude_proxy_tables(name: str | None, type_: str, parent_names: t.Mapping[str, t.Any]) -> bool:
+def exclude_proxy_tables(
+    name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
+) -> bool:
     """Alembic ``include_name`` hook for the host's own migrations: everything but the
     extension's tables, so the host's autogenerate never proposes to drop them.
 
@@ -136,7 +138,7 @@ def head() -> str:
     from alembic.script import ScriptDirectory
 
     heads = ScriptDirectory(_SCRIPT_LOCATION).get_heads()
-    if len(heads) != 1:  # pragma: no cover - a packaging mistake
+    if len(heads) != 1:
         raise MigrationError(f"Expected one head revision, found {heads!r}.")
     return heads[0]
 
