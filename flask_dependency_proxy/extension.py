@@ -178,7 +178,8 @@ class DependencyProxy:
         app.cli.add_command(cli)
 
     def create_all(self) -> None:
-        """Create the extension's tables in the host's database (inside an app context)."""
+        """Create or upgrade the extension's tables in the host's database to the newest
+        migration (inside an app context); harmless to repeat."""
         state(None).metadata.create_all()
 
 

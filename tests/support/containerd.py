@@ -1,13 +1,17 @@
 """A standalone containerd (Debian's ``containerd`` package) and its ``ctr`` client.
 
-Everything lives under one directory: root, state, the gRPC socket; no CRI plugin, no
-metrics port. The ``native`` snapshotter unpacks layers without overlay mounts.
+Its root lives in the test's directory, its state and sockets in a short folder under
+``/tmp`` (socket paths are limited); no CRI plugin, no metrics port. The ``native``
+snapshotter unpacks layers without overlay mounts.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
+import weakref
 from pathlib import Path
 
 from .processes import LiveProcess, ProcessFactory
@@ -22,16 +26,20 @@ class Containerd:
     def __init__(self, processes: ProcessFactory, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.address = directory / "containerd.sock"
+        # Unix socket paths are limited to about 104 bytes: sockets and state live in a
+        # short folder of their own, whatever the test's path.
+        run_dir = Path(tempfile.mkdtemp(prefix="containerd-", dir="/tmp"))
+        weakref.finalize(self, shutil.rmtree, run_dir, True)
+        self.address = run_dir / "containerd.sock"
         config = directory / "config.toml"
         config.write_text(
             "version = 2\n"
             f'root = "{directory / "root"}"\n'
-            f'state = "{directory / "state"}"\n'
+            f'state = "{run_dir / "state"}"\n'
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
             f'[grpc]\n  address = "{self.address}"\n'
-            f'[ttrpc]\n  address = "{directory / "containerd.sock.ttrpc"}"\n'
-            f'[debug]\n  address = "{directory / "debug.sock"}"\n  level = "info"\n'
+            f'[ttrpc]\n  address = "{run_dir / "containerd.sock.ttrpc"}"\n'
+            f'[debug]\n  address = "{run_dir / "debug.sock"}"\n  level = "info"\n'
             '[metrics]\n  address = ""\n'
         )
         self.process: LiveProcess = processes.create(

@@ -13,7 +13,9 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import typing as t
+import weakref
 from pathlib import Path
 
 from .processes import LiveProcess, ProcessFactory
@@ -37,7 +39,11 @@ class Dockerd:
     def __init__(self, processes: ProcessFactory, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.socket = directory / "docker.sock"
+        # Unix socket paths are limited to about 104 bytes: the sockets of dockerd and
+        # its containerd live in a short folder of their own, whatever the test's path.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/tmp"))
+        weakref.finalize(self, shutil.rmtree, self.run_dir, True)
+        self.socket = self.run_dir / "docker.sock"
         self.config_dir = directory / "client-config"
         self.config_dir.mkdir(exist_ok=True)
         self.client = _client_binary()
@@ -52,7 +58,7 @@ class Dockerd:
                 "--data-root",
                 str(directory / "data"),
                 "--exec-root",
-                str(directory / "exec"),
+                str(self.run_dir / "exec"),
                 "-p",
                 str(directory / "dockerd.pid"),
                 "-H",

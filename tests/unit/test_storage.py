@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 import typing as t
 from pathlib import Path
 
@@ -33,9 +34,16 @@ def _digest(data: bytes) -> str:
 
 
 def _fetch(store: FilesystemStore, data: bytes) -> bytes:
-    fetch = BlobFetcher(store).fetch(_digest(data), lambda offset: _Stream(data, offset))  # type: ignore[arg-type, return-value]
+    """The bytes a client gets; returns once the fetch has released its lock file too."""
+    fetcher = BlobFetcher(store)
+    fetch = fetcher.fetch(_digest(data), lambda offset: _Stream(data, offset))  # type: ignore[arg-type, return-value]
     assert fetch is not None
-    return b"".join(fetch.follow(store))
+    received = b"".join(fetch.follow(store))
+    deadline = time.monotonic() + 10
+    while fetcher.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not fetcher.in_flight()
+    return received
 
 
 def _mode(path: Path) -> int:
