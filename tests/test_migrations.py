@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0003"
+HEAD = "0004"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -318,7 +318,12 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
 
     assert proxy_cli(old_platform, "db", "current").strip() == "0001"
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
-    assert [diff[0] for diff in schema_differences(old_platform)] == ["add_column"]
+    # What revisions 0002-0004 add: the size-limit column and the usage indexes.
+    assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
+        "add_column",
+        "add_index",
+        "add_index",
+    ]
     assert_old_rows_kept(old_platform)
     # Upgrading again brings the column back empty: no limit.
     proxy_cli(old_platform, "db", "upgrade")

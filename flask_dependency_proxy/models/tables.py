@@ -63,6 +63,8 @@ class CachedManifest(Base):
     __table_args__ = (
         sa.UniqueConstraint("group_id", "image", "tag", name=f"uq_{TABLE_PREFIX}manifests_tag"),
         sa.Index(f"ix_{TABLE_PREFIX}manifests_digest", "group_id", "image", "digest"),
+        # A group's usage (its size limit) is summed from this index alone.
+        sa.Index(f"ix_{TABLE_PREFIX}manifests_usage", "group_id", "status", "size"),
     )
 
     id: orm.Mapped[int] = orm.mapped_column(
@@ -90,6 +92,7 @@ class CachedBlob(Base):
     __table_args__ = (
         sa.UniqueConstraint("group_id", "digest", name=f"uq_{TABLE_PREFIX}blobs_digest"),
         sa.Index(f"ix_{TABLE_PREFIX}blobs_file", "digest"),
+        sa.Index(f"ix_{TABLE_PREFIX}blobs_usage", "group_id", "status", "size"),
     )
 
     id: orm.Mapped[int] = orm.mapped_column(
