@@ -1,5 +1,6 @@
 """A group-scoped pull-through cache for container images, as a Flask extension."""
 
+from ._state import state
 from .ci import ci_variables
 from .config import ConfigError
 from .extension import DependencyProxy
@@ -14,4 +15,5 @@ __all__ = [
     "Principal",
     "PrincipalKind",
     "ci_variables",
+    "state",
 ]

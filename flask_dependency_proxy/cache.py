@@ -24,6 +24,7 @@ import logging
 import threading
 import typing as t
 
+from .blobstore import BlobLocation, BlobStore, StorageError
 from .database import DatabaseUnavailable
 from .errors import ErrorCode, RegistryError, storage_unavailable
 from .inflight import BlobFetcher, BlobTooLarge
@@ -32,7 +33,6 @@ from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
 from .quota import QuotaPolicy, Quotas, blob_too_large
 from .reference import ProxyPath, is_digest
-from .storage import FilesystemStore, StorageError
 from .upstream import (
     UpstreamClient,
     UpstreamDigestMismatch,
@@ -86,11 +86,12 @@ class ManifestResult:
 
 @dataclasses.dataclass(frozen=True)
 class BlobResult:
-    """Either a committed file (``path``) or the bytes of a fetch in progress (``stream``)."""
+    """Where a committed blob is served from (``location``), or the bytes of a fetch in
+    progress (``stream``); neither for a ``HEAD``."""
 
     digest: str
     size: int | None
-    path: str | None = None
+    location: BlobLocation | None = None
     stream: t.Iterator[bytes] | None = None
 
 
@@ -106,7 +107,7 @@ class PullThroughCache:
     def __init__(
         self,
         *,
-        store: FilesystemStore,
+        store: BlobStore,
         upstream: UpstreamClient,
         metadata: CacheMetadata,
         fetcher: BlobFetcher,
@@ -222,7 +223,7 @@ class PullThroughCache:
         """A blob from the store, or a stream of an upstream fetch that caches it."""
         size = self._held_blob_size(group_id, digest, touch=True)
         if size is not None:
-            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+            return self._stored(digest, size)
 
         repository = path.upstream_repository
         size = self.store.size(digest)
@@ -235,7 +236,7 @@ class PullThroughCache:
                 lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
             )
             self._record_blob(group_id, digest, size)
-            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+            return self._stored(digest, size)
 
         fetch = self._call_upstream(
             lambda: self.fetcher.fetch(
@@ -248,9 +249,12 @@ class PullThroughCache:
             if size is None:
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN)
             self._record_blob(group_id, digest, size)
-            return BlobResult(digest=digest, size=size, path=self.store.path(digest))
+            return self._stored(digest, size)
         fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
         return BlobResult(digest=digest, size=fetch.size, stream=fetch.follow(self.store))
+
+    def _stored(self, digest: str, size: int) -> BlobResult:
+        return BlobResult(digest=digest, size=size, location=self.store.locate(digest, size))
 
     def head_blob(self, group_id: int, path: ProxyPath, digest: str) -> int | None:
         """The size of a blob, without downloading it when it is not cached."""

@@ -8,7 +8,7 @@ import typing as t
 import click
 from flask.cli import AppGroup
 
-from .extension import state
+from ._state import state
 
 if t.TYPE_CHECKING:
     from .migrations import Upgrade
@@ -180,7 +180,6 @@ def cleanup() -> None:
 def stats(full_path: str | None) -> None:
     """Print counts and sizes of one group's cache, or of every group's."""
     from .models.admin import CacheAdmin, GroupStats, human_size
-    from .storage import BlobFiles
 
     proxy = state(None)
     admin = CacheAdmin(lambda: proxy.metadata.session)
@@ -209,8 +208,8 @@ def stats(full_path: str | None) -> None:
         click.echo(line(label, numbers))
     if not every:
         click.echo("No group has anything cached.")
-    files, size = BlobFiles(proxy.store).usage()
-    click.echo(f"Blob files in {proxy.store.root}: {files}, {human_size(size)}.")
+    files, size = proxy.store.usage()
+    click.echo(f"Blobs in {proxy.store.describe()}: {files}, {human_size(size)}.")
 
 
 @cli.command("purge")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing as t
 from urllib.parse import urlsplit
 
@@ -36,7 +37,35 @@ EXTERNAL_URL: str | None = None
 #: throttle's key), the scheme and the host (the token realm). ``0`` believes none of them.
 TRUSTED_PROXIES = 0
 #: Folder of the filesystem blob store. ``None`` means ``<instance folder>/dependency_proxy``.
+#: With object storage it keeps only what each host needs locally: the spool files of
+#: fetches in progress, their lock files and the shared upstream tokens.
 STORAGE_PATH: str | None = None
+#: ``s3://BUCKET/PREFIX`` keeps blobs in S3-compatible object storage (needs
+#: ``pip install 'flask-dependency-proxy[s3]'``); ``None`` keeps them under ``STORAGE_PATH``.
+#: Credentials come from boto3's own chain (``AWS_ACCESS_KEY_ID`` and
+#: ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), never from this config.
+STORAGE_URL: str | None = None
+#: The object store's endpoint (MinIO, SeaweedFS, Ceph, GCS); ``None`` is AWS S3.
+S3_ENDPOINT_URL: str | None = None
+#: The bucket's region; ``None`` leaves it to boto3 (``AWS_DEFAULT_REGION``, profile).
+S3_REGION: str | None = None
+#: ``path`` (``ENDPOINT/BUCKET/KEY``, what most self-hosted stores need), ``virtual``
+#: (``BUCKET.ENDPOINT/KEY``) or ``auto`` (boto3 decides).
+S3_ADDRESSING_STYLE = "auto"
+#: Cached blobs answer ``307`` to a presigned URL of the object, so clients download
+#: from the object store, as from Docker Hub's CDN. ``False`` streams them through the
+#: proxy, for a store clients cannot reach.
+S3_REDIRECT = True
+#: How long a presigned blob URL stays valid.
+S3_PRESIGN_SECONDS = 900
+#: This host's own base URL as other hosts of the fleet reach it (an internal address,
+#: e.g. ``http://10.0.0.5:8000``). Setting it turns on coordination through the
+#: database: one upstream fetch per blob across every host that shares the database,
+#: and clients on other hosts stream the bytes from the fetching host as they arrive.
+PEER_URL: str | None = None
+#: A host whose fetch lease was not renewed for this long is taken for dead, and
+#: another host takes its fetch over (resuming upstream where the bytes stopped).
+FETCH_LEASE_SECONDS = 10.0
 #: Lifetime of a registry token, in seconds.
 TOKEN_TTL = 900
 #: Lifetime of a refresh token (docker's identity token), in seconds: how long a client
@@ -133,6 +162,14 @@ class ProxyConfig:
     external_url: str | None
     trusted_proxies: int
     storage_path: str
+    storage_url: str | None
+    s3_endpoint_url: str | None
+    s3_region: str | None
+    s3_addressing_style: str
+    s3_redirect: bool
+    s3_presign_seconds: int
+    peer_url: str | None
+    fetch_lease_seconds: float
     token_ttl: int
     refresh_token_ttl_seconds: int
     principal_recheck_seconds: float
@@ -255,6 +292,37 @@ def _choice(*allowed: str) -> Coerce:
     return coerce
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+_REGION = re.compile(r"[a-z0-9-]{1,64}")
+
+
+def _storage_url(key: str, value: t.Any) -> str:
+    """``s3://BUCKET`` or ``s3://BUCKET/PREFIX``, normalised without a trailing ``/``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be an s3://BUCKET/PREFIX URL, not {value!r}.")
+    parts = urlsplit(value)
+    prefix = parts.path.strip("/")
+    if (
+        parts.scheme != "s3"
+        or not _BUCKET.fullmatch(parts.netloc)
+        or parts.query
+        or parts.fragment
+        or (prefix and (not _KEY_PREFIX.fullmatch(prefix) or ".." in prefix.split("/")))
+    ):
+        raise ConfigError(
+            f"{key} must be s3://BUCKET or s3://BUCKET/PREFIX (a valid bucket name, a"
+            f" prefix of letters, digits, '.', '_', '-' and '/'), not {value!r}."
+        )
+    return f"s3://{parts.netloc}/{prefix}" if prefix else f"s3://{parts.netloc}"
+
+
+def _region(key: str, value: t.Any) -> str:
+    if not isinstance(value, str) or not _REGION.fullmatch(value):
+        raise ConfigError(f"{key} must be a region name such as 'us-east-1', not {value!r}.")
+    return value
+
+
 def _location(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
@@ -273,6 +341,14 @@ _FIELDS: dict[str, Coerce] = {
     "external_url": _optional(_url),
     "trusted_proxies": _number(int, 0),
     "storage_path": _folder,
+    "storage_url": _optional(_storage_url),
+    "s3_endpoint_url": _optional(_url),
+    "s3_region": _optional(_region),
+    "s3_addressing_style": _choice("auto", "path", "virtual"),
+    "s3_redirect": _boolean,
+    "s3_presign_seconds": _number(int, 1),
+    "peer_url": _optional(_url),
+    "fetch_lease_seconds": _number(float, 1),
     "token_ttl": _number(int, 1),
     "refresh_token_ttl_seconds": _number(int, 0),
     "principal_recheck_seconds": _number(float, 0),

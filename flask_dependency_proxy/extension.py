@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing as t
 
+from ._state import EXTENSION_KEY, ProxyState, state
 from .access import AccessControl
 from .cache import PullThroughCache
-from .config import ProxyConfig, load_config
-from .database import DatabaseGuard
+from .config import load_config
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
 from .quota import QuotaPolicy
-from .storage import FilesystemStore
+from .stores import open_store
 from .throttle import LoginThrottle
 from .tokencache import SharedTokenFiles
 from .tokens import TokenIssuer
@@ -24,24 +23,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
-#: The key under ``app.extensions``.
-EXTENSION_KEY = "dependency_proxy"
-
-
-@dataclasses.dataclass
-class ProxyState:
-    """Everything the extension keeps for one application."""
-
-    config: ProxyConfig
-    host: HostAdapter
-    metadata: CacheMetadata
-    #: Database phases (bounded, released, failures answered with 503).
-    database: DatabaseGuard
-    access: AccessControl
-    issuer: TokenIssuer
-    store: FilesystemStore
-    upstream: UpstreamClient
-    cache: PullThroughCache
+__all__ = ["DependencyProxy", "ProxyState", "state"]
 
 
 class DependencyProxy:
@@ -96,7 +78,7 @@ class DependencyProxy:
             timeout_seconds=config.database_timeout_seconds,
         )
         issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
-        store = FilesystemStore(config.storage_path)
+        store = open_store(config)
         credentials = (
             (config.upstream_username, config.upstream_password)
             if config.upstream_username and config.upstream_password
@@ -190,17 +172,3 @@ def _trust_forwarded_headers(app: Flask, proxies: int) -> None:
     app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
         app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
     )
-
-
-def state(app: Flask | None) -> ProxyState:
-    """The extension's state for ``app`` (the current app when ``None``)."""
-    if app is None:
-        from flask import current_app
-
-        app = current_app
-    try:
-        return t.cast(ProxyState, app.extensions[EXTENSION_KEY])
-    except KeyError:
-        raise RuntimeError(
-            "DependencyProxy is not registered on this app: call DependencyProxy.init_app(app)."
-        ) from None

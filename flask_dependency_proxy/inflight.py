@@ -1,16 +1,16 @@
 """One upstream fetch per blob digest, streamed to every client that asks meanwhile.
 
-A fetch runs in its own thread: it copies upstream bytes into the digest's staging
-file, hashes them on the way, and commits only a verified digest. Clients never read
-the upstream response themselves; they follow the staging file as it grows, so the
+A fetch runs in its own thread: it copies upstream bytes into the digest's local spool
+file (:meth:`~.blobstore.BlobStore.stage`), hashes them on the way, and commits only a
+verified digest. Clients never read
+the upstream response themselves; they follow the spool file as it grows, so the
 first client and the tenth are served alike, and a client that hangs up does not abort
 a fetch others are waiting for.
 
-Across processes (gunicorn workers, or hosts sharing the store's filesystem) an
-exclusive ``flock`` on the digest's lock file elects the one process that fetches. The
-holder writes the fetch's state (size, or the error) into the lock file; other
-processes follow the same staging file and learn the outcome when the lock is released:
-the blob was committed if the file now under its digest is the very file they read.
+Across the processes of a host (gunicorn workers) an exclusive ``flock`` on the
+digest's lock file elects the one process that fetches. The holder writes the fetch's
+state (size, then how it ended) into the lock file; other processes follow the same
+spool file and read the outcome there when the lock is released.
 
 Nobody can tell a wrong blob from a right one before its last byte is hashed, so every
 follower holds its last chunk back until the fetch is verified: a blob that fails its
@@ -35,8 +35,9 @@ import typing as t
 import requests
 import urllib3.exceptions
 
+from .blobstore import BlobStore, StagedBlob, StorageError
 from .blocking import off_the_loop
-from .storage import FilesystemStore, StorageError, open_for_reading, open_lock_file
+from .storage import open_for_reading, open_lock_file
 from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 _READ_CHUNK = 1024 * 1024
 #: What a broken upstream transfer raises from the middle of a response body.
 _TRANSFER_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
-#: Longest wait for a fetch whose staging file just disappeared to say how it ended.
+#: Longest wait for a fetch whose spool file just disappeared to say how it ended.
 _FINISH_WAIT_SECONDS = 30.0
 #: How often a reader in another process looks for new bytes or the end of the fetch.
 _POLL_SECONDS = 0.01
@@ -105,7 +106,7 @@ class Fetch(t.Protocol):
 
     def on_commit(self, callback: t.Callable[[int], None]) -> None: ...
 
-    def follow(self, store: FilesystemStore) -> t.Iterator[bytes]: ...
+    def follow(self, store: BlobStore) -> t.Iterator[bytes]: ...
 
 
 class LocalFetch:
@@ -114,7 +115,9 @@ class LocalFetch:
     def __init__(self, digest: str) -> None:
         self.digest = digest
         self.size: int | None = None
-        self.staging_path: str | None = None
+        self.spool_path: str | None = None
+        #: Committed before this fetch started (by a fetch that just ended elsewhere).
+        self.already_stored = False
         self.error: BaseException | None = None
         self.written = 0
         self.started = False
@@ -160,7 +163,7 @@ class LocalFetch:
     def _progressed(self, position: int) -> t.Callable[[], bool]:
         return lambda: self.written > position or self.finished
 
-    def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+    def follow(self, store: BlobStore) -> t.Iterator[bytes]:
         """Yield the blob's bytes as the fetch writes them, the last chunk only once the
         fetch is verified and committed.
 
@@ -169,9 +172,9 @@ class LocalFetch:
         """
         return _held_back(self._follow(store))
 
-    def _follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore) -> t.Iterator[bytes]:
         try:
-            file = open_for_reading(self.staging_path or "")
+            file = open_for_reading(self.spool_path or "")
         except FileNotFoundError:
             # Renamed by the commit, or discarded: the fetch is finishing either way.
             with self._condition:
@@ -192,7 +195,7 @@ class LocalFetch:
                 while position < available:
                     chunk = file.read(min(available - position, _READ_CHUNK))
                     if not chunk:
-                        raise FetchFailed(f"staging file of {self.digest} ended early")
+                        raise FetchFailed(f"spool file of {self.digest} ended early")
                     position += len(chunk)
                     yield chunk
                 if finished:
@@ -202,7 +205,8 @@ class LocalFetch:
 
 
 class RemoteFetch:
-    """A fetch run by another process, followed through the staging and lock files."""
+    """A fetch run by another process of this host, followed through the spool and lock
+    files."""
 
     def __init__(self, digest: str, size: int | None, lock_path: str) -> None:
         self.digest = digest
@@ -214,27 +218,32 @@ class RemoteFetch:
         # Run once this reader has seen the whole, committed blob.
         self._on_commit.append(callback)
 
-    def follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+    def follow(self, store: BlobStore) -> t.Iterator[bytes]:
         """Like :meth:`LocalFetch.follow`, for a fetch that another process runs."""
         return _held_back(self._follow(store))
 
-    def _follow(self, store: FilesystemStore) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore) -> t.Iterator[bytes]:
         # The lock file of the fetch being followed: held while it runs, and where its
-        # holder leaves the reason when it fails (still readable once unlinked).
-        lock_fd: int | None
+        # holder leaves how it ended (still readable once unlinked).
         try:
             lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            lock_fd = None  # it has ended already
+            # It has ended already: committed, or failed.
+            yield from self._committed(store)
+            return
         try:
-            file: t.BinaryIO
             try:
-                file = open_for_reading(store.staging_path(self.digest))
+                file = open_for_reading(store.spool_path(self.digest))
             except FileNotFoundError:
-                try:
-                    file = store.open(self.digest)
-                except FileNotFoundError:
+                file = None
+            if file is None:
+                # Committed (the spool file is gone once its blob is), or discarded.
+                while _is_locked(lock_fd):
+                    time.sleep(_POLL_SECONDS)
+                if _published_state(lock_fd).get("committed") is None:
                     raise self._failed() from _published_error(lock_fd)
+                yield from self._committed(store)
+                return
             with file:
                 position = 0
                 while True:
@@ -243,21 +252,33 @@ class RemoteFetch:
                         position += len(chunk)
                         yield chunk
                         continue
-                    if lock_fd is not None and _is_locked(lock_fd):
+                    if _is_locked(lock_fd):
                         time.sleep(_POLL_SECONDS)
                         continue
                     # The fetch ended: whatever it wrote is in the file by now.
                     while chunk := file.read(_READ_CHUNK):
                         position += len(chunk)
                         yield chunk
-                    if not _is_committed(store, self.digest, file, position):
+                    if _published_state(lock_fd).get("committed") != position:
                         raise self._failed() from _published_error(lock_fd)
                     for callback in self._on_commit:
                         callback(position)
                     return
         finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            os.close(lock_fd)
+
+    def _committed(self, store: BlobStore) -> t.Iterator[bytes]:
+        """The committed blob, for a reader that came after the spool file was gone."""
+        try:
+            file = store.open(self.digest)
+        except FileNotFoundError:
+            raise self._failed() from None
+        position = 0
+        for chunk in _read_file(file):
+            position += len(chunk)
+            yield chunk
+        for callback in self._on_commit:
+            callback(position)
 
     def _failed(self) -> FetchFailed:
         return FetchFailed(f"fetch of {self.digest} in another process failed")
@@ -274,7 +295,7 @@ class BlobFetcher:
 
     def __init__(
         self,
-        store: FilesystemStore,
+        store: BlobStore,
         *,
         start_timeout: float = 60.0,
         resume_attempts: int = 2,
@@ -301,9 +322,6 @@ class BlobFetcher:
                 if local is None:
                     lock_fd = _try_lock(self.store.lock_path(digest))
                     if lock_fd is not None:
-                        if self.store.size(digest) is not None:
-                            _unlock(self.store.lock_path(digest), lock_fd)
-                            return None
                         local = LocalFetch(digest)
                         self._fetches[digest] = local
                         threading.Thread(
@@ -314,6 +332,8 @@ class BlobFetcher:
                         ).start()
             if local is not None:
                 local.wait_started(self.start_timeout)
+                if local.already_stored:
+                    return None
                 return local
             remote = self._remote(digest)
             if remote is not None:
@@ -353,22 +373,30 @@ class BlobFetcher:
         self, fetch: LocalFetch, open_upstream: t.Callable[[int], BlobStream], lock_fd: int
     ) -> None:
         lock_path = self.store.lock_path(fetch.digest)
-        staging_path: str | None = None
+        staged: StagedBlob | None = None
         try:
+            # Committed by a fetch that ended between this request's lookup and the lock.
+            stored = self.store.size(fetch.digest)
+            if stored is not None:
+                fetch.update(already_stored=True, size=stored, written=stored, started=True)
+                fetch.mark_committed()
+                return
             stream = open_upstream(0)
             try:
                 self._check_size(fetch.digest, stream.size)
                 self._check_space(fetch, stream.size)
-                staging_path, file = self.store.create_staging(fetch.digest)
+                staged = self.store.stage(fetch.digest, stream.size)
             except BaseException:
                 stream.close()
                 raise
             _publish(lock_fd, {"size": stream.size})
-            fetch.update(staging_path=staging_path, size=stream.size, started=True)
-            with file:
-                written = self._download(fetch, stream, file, open_upstream)
-            self.store.commit(staging_path, fetch.digest)
-            staging_path = None
+            fetch.update(spool_path=staged.spool_path, size=stream.size, started=True)
+            written = self._download(fetch, stream, staged, open_upstream)
+            staged.commit()
+            staged = None
+            # Readers in other processes of this host read how it ended here.
+            with contextlib.suppress(StorageError):
+                _publish(lock_fd, {"size": fetch.size, "committed": written})
             for callback in fetch.mark_committed():
                 try:
                     callback(written)
@@ -385,20 +413,19 @@ class BlobFetcher:
                 )
             else:
                 log.warning("fetch of %s failed: %s", fetch.digest, exc)
-            # Readers in other processes find the reason in the lock file.
             failure = {"size": fetch.size, "error": _error_kind(exc)}
             if isinstance(exc, StorageError):
                 failure["path"] = exc.path
             with contextlib.suppress(StorageError):
                 _publish(lock_fd, failure)
             # Gone before any reader hears of the failure.
-            if staging_path is not None:
-                self.store.discard(staging_path)
-                staging_path = None
+            if staged is not None:
+                _discard(staged)
+                staged = None
             fetch.update(error=exc, finished=True)
         finally:
-            if staging_path is not None:
-                self.store.discard(staging_path)
+            if staged is not None:
+                _discard(staged)
             with self._lock:
                 self._fetches.pop(fetch.digest, None)
                 _unlock(lock_path, lock_fd)
@@ -427,14 +454,11 @@ class BlobFetcher:
                 for other in self._fetches.values()
                 if other is not fetch and other.size is not None
             )
-        try:
-            free = self.store.free_bytes()
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.store.staging_root) from exc
-        if free - pending < size:
+        free = self.store.free_bytes()
+        if free is not None and free - pending < size:
             raise StorageError(
                 f"no room for {size} bytes: {free} free, {pending} promised to other fetches",
-                path=self.store.staging_root,
+                path=self.store.spool_root,
                 errno=errno.ENOSPC,
             )
 
@@ -442,7 +466,7 @@ class BlobFetcher:
         self,
         fetch: LocalFetch,
         stream: BlobStream,
-        file: t.BinaryIO,
+        staged: StagedBlob,
         open_upstream: t.Callable[[int], BlobStream],
     ) -> int:
         """Copy, hash and publish upstream bytes; resume a broken transfer with a range
@@ -454,7 +478,6 @@ class BlobFetcher:
         """
         algorithm = fetch.digest.split(":", 1)[0]
         hasher = hashlib.new(algorithm)
-        staging_path = fetch.staging_path or ""
         written = 0
         size = stream.size
         resumes = 0
@@ -468,10 +491,7 @@ class BlobFetcher:
                         end = written + len(chunk)
                         if bound is not None and end > bound:
                             raise self._overflow(fetch.digest, size)
-                        try:
-                            off_the_loop(_absorb, hasher, file, chunk)
-                        except OSError as exc:
-                            raise StorageError.from_os_error(exc, staging_path) from exc
+                        off_the_loop(_absorb, hasher, staged, chunk)
                         written = end
                         fetch.update(written=written)
                 finally:
@@ -493,13 +513,10 @@ class BlobFetcher:
                     # Upstream ignored the range: start over in the same file, whose
                     # readers see the same bytes at the same offsets again.
                     try:
-                        file.seek(0)
-                        file.truncate()
-                    except OSError as truncate_error:
+                        staged.restart()
+                    except StorageError:
                         stream.close()
-                        raise StorageError.from_os_error(
-                            truncate_error, staging_path
-                        ) from truncate_error
+                        raise
                     hasher = hashlib.new(algorithm)
                     written = 0
                 if stream.size is not None and size is not None and stream.size != size:
@@ -525,11 +542,17 @@ class BlobFetcher:
         return BlobTooLarge(digest, size=None, limit=self.max_blob_size)
 
 
-def _absorb(hasher: t.Any, file: t.BinaryIO, chunk: bytes) -> None:
-    """Hash a chunk and write it to the staging file, visible to its readers at once."""
+def _absorb(hasher: t.Any, staged: StagedBlob, chunk: bytes) -> None:
+    """Hash a chunk and append it to the spool file, visible to its readers at once."""
     hasher.update(chunk)
-    file.write(chunk)
-    file.flush()
+    staged.write(chunk)
+
+
+def _discard(staged: StagedBlob) -> None:
+    try:
+        staged.discard()
+    except Exception:
+        log.exception("could not discard the staged blob %s", staged.spool_path)
 
 
 def _try_lock(path: str) -> int | None:
@@ -584,19 +607,13 @@ def _is_locked(fd: int) -> bool:
     return False
 
 
-def _is_committed(store: FilesystemStore, digest: str, file: t.BinaryIO, size: int) -> bool:
-    """Whether the file just read to its end (``size`` bytes) is the committed blob.
-
-    A commit renames the staging file, so a committed blob is the same file (device and
-    inode) its readers followed; a fetch that failed left nothing, or a later fetch's
-    file, under the digest.
-    """
+def _published_state(fd: int) -> dict[str, t.Any]:
+    """What the holder of a fetch's lock file (open as ``fd``) wrote into it."""
     try:
-        final = os.stat(store.path(digest))
-    except FileNotFoundError:
-        return False
-    read = os.fstat(file.fileno())
-    return (final.st_dev, final.st_ino, final.st_size) == (read.st_dev, read.st_ino, size)
+        state = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -632,15 +649,9 @@ def _error_from_state(digest: str, state: dict[str, t.Any]) -> Exception | None:
     return UpstreamError(f"upstream fetch of {digest} failed: {kind}")
 
 
-def _published_error(fd: int | None) -> Exception | None:
+def _published_error(fd: int) -> Exception | None:
     """The failure a fetch's holder left in its lock file (open as ``fd``), if any."""
-    if fd is None:
-        return None
-    try:
-        state = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return None
-    return _error_from_state("the blob", state) if isinstance(state, dict) else None
+    return _error_from_state("the blob", _published_state(fd))
 
 
 def _held_back(chunks: t.Iterator[bytes]) -> t.Iterator[bytes]:

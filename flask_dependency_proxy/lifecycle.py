@@ -43,9 +43,9 @@ import threading
 import typing as t
 import uuid
 
+from .blobstore import BlobStore
 from .models.admin import CacheAdmin, human_size
 from .models.tables import CachedBlob, CachedManifest, utcnow
-from .storage import BlobFiles, FilesystemStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -133,14 +133,14 @@ class Lifecycle:
     """Purge and cleanup for one application.
 
     :param admin: the queries.
-    :param files: the store, as cleanup sees it.
+    :param files: the blob store.
     :param clock: naive UTC now; tests pass one they control.
     """
 
     def __init__(
         self,
         admin: CacheAdmin,
-        files: BlobFiles,
+        files: BlobStore,
         *,
         group_default_enabled: bool,
         purge_cooldown_seconds: float,
@@ -161,7 +161,7 @@ class Lifecycle:
     @classmethod
     def for_app(cls, app: Flask | None = None, *, clock: Clock = utcnow) -> Lifecycle:
         """The life cycle of ``app`` (the current app when ``None``)."""
-        from .extension import state
+        from ._state import state
 
         proxy = state(app)
         return cls.from_config(
@@ -173,13 +173,13 @@ class Lifecycle:
         cls,
         config: ProxyConfig,
         session: t.Callable[[], t.Any],
-        store: FilesystemStore,
+        store: BlobStore,
         *,
         clock: Clock = utcnow,
     ) -> Lifecycle:
         return cls(
             CacheAdmin(session),
-            BlobFiles(store),
+            store,
             group_default_enabled=config.group_default_enabled,
             purge_cooldown_seconds=config.purge_cooldown_seconds,
             batch_size=config.cleanup_batch_size,
@@ -283,7 +283,7 @@ class Lifecycle:
         now = self.clock()
         due = [
             (digest, path)
-            for digest, stamp, path in self.files.set_aside_files()
+            for digest, stamp, path in self.files.set_aside_blobs()
             if stamp <= now - self.file_grace
         ]
         for start in range(0, len(due), _SWEEP_CHUNK):
@@ -295,7 +295,7 @@ class Lifecycle:
                         report.files_restored += 1
                         log.info("restored blob file %s: a pull claimed it again", digest)
                     continue
-                size = self.files.delete(path)
+                size = self.files.delete_set_aside(path)
                 if size is not None:
                     report.files_deleted += 1
                     report.bytes_deleted += size
@@ -355,7 +355,7 @@ class CleanupScheduler:
                 try:
                     return Lifecycle.for_app(self.app).run_if_due(self.interval)
                 finally:
-                    from .extension import state
+                    from ._state import state
 
                     state(self.app).metadata.release()
         except Exception:

@@ -1,8 +1,8 @@
-"""Content-addressed blob storage: bytes by digest, staged and committed atomically.
+"""The filesystem blob store (:class:`~.blobstore.BlobStore`): the embedded default.
 
 Knows files and digests; nothing of the database, the upstream or HTTP. A blob is
 written to a staging file while it is fetched and becomes visible under its digest
-only through :meth:`FilesystemStore.commit`, an atomic rename after verification.
+only when it is committed, an atomic rename after verification.
 
 Folders are created ``0750`` and files ``0640`` (the process's user and group only), and
 every file is opened without following a symbolic link, so nobody who can write into
@@ -18,6 +18,8 @@ import re
 import stat as _stat
 import typing as t
 
+from .blobstore import LocalFile, StorageError
+
 _DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
 _TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
 FOLDER_MODE = 0o750
@@ -25,46 +27,26 @@ FILE_MODE = 0o640
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class StorageError(Exception):
-    """The blob store cannot take a blob: its disk is full, read-only or failing.
-
-    Unlike an upstream error this is not retried upstream: the same bytes would fail
-    the same way. ``path`` is the file the store could not write; ``errno`` the
-    operating system's error number (``None`` for a refusal made before writing).
-    """
-
-    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.errno = errno
-
-    @classmethod
-    def from_os_error(cls, exc: OSError, path: str) -> StorageError:
-        return cls(f"cannot write {path}: {exc.strerror or exc}", path=path, errno=exc.errno)
-
-    @property
-    def errno_name(self) -> str:
-        """``ENOSPC``, ``EROFS``, ...; ``-`` when there is no error number."""
-        if self.errno is None:
-            return "-"
-        return errno.errorcode.get(self.errno, str(self.errno))
-
-
 class FilesystemStore:
     """Blobs under ``<root>/blobs/<algorithm>/<2 hex>/<hex>``, staging under ``<root>/staging``.
 
-    Staging and final files share a filesystem, so a commit is a ``rename``.
+    Staging and final files share a filesystem, so a commit is a ``rename``; the grace
+    period of cleanup moves files to ``<root>/trash`` and a restore links them back.
     """
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        self.staging_root = os.path.join(self.root, "staging")
+        self.spool_root = os.path.join(self.root, "staging")
         self._locks = os.path.join(self.root, "locks")
         #: Committed blobs live below this folder (what a web server may serve directly).
         self.blobs_root = os.path.join(self.root, "blobs")
+        self.trash = os.path.join(self.root, "trash")
         make_folder(self.root)
-        for folder in (self.staging_root, self._locks, self.blobs_root):
+        for folder in (self.spool_root, self._locks, self.blobs_root):
             make_folder(folder)
+
+    def describe(self) -> str:
+        return self.root
 
     def path(self, digest: str) -> str:
         """The final location of a blob. ``digest`` must already be validated."""
@@ -72,12 +54,15 @@ class FilesystemStore:
         return os.path.join(self.blobs_root, algorithm, hex_digest[:2], hex_digest)
 
     def size(self, digest: str) -> int | None:
-        """The size of a committed blob, or ``None`` when it is not stored."""
         try:
             stat = os.stat(self.path(digest), follow_symlinks=False)
         except FileNotFoundError:
             return None
         return stat.st_size if _stat.S_ISREG(stat.st_mode) else None
+
+    def locate(self, digest: str, size: int) -> LocalFile:
+        algorithm, hex_digest = digest.split(":", 1)
+        return LocalFile(self.path(digest), f"{algorithm}/{hex_digest[:2]}/{hex_digest}")
 
     def open(self, digest: str) -> t.BinaryIO:
         """Open a committed blob for reading.
@@ -93,78 +78,53 @@ class FilesystemStore:
                 raise FileNotFoundError(errno.ENOENT, "a symbolic link, not a blob", path) from exc
             raise
 
-    def staging_path(self, digest: str) -> str:
+    def spool_path(self, digest: str) -> str:
         """Where a blob is written while it is fetched.
 
         One name per digest, so a reader in another process can find and follow it; only
         the holder of the digest's fetch lock (see :meth:`lock_path`) writes it.
         """
         algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self.staging_root, f"{algorithm}-{hex_digest}.partial")
+        return os.path.join(self.spool_root, f"{algorithm}-{hex_digest}.partial")
 
     def lock_path(self, digest: str) -> str:
-        """A file whose ``flock`` elects the one process that fetches a digest."""
         algorithm, hex_digest = digest.split(":", 1)
         return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
 
-    def create_staging(self, digest: str) -> tuple[str, t.BinaryIO]:
-        """Create the staging file of a blob whose fetch lock the caller holds, anew: a
-        file (or link) left there by a killed fetch is removed first.
+    def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedFile:
+        return StagedFile(self, digest, create_spool_file(self.spool_path(digest)))
 
-        :raises StorageError: when the file cannot be created.
-        """
-        staging_path = self.staging_path(digest)
-        try:
-            _unlink(staging_path)
-            fd = os.open(staging_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, FILE_MODE)
-            return staging_path, os.fdopen(fd, "wb")
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, staging_path) from exc
-
-    def free_bytes(self) -> int:
+    def free_bytes(self) -> int | None:
         """Bytes an unprivileged writer can still put on the store's filesystem."""
-        stats = os.statvfs(self.staging_root)
+        try:
+            stats = os.statvfs(self.spool_root)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_root) from exc
         return stats.f_bavail * stats.f_frsize
 
-    def commit(self, staging_path: str, digest: str) -> None:
-        """Publish a fully written and verified staging file under its digest.
+    def commit_file(self, spool_path: str, digest: str) -> None:
+        """Publish a fully written and verified file under its digest.
 
         :raises StorageError: when the file cannot be moved into place.
         """
         final = self.path(digest)
         try:
             make_folder(os.path.dirname(final))
-            os.replace(staging_path, final)
+            os.replace(spool_path, final)
         except OSError as exc:
             raise StorageError.from_os_error(exc, final) from exc
 
-    def discard(self, staging_path: str) -> None:
-        """Remove a staging file that will not be committed."""
-        try:
-            os.unlink(staging_path)
-        except FileNotFoundError:
-            pass
-
     def delete(self, digest: str) -> bool:
-        """Remove a committed blob; ``False`` when it was not there."""
         try:
             os.unlink(self.path(digest))
         except FileNotFoundError:
             return False
         return True
 
-
-class BlobFiles:
-    """What cleanup needs of the filesystem store: walking committed blobs, and the
-    trash folder where files wait out the grace period before they are deleted."""
-
-    def __init__(self, store: FilesystemStore) -> None:
-        self.store = store
-        self.trash = os.path.join(store.root, "trash")
+    # -- cleanup -----------------------------------------------------------------------
 
     def committed(self) -> t.Iterator[tuple[str, float]]:
-        """``(digest, mtime)`` of every committed blob file."""
-        top = self.store.blobs_root
+        top = self.blobs_root
         for algorithm in _listdir(top):
             if algorithm not in {"sha256", "sha512"}:
                 continue
@@ -184,28 +144,26 @@ class BlobFiles:
                     yield f"{algorithm}:{entry.name}", stat.st_mtime
 
     def usage(self) -> tuple[int, int]:
-        """Number and total bytes of committed blob files."""
         count = size = 0
         for digest, _mtime in self.committed():
-            found = self.store.size(digest)
+            found = self.size(digest)
             if found is not None:
                 count += 1
                 size += found
         return count, size
 
     def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
-        """Move a committed file into the trash; ``False`` if it is no longer there."""
+        """Rename a committed file into the trash: readers that opened it keep reading."""
         make_folder(self.trash)
         algorithm, hex_digest = digest.split(":", 1)
         target = os.path.join(self.trash, f"{algorithm}-{hex_digest}.{_epoch_ms(stamp)}")
         try:
-            os.rename(self.store.path(digest), target)
+            os.rename(self.path(digest), target)
         except FileNotFoundError:
             return False
         return True
 
-    def set_aside_files(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
-        """``(digest, when it was set aside, path)`` of every file in the trash."""
+    def set_aside_blobs(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
         for name in _listdir(self.trash):
             match = _TRASH_NAME.fullmatch(name)
             if match is None:
@@ -213,45 +171,106 @@ class BlobFiles:
             stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(match["stamp"]))
             yield f"{match['algorithm']}:{match['hex']}", stamp, os.path.join(self.trash, name)
 
-    def restore(self, digest: str, path: str) -> bool:
-        """Put a set-aside file back; ``False`` when a newer copy is already committed
-        (then the set-aside one is dropped)."""
-        final = self.store.path(digest)
+    def restore(self, digest: str, handle: str) -> bool:
+        final = self.path(digest)
         make_folder(os.path.dirname(final))
         try:
             # A link never replaces a file a fetch committed meanwhile.
-            os.link(path, final)
+            os.link(handle, final)
             restored = True
         except FileExistsError:
             restored = False
         except FileNotFoundError:
             return False
-        _unlink(path)
+        _unlink(handle)
         return restored
 
-    def delete(self, path: str) -> int | None:
-        """Delete a set-aside file; its size, or ``None`` if it was gone already."""
+    def delete_set_aside(self, handle: str) -> int | None:
         try:
-            size = os.stat(path).st_size
-            os.unlink(path)
+            size = os.stat(handle).st_size
+            os.unlink(handle)
         except FileNotFoundError:
             return None
         return size
 
     def remove_stale_staging(self, older_than: dt.datetime) -> int:
-        """Delete staging files no fetch has written to since ``older_than`` (left by a
-        process that was killed mid-fetch); returns how many."""
-        removed = 0
-        limit = _epoch(older_than)
-        for name in _listdir(self.store.staging_root):
-            path = os.path.join(self.store.staging_root, name)
+        return remove_stale_spool_files(self.spool_root, older_than)
+
+
+class StagedFile:
+    """A blob being written to the filesystem store: the spool file is the staging file,
+    renamed under the digest by :meth:`commit`."""
+
+    def __init__(self, store: FilesystemStore, digest: str, file: t.BinaryIO) -> None:
+        self.store = store
+        self.digest = digest
+        self.spool_path = store.spool_path(digest)
+        self._file: t.BinaryIO | None = file
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._open_file().write(chunk)
+            self._open_file().flush()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+
+    def restart(self) -> None:
+        try:
+            self._open_file().seek(0)
+            self._open_file().truncate()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+
+    def commit(self) -> None:
+        self._close()
+        self.store.commit_file(self.spool_path, self.digest)
+
+    def discard(self) -> None:
+        self._close()
+        _unlink(self.spool_path)
+
+    def _open_file(self) -> t.BinaryIO:
+        if self._file is None:
+            raise StorageError("the staged blob was closed", path=self.spool_path)
+        return self._file
+
+    def _close(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
             try:
-                if os.stat(path).st_mtime < limit:
-                    os.unlink(path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+                file.close()
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, self.spool_path) from exc
+
+
+def create_spool_file(path: str) -> t.BinaryIO:
+    """Create a spool file anew for a fetch whose lock the caller holds: a file (or link)
+    a killed fetch left there is removed first.
+
+    :raises StorageError: when the file cannot be created.
+    """
+    try:
+        _unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, FILE_MODE)
+        return os.fdopen(fd, "wb")
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path) from exc
+
+
+def remove_stale_spool_files(folder: str, older_than: dt.datetime) -> int:
+    """Delete spool files no fetch has written to since ``older_than`` (left by a process
+    that was killed mid-fetch); returns how many."""
+    removed = 0
+    limit = _epoch(older_than)
+    for name in _listdir(folder):
+        path = os.path.join(folder, name)
+        try:
+            if os.stat(path).st_mtime < limit:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def make_folder(path: str) -> None:

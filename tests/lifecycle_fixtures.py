@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import typing as t
 
 import sqlalchemy as sa
 
-from flask_dependency_proxy.extension import state
+from flask_dependency_proxy import state
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status, utcnow
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -118,11 +117,9 @@ def add_blob(
     proxy = state(None)
     digest = sha256(data)
     if write_file and proxy.store.size(digest) is None:
-        staging = proxy.store.path(digest) + ".writing"
-        os.makedirs(os.path.dirname(staging), exist_ok=True)
-        with open(staging, "wb") as file:
-            file.write(data)
-        proxy.store.commit(staging, digest)
+        staged = proxy.store.stage(digest, len(data))
+        staged.write(data)
+        staged.commit()
     now = utcnow()
     proxy.metadata.session.add(
         CachedBlob(

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from examples.platform import services
 from examples.platform.models import User, db
-from flask_dependency_proxy.extension import state
+from flask_dependency_proxy import state
 from flask_dependency_proxy.models.tables import (
     CachedBlob,
     CachedManifest,

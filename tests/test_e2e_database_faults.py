@@ -460,7 +460,7 @@ def _registry_unavailable(response: t.Any) -> None:
 
 def test_unreachable_database_answers_503_in_every_blueprint(unreachable_app: Flask) -> None:
     from examples.platform.tokens import PERSONAL_ACCESS_TOKEN_PREFIX
-    from flask_dependency_proxy.extension import state
+    from flask_dependency_proxy import state
 
     client = unreachable_app.test_client()
     started = time.monotonic()

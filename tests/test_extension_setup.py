@@ -11,8 +11,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from examples.platform.host import PlatformHost
-from flask_dependency_proxy import ConfigError, DependencyProxy
-from flask_dependency_proxy.extension import state
+from flask_dependency_proxy import ConfigError, DependencyProxy, state
 from tests.platform_fixtures import build_world, dispose, make_app
 from tests.support import images
 from tests.support.registry import Registry

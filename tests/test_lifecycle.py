@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flask_dependency_proxy.extension import state
+from flask_dependency_proxy import state
+from flask_dependency_proxy.blobstore import LocalFile
 from flask_dependency_proxy.lifecycle import (
     CLEANUP_LEASE,
     CleanupBusy,
@@ -303,7 +304,7 @@ def test_cli_stats_purge_cleanup(make_app: t.Callable[..., Flask]) -> None:
     result = run("stats")
     assert result.exit_code == 0, result.output
     assert "org: 1 images" in result.output
-    assert "Blob files in" in result.output and ": 1, 2.0 KiB" in result.output
+    assert "Blobs in" in result.output and ": 1, 2.0 KiB" in result.output
     assert run("stats", "nowhere").exit_code != 0
 
     result = run("purge", "org")
@@ -366,8 +367,8 @@ def _pull_blob(group_id: int, image: str, digest: str) -> bytes | str:
         cache.finish_request()
     if result.stream is not None:
         return b"".join(result.stream)
-    assert result.path is not None
-    return result.path
+    assert isinstance(result.location, LocalFile)
+    return result.location.path
 
 
 @pytest.mark.e2e
@@ -487,8 +488,8 @@ def test_cleanup_removes_staging_files_of_fetches_that_died(
 ) -> None:
     make_app()
     store = state(None).store
-    dead = store.staging_path("sha256:" + "d" * 64)
-    live = store.staging_path("sha256:" + "e" * 64)
+    dead = store.spool_path("sha256:" + "d" * 64)
+    live = store.spool_path("sha256:" + "e" * 64)
     for path in (dead, live):
         Path(path).write_bytes(b"partial")
     hour_ago = (clock() - dt.timedelta(hours=1, minutes=1)).replace(tzinfo=dt.UTC).timestamp()

@@ -30,7 +30,7 @@ from flask_login import LoginManager, current_user, login_required, login_user, 
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from flask_dependency_proxy.extension import state
+from flask_dependency_proxy import state
 from flask_dependency_proxy.throttle import LoginRefused, LoginThrottle
 
 from .models import User, get_by_id

@@ -8,9 +8,10 @@ import re
 from flask import Response, current_app, json, request
 from werkzeug.exceptions import SecurityError
 
+from .._state import state
+from ..blobstore import StorageError
 from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
-from ..errors import ErrorCode, RegistryError
-from ..extension import state
+from ..errors import ErrorCode, RegistryError, storage_unavailable
 
 log = logging.getLogger("flask_dependency_proxy")
 
@@ -53,6 +54,12 @@ def error_response(error: RegistryError, scope: str | None = None) -> Response:
 
 def handle_registry_error(error: RegistryError) -> Response:
     return error_response(error)
+
+
+def handle_storage_error(error: StorageError) -> Response:
+    """503 for a blob store that failed a read (an object store that is down)."""
+    log.error("blob store failed: %s (path %s, errno %s)", error, error.path, error.errno_name)
+    return error_response(storage_unavailable())
 
 
 def database_unavailable() -> RegistryError:

@@ -31,8 +31,8 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
+from .._state import state
 from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
-from ..extension import state
 from ..host import AuthFailure, Group, Principal
 from ..lifecycle import Lifecycle, PurgeTooSoon
 from ..models.admin import (

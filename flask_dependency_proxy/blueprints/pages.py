@@ -45,8 +45,8 @@ from flask import (
 )
 from markupsafe import Markup
 
+from .._state import state
 from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable
-from ..extension import state
 from ..lifecycle import Lifecycle, PurgeTooSoon
 from ..models.admin import (
     DEFAULT_PER_PAGE,

@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import typing as t
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
+from .._state import state
+from ..blobstore import ByteStream, LocalFile, Redirect, StorageError
 from ..cache import BlobResult
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError, storage_unavailable
-from ..extension import state
 from ..host import Group, Principal
 from ..inflight import BlobTooLarge, FetchFailed
 from ..quota import blob_too_large
@@ -30,6 +30,7 @@ from ._registry_http import (
     error_response,
     handle_database_unavailable,
     handle_registry_error,
+    handle_storage_error,
     handle_unexpected,
 )
 
@@ -38,6 +39,7 @@ log = logging.getLogger("flask_dependency_proxy")
 bp = Blueprint("dependency_proxy_registry", __name__)
 bp.register_error_handler(RegistryError, handle_registry_error)
 bp.register_error_handler(DatabaseUnavailable, handle_database_unavailable)
+bp.register_error_handler(StorageError, handle_storage_error)
 bp.register_error_handler(Exception, handle_unexpected)
 bp.after_request(add_api_version)
 
@@ -165,14 +167,25 @@ def _find_blob(group: Group, path: ProxyPath, digest: str) -> BlobResult:
 
 
 def _blob_response(result: BlobResult) -> Response:
+    location = result.location
     accel_prefix = state(None).config.x_accel_redirect_prefix
-    if result.path is not None and accel_prefix is not None:
+    if isinstance(location, LocalFile) and accel_prefix is not None:
         # nginx serves the file (sendfile, ranges) from an internal location.
         response = Response(b"", mimetype="application/octet-stream")
-        relative = os.path.relpath(result.path, state(None).store.blobs_root)
-        response.headers["X-Accel-Redirect"] = accel_prefix + relative.replace(os.sep, "/")
-    elif result.path is not None:
-        response = _send_blob_file(result.path)
+        response.headers["X-Accel-Redirect"] = accel_prefix + location.relative
+    elif isinstance(location, LocalFile):
+        response = _send_blob_file(location.path)
+    elif isinstance(location, Redirect):
+        # Clients fetch the bytes from the object store (a presigned URL), as they
+        # do from Docker Hub's CDN; the URL grants this one blob for a short time.
+        response = Response(b"", status=307, mimetype="application/octet-stream")
+        response.headers["Location"] = location.url
+        response.headers["Cache-Control"] = "no-store"
+    elif isinstance(location, ByteStream):
+        response = Response(
+            _opened(location), mimetype="application/octet-stream", direct_passthrough=True
+        )
+        response.headers["Content-Length"] = str(location.size)
     elif result.stream is not None:
         response = Response(
             _primed(result.stream, result.digest),
@@ -247,6 +260,19 @@ def _primed(stream: t.Iterator[bytes], digest: str) -> t.Iterator[bytes]:
         except FetchFailed as exc:
             log.warning("aborting response for %s: %s", digest, exc)
             raise
+
+    return rest()
+
+
+def _opened(location: ByteStream) -> t.Iterator[bytes]:
+    """Open a streamed blob before the response starts, so a blob removed meanwhile is
+    fetched again (``FileNotFoundError`` reaches the view) rather than cut short."""
+    chunks = location.open()
+    first = next(chunks, b"")
+
+    def rest() -> t.Iterator[bytes]:
+        yield first
+        yield from chunks
 
     return rest()
 

@@ -24,9 +24,9 @@ from flask import Blueprint, Response, json, jsonify, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .._state import ProxyState, state
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
-from ..extension import ProxyState, state
 from ..tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
 from ._registry_http import (
     SERVICE,

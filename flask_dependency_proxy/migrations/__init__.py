@@ -168,7 +168,7 @@ def differences(*, engine: sa.Engine | None = None) -> list[t.Any]:
 def _engine(engine: sa.Engine | None) -> sa.Engine:
     if engine is not None:
         return engine
-    from ..extension import state
+    from .._state import state
 
     return state(None).metadata.engine
 

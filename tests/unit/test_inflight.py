@@ -217,10 +217,10 @@ def test_follower_in_another_process_is_held_back_and_learns_the_outcome(
     assert remote.size == len(data)
     if outcome == "storage":
         # The commit (a rename into place) fails as on a read-only or full disk.
-        def no_room(staging_path: str, digest: str) -> None:
+        def no_room(spool_path: str, digest: str) -> None:
             raise StorageError("cannot write", path=store.path(digest), errno=errno.ENOSPC)
 
-        monkeypatch.setattr(store, "commit", no_room)
+        monkeypatch.setattr(store, "commit_file", no_room)
     committed: list[int] = []
     remote.on_commit(committed.append)
     reader = Reader(remote.follow(store))
@@ -253,14 +253,13 @@ def test_remote_follower_does_not_take_another_fetchs_file_for_its_own(tmp_path:
     lock_path = store.lock_path(digest)
     lock_fd = _try_lock(lock_path)
     assert lock_fd is not None
-    staging_path, file = store.create_staging(digest)
-    with file:
-        file.write(data)
+    staged = store.stage(digest, len(data))
+    staged.write(data)
     remote = RemoteFetch(digest, len(data), lock_path)
     reader = Reader(remote.follow(store))
     _wait(lambda: len(reader.received) > 0)
 
-    store.discard(staging_path)
+    staged.discard()
     final = store.path(digest)
     os.makedirs(os.path.dirname(final))
     with open(final, "wb") as later:
@@ -282,21 +281,22 @@ def test_bytes_beyond_the_announced_size_abort_the_fetch_unwritten(tmp_path: Pat
     digest = _digest(data)
     opened: list[int] = []
     largest: list[int] = [0]
-    create_staging = store.create_staging
+    stage = store.stage
 
-    def watched_staging(digest: str) -> tuple[str, t.BinaryIO]:
-        path, file = create_staging(digest)
-        write = file.write
+    def watched_stage(digest: str, size: int | None, *, upload: bool = True) -> t.Any:
+        staged = stage(digest, size)
+        write = staged.write
+        written = [0]
 
-        def counting_write(chunk: t.Any) -> int:
-            written = write(chunk)
-            largest[0] = max(largest[0], file.tell())
-            return written
+        def counting_write(chunk: bytes) -> None:
+            write(chunk)
+            written[0] += len(chunk)
+            largest[0] = max(largest[0], written[0])
 
-        file.write = counting_write  # type: ignore[method-assign]
-        return path, file
+        staged.write = counting_write  # type: ignore[method-assign]
+        return staged
 
-    store.create_staging = watched_staging  # type: ignore[method-assign]
+    store.stage = watched_stage  # type: ignore[method-assign]
 
     def open_upstream(offset: int) -> FakeStream:
         opened.append(offset)
@@ -334,7 +334,7 @@ def test_blob_larger_than_the_free_space_is_refused_before_it_starts(
     with pytest.raises(StorageError) as refused:
         fetcher.fetch(_digest(data), open_upstream)
     assert refused.value.errno == errno.ENOSPC
-    assert refused.value.path == store.staging_root
+    assert refused.value.path == store.spool_root
     assert list((tmp_path / "staging").iterdir()) == []
     assert fetcher.in_flight() == 0
 
@@ -381,9 +381,10 @@ def test_write_that_fails_aborts_the_fetch_without_retrying_upstream(
     fetcher = BlobFetcher(store, resume_attempts=3)
     data = bytes(range(256)) * 20
     digest = _digest(data)
-    staging = store.staging_path(digest)
+    staging = store.spool_path(digest)
     monkeypatch.setattr(
-        store, "create_staging", lambda digest: (staging, FailingFile(staging, 2500))
+        "flask_dependency_proxy.storage.create_spool_file",
+        lambda path: FailingFile(path, 2500),
     )
     opened: list[int] = []
 

@@ -77,7 +77,7 @@ def test_a_link_planted_as_the_staging_file_is_replaced_not_written_through(
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     data = b"blob bytes" * 500
-    os.symlink(victim, store.staging_path(_digest(data)))
+    os.symlink(victim, store.spool_path(_digest(data)))
 
     assert _fetch(store, data) == data
 

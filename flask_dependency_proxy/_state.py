@@ -1,0 +1,56 @@
+"""Where the extension keeps its per-application state: a leaf module.
+
+Blueprints, the CLI and cleanup find the wiring through :func:`state` without importing
+the composition root (:mod:`.extension`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .access import AccessControl
+    from .blobstore import BlobStore
+    from .cache import PullThroughCache
+    from .config import ProxyConfig
+    from .database import DatabaseGuard
+    from .host import HostAdapter
+    from .models.repository import CacheMetadata
+    from .tokens import TokenIssuer
+    from .upstream import UpstreamClient
+
+#: The key under ``app.extensions``.
+EXTENSION_KEY = "dependency_proxy"
+
+
+@dataclasses.dataclass
+class ProxyState:
+    """Everything the extension keeps for one application."""
+
+    config: ProxyConfig
+    host: HostAdapter
+    metadata: CacheMetadata
+    #: Database phases (bounded, released, failures answered with 503).
+    database: DatabaseGuard
+    access: AccessControl
+    issuer: TokenIssuer
+    store: BlobStore
+    upstream: UpstreamClient
+    cache: PullThroughCache
+
+
+def state(app: Flask | None) -> ProxyState:
+    """The extension's state for ``app`` (the current app when ``None``)."""
+    if app is None:
+        from flask import current_app
+
+        app = current_app
+    try:
+        return t.cast(ProxyState, app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "DependencyProxy is not registered on this app: call DependencyProxy.init_app(app)."
+        ) from None
