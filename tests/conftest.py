@@ -25,6 +25,7 @@ from tests.support.databases import Databases
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry, TokenAuth
+from tests.support.seaweedfs import SeaweedFS, seaweedfs_unavailable
 from tests.support.tokenserver import TokenServer, TokenUpstream
 
 if t.TYPE_CHECKING:
@@ -116,6 +117,22 @@ def module_processes(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Pro
     factory = ProcessFactory(tmp_path_factory.mktemp("module-logs"))
     yield factory
     factory.stop_all()
+
+
+# -- object storage ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(
+    session_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[SeaweedFS]:
+    """A real S3-compatible object store for the session; ``new_bucket()`` per test."""
+    reason = seaweedfs_unavailable()
+    if reason:
+        pytest.fail(f"SeaweedFS is needed for the object-storage tests: {reason}")
+    server = SeaweedFS(session_processes, tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()
 
 
 # -- databases -----------------------------------------------------------------------
