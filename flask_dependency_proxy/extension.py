@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import typing as t
 
+import sqlalchemy as sa
+
 from ._state import EXTENSION_KEY, ProxyState, state
 from .access import AccessControl
 from .cache import PullThroughCache
-from .config import load_config
+from .config import ProxyConfig, load_config
+from .coordination import FetchLeases, FleetSource, PeerTokens
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
@@ -97,6 +100,7 @@ class DependencyProxy:
             start_timeout=config.upstream_read_timeout_seconds,
             resume_attempts=config.upstream_retries,
             max_blob_size=config.max_blob_size,
+            fleet=_fleet(app, self.db, config, [secret, *fallbacks]),
         )
         cache = PullThroughCache(
             store=store,
@@ -142,6 +146,10 @@ class DependencyProxy:
         if config.enabled:
             app.register_blueprint(registry.bp)
             app.register_blueprint(token.bp)
+            if config.peer_url is not None:
+                from .blueprints import peer
+
+                app.register_blueprint(peer.bp)
             app.before_request(refuse_untrusted_host)
         if config.trusted_proxies:
             _trust_forwarded_headers(app, config.trusted_proxies)
@@ -163,6 +171,25 @@ class DependencyProxy:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
         state(None).metadata.create_all()
+
+
+def _fleet(
+    app: Flask, db: SQLAlchemy, config: ProxyConfig, secret_keys: list[str]
+) -> FleetSource | None:
+    """Fetch coordination across the hosts that share the database, when ``PEER_URL``
+    names this host; ``None`` keeps fetches to this host's own processes."""
+    if config.peer_url is None:
+        return None
+
+    def engine() -> sa.Engine:
+        with app.app_context():
+            return db.engine
+
+    return FleetSource(
+        FetchLeases(engine, config.peer_url, ttl_seconds=config.fetch_lease_seconds),
+        PeerTokens(secret_keys),
+        read_timeout=config.upstream_read_timeout_seconds,
+    )
 
 
 def _trust_forwarded_headers(app: Flask, proxies: int) -> None:

@@ -37,6 +37,9 @@ import urllib3.exceptions
 
 from .blobstore import BlobStore, StagedBlob, StorageError
 from .blocking import off_the_loop
+
+if t.TYPE_CHECKING:
+    from .coordination import FleetSource
 from .storage import open_for_reading, open_lock_file
 from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
@@ -291,6 +294,8 @@ class BlobFetcher:
     :param start_timeout: seconds a client waits for upstream's first answer.
     :param resume_attempts: range requests made to finish a transfer that broke off.
     :param max_blob_size: largest blob fetched, in bytes; ``0`` sets no limit.
+    :param fleet: where this host's fetches read from when several hosts share the
+        database (:mod:`.coordination`); ``None`` always reads upstream.
     """
 
     def __init__(
@@ -300,8 +305,10 @@ class BlobFetcher:
         start_timeout: float = 60.0,
         resume_attempts: int = 2,
         max_blob_size: int = 0,
+        fleet: FleetSource | None = None,
     ) -> None:
         self.store = store
+        self.fleet = fleet
         self.start_timeout = start_timeout
         self.resume_attempts = resume_attempts
         self.max_blob_size = max_blob_size
@@ -365,6 +372,31 @@ class BlobFetcher:
         size = state.get("size")
         return RemoteFetch(digest, size if isinstance(size, int) else None, lock_path)
 
+    def join(self, digest: str) -> Fetch | None:
+        """The fetch of ``digest`` running in this host, to follow without starting one
+        (the peer route); ``None`` when there is none.
+
+        :raises UpstreamError: the fetch running here failed.
+        """
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            with self._lock:
+                local = self._fetches.get(digest)
+            if local is not None:
+                local.wait_started(self.start_timeout)
+                return None if local.already_stored else local
+            remote = self._remote(digest)
+            if remote is not None:
+                return remote
+            try:
+                with open_for_reading(self.store.lock_path(digest)) as file:
+                    starting = not file.read() and _is_locked(file.fileno())
+            except FileNotFoundError:
+                return None
+            if not starting or time.monotonic() > deadline:
+                return None
+            time.sleep(_POLL_SECONDS)
+
     def in_flight(self) -> int:
         with self._lock:
             return len(self._fetches)
@@ -373,7 +405,6 @@ class BlobFetcher:
         self, fetch: LocalFetch, open_upstream: t.Callable[[int], BlobStream], lock_fd: int
     ) -> None:
         lock_path = self.store.lock_path(fetch.digest)
-        staged: StagedBlob | None = None
         try:
             # Committed by a fetch that ended between this request's lookup and the lock.
             stored = self.store.size(fetch.digest)
@@ -381,19 +412,16 @@ class BlobFetcher:
                 fetch.update(already_stored=True, size=stored, written=stored, started=True)
                 fetch.mark_committed()
                 return
-            stream = open_upstream(0)
-            try:
-                self._check_size(fetch.digest, stream.size)
-                self._check_space(fetch, stream.size)
-                staged = self.store.stage(fetch.digest, stream.size)
-            except BaseException:
-                stream.close()
-                raise
-            _publish(lock_fd, {"size": stream.size})
-            fetch.update(spool_path=staged.spool_path, size=stream.size, started=True)
-            written = self._download(fetch, stream, staged, open_upstream)
-            staged.commit()
-            staged = None
+            if self.fleet is None:
+                written = self._fetch_into_store(fetch, open_upstream, lock_fd, from_peer=None)
+            else:
+                opener = self.fleet.opener(fetch.digest, open_upstream)
+                try:
+                    written = self._fetch_into_store(
+                        fetch, opener, lock_fd, from_peer=lambda: opener.from_peer
+                    )
+                finally:
+                    opener.release()
             # Readers in other processes of this host read how it ended here.
             with contextlib.suppress(StorageError):
                 _publish(lock_fd, {"size": fetch.size, "committed": written})
@@ -418,17 +446,49 @@ class BlobFetcher:
                 failure["path"] = exc.path
             with contextlib.suppress(StorageError):
                 _publish(lock_fd, failure)
-            # Gone before any reader hears of the failure.
-            if staged is not None:
-                _discard(staged)
-                staged = None
             fetch.update(error=exc, finished=True)
         finally:
-            if staged is not None:
-                _discard(staged)
             with self._lock:
                 self._fetches.pop(fetch.digest, None)
                 _unlock(lock_path, lock_fd)
+
+    def _fetch_into_store(
+        self,
+        fetch: LocalFetch,
+        opener: t.Callable[[int], BlobStream],
+        lock_fd: int,
+        *,
+        from_peer: t.Callable[[], bool] | None,
+    ) -> int:
+        """Stage, download, verify and commit the blob; the verified size. A staged blob
+        that is not committed is discarded before this returns or raises, so it is gone
+        before any reader hears of the failure.
+
+        :param from_peer: whether the bytes now come from another host of the fleet,
+            which commits them to the shared store itself.
+        """
+        stream = opener(0)
+        try:
+            self._check_size(fetch.digest, stream.size)
+            self._check_space(fetch, stream.size)
+            peer = from_peer is not None and from_peer()
+            staged = self.store.stage(fetch.digest, stream.size, upload=not peer)
+        except BaseException:
+            stream.close()
+            raise
+        try:
+            _publish(lock_fd, {"size": stream.size})
+            fetch.update(spool_path=staged.spool_path, size=stream.size, started=True)
+            written = self._download(fetch, stream, staged, opener)
+            if from_peer is not None and from_peer() and self.store.size(fetch.digest) == written:
+                # The peer committed it to the store this host shares with it.
+                staged.discard()
+            else:
+                staged.commit()
+        except BaseException:
+            _discard(staged)
+            raise
+        return written
 
     def _check_size(self, digest: str, size: int | None) -> None:
         """Refuse a blob whose announced ``size`` exceeds the limit, before a byte is

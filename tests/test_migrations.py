@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0004"
+HEAD = "0005"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64

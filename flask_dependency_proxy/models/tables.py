@@ -137,3 +137,17 @@ class Lease(Base):
     expires_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
     #: When the job last finished (the scheduler waits an interval after it).
     finished_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+
+
+class FetchLease(Base):
+    """The host fetching a blob from upstream, while it fetches: other hosts that need
+    the blob stream it from ``peer_url`` instead of asking upstream. ``heartbeat_at`` is
+    renewed while the fetch runs; a lease not renewed for ``FETCH_LEASE_SECONDS`` is
+    taken over by the next host that needs the blob."""
+
+    __tablename__ = f"{TABLE_PREFIX}fetch_leases"
+
+    digest: orm.Mapped[str] = orm.mapped_column(sa.String(140), primary_key=True)
+    holder: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    peer_url: orm.Mapped[str] = orm.mapped_column(sa.String(500))
+    heartbeat_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)

@@ -36,6 +36,8 @@ class Platform:
     :param upstream_url: ``DEPENDENCY_PROXY_UPSTREAM_URL``.
     :param extra_env: more settings, e.g. ``DEPENDENCY_PROXY_UPSTREAM_RETRIES``.
     :param gunicorn_args: more gunicorn options, after the shipped configuration's.
+    :param peer: coordinate fetches with the other hosts on the database
+        (``DEPENDENCY_PROXY_PEER_URL`` is this platform's URL).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Platform:
         extra_env: t.Mapping[str, str] | None = None,
         workers: int = 2,
         gunicorn_args: t.Sequence[str] = (),
+        peer: bool = False,
     ) -> None:
         self.name = name
         self.workers = workers
@@ -77,6 +80,9 @@ class Platform:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if peer:
+            # A host of a fleet: other hosts reach its fetches at its own address.
+            env["DEPENDENCY_PROXY_PEER_URL"] = self.url
         env.update(extra_env or {})
         self.env = env
         self.process: LiveProcess = processes.create(

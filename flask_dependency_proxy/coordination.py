@@ -1,0 +1,288 @@
+"""One upstream fetch per blob across the hosts that share the database.
+
+Within a host, the lock files of :mod:`.inflight` elect the one process that fetches a
+digest. That process then claims the digest's row in ``dependency_proxy_fetch_leases``
+(:class:`FetchLeases`): the first host to claim it fetches from upstream; every other
+host streams the bytes from the fetching host's peer route (:mod:`.blueprints.peer`)
+as they arrive, verifies the digest itself and serves its own clients from its own
+spool file, exactly as if it fetched.
+
+A claim is one short statement (``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the
+lease expired): no connection or transaction is held across a transfer. The holding
+process renews its leases every few seconds from one thread, with one ``UPDATE`` for
+all of them. A host that dies stops renewing; once its lease is older than
+``FETCH_LEASE_SECONDS`` the next host that needs the blob takes it over and resumes
+from upstream (a range request) at the byte its peer stream stopped at, so clients
+following it keep their transfer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+import requests
+import sqlalchemy as sa
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from .models.tables import FetchLease, utcnow
+from .upstream import BlobStream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+#: The peer route, below a host's ``PEER_URL``.
+PEER_BLOB_PATH = "/-/dependency_proxy/peer/blobs/"
+#: How long a peer request's signed token is good for.
+PEER_TOKEN_SECONDS = 60
+_PEER_SALT = "flask-dependency-proxy.peer-blob"
+#: Bytes per chunk read from a peer.
+_PEER_CHUNK = 1024 * 1024
+
+Opener = t.Callable[[int], BlobStream]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a digest: ours to fetch, or the host that fetches it."""
+
+    ours: bool
+    peer_url: str | None = None
+
+
+class FetchLeases:
+    """The fetch leases of this process, kept in the host's database.
+
+    :param engine: the database engine (called, so it can be resolved lazily).
+    :param peer_url: this host's base URL as other hosts reach it.
+    :param ttl_seconds: a lease not renewed for this long may be taken over.
+    """
+
+    def __init__(
+        self,
+        engine: t.Callable[[], sa.Engine],
+        peer_url: str,
+        *,
+        ttl_seconds: float,
+        clock: t.Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self.peer_url = peer_url
+        self.ttl = dt.timedelta(seconds=ttl_seconds)
+        self._clock = clock
+        self._holder = _holder()
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_pid: int | None = None
+        self._table = t.cast(sa.Table, FetchLease.__table__)
+
+    @property
+    def holder(self) -> str:
+        """This process's name in the lease rows (a new one after a fork)."""
+        if self._heartbeat_pid not in (None, os.getpid()):
+            self._holder = _holder()
+            self._held.clear()
+            self._heartbeat = None
+            self._heartbeat_pid = None
+        return self._holder
+
+    def claim(self, digest: str) -> Claim:
+        """Claim ``digest`` for this process unless a live lease of another host holds it.
+
+        A database that cannot be reached makes the claim ours: the fleet then fetches
+        once per host rather than failing the pull.
+        """
+        holder = self.holder
+        now = self._clock()
+        table = self._table
+        insert = _insert_for(self._engine())
+        statement = (
+            insert(table)
+            .values(digest=digest, holder=holder, peer_url=self.peer_url, heartbeat_at=now)
+            .on_conflict_do_update(
+                index_elements=[table.c.digest],
+                set_={"holder": holder, "peer_url": self.peer_url, "heartbeat_at": now},
+                where=sa.or_(table.c.heartbeat_at < now - self.ttl, table.c.holder == holder),
+            )
+            .returning(table.c.holder)
+        )
+        try:
+            with self._engine().begin() as connection:
+                if connection.execute(statement).first() is not None:
+                    self._hold(digest)
+                    return Claim(ours=True)
+                row = connection.execute(
+                    sa.select(table.c.peer_url).where(table.c.digest == digest)
+                ).first()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("fetch lease of %s not claimed (%s): fetching it here", digest, exc)
+            return Claim(ours=True)
+        if row is None:  # released between the two statements
+            return self.claim(digest)
+        return Claim(ours=False, peer_url=str(row.peer_url))
+
+    def release(self, digest: str) -> None:
+        """End this process's lease of ``digest`` (its fetch committed or failed)."""
+        with self._lock:
+            if digest not in self._held:
+                return
+            self._held.discard(digest)
+        table = self._table
+        try:
+            with self._engine().begin() as connection:
+                connection.execute(
+                    sa.delete(table).where(table.c.digest == digest, table.c.holder == self.holder)
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("fetch lease of %s not released (%s): it expires", digest, exc)
+
+    def renew(self) -> int:
+        """Renew every lease this process holds, in one statement; how many."""
+        with self._lock:
+            held = sorted(self._held)
+        if not held:
+            return 0
+        table = self._table
+        with self._engine().begin() as connection:
+            result = connection.execute(
+                sa.update(table)
+                .where(table.c.holder == self.holder, table.c.digest.in_(held))
+                .values(heartbeat_at=self._clock())
+            )
+        return int(result.rowcount or 0)
+
+    def _hold(self, digest: str) -> None:
+        with self._lock:
+            self._held.add(digest)
+            if self._heartbeat is None:
+                self._heartbeat_pid = os.getpid()
+                self._heartbeat = threading.Thread(
+                    target=self._beat, name="dependency-proxy-fetch-leases", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _beat(self) -> None:
+        interval = max(self.ttl.total_seconds() / 4, 0.2)
+        while True:
+            time.sleep(interval)
+            try:
+                self.renew()
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("fetch leases not renewed: %s", exc)
+
+
+class PeerTokens:
+    """Signed, short-lived tokens that let a host of the fleet read a peer's fetch."""
+
+    def __init__(self, secret_keys: list[str]) -> None:
+        self._serializer = URLSafeTimedSerializer(secret_keys, salt=_PEER_SALT)
+
+    def issue(self, digest: str) -> str:
+        return self._serializer.dumps(digest)
+
+    def valid_for(self, token: str, digest: str) -> bool:
+        try:
+            signed = self._serializer.loads(token, max_age=PEER_TOKEN_SECONDS)
+        except BadSignature:
+            return False
+        return bool(signed == digest)
+
+
+class FleetSource:
+    """Where a host's fetch of a blob reads its bytes: upstream when it holds the lease,
+    else the host that does.
+
+    :param connect_timeout: seconds to connect to a peer.
+    :param read_timeout: seconds between two reads from a peer.
+    """
+
+    def __init__(
+        self,
+        leases: FetchLeases,
+        tokens: PeerTokens,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self.leases = leases
+        self.tokens = tokens
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._session = requests.Session()
+
+    def opener(self, digest: str, open_upstream: Opener) -> FleetOpener:
+        return FleetOpener(self, digest, open_upstream)
+
+    def open_peer(self, peer_url: str, digest: str, offset: int) -> BlobStream:
+        """Stream ``digest`` from ``offset`` out of the fetch a peer runs.
+
+        :raises UpstreamError: the peer cannot be reached or does not have it.
+        """
+        try:
+            response = self._session.get(
+                f"{peer_url}{PEER_BLOB_PATH}{digest}",
+                params={"offset": str(offset)},
+                headers={"Authorization": f"Bearer {self.tokens.issue(digest)}"},
+                timeout=(self.connect_timeout, self.read_timeout),
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise UpstreamError(f"peer {peer_url} unreachable: {exc}") from exc
+        if response.status_code != 200:
+            response.close()
+            raise UpstreamError(f"peer {peer_url} answered {response.status_code} for {digest}")
+        return BlobStream(response, _PEER_CHUNK, offset)
+
+
+class FleetOpener:
+    """The opener a fetch resumes through: each call asks the lease again, so a fetch
+    that followed a peer that died takes over upstream once the peer's lease expires."""
+
+    def __init__(self, source: FleetSource, digest: str, open_upstream: Opener) -> None:
+        self.source = source
+        self.digest = digest
+        self.open_upstream = open_upstream
+        #: Whether the bytes come from another host (which commits them itself).
+        self.from_peer = False
+
+    def __call__(self, offset: int) -> BlobStream:
+        leases = self.source.leases
+        deadline = time.monotonic() + 2 * leases.ttl.total_seconds() + 10
+        while True:
+            claim = leases.claim(self.digest)
+            if claim.ours:
+                self.from_peer = False
+                return self.open_upstream(offset)
+            assert claim.peer_url is not None
+            try:
+                stream = self.source.open_peer(claim.peer_url, self.digest, offset)
+            except UpstreamError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting for the fetch of %s to be taken over: %s", self.digest, exc)
+                time.sleep(max(leases.ttl.total_seconds() / 5, 0.1))
+                continue
+            self.from_peer = True
+            return stream
+
+    def release(self) -> None:
+        self.source.leases.release(self.digest)
+
+
+def _insert_for(engine: sa.Engine) -> t.Any:
+    """The dialect's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL and SQLite have it)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,209 @@
+"""Several hosts behind one database and one object store: one upstream fetch per blob
+across the fleet.
+
+Two platforms under gunicorn share a PostgreSQL database, a SeaweedFS bucket and their
+``SECRET_KEY``, each with its own local folder (no shared filesystem) and
+``DEPENDENCY_PROXY_PEER_URL``; the upstream is ``docker-registry`` behind a
+fault-injecting proxy, whose access log tells what reached it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import signal
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import checks, images, seed
+from tests.support.clients import Skopeo
+from tests.support.faultproxy import FaultProxy, Throttle
+from tests.support.platform import Platform
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import ProcessFactory, wait_for
+from tests.support.registry import Registry
+from tests.support.seaweedfs import SeaweedFS
+
+pytestmark = pytest.mark.e2e
+
+GROUP = seed.ACME
+USER = seed.ALICE
+#: A dead host's lease is taken over after this long.
+LEASE_SECONDS = 3
+
+
+class Fleet(t.NamedTuple):
+    a: Platform
+    b: Platform
+    bucket: str
+
+
+@pytest.fixture
+def faulty(upstream: Registry) -> t.Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def fleet(
+    live_process: ProcessFactory,
+    postgres_cluster: PostgresCluster,
+    seaweedfs: SeaweedFS,
+    faulty: FaultProxy,
+    tmp_path: Path,
+) -> t.Iterator[Fleet]:
+    database = postgres_cluster.create_database("fleet")
+    bucket = seaweedfs.new_bucket()
+    shared = {
+        **seaweedfs.env(bucket),
+        "DEPENDENCY_PROXY_FETCH_LEASE_SECONDS": str(LEASE_SECONDS),
+        "SECRET_KEY": "fleet-secret",
+    }
+
+    def host(name: str) -> Platform:
+        return Platform(
+            live_process,
+            tmp_path / name,
+            database_url=postgres_cluster.url(database),
+            upstream_url=faulty.url,
+            name=f"fleet-{name}",
+            extra_env=shared,
+            peer=True,
+        )
+
+    a, b = host("a"), host("b")
+    seed.seed_minimal(a)
+    a.start()
+    b.start()
+    yield Fleet(a, b, bucket)
+    a.stop()
+    b.stop()
+    postgres_cluster.drop_database(database)
+
+
+def _push(upstream: Registry, name: str, tmp_path: Path, sizes: tuple[int, ...]) -> images.Pushed:
+    image = images.build_image(f"{name}-seed", layer_sizes=sizes)
+    return images.push(image, upstream, f"library/{name}", "latest", workdir=tmp_path)
+
+
+def _blob_url(host: Platform, name: str, digest: str) -> str:
+    return f"{host.url}/v2/{host.repository(GROUP, name)}/blobs/{digest}"
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _spooled(host: Platform) -> int:
+    """Bytes in the host's spool files: what its fetches in progress have received."""
+    return sum(path.stat().st_size for path in (host.store_path / "staging").glob("*.partial"))
+
+
+def _local_files(host: Platform) -> list[Path]:
+    return [path for path in host.store_path.rglob("*") if path.is_file() and "blobs" in path.parts]
+
+
+def test_a_pull_through_the_second_host_asks_upstream_for_no_blob(
+    fleet: Fleet, upstream: Registry, skopeo: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (300_000, 700_000))
+    checks.ok(skopeo.login(fleet.a.host, USER.username, USER.password))
+    checks.ok(skopeo.login(fleet.b.host, USER.username, USER.password))
+    first = upstream.mark()
+
+    result, _ = skopeo.copy_to_dir(fleet.a.image(GROUP, unique_name, "latest"))
+    checks.ok(result)
+    assert upstream.count("GET", kind="blobs", since=first) == len(pushed.blob_digests)
+    second = upstream.mark()
+    result, target = skopeo.copy_to_dir(fleet.b.image(GROUP, unique_name, "latest"))
+    checks.ok(result)
+
+    assert upstream.count("GET", kind="blobs", since=second) == 0
+    for digest in pushed.layer_digests:
+        assert _sha256((target / digest.split(":")[1]).read_bytes()) == digest
+    # Neither host keeps blobs on its own disk: they are in the shared bucket.
+    assert _local_files(fleet.a) == [] and _local_files(fleet.b) == []
+
+
+def test_concurrent_cold_requests_on_both_hosts_fetch_once(
+    fleet: Fleet, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (8 * images.MiB,))
+    layer = pushed.layer_digests[0]
+    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
+    # Slow enough that every request arrives while the one fetch runs.
+    faulty.add(Throttle(4 * images.MiB), path="/blobs/")
+    mark = upstream.mark()
+
+    def pull(number: int) -> tuple[int, str]:
+        host = fleet.a if number % 2 else fleet.b
+        response = requests.get(_blob_url(host, unique_name, layer), headers=headers, timeout=90)
+        return response.status_code, _sha256(response.content)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(pull, range(8)))
+
+    assert results == [(200, layer)] * 8
+    assert upstream.count("GET", kind="blobs", reference=layer, since=mark) == 1
+
+
+def test_a_host_killed_mid_fetch_is_taken_over_and_its_followers_finish(
+    fleet: Fleet, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (6 * images.MiB,))
+    layer = pushed.layer_digests[0]
+    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
+    faulty.add(Throttle(1 * images.MiB), path="/blobs/")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        on_a = pool.submit(
+            requests.get, _blob_url(fleet.a, unique_name, layer), headers=headers, timeout=90
+        )
+        wait_for(lambda: _spooled(fleet.a) > 0, timeout=20, what="host A to start the fetch")
+        on_b = pool.submit(
+            requests.get, _blob_url(fleet.b, unique_name, layer), headers=headers, timeout=90
+        )
+        # Host B is streaming from host A when A dies.
+        wait_for(lambda: _spooled(fleet.b) > 0, timeout=20, what="host B to follow host A")
+        pid = fleet.a.process.pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        with pytest.raises(requests.RequestException):
+            on_a.result().raise_for_status()
+            raise requests.ConnectionError("host A answered in full")
+        response = on_b.result()
+
+    assert response.status_code == 200
+    assert _sha256(response.content) == layer
+    blob_gets = [r for r in faulty.requests if r.method == "GET" and layer in r.path]
+    assert len(blob_gets) == 2
+    # The second GET resumed where host A's stream had stopped.
+    (resumed,) = blob_gets[1].header_lines("Range")
+    assert resumed.startswith("bytes=") and resumed != "bytes=0-"
+
+
+def test_a_purge_through_one_host_stops_the_other_serving(
+    fleet: Fleet, upstream: Registry, skopeo: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (300_000,))
+    checks.ok(skopeo.login(fleet.b.host, USER.username, USER.password))
+    checks.ok(skopeo.copy_to_dir(fleet.b.image(GROUP, unique_name, "latest"))[0])
+    manifest_url = f"{fleet.b.url}/v2/{fleet.b.repository(GROUP, unique_name)}/manifests/latest"
+    headers = {
+        **fleet.b.bearer(USER.username, USER.password, GROUP, unique_name),
+        "Accept": pushed.media_type,
+    }
+    warm = upstream.mark()
+    assert requests.get(manifest_url, headers=headers, timeout=30).status_code == 200
+    assert upstream.count("GET", kind="manifests", since=warm) == 0
+
+    fleet.a.flask("dependency-proxy", "purge", GROUP, "--force")
+    purged = upstream.mark()
+    assert requests.get(manifest_url, headers=headers, timeout=30).status_code == 200
+
+    assert upstream.count("GET", kind="manifests", since=purged) == 1
