@@ -318,11 +318,13 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
 
     assert proxy_cli(old_platform, "db", "current").strip() == "0001"
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
-    # What revisions 0002-0004 add: the size-limit column and the usage indexes.
+    # What revisions 0002-0005 add: the size-limit column, the usage indexes and the
+    # fetch leases.
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
         "add_column",
         "add_index",
         "add_index",
+        "add_table",
     ]
     assert_old_rows_kept(old_platform)
     # Upgrading again brings the column back empty: no limit.
