@@ -169,9 +169,14 @@ class FetchLeases:
                 self._heartbeat.start()
 
     def _beat(self) -> None:
+        """Renew the leases while this process holds any; the next claim starts it again."""
         interval = max(self.ttl.total_seconds() / 4, 0.2)
         while True:
             time.sleep(interval)
+            with self._lock:
+                if not self._held:
+                    self._heartbeat = None
+                    return
             try:
                 self.renew()
             except sa.exc.SQLAlchemyError as exc:
