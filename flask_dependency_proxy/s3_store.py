@@ -1,0 +1,611 @@
+"""The object-storage blob store (:class:`~.blobstore.BlobStore`): S3 and compatible
+servers (MinIO, SeaweedFS, Ceph, GCS's S3 API) through boto3.
+
+Knows objects, keys and digests; nothing of the database, the upstream or HTTP.
+Credentials come only from boto3's own chain (environment, shared files, instance or
+container roles), never from the application's configuration.
+
+Keys below the prefix of ``STORAGE_URL``:
+
+- ``blobs/<algorithm>/<2 hex>/<hex>``: committed blobs. An object appears there only
+  once its digest was verified.
+- ``trash/<algorithm>-<hex>.<epoch ms>``: blobs cleanup set aside for the grace period.
+
+A blob being fetched is spooled to a local file (followers on this host read it as it
+grows). Meanwhile a thread uploads each finished part of that file to a multipart upload
+of the blob's final key; committing uploads the last part and completes the upload,
+which is what makes the object visible, atomically. A blob smaller than one part is sent
+with a single ``PutObject`` at commit. A discarded fetch aborts its upload.
+
+S3 has no rename or hard link, so cleanup maps onto it as follows:
+
+- *set aside*: a server-side copy to the trash key, then a delete of the blob's key;
+- *restore*: a copy back, unless a fetch committed the blob again meanwhile;
+- *committed*: ``ListObjectsV2`` of ``blobs/``, ``LastModified`` as the commit time;
+- *stale staging*: local spool files nobody wrote to lately, and multipart uploads
+  under the prefix started before the threshold whose newest part is older too (what a
+  killed process leaves; a bucket lifecycle rule that aborts incomplete uploads is a
+  second safety net).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+import threading
+import time
+import typing as t
+
+# boto3 ships no type information.
+import boto3  # type: ignore[import-untyped]
+import botocore.exceptions  # type: ignore[import-untyped]
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+
+from .blobstore import ByteStream, Redirect, StorageError
+from .config import ProxyConfig
+from .storage import (
+    create_spool_file,
+    make_folder,
+    open_for_reading,
+    remove_stale_spool_files,
+)
+
+#: Smallest part uploaded while a blob arrives (S3's own minimum is 5 MiB).
+MIN_PART_BYTES = 8 * 1024 * 1024
+#: Parts per upload kept below S3's limit of 10,000, with room to spare.
+_MAX_PARTS = 9000
+#: Part size when upstream announced no size: enough for blobs up to ~280 GiB.
+_UNKNOWN_SIZE_PART_BYTES = 32 * 1024 * 1024
+#: Bytes per chunk of a blob the proxy streams itself.
+_STREAM_CHUNK = 1024 * 1024
+#: How often the upload thread looks for a finished part.
+_POLL_SECONDS = 0.02
+#: Largest object a single server-side copy may produce.
+_MAX_COPY_BYTES = 5 * 1024**3
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_BLOB_KEY = re.compile(r"(?P<algorithm>sha256|sha512)/(?P<prefix>[a-f0-9]{2})/(?P<hex>[a-f0-9]+)")
+_TRASH_KEY = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+class S3Store:
+    """Blobs in ``bucket`` below ``prefix``; spool and lock files under ``local_root``.
+
+    :param client: a boto3 S3 client (thread-safe; one per store).
+    :param prefix: ``""`` or a key prefix without a trailing ``/``.
+    :param redirect: answer hits with a presigned URL instead of streaming them.
+    :param presign_seconds: lifetime of a presigned URL.
+    :param part_bytes: smallest multipart part (tests use S3's minimum).
+    """
+
+    def __init__(
+        self,
+        client: t.Any,
+        bucket: str,
+        prefix: str,
+        local_root: str,
+        *,
+        endpoint_url: str | None = None,
+        redirect: bool = True,
+        presign_seconds: int = 900,
+        part_bytes: int = MIN_PART_BYTES,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.endpoint_url = endpoint_url
+        self.redirect = redirect
+        self.presign_seconds = presign_seconds
+        self.part_bytes = part_bytes
+        root = os.path.abspath(local_root)
+        self.spool_root = os.path.join(root, "staging")
+        self._locks = os.path.join(root, "locks")
+        for folder in (root, self.spool_root, self._locks):
+            make_folder(folder)
+
+    @classmethod
+    def from_config(cls, config: ProxyConfig) -> S3Store:
+        """The store ``STORAGE_URL`` names, with one client for the application."""
+        assert config.storage_url is not None
+        bucket, _, prefix = config.storage_url.removeprefix("s3://").partition("/")
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=config.s3_endpoint_url,
+            region_name=config.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": config.s3_addressing_style},
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=64,
+                # Compatible servers do not all know the newer default checksums.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        return cls(
+            client,
+            bucket,
+            prefix,
+            config.storage_path,
+            endpoint_url=config.s3_endpoint_url,
+            redirect=config.s3_redirect,
+            presign_seconds=config.s3_presign_seconds,
+        )
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return f"{where} (endpoint {self.endpoint_url or 'AWS S3'})"
+
+    def key(self, digest: str) -> str:
+        """The object key of a committed blob. ``digest`` must already be validated."""
+        algorithm, hex_digest = digest.split(":", 1)
+        return f"{self.prefix}blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}"
+
+    def size(self, digest: str) -> int | None:
+        key = self.key(digest)
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise _storage_error("read", key, exc) from exc
+        return int(answer["ContentLength"])
+
+    def locate(self, digest: str, size: int) -> Redirect | ByteStream:
+        key = self.key(digest)
+        if self.redirect:
+            url = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=self.presign_seconds,
+            )
+            return Redirect(url)
+        return ByteStream(size, open=lambda: _chunks(self.open(digest)))
+
+    def open(self, digest: str) -> t.BinaryIO:
+        """The committed blob's body, read as it downloads.
+
+        :raises FileNotFoundError: when it is not stored.
+        :raises StorageError: when the object store cannot be reached.
+        """
+        key = self.key(digest)
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise FileNotFoundError(2, "no such object", key) from exc
+            raise _storage_error("read", key, exc) from exc
+        return t.cast(t.BinaryIO, answer["Body"])
+
+    def spool_path(self, digest: str) -> str:
+        algorithm, hex_digest = digest.split(":", 1)
+        return os.path.join(self.spool_root, f"{algorithm}-{hex_digest}.partial")
+
+    def lock_path(self, digest: str) -> str:
+        algorithm, hex_digest = digest.split(":", 1)
+        return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
+
+    def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedObject:
+        spool = create_spool_file(self.spool_path(digest))
+        return StagedObject(self, digest, spool, self.part_size(size), upload=upload)
+
+    def part_size(self, size: int | None) -> int:
+        """Bytes per part for a blob of ``size``: at least :attr:`part_bytes`, whole MiB,
+        and few enough parts for S3's limit."""
+        if size is None:
+            return max(self.part_bytes, _UNKNOWN_SIZE_PART_BYTES)
+        mib = 1024 * 1024
+        needed = math.ceil(math.ceil(size / _MAX_PARTS) / mib) * mib
+        return max(self.part_bytes, needed)
+
+    def free_bytes(self) -> int | None:
+        """Free space of the local spool folder: the object store sets no limit we see."""
+        try:
+            stats = os.statvfs(self.spool_root)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_root) from exc
+        return stats.f_bavail * stats.f_frsize
+
+    def delete(self, digest: str) -> bool:
+        key = self.key(digest)
+        if self.size(digest) is None:
+            return False
+        self._delete_key(key)
+        return True
+
+    # -- cleanup -----------------------------------------------------------------------
+
+    def committed(self) -> t.Iterator[tuple[str, float]]:
+        for digest, modified, _size in self._listed_blobs():
+            yield digest, modified
+
+    def usage(self) -> tuple[int, int]:
+        count = total = 0
+        for _digest, _modified, size in self._listed_blobs():
+            count += 1
+            total += size
+        return count, total
+
+    def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
+        """Copy a committed blob into the trash and delete its key (S3 has no rename):
+        presigned URLs handed out already stop working."""
+        size = self.size(digest)
+        if size is None:
+            return False
+        algorithm, hex_digest = digest.split(":", 1)
+        target = f"{self.prefix}trash/{algorithm}-{hex_digest}.{_epoch_ms(stamp)}"
+        if not self._copy(self.key(digest), target, size):
+            return False
+        self._delete_key(self.key(digest))
+        return True
+
+    def set_aside_blobs(self) -> t.Iterator[tuple[str, dt.datetime, str]]:
+        folder = f"{self.prefix}trash/"
+        for item in self._list(folder):
+            match = _TRASH_KEY.fullmatch(item["Key"][len(folder) :])
+            if match is None or len(match["hex"]) != _HEX_LENGTH[match["algorithm"]]:
+                continue
+            stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(match["stamp"]))
+            yield f"{match['algorithm']}:{match['hex']}", stamp, item["Key"]
+
+    def restore(self, digest: str, handle: str) -> bool:
+        self._check_trash_key(handle)
+        if self.size(digest) is not None:
+            # Fetched and committed again meanwhile: that copy wins.
+            self._delete_key(handle)
+            return False
+        size = self._object_size(handle)
+        if size is None or not self._copy(handle, self.key(digest), size):
+            return False
+        self._delete_key(handle)
+        return True
+
+    def delete_set_aside(self, handle: str) -> int | None:
+        self._check_trash_key(handle)
+        size = self._object_size(handle)
+        if size is None:
+            return None
+        self._delete_key(handle)
+        return size
+
+    def remove_stale_staging(self, older_than: dt.datetime) -> int:
+        """Remove stale local spool files and abort the multipart uploads of fetches
+        killed before ``older_than`` (started before it, no part uploaded since)."""
+        removed = remove_stale_spool_files(self.spool_root, older_than)
+        limit = older_than.replace(tzinfo=dt.UTC)
+        folder = f"{self.prefix}blobs/"
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=folder
+            )
+            stale = [
+                upload
+                for page in pages
+                for upload in page.get("Uploads", [])
+                if upload["Initiated"] < limit
+            ]
+        except Exception as exc:
+            raise _storage_error("list uploads", folder, exc) from exc
+        for upload in stale:
+            if self._last_part_time(upload) >= limit:
+                continue
+            self.abort_upload(upload["Key"], upload["UploadId"])
+            removed += 1
+        return removed
+
+    # -- object operations ---------------------------------------------------------------
+
+    def _listed_blobs(self) -> t.Iterator[tuple[str, float, int]]:
+        folder = f"{self.prefix}blobs/"
+        for item in self._list(folder):
+            match = _BLOB_KEY.fullmatch(item["Key"][len(folder) :])
+            if (
+                match is None
+                or not match["hex"].startswith(match["prefix"])
+                or len(match["hex"]) != _HEX_LENGTH[match["algorithm"]]
+            ):
+                continue
+            yield (
+                f"{match['algorithm']}:{match['hex']}",
+                item["LastModified"].timestamp(),
+                int(item["Size"]),
+            )
+
+    def _list(self, folder: str) -> t.Iterator[dict[str, t.Any]]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder
+            )
+            for page in pages:
+                yield from page.get("Contents", [])
+        except Exception as exc:
+            raise _storage_error("list", folder, exc) from exc
+
+    def _object_size(self, key: str) -> int | None:
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise _storage_error("read", key, exc) from exc
+        return int(answer["ContentLength"])
+
+    def _copy(self, source: str, target: str, size: int) -> bool:
+        """Server-side copy; ``False`` when ``source`` is gone."""
+        try:
+            if size <= _MAX_COPY_BYTES:
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=target,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                )
+            else:
+                self.client.copy(
+                    {"Bucket": self.bucket, "Key": source},
+                    self.bucket,
+                    target,
+                    Config=TransferConfig(use_threads=False, multipart_chunksize=_MAX_COPY_BYTES),
+                )
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise _storage_error("copy", target, exc) from exc
+        return True
+
+    def _delete_key(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise _storage_error("delete", key, exc) from exc
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload; one already gone is fine."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise _storage_error("abort upload", key, exc) from exc
+
+    def _last_part_time(self, upload: dict[str, t.Any]) -> dt.datetime:
+        """When the newest part of ``upload`` arrived (its start when it has none)."""
+        newest: dt.datetime = upload["Initiated"]
+        try:
+            pages = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+            for page in pages:
+                for part in page.get("Parts", []):
+                    newest = max(newest, part["LastModified"])
+        except Exception as exc:
+            if _is_missing(exc):
+                return newest
+            raise _storage_error("list parts", upload["Key"], exc) from exc
+        return newest
+
+    def _check_trash_key(self, handle: str) -> None:
+        folder = f"{self.prefix}trash/"
+        if not handle.startswith(folder) or not _TRASH_KEY.fullmatch(handle[len(folder) :]):
+            raise ValueError(f"not a set-aside blob of this store: {handle!r}")
+
+
+class StagedObject:
+    """A blob being fetched into the object store.
+
+    :meth:`write` only appends to the local spool file (it runs in an OS thread of the
+    worker's pool, where network I/O would block its event loop). With ``upload`` a
+    thread of the worker (a greenlet under gevent) uploads every finished part of that
+    file to a multipart upload of the final key while bytes still arrive.
+    """
+
+    def __init__(
+        self,
+        store: S3Store,
+        digest: str,
+        spool: t.BinaryIO,
+        part_bytes: int,
+        *,
+        upload: bool,
+    ) -> None:
+        self.store = store
+        self.digest = digest
+        self.key = store.key(digest)
+        self.spool_path = store.spool_path(digest)
+        self.part_bytes = part_bytes
+        self._spool: t.BinaryIO | None = spool
+        self._upload = upload
+        #: Bytes in the spool file; written only by :meth:`write` and :meth:`restart`.
+        self._written = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, t.Any]] = []
+        self._uploaded = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._finished = False
+        self._uploader: threading.Thread | None = None
+        if upload:
+            self._start_uploader()
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise _as_storage_error(self._error, self.key)
+        try:
+            spool = self._open_spool()
+            spool.write(chunk)
+            spool.flush()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        self._written += len(chunk)
+
+    def restart(self) -> None:
+        self._stop_uploader()
+        self._abort_upload()
+        try:
+            self._open_spool().seek(0)
+            self._open_spool().truncate()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        self._written = 0
+        self._uploaded = 0
+        self._parts = []
+        self._error = None
+        if self._upload:
+            self._start_uploader()
+
+    def commit(self) -> None:
+        """Upload what is left and complete the upload: the object appears under its key
+        now, verified. The spool file is removed (open readers keep reading it)."""
+        self._stop_uploader()
+        self._close_spool()
+        if self._error is not None:
+            raise _as_storage_error(self._error, self.key)
+        try:
+            if self._upload_id is None and self._written < self.part_bytes:
+                self._put_whole()
+            else:
+                self._upload_parts(final=True)
+                self._complete()
+        except BaseException:
+            self._abort_upload()
+            raise
+        self._finished = True
+        _unlink(self.spool_path)
+
+    def discard(self) -> None:
+        self._stop_uploader()
+        self._close_spool()
+        if not self._finished:
+            self._abort_upload()
+        self._finished = True
+        _unlink(self.spool_path)
+
+    # -- the upload thread -------------------------------------------------------------
+
+    def _start_uploader(self) -> None:
+        self._stop = False
+        self._uploader = threading.Thread(
+            target=self._run_uploader, name=f"s3-upload-{self.digest[7:19]}", daemon=True
+        )
+        self._uploader.start()
+
+    def _stop_uploader(self) -> None:
+        uploader, self._uploader = self._uploader, None
+        self._stop = True
+        if uploader is not None:
+            uploader.join()
+
+    def _run_uploader(self) -> None:
+        try:
+            while not self._stop:
+                if self._written - self._uploaded >= self.part_bytes:
+                    self._upload_parts(final=False)
+                else:
+                    time.sleep(_POLL_SECONDS)
+        except BaseException as exc:  # noqa: B036 - reported by the next write or commit
+            self._error = exc
+
+    def _upload_parts(self, *, final: bool) -> None:
+        """Upload every finished part (with ``final``, the rest of the file too)."""
+        with open_for_reading(self.spool_path) as spool:
+            while True:
+                pending = self._written - self._uploaded
+                if pending <= 0 or (pending < self.part_bytes and not final):
+                    return
+                if not final and self._stop:
+                    return
+                length = min(pending, self.part_bytes)
+                data = os.pread(spool.fileno(), length, self._uploaded)
+                if len(data) != length:
+                    raise StorageError("the spool file ended early", path=self.spool_path)
+                self._upload_part(data)
+                self._uploaded += length
+
+    def _upload_part(self, data: bytes) -> None:
+        client, bucket = self.store.client, self.store.bucket
+        try:
+            if self._upload_id is None:
+                answer = client.create_multipart_upload(Bucket=bucket, Key=self.key)
+                self._upload_id = answer["UploadId"]
+            number = len(self._parts) + 1
+            answer = client.upload_part(
+                Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
+            )
+        except Exception as exc:
+            raise _storage_error("upload part of", self.key, exc) from exc
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def _complete(self) -> None:
+        try:
+            self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        except Exception as exc:
+            raise _storage_error("complete upload of", self.key, exc) from exc
+        self._upload_id = None
+
+    def _put_whole(self) -> None:
+        try:
+            with open_for_reading(self.spool_path) as spool:
+                self.store.client.put_object(Bucket=self.store.bucket, Key=self.key, Body=spool)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        except Exception as exc:
+            raise _storage_error("write", self.key, exc) from exc
+
+    def _abort_upload(self) -> None:
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            self.store.abort_upload(self.key, upload_id)
+
+    def _open_spool(self) -> t.BinaryIO:
+        if self._spool is None:
+            raise StorageError("the staged blob was closed", path=self.spool_path)
+        return self._spool
+
+    def _close_spool(self) -> None:
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            try:
+                spool.close()
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, self.spool_path) from exc
+
+
+def _chunks(body: t.BinaryIO) -> t.Iterator[bytes]:
+    with body:
+        while chunk := body.read(_STREAM_CHUNK):
+            yield chunk
+
+
+def _is_missing(exc: BaseException) -> bool:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+    return False
+
+
+def _storage_error(action: str, key: str, exc: BaseException) -> StorageError:
+    return StorageError(f"object store cannot {action} {key}: {exc}", path=key)
+
+
+def _as_storage_error(exc: BaseException, key: str) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    return _storage_error("upload", key, exc)
+
+
+def _epoch_ms(moment: dt.datetime) -> int:
+    return int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

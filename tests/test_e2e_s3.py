@@ -1,0 +1,400 @@
+"""Blobs in S3-compatible object storage (a real SeaweedFS), pulled with skopeo through
+the platform under gunicorn's gevent workers, on PostgreSQL.
+
+A miss is spooled locally and uploaded to a multipart upload of the blob's final key
+while it streams; the object appears only once the digest is verified. A hit answers
+307 to a presigned URL (``S3_REDIRECT``) or is streamed by the proxy. A wrong blob, a
+killed worker, purge and cleanup, and an object store that is down never leave a wrong
+object under a blob's key nor answer 500.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+
+from flask_dependency_proxy.models.admin import human_size
+from tests.support import checks, images, seed
+from tests.support.clients import Skopeo
+from tests.support.databases import Databases
+from tests.support.faultproxy import FaultProxy, Throttle
+from tests.support.platform import REPO_ROOT, Platform
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import ProcessFactory, free_port, wait_for
+from tests.support.registry import Registry
+from tests.support.seaweedfs import SeaweedFS
+
+pytestmark = pytest.mark.e2e
+
+GROUP = seed.ACME
+USER = seed.ALICE
+#: Runs cleanup in the platform's environment with its clock moved forward, so what a
+#: killed fetch left counts as stale without waiting for the staging age.
+CLEANUP_LATER = """
+import datetime as dt, sys
+from examples.platform import create_app
+from flask_dependency_proxy.lifecycle import Lifecycle
+hours = float(sys.argv[1])
+app = create_app()
+with app.app_context():
+    later = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=hours)
+    print(Lifecycle.for_app(app, clock=later).cleanup().summary())
+"""
+
+
+class Site(t.NamedTuple):
+    platform: Platform
+    bucket: str
+
+
+@pytest.fixture(scope="module")
+def pg_databases(
+    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Databases]:
+    """PostgreSQL only: object storage is the production setup, and the database does
+    not change what reaches the object store."""
+    manager = Databases("postgresql", tmp_path_factory.mktemp("db-s3"), postgres_cluster)
+    yield manager
+    manager.drop_all()
+
+
+@pytest.fixture(scope="module")
+def fault(upstream: Registry) -> t.Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream.url).start()
+    yield proxy
+    proxy.stop()
+
+
+def _site(
+    processes: ProcessFactory,
+    directory: Path,
+    databases: Databases,
+    seaweedfs: SeaweedFS,
+    upstream_url: str,
+    name: str,
+    **settings: str,
+) -> Site:
+    bucket = seaweedfs.new_bucket()
+    platform = Platform(
+        processes,
+        directory,
+        database_url=databases.create(name),
+        upstream_url=upstream_url,
+        name=name,
+        extra_env={
+            **seaweedfs.env(bucket),
+            "DEPENDENCY_PROXY_PURGE_COOLDOWN_SECONDS": "0",
+            "DEPENDENCY_PROXY_CLEANUP_FILE_GRACE_SECONDS": "1",
+            **settings,
+        },
+    )
+    seed.seed_minimal(platform)
+    return Site(platform.start(), bucket)
+
+
+@pytest.fixture(scope="module")
+def redirecting(
+    module_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_databases: Databases,
+    seaweedfs: SeaweedFS,
+    fault: FaultProxy,
+) -> Site:
+    """Hits answered with presigned redirects; upstream behind the fault proxy."""
+    return _site(
+        module_processes,
+        tmp_path_factory.mktemp("platform-s3"),
+        pg_databases,
+        seaweedfs,
+        fault.url,
+        "platform-s3",
+    )
+
+
+@pytest.fixture(scope="module")
+def streaming(
+    module_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_databases: Databases,
+    seaweedfs: SeaweedFS,
+    upstream: Registry,
+) -> Site:
+    """Hits streamed by the proxy from the object store."""
+    return _site(
+        module_processes,
+        tmp_path_factory.mktemp("platform-s3-streamed"),
+        pg_databases,
+        seaweedfs,
+        upstream.url,
+        "platform-s3-streamed",
+        DEPENDENCY_PROXY_S3_REDIRECT="false",
+    )
+
+
+def _login(platform: Platform, tmp_path: Path) -> Skopeo:
+    client = Skopeo(tmp_path / "skopeo")
+    checks.ok(client.login(platform.host, USER.username, USER.password))
+    return client
+
+
+def _push(upstream: Registry, name: str, workdir: Path, sizes: tuple[int, ...]) -> images.Pushed:
+    image = images.build_image(name, layer_sizes=sizes)
+    return images.push(image, upstream, f"s3/{name}", "1", workdir=workdir)
+
+
+def _keys(site: Site, seaweedfs: SeaweedFS, digests: t.Iterable[str]) -> dict[str, bool]:
+    """Whether each digest's final key is in the bucket."""
+    present = set(seaweedfs.objects(site.bucket))
+    return {d: f"blobs/sha256/{d[7:9]}/{d[7:]}" in present for d in digests}
+
+
+def _local_blob_files(platform: Platform) -> list[Path]:
+    return [p for p in platform.store_files() if "blobs" in p.parts]
+
+
+def _blob_url(platform: Platform, name: str, digest: str) -> str:
+    return f"{platform.url}/v2/{platform.repository(GROUP, name)}/blobs/{digest}"
+
+
+def _upstream_blob_gets(upstream: Registry, repository: str, since: int) -> list[str]:
+    return [
+        r.reference or ""
+        for r in upstream.access_log(since)
+        if r.repository == repository and r.kind == "blobs" and r.method == "GET"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["redirect", "streamed"])
+def test_cold_then_warm_pull(
+    mode: str,
+    request: pytest.FixtureRequest,
+    upstream: Registry,
+    seaweedfs: SeaweedFS,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    site: Site = request.getfixturevalue("redirecting" if mode == "redirect" else "streaming")
+    platform = site.platform
+    pushed = _push(upstream, unique_name, tmp_path, (9 * images.MiB + 123, 200_000))
+    skopeo = _login(platform, tmp_path)
+    reference = platform.image(GROUP, pushed.repository, "1")
+    assert not any(_keys(site, seaweedfs, pushed.blob_digests).values())
+
+    result, target = skopeo.copy_to_dir(reference)
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+    assert all(_keys(site, seaweedfs, pushed.blob_digests).values())
+    assert seaweedfs.multipart_uploads(site.bucket) == []
+    assert _local_blob_files(platform) == []
+
+    since = upstream.mark()
+    result, target = skopeo.copy_to_dir(reference)
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, upstream)
+    assert _upstream_blob_gets(upstream, pushed.repository, since) == []
+
+    layer = pushed.layer_digests[0]
+    headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
+    response = requests.get(
+        _blob_url(platform, pushed.repository, layer),
+        headers=headers,
+        allow_redirects=False,
+        timeout=30,
+    )
+    if mode == "redirect":
+        assert response.status_code == 307
+        location = response.headers["Location"]
+        assert location.startswith(f"{seaweedfs.endpoint}/{site.bucket}/blobs/sha256/")
+        assert "X-Amz-Signature=" in location
+        assert requests.get(location, timeout=30).content == upstream.read_blob(layer)
+    else:
+        assert response.status_code == 200
+        assert response.content == upstream.read_blob(layer)
+
+
+def test_wrong_upstream_bytes_leave_no_object_and_no_upload(
+    redirecting: Site, upstream: Registry, seaweedfs: SeaweedFS, unique_name: str, tmp_path: Path
+) -> None:
+    platform = redirecting.platform
+    pushed = _push(upstream, unique_name, tmp_path, (11 * images.MiB,))
+    layer = pushed.layer_digests[0]
+    original = upstream.corrupt_blob(layer)
+    try:
+        headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
+        with pytest.raises(requests.RequestException):
+            with requests.get(
+                _blob_url(platform, pushed.repository, layer), headers=headers, timeout=60
+            ) as response:
+                response.raise_for_status()
+    finally:
+        upstream.restore_blob(layer, original)
+    wait_for(
+        lambda: not seaweedfs.multipart_uploads(redirecting.bucket),
+        timeout=20,
+        what="the failed fetch's upload to be aborted",
+    )
+    assert _keys(redirecting, seaweedfs, [layer]) == {layer: False}
+    assert not [p for p in platform.store_files() if layer[7:] in p.name]
+
+
+def _workers(platform: Platform) -> list[int]:
+    assert platform.process.pid is not None
+    found = subprocess.run(
+        ["pgrep", "-P", str(platform.process.pid)], capture_output=True, text=True
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _cleanup_later(platform: Platform, hours: float) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", CLEANUP_LATER, str(hours)],
+        env=platform.env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_upload_of_a_killed_fetch_is_aborted_by_cleanup(
+    redirecting: Site,
+    upstream: Registry,
+    fault: FaultProxy,
+    seaweedfs: SeaweedFS,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    platform = redirecting.platform
+    pushed = _push(upstream, unique_name, tmp_path, (24 * images.MiB,))
+    layer = pushed.layer_digests[0]
+    key = f"blobs/sha256/{layer[7:9]}/{layer[7:]}"
+    fault.add(Throttle(4 * images.MiB), method="GET", path=layer)
+    headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
+
+    def pull() -> None:
+        try:
+            requests.get(_blob_url(platform, pushed.repository, layer), headers=headers, timeout=60)
+        except requests.RequestException:
+            pass
+
+    client = threading.Thread(target=pull, daemon=True)
+    client.start()
+    try:
+
+        def part_uploaded() -> bool:
+            for upload in seaweedfs.multipart_uploads(redirecting.bucket):
+                if upload["Key"] == key:
+                    parts = seaweedfs.client.list_parts(
+                        Bucket=redirecting.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    return bool(parts.get("Parts"))
+            return False
+
+        wait_for(part_uploaded, timeout=30, what="a part uploaded while the blob streams")
+        # Still streaming: the object is not under its key yet.
+        assert _keys(redirecting, seaweedfs, [layer]) == {layer: False}
+        for pid in _workers(platform):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        client.join(timeout=60)
+        fault.clear()
+    assert [u["Key"] for u in seaweedfs.multipart_uploads(redirecting.bucket)] == [key]
+    assert _keys(redirecting, seaweedfs, [layer]) == {layer: False}
+    wait_for(lambda: len(_workers(platform)) == 2, timeout=30, what="gunicorn's new workers")
+
+    # An upload that young may belong to a fetch still running: kept.
+    platform.flask("dependency-proxy", "cleanup")
+    assert [u["Key"] for u in seaweedfs.multipart_uploads(redirecting.bucket)] == [key]
+    _cleanup_later(platform, hours=2)
+    assert seaweedfs.multipart_uploads(redirecting.bucket) == []
+    assert not [p for p in platform.store_files() if p.name.endswith(".partial")]
+
+
+def test_purge_and_cleanup_delete_the_objects(
+    streaming: Site, seaweedfs: SeaweedFS, upstream: Registry, unique_name: str, tmp_path: Path
+) -> None:
+    site, platform = streaming, streaming.platform
+    pushed = _push(upstream, unique_name, tmp_path, (300_000, 100_000))
+    reference = platform.image(GROUP, pushed.repository, "1")
+    checks.ok(_login(platform, tmp_path).copy_to_dir(reference)[0])
+    assert all(_keys(site, seaweedfs, pushed.blob_digests).values())
+    stored = seaweedfs.objects(site.bucket)
+    size = sum(
+        seaweedfs.client.head_object(Bucket=site.bucket, Key=key)["ContentLength"] for key in stored
+    )
+    stats = platform.flask("dependency-proxy", "stats").stdout
+    described = f"Blobs in s3://{site.bucket}/ (endpoint {seaweedfs.endpoint})"
+    assert f"{described}: {len(stored)}, {human_size(size)}." in stats
+    assert seaweedfs.secret_key not in stats
+
+    platform.flask("dependency-proxy", "purge", GROUP, "--force")
+    wait_for(
+        lambda: f"set aside {len(stored)}," in platform.flask("dependency-proxy", "cleanup").stdout,
+        timeout=30,
+        interval=0.5,
+        what="cleanup to set the purged blobs aside once the grace period passed",
+    )
+    assert seaweedfs.objects(site.bucket, "blobs/") == []
+    assert len(seaweedfs.objects(site.bucket, "trash/")) == len(stored)
+    wait_for(
+        lambda: (
+            f"Deleted {len(stored)} blob files"
+            in platform.flask("dependency-proxy", "cleanup").stdout
+        ),
+        timeout=30,
+        interval=0.5,
+        what="cleanup to delete the set-aside blobs after the grace period",
+    )
+    assert seaweedfs.objects(site.bucket) == []
+    assert f"{described}: 0, " in platform.flask("dependency-proxy", "stats").stdout
+
+
+def test_object_store_down_answers_503(
+    redirecting: Site,
+    module_processes: ProcessFactory,
+    upstream: Registry,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    platform = redirecting.platform
+    pulled = _push(upstream, unique_name, tmp_path, (50_000,))
+    never_pulled = _push(upstream, f"{unique_name}-cold", tmp_path, (60_000,))
+    skopeo = _login(platform, tmp_path)
+    checks.ok(skopeo.copy_to_dir(platform.image(GROUP, pulled.repository, "1"))[0])
+    # A second host on the same database whose object store refuses connections.
+    down = Platform(
+        module_processes,
+        tmp_path / "down",
+        database_url=platform.database_url,
+        upstream_url=platform.upstream_url,
+        name="platform-s3-down",
+        extra_env={
+            **{
+                key: value
+                for key, value in platform.env.items()
+                if key.startswith("DEPENDENCY_PROXY_") and key != "DEPENDENCY_PROXY_EXTERNAL_URL"
+            },
+            "DEPENDENCY_PROXY_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "SECRET_KEY": platform.env["SECRET_KEY"],
+        },
+    ).start()
+    try:
+        for pushed in (pulled, never_pulled):
+            headers = down.bearer(USER.username, USER.password, GROUP, pushed.repository)
+            url = _blob_url(down, pushed.repository, pushed.layer_digests[0])
+            response = requests.get(url, headers=headers, timeout=60)
+            assert response.status_code == 503, (url, response.status_code, response.text)
+            assert response.headers["Content-Type"].startswith("application/json")
+            assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        down.stop()

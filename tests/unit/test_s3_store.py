@@ -1,0 +1,329 @@
+"""The object-storage blob store against a real SeaweedFS: objects appear under their
+final key only when a verified blob is committed, multipart uploads never outlive a
+fetch, and cleanup's set-aside/restore/delete map onto copies and deletes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+from botocore.config import Config
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from examples.platform.host import PlatformHost
+from flask_dependency_proxy import ConfigError, DependencyProxy, state
+from flask_dependency_proxy.blobstore import ByteStream, Redirect, StorageError
+from flask_dependency_proxy.s3_store import S3Store
+from tests.support.processes import free_port
+from tests.support.seaweedfs import SeaweedFS
+
+#: S3's smallest part, so a few MiB make several parts.
+PART = 5 * 1024 * 1024
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def bucket(seaweedfs: SeaweedFS) -> str:
+    return seaweedfs.new_bucket()
+
+
+@pytest.fixture
+def store(seaweedfs: SeaweedFS, bucket: str, tmp_path: Path) -> S3Store:
+    return S3Store(
+        seaweedfs.client,
+        bucket,
+        "cache",
+        str(tmp_path / "local"),
+        endpoint_url=seaweedfs.endpoint,
+        part_bytes=PART,
+    )
+
+
+def _write(staged: t.Any, data: bytes, chunk: int = 256 * 1024) -> None:
+    for start in range(0, len(data), chunk):
+        staged.write(data[start : start + chunk])
+
+
+def _wait_for_parts(seaweedfs: SeaweedFS, bucket: str, key: str, count: int) -> None:
+    from tests.support.processes import wait_for
+
+    def uploaded() -> bool:
+        for upload in seaweedfs.multipart_uploads(bucket):
+            if upload["Key"] == key:
+                parts = seaweedfs.client.list_parts(
+                    Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                return len(parts.get("Parts", [])) >= count
+        return False
+
+    wait_for(uploaded, timeout=20, what=f"{count} parts of {key} uploaded")
+
+
+def test_small_blob_is_one_object_that_appears_only_at_commit(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(100_000)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    assert Path(staged.spool_path).read_bytes() == data
+    assert seaweedfs.objects(bucket) == []
+    assert store.size(digest) is None
+    staged.commit()
+    assert seaweedfs.objects(bucket) == [store.key(digest)]
+    assert store.key(digest) == f"cache/blobs/sha256/{digest[7:9]}/{digest[7:]}"
+    assert store.size(digest) == len(data)
+    assert not os.path.exists(staged.spool_path)
+    with store.open(digest) as body:
+        assert body.read() == data
+    assert seaweedfs.multipart_uploads(bucket) == []
+
+
+def test_large_blob_uploads_parts_while_it_arrives_and_completes_at_commit(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(3 * PART + 12345)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data[: 2 * PART + 1])
+    # Two parts went up before the fetch ended; the object is not visible yet.
+    _wait_for_parts(seaweedfs, bucket, store.key(digest), 2)
+    assert seaweedfs.objects(bucket) == []
+    _write(staged, data[2 * PART + 1 :])
+    staged.commit()
+    assert seaweedfs.objects(bucket) == [store.key(digest)]
+    assert seaweedfs.multipart_uploads(bucket) == []
+    with store.open(digest) as body:
+        assert hashlib.sha256(body.read()).hexdigest() == digest[7:]
+
+
+def test_without_upload_nothing_goes_up_before_commit(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(2 * PART + 7)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data), upload=False)
+    _write(staged, data)
+    assert seaweedfs.multipart_uploads(bucket) == []
+    staged.commit()
+    assert store.size(digest) == len(data)
+    assert seaweedfs.multipart_uploads(bucket) == []
+
+
+def test_discard_aborts_the_upload_and_removes_the_spool_file(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(2 * PART + 99)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    _wait_for_parts(seaweedfs, bucket, store.key(digest), 1)
+    staged.discard()
+    staged.discard()
+    assert seaweedfs.multipart_uploads(bucket) == []
+    assert seaweedfs.objects(bucket) == []
+    assert not os.path.exists(staged.spool_path)
+
+
+def test_restart_starts_the_upload_over(store: S3Store, seaweedfs: SeaweedFS, bucket: str) -> None:
+    data = os.urandom(2 * PART + 5)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, os.urandom(PART + 10))
+    _wait_for_parts(seaweedfs, bucket, store.key(digest), 1)
+    staged.restart()
+    assert seaweedfs.multipart_uploads(bucket) == []
+    assert Path(staged.spool_path).stat().st_size == 0
+    _write(staged, data)
+    staged.commit()
+    with store.open(digest) as body:
+        assert body.read() == data
+
+
+def test_part_size_keeps_uploads_under_ten_thousand_parts(store: S3Store) -> None:
+    assert store.part_size(1) == PART
+    size = 200 * 1024**3
+    assert size / store.part_size(size) < 10_000
+    assert store.part_size(size) % (1024 * 1024) == 0
+
+
+def test_hits_are_presigned_redirects_or_streams(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    staged.commit()
+    location = store.locate(digest, len(data))
+    assert isinstance(location, Redirect)
+    assert requests.get(location.url, timeout=10).content == data
+    store.redirect = False
+    streamed = store.locate(digest, len(data))
+    assert isinstance(streamed, ByteStream)
+    chunks = list(streamed.open())
+    assert b"".join(chunks) == data
+    assert max(len(chunk) for chunk in chunks) <= 1024 * 1024
+    store.delete(digest)
+    with pytest.raises(FileNotFoundError):
+        streamed.open()
+
+
+def test_cleanup_sets_aside_restores_and_deletes(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    blobs = {}
+    for _ in range(2):
+        data = os.urandom(1000)
+        staged = store.stage(_digest(data), len(data))
+        staged.write(data)
+        staged.commit()
+        blobs[_digest(data)] = data
+    first, second = sorted(blobs)
+    assert sorted(digest for digest, _ in store.committed()) == [first, second]
+    assert store.usage() == (2, 2000)
+
+    stamp = dt.datetime(2026, 12, 1, 12, 0, 0)
+    assert store.set_aside(first, stamp)
+    assert not store.set_aside(first, stamp)
+    assert store.size(first) is None
+    ((digest, when, handle),) = list(store.set_aside_blobs())
+    assert (digest, when) == (first, stamp)
+    assert handle.startswith("cache/trash/")
+    assert store.restore(first, handle)
+    assert store.size(first) == 1000
+    assert list(store.set_aside_blobs()) == []
+
+    store.set_aside(second, stamp)
+    ((_, _, handle),) = list(store.set_aside_blobs())
+    assert store.delete_set_aside(handle) == 1000
+    assert store.delete_set_aside(handle) is None
+    assert seaweedfs.objects(bucket) == [store.key(first)]
+    with pytest.raises(ValueError):
+        store.delete_set_aside("cache/blobs/sha256/ab/" + "ab" * 32)
+
+
+def test_restore_keeps_a_copy_committed_meanwhile(store: S3Store) -> None:
+    data = os.urandom(500)
+    digest = _digest(data)
+    for _ in range(2):
+        staged = store.stage(digest, len(data))
+        staged.write(data)
+        staged.commit()
+        store.set_aside(digest, dt.datetime(2026, 12, 1))
+    staged = store.stage(digest, len(data))
+    staged.write(data)
+    staged.commit()
+    ((_, _, handle),) = list(store.set_aside_blobs())
+    assert not store.restore(digest, handle)
+    assert list(store.set_aside_blobs()) == []
+    assert store.size(digest) == 500
+
+
+def test_stale_uploads_and_spool_files_are_removed(
+    store: S3Store, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    data = os.urandom(PART + 1)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    _wait_for_parts(seaweedfs, bucket, store.key(digest), 1)
+    # What a killed fetch leaves: its upload and its spool file.
+    staged._stop_uploader()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert store.remove_stale_staging(now - dt.timedelta(hours=1)) == 0
+    assert len(seaweedfs.multipart_uploads(bucket)) == 1
+    assert store.remove_stale_staging(now + dt.timedelta(minutes=1)) == 2
+    assert seaweedfs.multipart_uploads(bucket) == []
+    assert not os.path.exists(staged.spool_path)
+
+
+def test_a_store_that_is_down_raises_storage_errors(tmp_path: Path) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+    store = S3Store(client, "down", "", str(tmp_path / "local"))
+    digest = _digest(b"x")
+    with pytest.raises(StorageError) as info:
+        store.size(digest)
+    assert info.value.path == store.key(digest)
+    with pytest.raises(StorageError):
+        store.open(digest)
+    with pytest.raises(StorageError):
+        list(store.committed())
+    staged = store.stage(digest, 1)
+    staged.write(b"x")
+    with pytest.raises(StorageError) as info:
+        staged.commit()
+    assert info.value.path == store.key(digest)
+    staged.discard()
+
+
+def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SECRET_KEY="k", SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/db.sqlite", **config
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    return app, db
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bucket/prefix",
+        "s3://",
+        "s3://UPPER",
+        "s3://bucket/../escape",
+        "s3://bucket/pre fix",
+        "s3://bucket/prefix?x=1",
+    ],
+)
+def test_bad_storage_urls_fail_at_init_app(tmp_path: Path, url: str) -> None:
+    app, db = _app(tmp_path, DEPENDENCY_PROXY_STORAGE_URL=url)
+    with pytest.raises(ConfigError, match="DEPENDENCY_PROXY_STORAGE_URL"):
+        DependencyProxy(app, db=db, host=PlatformHost())
+
+
+def test_storage_url_opens_the_object_store(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in seaweedfs.env(bucket).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    app, db = _app(
+        tmp_path,
+        DEPENDENCY_PROXY_STORAGE_URL=f"s3://{bucket}/some/prefix/",
+        DEPENDENCY_PROXY_S3_ENDPOINT_URL=seaweedfs.endpoint,
+        DEPENDENCY_PROXY_S3_REGION="us-east-1",
+        DEPENDENCY_PROXY_S3_ADDRESSING_STYLE="path",
+        DEPENDENCY_PROXY_STORAGE_PATH=str(tmp_path / "local"),
+    )
+    DependencyProxy(app, db=db, host=PlatformHost())
+    store = state(app).store
+    assert isinstance(store, S3Store)
+    assert store.describe() == f"s3://{bucket}/some/prefix/ (endpoint {seaweedfs.endpoint})"
+    assert seaweedfs.secret_key not in store.describe()
+    data = b"through the configured client"
+    staged = store.stage(_digest(data), len(data))
+    staged.write(data)
+    staged.commit()
+    assert seaweedfs.objects(bucket) == [store.key(_digest(data))]
+    assert store.key(_digest(data)).startswith("some/prefix/blobs/")
