@@ -8,7 +8,8 @@ as they arrive, verifies the digest itself and serves its own clients from its o
 spool file, exactly as if it fetched.
 
 A claim is one short statement (``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the
-lease expired): no connection or transaction is held across a transfer. The holding
+lease expired): no connection or transaction is held across a transfer. Upstream bearer
+tokens are shared the same way (:class:`FleetTokens`). The holding
 process renews its leases every few seconds from one thread, with one ``UPDATE`` for
 all of them. A host that dies stops renewing; once its lease is older than
 ``FETCH_LEASE_SECONDS`` the next host that needs the blob takes it over and resumes
@@ -32,7 +33,8 @@ import requests
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from .models.tables import FetchLease, utcnow
+from .models.tables import FetchLease, UpstreamToken, utcnow
+from .tokencache import SharedTokenFiles, hashed_key
 from .upstream import BlobStream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,54 @@ class FleetOpener:
 
     def release(self) -> None:
         self.source.leases.release(self.digest)
+
+
+class FleetTokens:
+    """The host's token files in front of the fleet's table of tokens.
+
+    :param engine: the database engine (called, so it can be resolved lazily).
+    """
+
+    def __init__(self, files: SharedTokenFiles, engine: t.Callable[[], sa.Engine]) -> None:
+        self.files = files
+        self._engine = engine
+        self._table = t.cast(sa.Table, UpstreamToken.__table__)
+
+    def locked(self, key: str) -> t.ContextManager[None]:
+        return self.files.locked(key)
+
+    def load(self, key: str) -> tuple[str, float] | None:
+        entry = self.files.load(key)
+        if entry is not None and entry[1] > time.time():
+            return entry
+        table = self._table
+        try:
+            with self._engine().begin() as connection:
+                row = connection.execute(
+                    sa.select(table.c.token, table.c.expires_at).where(
+                        table.c.key == hashed_key(key)
+                    )
+                ).first()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("upstream tokens of the fleet not read: %s", exc)
+            return entry
+        if row is None:
+            return entry
+        self.files.save(key, row.token, row.expires_at)
+        return str(row.token), float(row.expires_at)
+
+    def save(self, key: str, token: str, expires_at: float) -> None:
+        self.files.save(key, token, expires_at)
+        table = self._table
+        hashed = hashed_key(key)
+        try:
+            with self._engine().begin() as connection:
+                connection.execute(sa.delete(table).where(table.c.key == hashed))
+                connection.execute(
+                    sa.insert(table).values(key=hashed, token=token, expires_at=expires_at)
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("upstream token not shared with the fleet: %s", exc)
 
 
 def _insert_for(engine: sa.Engine) -> t.Any:

@@ -11,14 +11,14 @@ from ._state import EXTENSION_KEY, ProxyState, state
 from .access import AccessControl
 from .cache import PullThroughCache
 from .config import ProxyConfig, load_config
-from .coordination import FetchLeases, FleetSource, PeerTokens
+from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
 from .quota import QuotaPolicy
 from .stores import open_store
 from .throttle import LoginThrottle
-from .tokencache import SharedTokenFiles
+from .tokencache import SharedTokenFiles, TokenShare
 from .tokens import TokenIssuer
 from .upstream import UpstreamClient
 
@@ -93,7 +93,7 @@ class DependencyProxy:
             connect_timeout=config.upstream_connect_timeout_seconds,
             read_timeout=config.upstream_read_timeout_seconds,
             retries=config.upstream_retries,
-            shared_tokens=SharedTokenFiles(os.path.join(config.storage_path, "upstream-tokens")),
+            shared_tokens=_shared_tokens(app, self.db, config),
         )
         fetcher = BlobFetcher(
             store,
@@ -173,6 +173,23 @@ class DependencyProxy:
         state(None).metadata.create_all()
 
 
+def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:
+    """The engine, from threads that run outside any app context."""
+
+    def engine() -> sa.Engine:
+        with app.app_context():
+            return db.engine
+
+    return engine
+
+
+def _shared_tokens(app: Flask, db: SQLAlchemy, config: ProxyConfig) -> TokenShare:
+    """Upstream tokens shared by this host's workers, and by the fleet's hosts when
+    ``PEER_URL`` is set."""
+    files = SharedTokenFiles(os.path.join(config.storage_path, "upstream-tokens"))
+    return files if config.peer_url is None else FleetTokens(files, _engine_of(app, db))
+
+
 def _fleet(
     app: Flask, db: SQLAlchemy, config: ProxyConfig, secret_keys: list[str]
 ) -> FleetSource | None:
@@ -181,12 +198,8 @@ def _fleet(
     if config.peer_url is None:
         return None
 
-    def engine() -> sa.Engine:
-        with app.app_context():
-            return db.engine
-
     return FleetSource(
-        FetchLeases(engine, config.peer_url, ttl_seconds=config.fetch_lease_seconds),
+        FetchLeases(_engine_of(app, db), config.peer_url, ttl_seconds=config.fetch_lease_seconds),
         PeerTokens(secret_keys),
         read_timeout=config.upstream_read_timeout_seconds,
     )

@@ -1,9 +1,12 @@
-"""Upstream bearer tokens shared by the worker processes of one host.
+"""Upstream bearer tokens shared by the worker processes of a host, and by the hosts of
+a fleet.
 
 Each worker has its own :class:`~.upstream.UpstreamClient`; without a shared cache,
 every worker would ask the upstream's token realm for its own token per repository.
 Tokens are kept in small files (mode 0600) next to the blob store, and an exclusive
 ``flock`` per key makes one process fetch while the others wait and then read its token.
+With ``PEER_URL`` set, :class:`~.coordination.FleetTokens` also keeps them in the
+database, where the other hosts find them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ import tempfile
 import typing as t
 
 
+class TokenShare(t.Protocol):
+    """Where an upstream client finds tokens other processes fetched."""
+
+    def locked(self, key: str) -> t.ContextManager[None]: ...
+
+    def load(self, key: str) -> tuple[str, float] | None: ...
+
+    def save(self, key: str, token: str, expires_at: float) -> None: ...
+
+
 class SharedTokenFiles:
     """:param folder: created if missing; readable by the application's user only."""
 
@@ -25,7 +38,7 @@ class SharedTokenFiles:
         os.makedirs(folder, mode=0o700, exist_ok=True)
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.folder, hashlib.sha256(key.encode()).hexdigest())
+        return os.path.join(self.folder, hashed_key(key))
 
     @contextlib.contextmanager
     def locked(self, key: str) -> t.Iterator[None]:
@@ -51,3 +64,7 @@ class SharedTokenFiles:
         with os.fdopen(fd, "w") as file:
             json.dump({"token": token, "expires_at": expires_at}, file)
         os.replace(temporary, self._path(key))
+
+
+def hashed_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

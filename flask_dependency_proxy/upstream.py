@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT
-from .tokencache import SharedTokenFiles
+from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class UpstreamClient:
         read_timeout: float = 60.0,
         retries: int = 2,
         chunk_size: int = 1024 * 1024,
-        shared_tokens: SharedTokenFiles | None = None,
+        shared_tokens: TokenShare | None = None,
         clock: t.Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")

@@ -27,6 +27,7 @@ from tests.support.postgres import PostgresCluster
 from tests.support.processes import ProcessFactory, wait_for
 from tests.support.registry import Registry
 from tests.support.seaweedfs import SeaweedFS
+from tests.support.tokenserver import TokenUpstream
 
 pytestmark = pytest.mark.e2e
 
@@ -50,40 +51,51 @@ def faulty(upstream: Registry) -> t.Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def fleet(
+def make_fleet(
     live_process: ProcessFactory,
     postgres_cluster: PostgresCluster,
     seaweedfs: SeaweedFS,
-    faulty: FaultProxy,
     tmp_path: Path,
-) -> t.Iterator[Fleet]:
-    database = postgres_cluster.create_database("fleet")
-    bucket = seaweedfs.new_bucket()
-    shared = {
-        **seaweedfs.env(bucket),
-        "DEPENDENCY_PROXY_FETCH_LEASE_SECONDS": str(LEASE_SECONDS),
-        "SECRET_KEY": "fleet-secret",
-    }
+) -> t.Iterator[t.Callable[[str], Fleet]]:
+    """Start two hosts on a new database and bucket that pull from ``upstream_url``."""
+    databases: list[str] = []
 
-    def host(name: str) -> Platform:
-        return Platform(
-            live_process,
-            tmp_path / name,
-            database_url=postgres_cluster.url(database),
-            upstream_url=faulty.url,
-            name=f"fleet-{name}",
-            extra_env=shared,
-            peer=True,
-        )
+    def make(upstream_url: str) -> Fleet:
+        database = postgres_cluster.create_database("fleet")
+        databases.append(database)
+        bucket = seaweedfs.new_bucket()
+        shared = {
+            **seaweedfs.env(bucket),
+            "DEPENDENCY_PROXY_FETCH_LEASE_SECONDS": str(LEASE_SECONDS),
+            "SECRET_KEY": "fleet-secret",
+        }
 
-    a, b = host("a"), host("b")
-    seed.seed_minimal(a)
-    a.start()
-    b.start()
-    yield Fleet(a, b, bucket)
-    a.stop()
-    b.stop()
-    postgres_cluster.drop_database(database)
+        def host(name: str) -> Platform:
+            return Platform(
+                live_process,
+                tmp_path / f"{database}-{name}",
+                database_url=postgres_cluster.url(database),
+                upstream_url=upstream_url,
+                name=f"fleet-{name}",
+                extra_env=shared,
+                peer=True,
+            )
+
+        a, b = host("a"), host("b")
+        seed.seed_minimal(a)
+        a.start()
+        b.start()
+        return Fleet(a, b, bucket)
+
+    yield make
+    live_process.stop_all()
+    for database in databases:
+        postgres_cluster.drop_database(database)
+
+
+@pytest.fixture
+def fleet(make_fleet: t.Callable[[str], Fleet], faulty: FaultProxy) -> Fleet:
+    return make_fleet(faulty.url)
 
 
 def _push(upstream: Registry, name: str, tmp_path: Path, sizes: tuple[int, ...]) -> images.Pushed:
@@ -207,3 +219,30 @@ def test_a_purge_through_one_host_stops_the_other_serving(
     assert requests.get(manifest_url, headers=headers, timeout=30).status_code == 200
 
     assert upstream.count("GET", kind="manifests", since=purged) == 1
+
+
+def test_the_hosts_share_upstream_tokens(
+    make_fleet: t.Callable[[str], Fleet],
+    token_upstream: TokenUpstream,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    image = images.build_image(f"{unique_name}-seed", layer_sizes=(100_000,))
+    images.push(
+        image,
+        token_upstream.registry,
+        f"library/{unique_name}",
+        "latest",
+        workdir=tmp_path,
+        creds=token_upstream.push_creds,
+    )
+    fleet = make_fleet(token_upstream.registry.url)
+    tokens = token_upstream.token_server
+    mark = tokens.mark()
+
+    for host in (fleet.a, fleet.b):
+        headers = host.bearer(USER.username, USER.password, GROUP, unique_name)
+        url = f"{host.url}/v2/{host.repository(GROUP, unique_name)}/manifests/latest"
+        assert requests.get(url, headers=headers, timeout=30).status_code == 200
+
+    assert tokens.count(f"library/{unique_name}", since=mark) == 1

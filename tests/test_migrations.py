@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0005"
+HEAD = "0006"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -318,12 +318,13 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
 
     assert proxy_cli(old_platform, "db", "current").strip() == "0001"
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
-    # What revisions 0002-0005 add: the size-limit column, the usage indexes and the
-    # fetch leases.
+    # What revisions 0002-0006 add: the size-limit column, the usage indexes, the
+    # fetch leases and the fleet's upstream tokens.
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
         "add_column",
         "add_index",
         "add_index",
+        "add_table",
         "add_table",
     ]
     assert_old_rows_kept(old_platform)

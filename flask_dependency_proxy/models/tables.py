@@ -151,3 +151,16 @@ class FetchLease(Base):
     holder: orm.Mapped[str] = orm.mapped_column(sa.String(255))
     peer_url: orm.Mapped[str] = orm.mapped_column(sa.String(500))
     heartbeat_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
+
+
+class UpstreamToken(Base):
+    """An upstream bearer token shared by the hosts of a fleet (``PEER_URL`` set), so
+    that a repository costs one token request per token lifetime across them all."""
+
+    __tablename__ = f"{TABLE_PREFIX}upstream_tokens"
+
+    #: SHA-256 of the realm, service, repository and upstream username.
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
+    token: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    #: Seconds since the epoch.
+    expires_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
