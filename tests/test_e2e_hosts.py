@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.support import checks, images, seed
-from tests.support.clients import Skopeo
+from tests.support.clients import Skopeo, describe
 from tests.support.faultproxy import FaultProxy, Throttle
 from tests.support.platform import Platform
 from tests.support.postgres import PostgresCluster
@@ -142,35 +142,49 @@ def test_a_pull_through_the_second_host_asks_upstream_for_no_blob(
     assert _local_files(fleet.a) == [] and _local_files(fleet.b) == []
 
 
-def test_concurrent_cold_requests_on_both_hosts_fetch_once(
-    fleet: Fleet, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
+def test_eight_concurrent_cold_pulls_across_both_hosts_fetch_each_blob_once(
+    fleet: Fleet,
+    upstream: Registry,
+    faulty: FaultProxy,
+    skopeo: Skopeo,
+    unique_name: str,
+    tmp_path: Path,
 ) -> None:
-    pushed = _push(upstream, unique_name, tmp_path, (8 * images.MiB,))
-    layer = pushed.layer_digests[0]
-    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
-    # Slow enough that every request arrives while the one fetch runs.
+    pushed = _push(upstream, unique_name, tmp_path, (6 * images.MiB, 2 * images.MiB))
+    for host in (fleet.a, fleet.b):
+        checks.ok(skopeo.login(host.host, USER.username, USER.password))
+    # Slow enough that every pull arrives while the fetches run.
     faulty.add(Throttle(4 * images.MiB), path="/blobs/")
     mark = upstream.mark()
 
-    def pull(number: int) -> tuple[int, str]:
+    def pull(number: int) -> tuple[Path, str]:
         host = fleet.a if number % 2 else fleet.b
-        response = requests.get(_blob_url(host, unique_name, layer), headers=headers, timeout=90)
-        return response.status_code, _sha256(response.content)
+        result, target = skopeo.copy_to_dir(host.image(GROUP, unique_name, "latest"))
+        return target, describe(result) if result.returncode else ""
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(pull, range(8)))
+        pulled = list(pool.map(pull, range(8)))
 
-    assert results == [(200, layer)] * 8
-    assert upstream.count("GET", kind="blobs", reference=layer, since=mark) == 1
+    assert [error for _, error in pulled] == [""] * 8
+    for target, _ in pulled:
+        for digest in pushed.layer_digests:
+            assert _sha256((target / digest.split(":")[1]).read_bytes()) == digest
+    for digest in pushed.blob_digests:
+        assert upstream.count("GET", kind="blobs", reference=digest, since=mark) == 1
 
 
-def test_a_host_killed_mid_fetch_is_taken_over_and_its_followers_finish(
-    fleet: Fleet, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
+def test_a_host_killed_mid_fetch_is_taken_over_and_leaves_nothing_behind(
+    fleet: Fleet,
+    upstream: Registry,
+    faulty: FaultProxy,
+    seaweedfs: SeaweedFS,
+    unique_name: str,
+    tmp_path: Path,
 ) -> None:
-    pushed = _push(upstream, unique_name, tmp_path, (6 * images.MiB,))
+    pushed = _push(upstream, unique_name, tmp_path, (12 * images.MiB,))
     layer = pushed.layer_digests[0]
     headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
-    faulty.add(Throttle(1 * images.MiB), path="/blobs/")
+    faulty.add(Throttle(3 * images.MiB), path="/blobs/")
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         on_a = pool.submit(
@@ -180,8 +194,13 @@ def test_a_host_killed_mid_fetch_is_taken_over_and_its_followers_finish(
         on_b = pool.submit(
             requests.get, _blob_url(fleet.b, unique_name, layer), headers=headers, timeout=90
         )
-        # Host B is streaming from host A when A dies.
+        # Host B is streaming from host A, and A has uploaded a part, when A dies.
         wait_for(lambda: _spooled(fleet.b) > 0, timeout=20, what="host B to follow host A")
+        wait_for(
+            lambda: seaweedfs.multipart_uploads(fleet.bucket),
+            timeout=30,
+            what="host A to start its multipart upload",
+        )
         pid = fleet.a.process.pid
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
@@ -197,6 +216,12 @@ def test_a_host_killed_mid_fetch_is_taken_over_and_its_followers_finish(
     # The second GET resumed where host A's stream had stopped.
     (resumed,) = blob_gets[1].header_lines("Range")
     assert resumed.startswith("bytes=") and resumed != "bytes=0-"
+    # Host A's unfinished upload is aborted by cleanup; B's committed object stays.
+    fleet.b.cleanup_later(hours=2)
+    assert seaweedfs.multipart_uploads(fleet.bucket) == []
+    hex_digest = layer.split(":")[1]
+    assert seaweedfs.objects(fleet.bucket) == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}"]
+    assert not [p for p in fleet.b.store_path.rglob("*.partial")]
 
 
 def test_a_purge_through_one_host_stops_the_other_serving(

@@ -27,6 +27,18 @@ class CommandFailed(AssertionError):
     """A platform CLI command exited with an error."""
 
 
+_CLEANUP_LATER = """
+import datetime as dt, sys
+from examples.platform import create_app
+from flask_dependency_proxy.lifecycle import Lifecycle
+hours = float(sys.argv[1])
+app = create_app()
+with app.app_context():
+    later = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=hours)
+    print(Lifecycle.for_app(app, clock=later).cleanup().summary())
+"""
+
+
 class Platform:
     """One platform instance: its database, blob store, environment and gunicorn.
 
@@ -150,6 +162,19 @@ class Platform:
                 f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
             )
         return result
+
+    def cleanup_later(self, hours: float) -> str:
+        """Run cleanup in the platform's environment with its clock ``hours`` ahead, so
+        what a killed fetch left counts as stale without waiting; the summary."""
+        return subprocess.run(
+            [sys.executable, "-c", _CLEANUP_LATER, str(hours)],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
 
     def init_db(self) -> None:
         self.flask("init-db")
