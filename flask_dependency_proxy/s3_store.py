@@ -61,7 +61,9 @@ _MAX_PARTS = 9000
 _UNKNOWN_SIZE_PART_BYTES = 32 * 1024 * 1024
 #: Bytes per chunk of a blob the proxy streams itself.
 _STREAM_CHUNK = 1024 * 1024
-#: How often the upload thread looks for a finished part.
+#: Parts of one blob uploaded at once (one at a time is slower than many upstreams).
+_PARALLEL_PARTS = 2
+#: How often an upload thread looks for a finished part.
 _POLL_SECONDS = 0.02
 #: Largest object a single server-side copy may produce.
 _MAX_COPY_BYTES = 5 * 1024**3
@@ -397,9 +399,10 @@ class StagedObject:
     """A blob being fetched into the object store.
 
     :meth:`write` only appends to the local spool file (it runs in an OS thread of the
-    worker's pool, where network I/O would block its event loop). With ``upload`` a
-    thread of the worker (a greenlet under gevent) uploads every finished part of that
-    file to a multipart upload of the final key while bytes still arrive.
+    worker's pool, where network I/O would block its event loop). With ``upload``,
+    threads of the worker (greenlets under gevent) upload each finished part of that file
+    to a multipart upload of the final key while bytes still arrive, a few parts at once
+    (one part at a time is slower than many upstreams).
     """
 
     def __init__(
@@ -420,15 +423,20 @@ class StagedObject:
         self._upload = upload
         #: Bytes in the spool file; written only by :meth:`write` and :meth:`restart`.
         self._written = 0
+        self._lock = threading.Lock()
         self._upload_id: str | None = None
-        self._parts: list[dict[str, t.Any]] = []
-        self._uploaded = 0
+        #: ETags by part number.
+        self._etags: dict[int, str] = {}
+        #: Parts handed to an uploader so far (part ``n`` starts at ``n * part_bytes``).
+        self._claimed = 0
         self._error: BaseException | None = None
+        #: ``stop``: give up after the part in hand; ``drain``: upload every whole part.
         self._stop = False
+        self._drain = False
         self._finished = False
-        self._uploader: threading.Thread | None = None
+        self._uploaders: list[threading.Thread] = []
         if upload:
-            self._start_uploader()
+            self._start_uploaders()
 
     def write(self, chunk: bytes) -> None:
         if self._error is not None:
@@ -442,7 +450,7 @@ class StagedObject:
         self._written += len(chunk)
 
     def restart(self) -> None:
-        self._stop_uploader()
+        self._stop_uploaders(drain=False)
         self._abort_upload()
         try:
             self._open_spool().seek(0)
@@ -450,24 +458,32 @@ class StagedObject:
         except OSError as exc:
             raise StorageError.from_os_error(exc, self.spool_path) from exc
         self._written = 0
-        self._uploaded = 0
-        self._parts = []
+        self._claimed = 0
+        self._etags = {}
         self._error = None
         if self._upload:
-            self._start_uploader()
+            self._start_uploaders()
 
     def commit(self) -> None:
         """Upload what is left and complete the upload: the object appears under its key
         now, verified. The spool file is removed (open readers keep reading it)."""
-        self._stop_uploader()
+        if self._upload_id is None and self._written < self.part_bytes:
+            self._stop_uploaders(drain=False)
+        else:
+            if not self._uploaders:
+                self._start_uploaders()
+            self._stop_uploaders(drain=True)
         self._close_spool()
         if self._error is not None:
+            self._abort_upload()
             raise _as_storage_error(self._error, self.key)
         try:
             if self._upload_id is None and self._written < self.part_bytes:
                 self._put_whole()
             else:
-                self._upload_parts(final=True)
+                start = self._claimed * self.part_bytes
+                if start < self._written or not self._etags:
+                    self._upload_part(self._claimed + 1, start, self._written - start)
                 self._complete()
         except BaseException:
             self._abort_upload()
@@ -476,75 +492,101 @@ class StagedObject:
         _unlink(self.spool_path)
 
     def discard(self) -> None:
-        self._stop_uploader()
+        self._stop_uploaders(drain=False)
         self._close_spool()
         if not self._finished:
             self._abort_upload()
         self._finished = True
         _unlink(self.spool_path)
 
-    # -- the upload thread -------------------------------------------------------------
+    # -- the upload threads ------------------------------------------------------------
 
-    def _start_uploader(self) -> None:
-        self._stop = False
-        self._uploader = threading.Thread(
-            target=self._run_uploader, name=f"s3-upload-{self.digest[7:19]}", daemon=True
-        )
-        self._uploader.start()
+    def _start_uploaders(self) -> None:
+        self._stop = self._drain = False
+        self._uploaders = [
+            threading.Thread(
+                target=self._run_uploader, name=f"s3-upload-{self.digest[7:19]}", daemon=True
+            )
+            for _ in range(_PARALLEL_PARTS)
+        ]
+        for uploader in self._uploaders:
+            uploader.start()
 
-    def _stop_uploader(self) -> None:
-        uploader, self._uploader = self._uploader, None
-        self._stop = True
-        if uploader is not None:
+    def _stop_uploaders(self, *, drain: bool) -> None:
+        """Wait for the uploaders; with ``drain`` they first upload every whole part."""
+        uploaders, self._uploaders = self._uploaders, []
+        if drain:
+            self._drain = True
+        else:
+            self._stop = True
+        for uploader in uploaders:
             uploader.join()
 
     def _run_uploader(self) -> None:
         try:
-            while not self._stop:
-                if self._written - self._uploaded >= self.part_bytes:
-                    self._upload_parts(final=False)
+            while not self._stop and self._error is None:
+                part = self._claim()
+                if part is not None:
+                    self._upload_part(part + 1, part * self.part_bytes, self.part_bytes)
+                elif self._drain:
+                    return
                 else:
                     time.sleep(_POLL_SECONDS)
         except BaseException as exc:  # noqa: B036 - reported by the next write or commit
             self._error = exc
 
-    def _upload_parts(self, *, final: bool) -> None:
-        """Upload every finished part (with ``final``, the rest of the file too)."""
-        with open_for_reading(self.spool_path) as spool:
-            while True:
-                pending = self._written - self._uploaded
-                if pending <= 0 or (pending < self.part_bytes and not final):
-                    return
-                if not final and self._stop:
-                    return
-                length = min(pending, self.part_bytes)
-                data = os.pread(spool.fileno(), length, self._uploaded)
-                if len(data) != length:
-                    raise StorageError("the spool file ended early", path=self.spool_path)
-                self._upload_part(data)
-                self._uploaded += length
+    def _claim(self) -> int | None:
+        """The next whole part nobody uploads yet, ``None`` while there is none."""
+        with self._lock:
+            if self._written < (self._claimed + 1) * self.part_bytes:
+                return None
+            self._claimed += 1
+            return self._claimed - 1
 
-    def _upload_part(self, data: bytes) -> None:
+    def _upload_part(self, number: int, offset: int, length: int) -> None:
+        try:
+            with open_for_reading(self.spool_path) as spool:
+                data = os.pread(spool.fileno(), length, offset)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        if len(data) != length:
+            raise StorageError("the spool file ended early", path=self.spool_path)
         client, bucket = self.store.client, self.store.bucket
         try:
-            if self._upload_id is None:
-                answer = client.create_multipart_upload(Bucket=bucket, Key=self.key)
-                self._upload_id = answer["UploadId"]
-            number = len(self._parts) + 1
             answer = client.upload_part(
-                Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
+                Bucket=bucket,
+                Key=self.key,
+                UploadId=self._started_upload(),
+                PartNumber=number,
+                Body=data,
             )
+        except StorageError:
+            raise
         except Exception as exc:
             raise _storage_error("upload part of", self.key, exc) from exc
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._etags[number] = answer["ETag"]
+
+    def _started_upload(self) -> str:
+        """The multipart upload of the final key, started by the first part."""
+        with self._lock:
+            if self._upload_id is None:
+                try:
+                    answer = self.store.client.create_multipart_upload(
+                        Bucket=self.store.bucket, Key=self.key
+                    )
+                except Exception as exc:
+                    raise _storage_error("start an upload of", self.key, exc) from exc
+                self._upload_id = answer["UploadId"]
+            return self._upload_id
 
     def _complete(self) -> None:
+        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
         try:
             self.store.client.complete_multipart_upload(
                 Bucket=self.store.bucket,
                 Key=self.key,
                 UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
+                MultipartUpload={"Parts": parts},
             )
         except Exception as exc:
             raise _storage_error("complete upload of", self.key, exc) from exc
