@@ -45,6 +45,7 @@ from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from .blobstore import ByteStream, Redirect, StorageError
+from .blocking import off_the_loop
 from .config import ProxyConfig
 from .storage import (
     create_spool_file,
@@ -545,8 +546,8 @@ class StagedObject:
 
     def _upload_part(self, number: int, offset: int, length: int) -> None:
         try:
-            with open_for_reading(self.spool_path) as spool:
-                data = os.pread(spool.fileno(), length, offset)
+            # 8 MiB or more from the disk: not on gevent's event loop.
+            data = off_the_loop(_read_part, self.spool_path, offset, length)
         except OSError as exc:
             raise StorageError.from_os_error(exc, self.spool_path) from exc
         if len(data) != length:
@@ -618,6 +619,11 @@ class StagedObject:
                 spool.close()
             except OSError as exc:
                 raise StorageError.from_os_error(exc, self.spool_path) from exc
+
+
+def _read_part(path: str, offset: int, length: int) -> bytes:
+    with open_for_reading(path) as spool:
+        return os.pread(spool.fileno(), length, offset)
 
 
 def _chunks(body: t.BinaryIO) -> t.Iterator[bytes]:
