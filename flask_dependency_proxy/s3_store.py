@@ -12,8 +12,8 @@ Keys below the prefix of ``STORAGE_URL``:
 - ``trash/<algorithm>-<hex>.<epoch ms>``: blobs cleanup set aside for the grace period.
 
 A blob being fetched is spooled to a local file (followers on this host read it as it
-grows). Meanwhile a thread uploads each finished part of that file to a multipart upload
-of the blob's final key; committing uploads the last part and completes the upload,
+grows). Meanwhile two threads upload the finished parts of that file to a multipart
+upload of the blob's final key; committing uploads the last part and completes the upload,
 which is what makes the object visible, atomically. A blob smaller than one part is sent
 with a single ``PutObject`` at commit. A discarded fetch aborts its upload.
 
