@@ -1,26 +1,57 @@
 """Pulls through the live platform with skopeo and podman, from a real upstream registry.
 
-The platform runs under gunicorn (two workers) on SQLite and on PostgreSQL; the upstream
-is ``docker-registry``, whose access log tells what reached it.
+The platform runs under gunicorn (two workers) on SQLite and on PostgreSQL, with its blobs
+on disk and in S3-compatible object storage (SeaweedFS); the upstream is
+``docker-registry``, whose access log tells what reached it.
 """
 
 from __future__ import annotations
 
 import json
+import typing as t
 from pathlib import Path
 
 import pytest
 
 from tests.support import checks, images, seed
 from tests.support.clients import Podman, Skopeo
+from tests.support.databases import Databases
 from tests.support.platform import Platform
-from tests.support.processes import wait_for
+from tests.support.processes import ProcessFactory, wait_for
 from tests.support.registry import Registry
+from tests.support.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.e2e
 
 GROUP = seed.ACME
 USER = seed.ALICE
+
+
+@pytest.fixture(scope="module", params=["filesystem", "s3"])
+def platform(
+    request: pytest.FixtureRequest,
+    platform: Platform,
+    module_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    databases: Databases,
+    upstream: Registry,
+) -> t.Iterator[Platform]:
+    """The session's platform (blobs on disk), then one with its blobs in a bucket."""
+    if request.param == "filesystem":
+        yield platform
+        return
+    seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+    live = Platform(
+        module_processes,
+        tmp_path_factory.mktemp("platform-s3"),
+        database_url=databases.create("pull-s3"),
+        upstream_url=upstream.url,
+        name="platform-s3",
+        extra_env=seaweedfs.env(seaweedfs.new_bucket()),
+    )
+    seed.seed_full(live)
+    yield live.start()
+    live.stop()
 
 
 @pytest.fixture
@@ -79,11 +110,13 @@ def test_pull_by_tag_gets_upstream_bytes(
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    # The cached layers are readable by the platform's user and group only.
     for digest in pushed.layer_digests:
-        (blob,) = [p for p in platform.store_files_for(digest) if "blobs" in p.parts]
-        assert oct(blob.stat().st_mode & 0o777) == oct(0o640)
-        assert oct(blob.parent.stat().st_mode & 0o777) == oct(0o750)
+        assert platform.stored_blobs_for(digest) == [upstream.read_blob(digest)]
+        if not platform.object_storage:
+            # The cached layers are readable by the platform's user and group only.
+            (blob,) = [p for p in platform.store_files_for(digest) if "blobs" in p.parts]
+            assert oct(blob.stat().st_mode & 0o777) == oct(0o640)
+            assert oct(blob.parent.stat().st_mode & 0o777) == oct(0o750)
 
 
 def test_second_pull_only_heads_upstream(
@@ -207,7 +240,7 @@ def test_blob_not_matching_its_digest_is_not_cached(
     assert upstream.count("GET", repository=repository, reference=bad) >= 1
     # Neither a committed blob nor a leftover staging file for the digest.
     wait_for(
-        lambda: not platform.store_files_for(bad),
+        lambda: not platform.stored_blobs_for(bad),
         timeout=15,
         what="no store file for the bad digest",
     )
@@ -216,7 +249,7 @@ def test_blob_not_matching_its_digest_is_not_cached(
     result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    assert [p.read_bytes() for p in platform.store_files_for(bad)] == [original]
+    assert platform.stored_blobs_for(bad) == [original]
 
 
 def test_official_image_name_maps_to_library(

@@ -255,3 +255,33 @@ class Platform:
         """Files in the blob store whose name carries this digest's hex part."""
         hex_ = digest.partition(":")[2]
         return [p for p in self.store_files() if hex_ in p.name]
+
+    @property
+    def object_storage(self) -> bool:
+        """Whether blobs live in S3-compatible object storage rather than on disk."""
+        return bool(self.env.get("DEPENDENCY_PROXY_STORAGE_URL"))
+
+    def stored_blobs_for(self, digest: str) -> list[bytes]:
+        """The committed copies of a blob, on disk or in the bucket (at most one), and
+        what a fetch left in the local spool folder for it."""
+        hex_ = digest.partition(":")[2]
+        if not self.object_storage:
+            return [p.read_bytes() for p in self.store_files_for(digest)]
+        import boto3
+        from botocore.config import Config
+
+        bucket, _, prefix = self.env["DEPENDENCY_PROXY_STORAGE_URL"][5:].partition("/")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.env["DEPENDENCY_PROXY_S3_ENDPOINT_URL"],
+            region_name=self.env["DEPENDENCY_PROXY_S3_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        key = "/".join(filter(None, [prefix, "blobs", "sha256", hex_[:2], hex_]))
+        try:
+            found = [client.get_object(Bucket=bucket, Key=key)["Body"].read()]
+        except client.exceptions.NoSuchKey:
+            found = []
+        return found + [p.read_bytes() for p in self.store_files_for(digest)]
