@@ -156,6 +156,17 @@ def _keys(site: Site, seaweedfs: SeaweedFS, digests: t.Iterable[str]) -> dict[st
     return {d: f"blobs/sha256/{d[7:9]}/{d[7:]}" in present for d in digests}
 
 
+def _wait_committed(site: Site, seaweedfs: SeaweedFS, digests: t.Sequence[str]) -> None:
+    """Wait for every digest's object: a client gets a verified blob's last bytes before
+    the upload to the object store is completed."""
+    wait_for(
+        lambda: all(_keys(site, seaweedfs, digests).values()),
+        timeout=60,
+        interval=0.1,
+        what="the pulled blobs committed to the object store",
+    )
+
+
 def _local_blob_files(platform: Platform) -> list[Path]:
     return [p for p in platform.store_files() if "blobs" in p.parts]
 
@@ -191,7 +202,7 @@ def test_cold_then_warm_pull(
     result, target = skopeo.copy_to_dir(reference)
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    assert all(_keys(site, seaweedfs, pushed.blob_digests).values())
+    _wait_committed(site, seaweedfs, pushed.blob_digests)
     assert seaweedfs.multipart_uploads(site.bucket) == []
     assert _local_blob_files(platform) == []
 
@@ -327,7 +338,7 @@ def test_purge_and_cleanup_delete_the_objects(
     pushed = _push(upstream, unique_name, tmp_path, (300_000, 100_000))
     reference = platform.image(GROUP, pushed.repository, "1")
     checks.ok(_login(platform, tmp_path).copy_to_dir(reference)[0])
-    assert all(_keys(site, seaweedfs, pushed.blob_digests).values())
+    _wait_committed(site, seaweedfs, pushed.blob_digests)
     stored = seaweedfs.objects(site.bucket)
     size = sum(
         seaweedfs.client.head_object(Bucket=site.bucket, Key=key)["ContentLength"] for key in stored
@@ -361,6 +372,7 @@ def test_purge_and_cleanup_delete_the_objects(
 
 def test_object_store_down_answers_503(
     redirecting: Site,
+    seaweedfs: SeaweedFS,
     module_processes: ProcessFactory,
     upstream: Registry,
     unique_name: str,
@@ -371,6 +383,7 @@ def test_object_store_down_answers_503(
     never_pulled = _push(upstream, f"{unique_name}-cold", tmp_path, (60_000,))
     skopeo = _login(platform, tmp_path)
     checks.ok(skopeo.copy_to_dir(platform.image(GROUP, pulled.repository, "1"))[0])
+    _wait_committed(redirecting, seaweedfs, pulled.blob_digests)
     # A second host on the same database whose object store refuses connections.
     down = Platform(
         module_processes,
