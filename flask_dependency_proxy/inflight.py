@@ -53,6 +53,8 @@ _TRANSFER_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
 _FINISH_WAIT_SECONDS = 30.0
 #: How often a reader in another process looks for new bytes or the end of the fetch.
 _POLL_SECONDS = 0.01
+#: Longest wait of a reader that got a whole, verified blob for the store's commit.
+_COMMIT_WAIT_SECONDS = 600.0
 
 
 class FetchFailed(Exception):
@@ -109,7 +111,7 @@ class Fetch(t.Protocol):
 
     def on_commit(self, callback: t.Callable[[int], None]) -> None: ...
 
-    def follow(self, store: BlobStore) -> t.Iterator[bytes]: ...
+    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]: ...
 
 
 class LocalFetch:
@@ -125,6 +127,8 @@ class LocalFetch:
         self.written = 0
         self.started = False
         self.finished = False
+        #: Every byte is in and hashes to the digest; the commit may still be running.
+        self.verified = False
         self.committed = False
         self._condition = threading.Condition()
         self._on_commit: list[t.Callable[[int], None]] = []
@@ -163,19 +167,23 @@ class LocalFetch:
         if committed:
             callback(self.written)
 
-    def _progressed(self, position: int) -> t.Callable[[], bool]:
-        return lambda: self.written > position or self.finished
+    def _progressed(self, position: int, until_committed: bool) -> t.Callable[[], bool]:
+        if until_committed:
+            return lambda: self.written > position or self.finished
+        return lambda: self.written > position or self.finished or self.verified
 
-    def follow(self, store: BlobStore) -> t.Iterator[bytes]:
+    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]:
         """Yield the blob's bytes as the fetch writes them, the last chunk only once the
-        fetch is verified and committed.
+        fetch has verified the digest (and, with ``until_committed``, committed it: what
+        another host that shares the store waits for). A client does not wait for the
+        store's commit, which on object storage is the end of an upload.
 
         :raises FetchFailed: if the fetch breaks; the response must then be aborted so
             the client sees a truncated transfer, never a wrong blob.
         """
-        return _held_back(self._follow(store))
+        return _held_back(self._follow(store, until_committed))
 
-    def _follow(self, store: BlobStore) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore, until_committed: bool) -> t.Iterator[bytes]:
         try:
             file = open_for_reading(self.spool_path or "")
         except FileNotFoundError:
@@ -190,9 +198,9 @@ class LocalFetch:
             position = 0
             while True:
                 with self._condition:
-                    self._condition.wait_for(self._progressed(position))
+                    self._condition.wait_for(self._progressed(position, until_committed))
                     available, finished, error = self.written, self.finished, self.error
-                    committed = self.committed
+                    committed, verified = self.committed, self.verified
                 if error is not None:
                     raise FetchFailed(f"fetch of {self.digest} failed: {error}") from error
                 while position < available:
@@ -201,6 +209,8 @@ class LocalFetch:
                         raise FetchFailed(f"spool file of {self.digest} ended early")
                     position += len(chunk)
                     yield chunk
+                if verified and not until_committed and position == available:
+                    return
                 if finished:
                     if not committed:
                         raise FetchFailed(f"fetch of {self.digest} was not committed")
@@ -221,11 +231,11 @@ class RemoteFetch:
         # Run once this reader has seen the whole, committed blob.
         self._on_commit.append(callback)
 
-    def follow(self, store: BlobStore) -> t.Iterator[bytes]:
+    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]:
         """Like :meth:`LocalFetch.follow`, for a fetch that another process runs."""
-        return _held_back(self._follow(store))
+        return _held_back(self._follow(store, until_committed))
 
-    def _follow(self, store: BlobStore) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore, until_committed: bool) -> t.Iterator[bytes]:
         # The lock file of the fetch being followed: held while it runs, and where its
         # holder leaves how it ended (still readable once unlinked).
         try:
@@ -256,6 +266,13 @@ class RemoteFetch:
                         yield chunk
                         continue
                     if _is_locked(lock_fd):
+                        if not until_committed and (
+                            _published_state(lock_fd).get("verified") == position
+                        ):
+                            # Whole and verified: the client has it; the blob is
+                            # recorded for its group once the commit is done.
+                            self._record_after_commit(os.dup(lock_fd), position)
+                            return
                         time.sleep(_POLL_SECONDS)
                         continue
                     # The fetch ended: whatever it wrote is in the file by now.
@@ -268,6 +285,30 @@ class RemoteFetch:
                         callback(position)
                     return
         finally:
+            os.close(lock_fd)
+
+    def _record_after_commit(self, lock_fd: int, size: int) -> None:
+        """Run the commit callbacks from a thread once the holder committed (``lock_fd``
+        is this reader's own descriptor of the lock file, closed here)."""
+
+        def wait() -> None:
+            try:
+                deadline = time.monotonic() + _COMMIT_WAIT_SECONDS
+                while _is_locked(lock_fd) and time.monotonic() < deadline:
+                    time.sleep(_POLL_SECONDS * 5)
+                committed = _published_state(lock_fd).get("committed") == size
+            finally:
+                os.close(lock_fd)
+            if committed:
+                for callback in self._on_commit:
+                    try:
+                        callback(size)
+                    except Exception:
+                        log.exception("recording blob %s failed", self.digest)
+
+        if self._on_commit:
+            threading.Thread(target=wait, name="blob-commit-wait", daemon=True).start()
+        else:
             os.close(lock_fd)
 
     def _committed(self, store: BlobStore) -> t.Iterator[bytes]:
@@ -480,6 +521,9 @@ class BlobFetcher:
             _publish(lock_fd, {"size": stream.size})
             fetch.update(spool_path=staged.spool_path, size=stream.size, started=True)
             written = self._download(fetch, stream, staged, opener)
+            # Every byte hashes to the digest: readers may finish before the commit.
+            _publish(lock_fd, {"size": fetch.size, "verified": written})
+            fetch.update(verified=True)
             if from_peer is not None and from_peer() and self.store.size(fetch.digest) == written:
                 # The peer committed it to the store this host shares with it.
                 staged.discard()

@@ -43,7 +43,9 @@ def blob(digest: str) -> Response:
     except UpstreamError:
         abort(404)
     if fetch is not None:
-        chunks = fetch.follow(proxy.store)
+        # The reading host shares the store: it waits for the commit before it decides
+        # not to upload the blob itself.
+        chunks = fetch.follow(proxy.store, until_committed=True)
         size = fetch.size
     else:
         size = proxy.store.size(digest)

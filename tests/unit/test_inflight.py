@@ -62,6 +62,8 @@ def test_tiny_blobs_are_always_followed_to_the_end(tmp_path: Path) -> None:
         fetch = fetcher.fetch(digest, lambda offset, data=data: FakeStream(data, offset))  # type: ignore[misc]
         assert fetch is not None
         assert b"".join(fetch.follow(store)) == data
+    # The last commit may follow the last follower by a moment.
+    _wait(lambda: fetcher.in_flight() == 0)
     assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == []
 
 
@@ -86,6 +88,7 @@ def test_followers_share_one_fetch_and_the_commit(tmp_path: Path) -> None:
     assert b"".join(first.follow(store)) == data
     assert b"".join(second.follow(store)) == data
     assert opened == [0]
+    _wait(lambda: fetcher.in_flight() == 0)
     assert store.size(digest) == len(data)
     assert recorded == [len(data)]
     # Once committed, there is nothing left to fetch.

@@ -4,6 +4,7 @@ size notation of the group page's size limit field."""
 from __future__ import annotations
 
 import hashlib
+import time
 import typing as t
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def test_unannounced_size_under_the_limit_is_committed(tmp_path: Path) -> None:
     fetch = fetcher.fetch(_digest(data), lambda offset: UnsizedStream(data, None))
     assert fetch is not None
     assert b"".join(fetch.follow(store)) == data
+    # The follower is done once the digest is verified; the commit follows.
+    deadline = time.monotonic() + 5
+    while store.size(_digest(data)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert store.size(_digest(data)) == 3000
 
 
