@@ -32,8 +32,16 @@ from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
 from .quota import QuotaPolicy, Quotas, blob_too_large
-from .reference import ProxyPath, is_digest
+from .reference import (
+    MEDIA_TYPE_DOCKER_LIST,
+    ProxyPath,
+    accepts,
+    default_platform_manifest,
+    is_digest,
+    is_valid_tag,
+)
 from .upstream import (
+    TagPage,
     UpstreamClient,
     UpstreamDigestMismatch,
     UpstreamError,
@@ -136,11 +144,53 @@ class PullThroughCache:
 
     # -- manifests -----------------------------------------------------------------
 
-    def get_manifest(self, group_id: int, path: ProxyPath, reference: str) -> ManifestResult:
-        """The manifest for a tag or digest, from the cache or upstream."""
+    def get_manifest(
+        self, group_id: int, path: ProxyPath, reference: str, accept: t.Sequence[str] = ()
+    ) -> ManifestResult:
+        """The manifest for a tag or digest, from the cache or upstream, in a media type
+        the client accepts (``accept``: its merged ``Accept`` list), the way distribution
+        negotiates: a Docker manifest list asked for by tag by a client that cannot take
+        one gives its ``linux/amd64`` manifest; any other type the client did not ask for
+        is ``404 MANIFEST_UNKNOWN``.
+        """
+        result = self._manifest(group_id, path, reference)
+        if accepts(list(accept), result.media_type):
+            return result
+        if result.media_type == MEDIA_TYPE_DOCKER_LIST and not is_digest(reference):
+            child = default_platform_manifest(result.content)
+            if child is not None:
+                chosen = self._manifest(group_id, path, child)
+                if accepts(list(accept), chosen.media_type):
+                    return dataclasses.replace(chosen, stale=result.stale or chosen.stale)
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"manifest is {result.media_type}, which the Accept header does not allow",
+            {"reference": reference},
+        )
+
+    def _manifest(self, group_id: int, path: ProxyPath, reference: str) -> ManifestResult:
         if is_digest(reference):
             return self._manifest_by_digest(group_id, path, reference)
         return self._manifest_by_tag(group_id, path, reference)
+
+    def list_tags(self, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
+        """One page of upstream's tags for the image.
+
+        :raises RegistryError: ``NAME_UNKNOWN`` when upstream does not know the image,
+            ``UNAVAILABLE`` or ``TOOMANYREQUESTS`` when upstream cannot answer.
+        """
+        page = self._call_upstream(
+            lambda: self.upstream.list_tags(path.upstream_repository, n, last),
+            ErrorCode.NAME_UNKNOWN,
+        )
+        # Registries that do not paginate (distribution 2.8) send every tag, in no
+        # particular order: the page is cut here, in the spec's lexical order.
+        tags = sorted(
+            tag for tag in page.tags if is_valid_tag(tag) and (last is None or tag > last)
+        )
+        if n is not None and len(tags) > n:
+            return TagPage(tags=tuple(tags[:n]), next_last=tags[n - 1] if n else None)
+        return TagPage(tags=tuple(tags), next_last=page.next_last if tags else None)
 
     def _manifest_by_digest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
         with self.database.phase("reading a manifest"):
@@ -204,7 +254,9 @@ class PullThroughCache:
             digest, media_type, content = known.digest, known.media_type, known.content
         else:
             try:
-                manifest = self.upstream.get_manifest(path.upstream_repository, tag)
+                # By the digest the HEAD announced: a tag that moves meanwhile cannot
+                # hand over a manifest that was never checked against it.
+                manifest = self.upstream.get_manifest(path.upstream_repository, head.digest)
             except UpstreamError as exc:
                 if cached is not None and not isinstance(exc, UpstreamDigestMismatch):
                     return _result(cached, stale=True)

@@ -8,6 +8,7 @@ upstream.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 from .errors import ErrorCode, RegistryError
@@ -94,6 +95,14 @@ def is_digest(reference: str) -> bool:
     return ":" in reference
 
 
+def is_tag(reference: str) -> bool:
+    return ":" not in reference
+
+
+def is_valid_tag(tag: str) -> bool:
+    return _TAG_RE.fullmatch(tag) is not None
+
+
 def validate_digest(digest: str) -> str:
     """:raises RegistryError: ``DIGEST_INVALID`` unless ``sha256:<hex>`` or ``sha512:<hex>``."""
     if not _DIGEST_RE.fullmatch(digest):
@@ -143,3 +152,24 @@ def accepts(client_types: list[str], media_type: str) -> bool:
     if not manifest_types:
         return True
     return media_type in manifest_types
+
+
+#: The platform a registry picks from a manifest list for a client that cannot take one.
+DEFAULT_PLATFORM = ("linux", "amd64")
+
+
+def default_platform_manifest(content: bytes) -> str | None:
+    """The digest of a manifest list's ``linux/amd64`` manifest, if it has a valid one."""
+    try:
+        entries = json.loads(content).get("manifests")
+    except (ValueError, AttributeError):
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if not isinstance(platform, dict):
+            continue
+        if (platform.get("os"), platform.get("architecture")) == DEFAULT_PLATFORM:
+            digest = entry.get("digest")
+            if isinstance(digest, str) and _DIGEST_RE.fullmatch(digest):
+                return digest
+    return None

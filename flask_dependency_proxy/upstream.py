@@ -3,6 +3,27 @@
 Knows the registry protocol and its token auth; knows nothing of the database,
 storage or Flask. One client per application, shared by its threads: the
 ``requests.Session`` pools connections and the token cache is locked.
+
+What an upstream (or whoever answers in its name) cannot make the client do:
+
+- Send the configured credentials anywhere but a token realm named by a ``401`` of the
+  upstream's own origin: a redirect target's challenge is never followed, an ``http://``
+  realm is refused for an ``https://`` upstream, and a realm must pass the address rule.
+- Connect to an internal address. The address rule: a redirect target or realm whose
+  host resolves to a loopback, private, unique-local, link-local or unspecified address
+  is refused unless the upstream's own host is in that same class (an on-premise
+  registry on a private network, or a test upstream on 127.0.0.1). Every resolved
+  address is checked before the request, and the address actually connected to is
+  checked again before any byte of the answer is read: a DNS answer that changes
+  between the two (rebinding) can get one request sent, never its answer used.
+- Carry ``Authorization`` to another host on a redirect; follow more than
+  ``_MAX_REDIRECTS`` of them, or a scheme other than ``http``/``https``.
+- Decode a compressed manifest (a decoding bomb) or buffer more than
+  :data:`~.reference.MAX_MANIFEST_BYTES` of one.
+
+After ``breaker_failures`` connection failures in a row the upstream counts as down for
+``breaker_seconds``: requests fail at once (cached tags are served stale) instead of
+each waiting for its connect timeout, then the next request tries again.
 """
 
 from __future__ import annotations
@@ -10,16 +31,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
+import json
 import logging
 import re
+import socket
 import threading
 import time
 import typing as t
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
-from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT
+from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT, is_tag
 from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
@@ -33,6 +57,16 @@ _MAX_RETRY_WAIT_SECONDS = 2.0
 _MAX_REDIRECTS = 5
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+#: Connection failures in a row after which the upstream counts as down.
+_BREAKER_FAILURES = 3
+#: How long a down upstream is not asked before the next request tries again.
+_BREAKER_SECONDS = 5.0
+#: ``RateLimit-Remaining`` at or below this is logged as a warning.
+_LOW_RATE_LIMIT = 10
+#: A tag list larger than this is refused rather than buffered.
+MAX_TAG_LIST_BYTES = 4 * 1024 * 1024
+_NEXT_LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 
 class UpstreamError(Exception):
@@ -54,6 +88,14 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamDigestMismatch(UpstreamError):
     """Upstream's bytes do not hash to the digest it announced or was asked for."""
+
+
+class UpstreamRefused(UpstreamError):
+    """The client refused what upstream asked of it (a realm, a redirect, an encoding)."""
+
+
+class UpstreamDown(UpstreamError):
+    """Upstream failed to connect repeatedly and is not asked again for a few seconds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +136,17 @@ class BlobStream:
         self._response.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class TagPage:
+    """One page of upstream's tag list.
+
+    :param next_last: the ``last`` value of the next page, when upstream has more.
+    """
+
+    tags: tuple[str, ...]
+    next_last: str | None
+
+
 @dataclasses.dataclass
 class _CachedToken:
     value: str
@@ -118,7 +171,10 @@ class UpstreamClient:
 
     :param base_url: e.g. ``https://registry-1.docker.io``.
     :param session: a shared ``requests.Session`` (connection pool).
-    :param credentials: optional ``(username, password)`` sent to the token realm.
+    :param credentials: optional ``(username, password)``, sent only to the token realm
+        the upstream's own origin challenges with.
+    :param breaker_failures: connection failures in a row after which the upstream is
+        not asked for ``breaker_seconds``.
     """
 
     def __init__(
@@ -132,6 +188,8 @@ class UpstreamClient:
         retries: int = 2,
         chunk_size: int = 1024 * 1024,
         shared_tokens: TokenShare | None = None,
+        breaker_failures: int = _BREAKER_FAILURES,
+        breaker_seconds: float = _BREAKER_SECONDS,
         clock: t.Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -147,11 +205,16 @@ class UpstreamClient:
         self._tokens: dict[str, _CachedToken] = {}
         self._token_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
-        #: The last ``(realm, service)`` upstream challenged with, so later repositories
-        #: get a token before their first request instead of after a 401.
+        #: The last ``(realm, service)`` the upstream's own origin challenged with, so
+        #: later repositories get a token before their first request instead of after a 401.
         self._realm: tuple[str, str] | None = None
         #: Docker Hub's remaining pull quota, from its ``RateLimit-Remaining`` header.
-        self.rate_limit_remaining: str | None = None
+        self.rate_limit_remaining: int | None = None
+        #: The quota those pulls come from, from ``RateLimit-Limit``.
+        self.rate_limit_limit: int | None = None
+        self.breaker = CircuitBreaker(breaker_failures, breaker_seconds, clock=time.monotonic)
+        self._origin = _origin(self.base_url)
+        self._address_rule = AddressRule(urlsplit(self.base_url).hostname or "")
 
     # -- public API ---------------------------------------------------------------
 
@@ -204,11 +267,17 @@ class UpstreamClient:
             stream=True,
         )
         try:
-            content = _read_limited(response, MAX_MANIFEST_BYTES)
+            content = _read_identity(response, MAX_MANIFEST_BYTES, "manifest")
         finally:
             response.close()
+        announced = response.headers.get("Docker-Content-Digest")
+        if is_tag(reference) and not announced and _origin(response.url) != self._origin:
+            raise UpstreamRefused(
+                f"manifest {repository}:{reference} came from {_origin(response.url)} "
+                "without a digest to check it against"
+            )
+        expected = announced if is_tag(reference) else reference
         actual = "sha256:" + hashlib.sha256(content).hexdigest()
-        expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
         if expected and expected.startswith("sha512:"):
             actual = "sha512:" + hashlib.sha512(content).hexdigest()
         if expected and expected != actual:
@@ -217,6 +286,28 @@ class UpstreamClient:
                 f"upstream announced {expected}"
             )
         return Manifest(digest=actual, media_type=_media_type(response), content=content)
+
+    def list_tags(self, repository: str, n: int | None, last: str | None) -> TagPage:
+        """One page of the repository's tags, ``n`` at most, after ``last``.
+
+        :raises UpstreamNotFound: upstream does not know the repository.
+        """
+        query = "&".join(
+            f"{key}={value}" for key, value in (("n", n), ("last", last)) if value is not None
+        )
+        path = f"/v2/{repository}/tags/list" + (f"?{query}" if query else "")
+        response = self._request("GET", path, repository, stream=True)
+        try:
+            body = _read_identity(response, MAX_TAG_LIST_BYTES, "tag list")
+        finally:
+            response.close()
+        try:
+            tags = json.loads(body).get("tags") or []
+        except (ValueError, AttributeError) as exc:
+            raise UpstreamError("upstream sent a tag list that is not JSON") from exc
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise UpstreamError("upstream sent a tag list that is not a list of names")
+        return TagPage(tags=tuple(tags), next_last=_next_last(response.headers.get("Link")))
 
     def head_blob(self, repository: str, digest: str) -> int | None:
         """Confirm upstream serves this blob in this repository; returns its size if known."""
@@ -258,14 +349,21 @@ class UpstreamClient:
         url = self.base_url + path
         attempt = 0
         while True:
+            if not self.breaker.allows():
+                raise UpstreamDown(f"upstream {self._origin} is down; not asked for {path}")
             try:
                 response = self._authorized(method, url, repository, headers or {}, stream)
             except requests.RequestException as exc:
-                if attempt < self.retries:
+                if isinstance(exc, requests.ConnectionError) and not isinstance(
+                    exc, requests.ReadTimeout
+                ):
+                    self.breaker.failed()
+                if attempt < self.retries and self.breaker.allows():
                     attempt += 1
                     time.sleep(0.2 * attempt)
                     continue
                 raise UpstreamError(f"upstream {method} {path} failed: {exc}") from exc
+            self.breaker.succeeded()
             if response.status_code in _RETRYABLE_STATUS and attempt < self.retries:
                 wait = _retry_wait(response.headers.get("Retry-After"), attempt)
                 response.close()
@@ -281,18 +379,34 @@ class UpstreamClient:
         if token is None and self._realm is not None:
             token = self._fetch_token(repository, *self._realm, rejected=None)
         response = self._send(method, url, headers, token, stream)
-        if response.status_code != 401:
+        if response.status_code != 401 or _origin(response.url) != self._origin:
+            # A redirect target's challenge is not the upstream's: it surfaces as a 401.
             return response
         challenge = response.headers.get("WWW-Authenticate", "")
         response.close()
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and "realm" in params:
-            self._realm = (params["realm"], params.get("service", ""))
-            token = self._fetch_token(repository, *self._realm, rejected=token or "")
+            realm = (self._checked_realm(params["realm"]), params.get("service", ""))
+            self._realm = realm
+            token = self._fetch_token(repository, *realm, rejected=token or "")
             return self._send(method, url, headers, token, stream)
         if scheme == "basic" and self.credentials:
             return self._send(method, url, headers, None, stream, basic=True)
         return self._send(method, url, headers, token, stream)  # surfaces as 401 below
+
+    def _checked_realm(self, realm: str) -> str:
+        """The realm, if credentials and token requests may go there.
+
+        :raises UpstreamRefused: not ``https`` for an ``https`` upstream, or on an
+            address the address rule refuses.
+        """
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamRefused(f"upstream named a token realm that is not a URL: {realm!r}")
+        if urlsplit(self.base_url).scheme == "https" and parts.scheme != "https":
+            raise UpstreamRefused(f"refused plain-http token realm {realm} of an https upstream")
+        self._address_rule.check(parts.hostname)
+        return realm
 
     def _send(
         self,
@@ -315,30 +429,64 @@ class UpstreamClient:
             stream=stream,
             allow_redirects=False,
         )
-        remaining = response.headers.get("RateLimit-Remaining")
-        if remaining is not None:
-            self.rate_limit_remaining = remaining
+        self._note_rate_limit(response)
         for _ in range(_MAX_REDIRECTS):
-            if response.status_code not in (301, 302, 303, 307, 308):
+            if response.status_code not in _REDIRECT_STATUS:
                 return response
             location = response.headers.get("Location")
             response.close()
             if not location:
                 break
             url = urljoin(url, location)
-            if urlsplit(url).scheme not in ("http", "https"):
-                break
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UpstreamRefused(f"refused redirect to {url[:200]}")
+            self._address_rule.check(parts.hostname)
             # Blob redirects go to a CDN or object store whose URL carries its own
-            # signature: the upstream's Authorization must not follow.
+            # signature: the upstream's Authorization goes to the upstream's origin only.
+            same_origin = _origin(url) == self._origin
             response = self.session.request(
                 "HEAD" if method == "HEAD" else "GET",
                 url,
-                headers=headers,
+                headers=send_headers if same_origin else headers,
+                auth=self.credentials if basic and same_origin else None,
                 timeout=self.timeout,
-                stream=stream,
+                stream=True,
                 allow_redirects=False,
             )
+            self._check_peer(response)
+        else:
+            if response.status_code in _REDIRECT_STATUS:
+                response.close()
+                raise UpstreamRefused(f"more than {_MAX_REDIRECTS} redirects from upstream")
         return response
+
+    def _check_peer(self, response: requests.Response) -> None:
+        """Refuse an answer from an address the rule refuses, before reading any of it."""
+        address = _peer_address(response)
+        if address is None:
+            return
+        try:
+            self._address_rule.check_address(address)
+        except UpstreamRefused:
+            response.close()
+            raise
+
+    def _note_rate_limit(self, response: requests.Response) -> None:
+        remaining = _leading_int(response.headers.get("RateLimit-Remaining"))
+        if remaining is None:
+            return
+        limit = _leading_int(response.headers.get("RateLimit-Limit"))
+        if limit is not None:
+            self.rate_limit_limit = limit
+        if remaining <= _LOW_RATE_LIMIT and remaining != self.rate_limit_remaining:
+            log.warning(
+                "upstream %s: %s pulls left of %s in its rate limit window",
+                self._origin,
+                remaining,
+                self.rate_limit_limit if self.rate_limit_limit is not None else "?",
+            )
+        self.rate_limit_remaining = remaining
 
     def _check(self, response: requests.Response, method: str, path: str) -> requests.Response:
         status = response.status_code
@@ -398,10 +546,16 @@ class UpstreamClient:
             params["service"] = service
         try:
             response = self.session.get(
-                realm, params=params, auth=self.credentials, timeout=self.timeout
+                realm,
+                params=params,
+                auth=self.credentials,
+                timeout=self.timeout,
+                stream=True,
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise UpstreamError(f"upstream token request failed: {exc}") from exc
+        self._check_peer(response)
         with response:
             if response.status_code != 200:
                 raise UpstreamError(
@@ -476,19 +630,165 @@ def _media_type(response: requests.Response) -> str:
     return response.headers.get("Content-Type", "").split(";", 1)[0].strip()
 
 
-def _read_limited(response: requests.Response, limit: int) -> bytes:
+def _read_identity(response: requests.Response, limit: int, what: str) -> bytes:
+    """The body as sent, at most ``limit`` bytes, never decoded.
+
+    :raises UpstreamRefused: a ``Content-Encoding`` other than ``identity`` (which the
+        client never asks for), or a body larger than ``limit``.
+    """
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UpstreamRefused(f"upstream sent a {what} with Content-Encoding {encoding[:40]}")
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > limit:
-        raise UpstreamError(f"upstream manifest is larger than {limit} bytes")
-    content = response.raw.read(limit + 1, decode_content=True)
-    if len(content) > limit:
-        raise UpstreamError(f"upstream manifest is larger than {limit} bytes")
+        raise UpstreamRefused(f"upstream {what} is larger than {limit} bytes")
+    content = bytearray()
+    for chunk in response.raw.stream(64 * 1024, decode_content=False):
+        content += chunk
+        if len(content) > limit:
+            raise UpstreamRefused(f"upstream {what} is larger than {limit} bytes")
     if length.isdigit() and len(content) != int(length):
-        raise UpstreamError("upstream manifest response was cut short")
-    return t.cast(bytes, content)
+        raise UpstreamError(f"upstream {what} response was cut short")
+    return bytes(content)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _peer_address(response: requests.Response) -> str | None:
+    """The IP address the response's connection is connected to, while it is open."""
+    connection = getattr(response.raw, "connection", None) or getattr(
+        response.raw, "_connection", None
+    )
+    sock = getattr(connection, "sock", None)
+    try:
+        return str(sock.getpeername()[0]) if sock is not None else None
+    except OSError:
+        return None
+
+
+def _leading_int(value: str | None) -> int | None:
+    """``76`` from Docker Hub's ``76;w=21600``."""
+    match = re.match(r"\s*(\d+)", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _next_last(link: str | None) -> str | None:
+    """The ``last`` parameter of a ``Link: <...>; rel="next"`` header."""
+    match = _NEXT_LINK_RE.search(link or "")
+    if not match:
+        return None
+    values = parse_qs(urlsplit(match.group(1)).query).get("last")
+    return values[0] if values else None
 
 
 def _retry_wait(retry_after: str | None, attempt: int) -> float:
     if retry_after and retry_after.isdigit():
         return min(float(retry_after), _MAX_RETRY_WAIT_SECONDS)
     return min(0.2 * (attempt + 1) * 2, _MAX_RETRY_WAIT_SECONDS)
+
+
+class CircuitBreaker:
+    """Counts connection failures in a row; after ``failures`` of them, :meth:`allows`
+    answers no for ``seconds``, then lets requests try again (one more failure opens it
+    again at once)."""
+
+    def __init__(
+        self, failures: int, seconds: float, *, clock: t.Callable[[], float] = time.monotonic
+    ) -> None:
+        self.failures = failures
+        self.seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self._open_until = 0.0
+
+    def allows(self) -> bool:
+        return self.failures <= 0 or self._clock() >= self._open_until
+
+    def failed(self) -> None:
+        with self._lock:
+            self._in_a_row += 1
+            if self.failures > 0 and self._in_a_row >= self.failures:
+                if self._clock() >= self._open_until:
+                    log.warning(
+                        "upstream failed to connect %s times in a row; not asked for %.0f s",
+                        self._in_a_row,
+                        self.seconds,
+                    )
+                self._open_until = self._clock() + self.seconds
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._in_a_row = 0
+            self._open_until = 0.0
+
+
+def address_class(address: str) -> str:
+    """``unspecified``, ``loopback``, ``link-local``, ``private`` (RFC 1918, unique-local
+    ``fc00::/7`` and other non-global ranges), or ``public``."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_global and not ip.is_multicast:
+        return "public"
+    return "private"
+
+
+class AddressRule:
+    """Which addresses a redirect or token realm may lead to: public ones, and those in
+    the same class as the upstream's own host (resolved once, on first use).
+
+    :param upstream_host: the host name or address of the configured upstream.
+    """
+
+    def __init__(self, upstream_host: str) -> None:
+        self.upstream_host = upstream_host
+        self._allowed: frozenset[str] | None = None
+
+    def allowed_classes(self) -> frozenset[str]:
+        if self._allowed is None:
+            try:
+                own = {address_class(a) for a in resolve(self.upstream_host)}
+            except UpstreamError:
+                return frozenset({"public"})  # not cached: try resolving again next time
+            self._allowed = frozenset({"public"} | own)
+        return self._allowed
+
+    def check(self, host: str) -> None:
+        """:raises UpstreamRefused: when any address ``host`` resolves to is refused."""
+        for address in resolve(host):
+            self.check_address(address, host)
+
+    def check_address(self, address: str, host: str | None = None) -> None:
+        kind = address_class(address)
+        if kind not in self.allowed_classes():
+            raise UpstreamRefused(
+                f"refused {host or address}: {address} is a {kind} address and the "
+                f"upstream {self.upstream_host} is not"
+            )
+
+
+def resolve(host: str) -> list[str]:
+    """Every address ``host`` resolves to (itself, for an address).
+
+    :raises UpstreamError: the name does not resolve.
+    """
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise UpstreamError(f"cannot resolve {host[:100]}: {exc}") from exc
+    return sorted({str(info[4][0]) for info in infos})

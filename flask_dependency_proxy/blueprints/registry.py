@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import typing as t
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.utils import send_file
@@ -23,7 +25,14 @@ from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..host import Group, Principal
 from ..inflight import BlobTooLarge, FetchFailed
 from ..quota import blob_too_large
-from ..reference import ProxyPath, parse_proxy_path, validate_digest, validate_reference
+from ..reference import (
+    ProxyPath,
+    is_valid_tag,
+    merge_accept,
+    parse_proxy_path,
+    validate_digest,
+    validate_reference,
+)
 from ._registry_http import (
     add_api_version,
     challenge,
@@ -102,7 +111,9 @@ def manifest(name: str, reference: str) -> Response:
     group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
-        result = cache.get_manifest(group.id, path, reference)
+        result = cache.get_manifest(
+            group.id, path, reference, merge_accept(request.headers.getlist("Accept"))
+        )
     finally:
         cache.finish_request()
     response = Response(result.content, mimetype=result.media_type)
@@ -113,6 +124,49 @@ def manifest(name: str, reference: str) -> Response:
         response.headers[STALE_HEADER] = "true"
         response.headers["Warning"] = '110 - "Response is Stale"'
     return response
+
+
+#: Largest page of a tag list; a client asking for more gets this many and a ``Link``.
+MAX_TAGS_PER_PAGE = 1000
+
+
+@bp.route("/v2/<path:name>/tags/list", methods=_ALL_METHODS)
+def tags(name: str) -> Response:
+    """Upstream's tags for the image, ``n`` per page after ``last``, with a ``Link`` to
+    the next page as the distribution spec paginates."""
+    principal = _authenticate(name)
+    _refuse_writes()
+    path = parse_proxy_path(name)
+    n, last = _pagination()
+    state(None).access.authorize_pull(principal, path.group_path)
+    cache = state(None).cache
+    try:
+        page = cache.list_tags(path, n, last)
+    finally:
+        cache.finish_request()
+    body = json.dumps({"name": path.repository, "tags": list(page.tags)})
+    response = Response(body, mimetype="application/json")
+    if page.next_last is not None:
+        query = urlencode({**({"n": n} if n is not None else {}), "last": page.next_last})
+        response.headers["Link"] = f'</v2/{path.repository}/tags/list?{query}>; rel="next"'
+    return response
+
+
+def _pagination() -> tuple[int | None, str | None]:
+    """The ``n`` and ``last`` query parameters, validated; ``n`` at most
+    :data:`MAX_TAGS_PER_PAGE`."""
+    n_value = request.args.get("n")
+    last = request.args.get("last") or None
+    n = None
+    if n_value is not None:
+        if not n_value.isdigit() or len(n_value) > 9:
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400
+            )
+        n = min(int(n_value), MAX_TAGS_PER_PAGE)
+    if last is not None and not is_valid_tag(last):
+        raise RegistryError(ErrorCode.TAG_INVALID, "last must be a tag", {"last": last[:200]})
+    return n, last
 
 
 @bp.route("/v2/<path:name>/blobs/<digest>", methods=_ALL_METHODS)
@@ -279,7 +333,7 @@ def _opened(location: ByteStream) -> t.Iterator[bytes]:
 
 @bp.route("/v2/<path:rest>", methods=_ALL_METHODS)
 def unknown(rest: str) -> Response:
-    """Everything else under /v2/: catalog, uploads, tag lists, malformed paths."""
+    """Everything else under /v2/: catalog, uploads, malformed paths."""
     _authenticate()
     _refuse_writes()
     if "/blobs/uploads" in f"/{rest}":
