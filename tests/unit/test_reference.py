@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flask_dependency_proxy.errors import ErrorCode, RegistryError
 from flask_dependency_proxy.reference import (
+    MEDIA_TYPE_DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
+    accepts,
+    default_platform_manifest,
+    is_valid_tag,
     merge_accept,
     parse_proxy_path,
     validate_digest,
@@ -97,6 +105,46 @@ def test_merge_accept_keeps_every_line_in_order() -> None:
         "application/vnd.docker.distribution.manifest.v2+json",
         "*/*",
     ]
+
+
+def test_accepts_only_what_the_client_listed() -> None:
+    narrow = merge_accept([MEDIA_TYPE_DOCKER_MANIFEST])
+    assert accepts(narrow, MEDIA_TYPE_DOCKER_MANIFEST)
+    assert not accepts(narrow, MEDIA_TYPE_OCI_INDEX)
+    assert accepts(merge_accept(["*/*"]), MEDIA_TYPE_OCI_INDEX)
+
+
+def test_default_platform_manifest_picks_linux_amd64() -> None:
+    arm, amd = "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    manifest_list = {
+        "mediaType": MEDIA_TYPE_DOCKER_LIST,
+        "manifests": [
+            {"digest": arm, "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": amd, "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }
+    assert default_platform_manifest(json.dumps(manifest_list).encode()) == amd
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[]",
+        b'{"manifests": "x"}',
+        b'{"manifests": [{"digest": "../x", '
+        b'"platform": {"os": "linux", "architecture": "amd64"}}]}',
+        b'{"manifests": [{"digest": "sha256:' + b"d" * 64 + b'", "platform": {"os": "windows"}}]}',
+    ],
+)
+def test_default_platform_manifest_ignores_what_is_not_a_valid_entry(content: bytes) -> None:
+    assert default_platform_manifest(content) is None
+
+
+def test_is_valid_tag() -> None:
+    assert is_valid_tag("1.0-rc_1")
+    assert not is_valid_tag("../etc")
+    assert not is_valid_tag("x" * 129)
 
 
 def test_error_envelope() -> None:
