@@ -659,14 +659,16 @@ def _origin(url: str) -> str:
 
 
 def _peer_address(response: requests.Response) -> str | None:
-    """The IP address the response's connection is connected to, while it is open."""
-    connection = getattr(response.raw, "connection", None) or getattr(
-        response.raw, "_connection", None
-    )
-    sock = getattr(connection, "sock", None)
+    """The IP address the response's connection is connected to, while it is open: from
+    urllib3's connection, or (when the server closes after the response, and http.client
+    has let go of the connection) from the socket the body is read from."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:
+        body = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(body, "raw", None), "_sock", None)
     try:
         return str(sock.getpeername()[0]) if sock is not None else None
-    except OSError:
+    except (OSError, AttributeError, IndexError):
         return None
 
 

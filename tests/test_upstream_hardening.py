@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from flask_dependency_proxy import upstream as upstream_module
 from flask_dependency_proxy.upstream import (
     AddressRule,
     UpstreamClient,
@@ -188,6 +189,21 @@ def test_realm_on_an_address_outside_the_upstreams_class_is_refused(
     client = UpstreamClient(upstream.url, credentials=CREDENTIALS, retries=0)
     with pytest.raises(UpstreamRefused):
         client.head_manifest("library/x", "latest")
+
+
+def test_answer_from_an_address_the_check_did_not_see_is_refused(
+    servers: list[Recording], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name resolved to a public address when checked, the connection
+    reached loopback. Resolution is replaced for the check only; the connection is real."""
+    internal = Recording(lambda h: reply(h, 200, b"internal secret"))
+    upstream = Recording(lambda h: reply(h, 307, headers={"Location": f"{internal.url}/x"}))
+    servers += [internal, upstream]
+    monkeypatch.setattr(upstream_module, "resolve", lambda host: ["93.184.216.34"])
+    client = UpstreamClient(upstream.url, retries=0)
+    with pytest.raises(UpstreamRefused, match="loopback"):
+        client.open_blob("library/x", digest_of(b"x"))
+    assert len(internal.seen) == 1  # the residual: one request sent, its answer dropped
 
 
 def test_address_rule_allows_public_addresses_and_the_upstreams_own_class() -> None:
