@@ -28,7 +28,7 @@ USER = seed.ALICE
 
 
 @pytest.fixture(scope="module", params=["filesystem", "s3"])
-def platform(
+def live(
     request: pytest.FixtureRequest,
     platform: Platform,
     module_processes: ProcessFactory,
@@ -36,7 +36,10 @@ def platform(
     databases: Databases,
     upstream: Registry,
 ) -> t.Iterator[Platform]:
-    """The session's platform (blobs on disk), then one with its blobs in a bucket."""
+    """The session's platform (blobs on disk), then one with its blobs in a bucket.
+
+    A fixture of its own name: overriding the session's ``platform`` with parameters
+    would make pytest set that one up again for each of them."""
     if request.param == "filesystem":
         yield platform
         return
@@ -55,9 +58,9 @@ def platform(
 
 
 @pytest.fixture
-def alice(platform: Platform, skopeo: Skopeo) -> Skopeo:
+def alice(live: Platform, skopeo: Skopeo) -> Skopeo:
     """skopeo logged in to the platform as a developer of ``acme``."""
-    checks.ok(skopeo.login(platform.host, USER.username, USER.password))
+    checks.ok(skopeo.login(live.host, USER.username, USER.password))
     return skopeo
 
 
@@ -77,18 +80,18 @@ def _push(
     )
 
 
-def test_login(platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path) -> None:
+def test_login(live: Platform, upstream: Registry, unique_name: str, tmp_path: Path) -> None:
     _push(upstream, f"e2e/{unique_name}", "1", unique_name, tmp_path, sizes=(1000,))
 
-    checks.ok(Skopeo(tmp_path / "good").login(platform.host, USER.username, USER.password))
+    checks.ok(Skopeo(tmp_path / "good").login(live.host, USER.username, USER.password))
 
     output = checks.failed(
-        Skopeo(tmp_path / "bad").login(platform.host, USER.username, "wrong-password")
+        Skopeo(tmp_path / "bad").login(live.host, USER.username, "wrong-password")
     )
     assert "invalid username/password" in output or "unauthorized" in output
 
     result, _ = Skopeo(tmp_path / "anonymous").copy_to_dir(
-        platform.image(GROUP, f"e2e/{unique_name}", "1")
+        live.image(GROUP, f"e2e/{unique_name}", "1")
     )
     output = checks.failed(result)
     assert "unauthorized" in output or "authentication required" in output
@@ -96,7 +99,7 @@ def test_login(platform: Platform, upstream: Registry, unique_name: str, tmp_pat
 
 @pytest.mark.parametrize("docker_format", [False, True], ids=["oci", "docker"])
 def test_pull_by_tag_gets_upstream_bytes(
-    platform: Platform,
+    live: Platform,
     upstream: Registry,
     alice: Skopeo,
     unique_name: str,
@@ -107,28 +110,28 @@ def test_pull_by_tag_gets_upstream_bytes(
     pushed = _push(upstream, repository, "1.0", unique_name, tmp_path, docker_format=docker_format)
     assert len(pushed.layer_digests) == 2
 
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, "1.0"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
     for digest in pushed.layer_digests:
-        assert platform.stored_blobs_for(digest) == [upstream.read_blob(digest)]
-        if not platform.object_storage:
+        assert live.stored_blobs_for(digest) == [upstream.read_blob(digest)]
+        if not live.object_storage:
             # The cached layers are readable by the platform's user and group only.
-            (blob,) = [p for p in platform.store_files_for(digest) if "blobs" in p.parts]
+            (blob,) = [p for p in live.store_files_for(digest) if "blobs" in p.parts]
             assert oct(blob.stat().st_mode & 0o777) == oct(0o640)
             assert oct(blob.parent.stat().st_mode & 0o777) == oct(0o750)
 
 
 def test_second_pull_only_heads_upstream(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     pushed = _push(upstream, repository, "1.0", unique_name, tmp_path)
-    checks.ok(alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))[0])
+    checks.ok(alice.copy_to_dir(live.image(GROUP, repository, "1.0"))[0])
     assert upstream.count("GET", repository=repository, kind="blobs") >= 2
 
     since = upstream.mark()
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1.0"))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, "1.0"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
     seen = [
@@ -141,34 +144,32 @@ def test_second_pull_only_heads_upstream(
 
 
 def test_moved_tag_gets_new_digest(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     first = _push(upstream, repository, "stable", f"{unique_name}-first", tmp_path)
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "stable"))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, "stable"))
     checks.ok(result)
     checks.same_as_upstream(target, first, upstream)
 
     second = _push(upstream, repository, "stable", f"{unique_name}-second", tmp_path)
     assert second.digest != first.digest
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "stable"))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, "stable"))
     checks.ok(result)
     checks.same_as_upstream(target, second, upstream)
-    inspected = json.loads(
-        checks.ok(alice.inspect(platform.image(GROUP, repository, "stable"))).stdout
-    )
+    inspected = json.loads(checks.ok(alice.inspect(live.image(GROUP, repository, "stable"))).stdout)
     assert inspected["Digest"] == second.digest
 
 
 def test_copy_all_of_multi_arch_index(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     pushed = images.push(
         images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path
     )
 
-    result, layout = alice.copy_to_oci(platform.image(GROUP, repository, "multi"))
+    result, layout = alice.copy_to_oci(live.image(GROUP, repository, "multi"))
     checks.ok(result)
     (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
     assert entry["digest"] == pushed.digest
@@ -181,20 +182,20 @@ def test_copy_all_of_multi_arch_index(
 
 
 def test_podman_pulls_arm64_from_index(
-    platform: Platform, upstream: Registry, podman: Podman, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, podman: Podman, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     pushed = images.push(
         images.build_index(unique_name), upstream, repository, "multi", workdir=tmp_path
     )
-    checks.ok(podman.login(platform.host, USER.username, USER.password))
+    checks.ok(podman.login(live.host, USER.username, USER.password))
 
-    reference = platform.image(GROUP, repository, "multi")
+    reference = live.image(GROUP, repository, "multi")
     checks.ok(podman.pull(reference, arch="arm64"))
     inspected = podman.image_inspect(reference)
     assert inspected["Architecture"] == "arm64"
     arm64 = pushed.child("arm64")
-    assert f"{platform.image(GROUP, repository)}@{arm64.digest}" in inspected["RepoDigests"]
+    assert f"{live.image(GROUP, repository)}@{arm64.digest}" in inspected["RepoDigests"]
     # Exactly the arm64 blobs came through the proxy, and from upstream.
     fetched = {
         r.reference
@@ -206,7 +207,7 @@ def test_podman_pulls_arm64_from_index(
 
 
 def test_pull_by_digest(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     pushed = images.push(
@@ -214,13 +215,13 @@ def test_pull_by_digest(
     )
     arm64 = pushed.child("arm64")
 
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, arm64.digest))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, arm64.digest))
     checks.ok(result)
     checks.same_as_upstream(target, arm64, upstream)
 
     # Again by digest: content is immutable, upstream is not asked about the manifest.
     since = upstream.mark()
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, arm64.digest))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, arm64.digest))
     checks.ok(result)
     checks.same_as_upstream(target, arm64, upstream)
     assert upstream.count(repository=repository, kind="manifests", since=since) == 0
@@ -228,36 +229,36 @@ def test_pull_by_digest(
 
 
 def test_blob_not_matching_its_digest_is_not_cached(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     repository = f"e2e/{unique_name}"
     pushed = _push(upstream, repository, "1", unique_name, tmp_path)
     bad = pushed.layer_digests[-1]
     original = upstream.corrupt_blob(bad)
 
-    result, _ = alice.copy_to_dir(platform.image(GROUP, repository, "1"))
+    result, _ = alice.copy_to_dir(live.image(GROUP, repository, "1"))
     checks.failed(result)
     assert upstream.count("GET", repository=repository, reference=bad) >= 1
     # Neither a committed blob nor a leftover staging file for the digest.
     wait_for(
-        lambda: not platform.stored_blobs_for(bad),
+        lambda: not live.stored_blobs_for(bad),
         timeout=15,
         what="no store file for the bad digest",
     )
 
     upstream.restore_blob(bad, original)
-    result, target = alice.copy_to_dir(platform.image(GROUP, repository, "1"))
+    result, target = alice.copy_to_dir(live.image(GROUP, repository, "1"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    assert platform.stored_blobs_for(bad) == [original]
+    assert live.stored_blobs_for(bad) == [original]
 
 
 def test_official_image_name_maps_to_library(
-    platform: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
+    live: Platform, upstream: Registry, alice: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
     pushed = _push(upstream, f"library/{unique_name}", "3.19", unique_name, tmp_path, sizes=(1000,))
 
-    result, target = alice.copy_to_dir(platform.image(GROUP, unique_name, "3.19"))
+    result, target = alice.copy_to_dir(live.image(GROUP, unique_name, "3.19"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
     assert upstream.count(repository=f"library/{unique_name}", kind="manifests") >= 1
