@@ -114,7 +114,14 @@ def test_pull_by_tag_gets_upstream_bytes(
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
     for digest in pushed.layer_digests:
-        assert live.stored_blobs_for(digest) == [upstream.read_blob(digest)]
+        # A client is done once the digest is verified; the commit (on object storage
+        # the end of an upload) follows.
+        expected = [upstream.read_blob(digest)]
+        wait_for(
+            lambda digest=digest, expected=expected: live.stored_blobs_for(digest) == expected,
+            timeout=30,
+            what="the layer committed to the store",
+        )
         if not live.object_storage:
             # The cached layers are readable by the platform's user and group only.
             (blob,) = [p for p in live.store_files_for(digest) if "blobs" in p.parts]
@@ -250,7 +257,11 @@ def test_blob_not_matching_its_digest_is_not_cached(
     result, target = alice.copy_to_dir(live.image(GROUP, repository, "1"))
     checks.ok(result)
     checks.same_as_upstream(target, pushed, upstream)
-    assert live.stored_blobs_for(bad) == [original]
+    wait_for(
+        lambda: live.stored_blobs_for(bad) == [original],
+        timeout=30,
+        what="the right bytes committed to the store",
+    )
 
 
 def test_official_image_name_maps_to_library(
