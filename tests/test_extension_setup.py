@@ -3,6 +3,7 @@ first pull, and mistakes in wiring fail with a message that says what to do."""
 
 from __future__ import annotations
 
+import time
 import typing as t
 from pathlib import Path
 
@@ -116,6 +117,11 @@ def test_cached_blobs_can_be_handed_to_nginx(
 
     miss = client.get(url, headers=headers)  # a miss streams the bytes itself
     assert miss.status_code == 200 and len(miss.data) > 10_000
+    # The client had every byte once they were verified; the commit follows.
+    fetcher = state(app).cache.fetcher
+    deadline = time.monotonic() + 10
+    while fetcher.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.01)
     hit = client.get(url, headers=headers)
     assert hit.status_code == 200
     assert hit.data == b""
