@@ -31,6 +31,13 @@ REGION = "us-east-1"
 
 _buckets = itertools.count(1)
 
+#: Every bucket is a SeaweedFS collection with volumes of its own, grown
+#: ``VOLUMES_PER_BUCKET`` at a time (7 by default): with the default growth a session ran
+#: out of volumes at its 15th bucket and every write answered ``InternalError``. Volumes
+#: are not preallocated, so the cap costs no disk.
+VOLUMES_PER_BUCKET = 2
+MAX_VOLUMES = 400
+
 
 def seaweedfs_unavailable() -> str | None:
     """``None`` when ``weed`` can run here, else what to install."""
@@ -96,13 +103,14 @@ class SeaweedFS:
             f"-s3.config={config}",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=100",
+            f"-volume.max={MAX_VOLUMES}",
             "-master.electionTimeout=1s",
             "-volume.preStopSeconds=0",
         ]
         self.process = self._processes(
             "seaweedfs",
             argv,
+            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": str(VOLUMES_PER_BUCKET)},
             ready=self._answers,
             timeout=60,
             stop_signal=signal.SIGKILL,
