@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0006"
+HEAD = "0007"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -318,12 +318,15 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
 
     assert proxy_cli(old_platform, "db", "current").strip() == "0001"
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
-    # What revisions 0002-0006 add: the size-limit column, the usage indexes, the
-    # fetch leases and the fleet's upstream tokens.
+    # What revisions 0002-0007 add: the size-limit column, the usage indexes, the
+    # fetch leases, the fleet's upstream tokens, the group upstream lists and the
+    # manifests' upstream column.
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
+        "add_column",
         "add_column",
         "add_index",
         "add_index",
+        "add_table",
         "add_table",
         "add_table",
     ]
@@ -332,6 +335,51 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
     proxy_cli(old_platform, "db", "upgrade")
     assert schema_differences(old_platform) == []
     assert rows(old_platform, SETTINGS, "size_limit_bytes") == [(None,), (None,)]
+
+
+def test_group_upstreams_revision_keeps_manifests_on_the_default_upstream(
+    old_platform: Flask,
+) -> None:
+    proxy_cli(old_platform, "db", "upgrade")
+
+    # Manifests cached before upstreams were data came from the default upstream.
+    assert rows(old_platform, "dependency_proxy_manifests", "tag", "upstream") == [("3.19", None)]
+    now = dt.datetime(2026, 12, 2, 9, 0, 0)
+    with old_platform.app_context(), db.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO dependency_proxy_group_upstreams (group_id, upstream, position,"
+                " username_encrypted, password_encrypted, updated_at)"
+                " VALUES (1, 'ghcr', 0, :secret, :secret, :now),"
+                " (1, 'dockerhub', 1, NULL, NULL, :now)"
+            ),
+            {"secret": b"\x00\xffencrypted", "now": now},
+        )
+        with pytest.raises(sa.exc.IntegrityError):
+            with connection.begin_nested():
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO dependency_proxy_group_upstreams (group_id, upstream,"
+                        " position, updated_at) VALUES (1, 'ghcr', 2, :now)"
+                    ),
+                    {"now": now},
+                )
+    assert rows(
+        old_platform,
+        "dependency_proxy_group_upstreams",
+        "position",
+        "upstream",
+        "password_encrypted",
+    ) == [(0, "ghcr", b"\x00\xffencrypted"), (1, "dockerhub", None)]
+
+    assert "downgraded to revision 0006" in proxy_cli(old_platform, "db", "downgrade", "0006")
+
+    assert "upstream" not in columns(old_platform, "dependency_proxy_manifests")
+    with old_platform.app_context():
+        assert "dependency_proxy_group_upstreams" not in sa.inspect(db.engine).get_table_names()
+    assert_old_rows_kept(old_platform)
+    proxy_cli(old_platform, "db", "upgrade")
+    assert schema_differences(old_platform) == []
 
 
 def test_downgrade_to_base_drops_every_table_of_the_extension(old_platform: Flask) -> None:

@@ -83,6 +83,8 @@ class CachedManifest(Base):
     #: When upstream last confirmed this tag's digest (drives the tag check interval).
     checked_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
     last_read_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    #: Name of the instance upstream that served the manifest; ``NULL``: the default one.
+    upstream: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
 
 
 class CachedBlob(Base):
@@ -164,3 +166,23 @@ class UpstreamToken(Base):
     token: orm.Mapped[str] = orm.mapped_column(sa.Text)
     #: Seconds since the epoch.
     expires_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
+
+
+class GroupUpstreamRow(Base):
+    """One instance upstream a group uses, at its place in the group's order, with the
+    group's own credential for it (Fernet tokens, see ``credentials.py``).
+
+    A group with no rows uses every instance upstream in the order defined."""
+
+    __tablename__ = f"{TABLE_PREFIX}group_upstreams"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    #: Name of the entry in ``DEPENDENCY_PROXY_UPSTREAMS``.
+    upstream: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
+    #: 0 is tried first.
+    position: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    username_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
+    password_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
