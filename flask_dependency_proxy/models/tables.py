@@ -169,10 +169,12 @@ class UpstreamToken(Base):
 
 
 class GroupUpstreamRow(Base):
-    """One instance upstream a group uses, at its place in the group's order, with the
-    group's own credential for it (Fernet tokens, see ``credentials.py``).
+    """A group's place for an instance upstream in its own order, and its own credential
+    for it (Fernet tokens, see ``credentials.py``).
 
-    A group with no rows uses every instance upstream in the order defined."""
+    A group with no positioned rows uses every instance upstream in the order defined;
+    a row without a position only keeps a credential (the upstream is used in the
+    default order, or was narrowed out of the group's own)."""
 
     __tablename__ = f"{TABLE_PREFIX}group_upstreams"
 
@@ -181,8 +183,8 @@ class GroupUpstreamRow(Base):
     )
     #: Name of the entry in ``DEPENDENCY_PROXY_UPSTREAMS``.
     upstream: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
-    #: 0 is tried first.
-    position: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    #: 0 is tried first; ``NULL``: not in the group's own order.
+    position: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
     username_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
     password_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
     updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)

@@ -1,8 +1,9 @@
 """Per-group upstream lists and which upstream served a manifest.
 
 ``dependency_proxy_group_upstreams`` holds a group's narrowed, reordered list of the
-instance's upstreams, each with the group's own credential encrypted at rest; a group
-with no rows uses every instance upstream in the order defined.
+instance's upstreams (``position``) and the group's own credential for an upstream,
+encrypted at rest. A group with no positioned rows uses every instance upstream in
+the order defined; a row with no position only keeps a credential.
 ``dependency_proxy_manifests.upstream`` names the upstream a manifest came from;
 ``NULL``, what every existing row gets, is the default upstream.
 
@@ -26,7 +27,7 @@ def upgrade() -> None:
         "dependency_proxy_group_upstreams",
         sa.Column("group_id", sa.BigInteger, nullable=False),
         sa.Column("upstream", sa.String(64), nullable=False),
-        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("position", sa.Integer, nullable=True),
         sa.Column("username_encrypted", sa.LargeBinary, nullable=True),
         sa.Column("password_encrypted", sa.LargeBinary, nullable=True),
         sa.Column("updated_at", sa.DateTime, nullable=False),
