@@ -20,7 +20,7 @@ if t.TYPE_CHECKING:
     from .host import HostAdapter
     from .models.repository import CacheMetadata
     from .tokens import TokenIssuer
-    from .upstream import UpstreamClient
+    from .upstreams import UpstreamSet
 
 #: The key under ``app.extensions``.
 EXTENSION_KEY = "dependency_proxy"
@@ -38,7 +38,8 @@ class ProxyState:
     access: AccessControl
     issuer: TokenIssuer
     store: BlobStore
-    upstream: UpstreamClient
+    #: The instance's upstream registries (their clients and what they last answered).
+    upstreams: UpstreamSet
     cache: PullThroughCache
 
 

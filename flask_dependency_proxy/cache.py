@@ -5,6 +5,10 @@ turns the returned records into responses.
 
 - Tags go upstream first with a HEAD (free of Docker Hub's pull quota); only a changed
   digest costs a GET. An unreachable upstream falls back to the cached copy.
+- Which upstream: the one a name's registry host names, or the group's ordered list
+  (:mod:`.upstreams`), where a ``404`` moves on to the next and an outage does not. What
+  the group cached of an image records its upstream; refreshes, digests and blobs of
+  the image go back there.
 - Manifests by digest and blobs are immutable: served locally once cached.
 - A blob miss is fetched once and streamed to every client while it is verified.
 - Database reads and writes run in short phases (:mod:`.database`) that end, with the
@@ -41,18 +45,21 @@ from .reference import (
     is_valid_tag,
 )
 from .upstream import (
+    BlobStream,
     TagPage,
-    UpstreamClient,
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
 )
+from .upstreams import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
 
 log = logging.getLogger(__name__)
 
 #: (group, digest) pairs remembered per worker for pulls during a database outage.
 RECENT_BLOBS = 10_000
+
+_T = t.TypeVar("_T")
 
 
 class _RecentBlobs:
@@ -116,7 +123,8 @@ class PullThroughCache:
         self,
         *,
         store: BlobStore,
-        upstream: UpstreamClient,
+        upstreams: UpstreamSet,
+        group_upstreams: GroupUpstreamSource,
         metadata: CacheMetadata,
         fetcher: BlobFetcher,
         tag_check_interval: float = 0,
@@ -126,7 +134,8 @@ class PullThroughCache:
         clock: t.Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
-        self.upstream = upstream
+        self.upstreams = upstreams
+        self.group_upstreams = group_upstreams
         self.metadata = metadata
         self.fetcher = fetcher
         self.tag_check_interval = dt.timedelta(seconds=tag_check_interval)
@@ -173,33 +182,54 @@ class PullThroughCache:
             return self._manifest_by_digest(group_id, path, reference)
         return self._manifest_by_tag(group_id, path, reference)
 
-    def list_tags(self, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
-        """One page of upstream's tags for the image.
+    def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
+        """One page of upstream's tags for the image; while upstream cannot answer, the
+        tags the group has cached (``stale``).
 
-        :raises RegistryError: ``NAME_UNKNOWN`` when upstream does not know the image,
-            ``UNAVAILABLE`` or ``TOOMANYREQUESTS`` when upstream cannot answer.
+        :raises RegistryError: ``NAME_UNKNOWN`` when no upstream knows the image,
+            ``UNAVAILABLE`` or ``TOOMANYREQUESTS`` when upstream cannot answer and the
+            group has no tags of the image.
         """
-        page = self._call_upstream(
-            lambda: self.upstream.list_tags(path.upstream_repository, n, last),
-            ErrorCode.NAME_UNKNOWN,
-        )
+        with self.database.phase("reading the image's upstream"):
+            candidates = self._image_candidates(group_id, path)
+        try:
+            page, _ = self._first_that_has(
+                candidates, lambda c: c.client.list_tags(c.repository, n, last)
+            )
+        except UpstreamError as exc:
+            if isinstance(exc, UpstreamNotFound):
+                raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": path.image}) from exc
+            with self.database.phase("reading cached tags"):
+                cached = self.metadata.cached_tags(group_id, path.image)
+            if not cached:
+                raise _unavailable(exc) from exc
+            log.warning("upstream failed for tags of %s (%s); serving cached tags", path.image, exc)
+            page = TagPage(tags=tuple(cached), next_last=None, stale=True)
         # Registries that do not paginate (distribution 2.8) send every tag, in no
         # particular order: the page is cut here, in the spec's lexical order.
         tags = sorted(
             tag for tag in page.tags if is_valid_tag(tag) and (last is None or tag > last)
         )
         if n is not None and len(tags) > n:
-            return TagPage(tags=tuple(tags[:n]), next_last=tags[n - 1] if n else None)
-        return TagPage(tags=tuple(tags), next_last=page.next_last if tags else None)
+            return TagPage(
+                tags=tuple(tags[:n]), next_last=tags[n - 1] if n else None, stale=page.stale
+            )
+        return TagPage(
+            tags=tuple(tags), next_last=page.next_last if tags else None, stale=page.stale
+        )
 
     def _manifest_by_digest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
         with self.database.phase("reading a manifest"):
             cached = self.metadata.find_digest(group_id, path.image, digest)
+            if cached is None:
+                candidates = self._image_candidates(group_id, path)
         if cached is not None:
             self.metadata.touch_manifest(cached)
             return _result(cached)
-        manifest = self._call_upstream(
-            lambda: self.upstream.get_manifest(path.upstream_repository, digest),
+        manifest, source = self._call_upstream(
+            lambda: self._first_that_has(
+                candidates, lambda c: c.client.get_manifest(c.repository, digest)
+            ),
             ErrorCode.MANIFEST_UNKNOWN,
         )
         with self.database.phase("saving a manifest"):
@@ -211,17 +241,27 @@ class PullThroughCache:
                 digest=manifest.digest,
                 media_type=manifest.media_type,
                 content=manifest.content,
+                upstream=source.name,
             )
         return _result(record)
 
     def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
         with self.database.phase("reading a tag"):
             cached = self.metadata.find_tag(group_id, path.image, tag)
-        if cached is not None and self._clock() - cached.checked_at < self.tag_check_interval:
+            fresh = (
+                cached is not None and self._clock() - cached.checked_at < self.tag_check_interval
+            )
+            if not fresh:
+                route = self._route(group_id, path)
+        if cached is not None and fresh:
             self.metadata.touch_manifest(cached)
             return _result(cached)
+        # A cached tag is checked where it came from; a new one goes down the list.
+        candidates = route.candidates if cached is None else route.sticky(self._source_of(cached))
         try:
-            head = self.upstream.head_manifest(path.upstream_repository, tag)
+            head, source = self._first_that_has(
+                candidates, lambda c: c.client.head_manifest(c.repository, tag)
+            )
         except UpstreamNotFound:
             if cached is not None and self.serve_stale_on_not_found:
                 log.warning(
@@ -256,7 +296,7 @@ class PullThroughCache:
             try:
                 # By the digest the HEAD announced: a tag that moves meanwhile cannot
                 # hand over a manifest that was never checked against it.
-                manifest = self.upstream.get_manifest(path.upstream_repository, head.digest)
+                manifest = source.client.get_manifest(source.repository, head.digest)
             except UpstreamError as exc:
                 if cached is not None and not isinstance(exc, UpstreamDigestMismatch):
                     return _result(cached, stale=True)
@@ -265,7 +305,13 @@ class PullThroughCache:
         with self.database.phase("saving a manifest"):
             self.quotas.admit_manifest(group_id, digest, content)
             record = self.metadata.save_manifest(
-                group_id, path.image, tag, digest=digest, media_type=media_type, content=content
+                group_id,
+                path.image,
+                tag,
+                digest=digest,
+                media_type=media_type,
+                content=content,
+                upstream=source.name,
             )
         return _result(record)
 
@@ -277,23 +323,24 @@ class PullThroughCache:
         if size is not None:
             return self._stored(digest, size)
 
-        repository = path.upstream_repository
         size = self.store.size(digest)
         with self.database.phase("checking the quota"):
             self.quotas.admit_blob(group_id, digest, size)
+            candidates = self._image_candidates(group_id, path)
         if size is not None:
             # Another group cached these bytes. This group may only have them if its
             # upstream serves them to it: a HEAD settles that without a download.
             self._call_upstream(
-                lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
+                lambda: self._first_that_has(
+                    candidates, lambda c: c.client.head_blob(c.repository, digest)
+                ),
+                ErrorCode.BLOB_UNKNOWN,
             )
             self._record_blob(group_id, digest, size)
             return self._stored(digest, size)
 
         fetch = self._call_upstream(
-            lambda: self.fetcher.fetch(
-                digest, lambda offset: self.upstream.open_blob(repository, digest, offset)
-            ),
+            lambda: self.fetcher.fetch(digest, _BlobOpener(candidates, digest)),
             ErrorCode.BLOB_UNKNOWN,
         )
         if fetch is None:  # committed by another request meanwhile
@@ -313,9 +360,13 @@ class PullThroughCache:
         size = self._held_blob_size(group_id, digest, touch=False)
         if size is not None:
             return size
-        repository = path.upstream_repository
-        size = self._call_upstream(
-            lambda: self.upstream.head_blob(repository, digest), ErrorCode.BLOB_UNKNOWN
+        with self.database.phase("reading the image's upstream"):
+            candidates = self._image_candidates(group_id, path)
+        size, _ = self._call_upstream(
+            lambda: self._first_that_has(
+                candidates, lambda c: c.client.head_blob(c.repository, digest)
+            ),
+            ErrorCode.BLOB_UNKNOWN,
         )
         self.quotas.check_blob_size(digest, size)
         return t.cast("int | None", size)
@@ -380,6 +431,58 @@ class PullThroughCache:
         finally:
             self.metadata.release()
 
+    # -- upstreams -----------------------------------------------------------------------
+
+    def _route(self, group_id: int, path: ProxyPath) -> Route:
+        """The upstreams to ask for the image (inside a database phase: the group's list
+        may live in the database).
+
+        :raises RegistryError: ``NAME_UNKNOWN`` for a registry host the group's
+            upstreams do not serve.
+        """
+        group_list = self.group_upstreams.ordered(group_id, self.upstreams.names())
+        try:
+            route = self.upstreams.route(path.image, group_list)
+        except UnknownRegistry as exc:
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, str(exc), {"name": path.image}) from None
+        if not route.candidates:
+            raise RegistryError(
+                ErrorCode.NAME_UNKNOWN, "this group uses no upstream", {"name": path.image}
+            )
+        return route
+
+    def _image_candidates(self, group_id: int, path: ProxyPath) -> tuple[Candidate, ...]:
+        """Where the image's digests, blobs and tags are asked for: the upstream that
+        served what the group cached of the image, or the whole route (inside a phase)."""
+        route = self._route(group_id, path)
+        if route.pinned:
+            return route.candidates
+        held, upstream = self.metadata.image_upstream(group_id, path.image)
+        if not held:
+            return route.candidates
+        return route.sticky(upstream or self.upstreams.default.name)
+
+    def _source_of(self, record: ManifestRecord) -> str:
+        return record.upstream or self.upstreams.default.name
+
+    @staticmethod
+    def _first_that_has(
+        candidates: t.Sequence[Candidate], call: t.Callable[[Candidate], _T]
+    ) -> tuple[_T, Candidate]:
+        """Ask each upstream in turn until one has it: a ``404`` (or ``401``/``403``)
+        moves on, any other failure is raised at once (an outage is not a reason to
+        serve the name from another registry).
+
+        :raises UpstreamNotFound: none of them has it.
+        """
+        missing: UpstreamNotFound | None = None
+        for candidate in candidates:
+            try:
+                return call(candidate), candidate
+            except UpstreamNotFound as exc:
+                missing = exc
+        raise missing or UpstreamNotFound("no upstream to ask")
+
     # -- helpers -------------------------------------------------------------------------
 
     def _call_upstream(self, call: t.Callable[[], t.Any], not_found: ErrorCode) -> t.Any:
@@ -390,6 +493,23 @@ class PullThroughCache:
         except StorageError as exc:
             # The store, not upstream, refused the blob: logged by the fetcher.
             raise storage_unavailable() from exc
+
+
+class _BlobOpener:
+    """Opens a blob at the first upstream that has it, and resumes it at the same one."""
+
+    def __init__(self, candidates: t.Sequence[Candidate], digest: str) -> None:
+        self._candidates = tuple(candidates)
+        self._digest = digest
+        self._source: Candidate | None = None
+
+    def __call__(self, offset: int) -> BlobStream:
+        if self._source is not None:
+            return self._source.client.open_blob(self._source.repository, self._digest, offset)
+        stream, self._source = PullThroughCache._first_that_has(
+            self._candidates, lambda c: c.client.open_blob(c.repository, self._digest, offset)
+        )
+        return stream
 
 
 def _result(record: ManifestRecord, stale: bool = False) -> ManifestResult:

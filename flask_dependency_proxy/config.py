@@ -7,19 +7,34 @@ application's start instead of its first pull.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import typing as t
 from urllib.parse import urlsplit
+
+from .credentials import parse_keys
+from .upstreams import DOCKER_HUB_URL, UpstreamEntry, docker_hub_entry
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
 #: Switches every registry route of the extension on or off.
 ENABLED = True
-#: The registry images are pulled from. Docker Hub by default.
-UPSTREAM_URL = "https://registry-1.docker.io"
-#: Optional credentials for the upstream (e.g. a paid Docker Hub account).
+#: The upstream registries, a mapping (or its JSON text) from a name to an entry with
+#: ``url``, and optionally ``hosts`` (registry host names that route an image name
+#: there), ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
+#: (hosts its token realm may be on besides its own) and ``library_prefix`` (Docker
+#: Hub's ``library``). Groups use them in this order. ``None``: one entry made from
+#: ``UPSTREAM_URL``, ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``.
+UPSTREAMS: t.Any = None
+#: Fernet keys, newest first (a list, its JSON text, or comma-separated), that encrypt
+#: the credentials group owners give their upstreams. ``None``: one key derived from
+#: ``SECRET_KEY``. See ``flask dependency-proxy rotate-credentials``.
+CREDENTIAL_KEYS: tuple[str, ...] | None = None
+#: The one upstream when ``UPSTREAMS`` is not set. Docker Hub by default.
+UPSTREAM_URL = DOCKER_HUB_URL
+#: Optional credentials for that upstream (e.g. a paid Docker Hub account).
 UPSTREAM_USERNAME: str | None = None
 UPSTREAM_PASSWORD: str | None = None
 #: Seconds to wait for a TCP connection to the upstream.
@@ -28,6 +43,13 @@ UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
 UPSTREAM_READ_TIMEOUT_SECONDS = 60.0
 #: Extra attempts on a connection error, 5xx or 429 before a response has started.
 UPSTREAM_RETRIES = 2
+#: Connection failures in a row after which an upstream counts as down: it is not asked
+#: (cached tags are served stale at once) for ``UPSTREAM_DOWN_SECONDS``, then tried
+#: again; each failed try doubles the wait up to ``UPSTREAM_DOWN_MAX_SECONDS``. ``0``
+#: never marks an upstream down.
+UPSTREAM_DOWN_AFTER_FAILURES = 3
+UPSTREAM_DOWN_SECONDS = 5.0
+UPSTREAM_DOWN_MAX_SECONDS = 300.0
 #: The URL clients use to reach this application (token realm, image prefix, CI
 #: variables). ``None`` derives it from each request's host.
 EXTERNAL_URL: str | None = None
@@ -153,12 +175,17 @@ class ProxyConfig:
     """The validated configuration of one application."""
 
     enabled: bool
+    upstreams: tuple[UpstreamEntry, ...]
+    credential_keys: tuple[str, ...] | None
     upstream_url: str
     upstream_username: str | None
     upstream_password: str | None
     upstream_connect_timeout_seconds: float
     upstream_read_timeout_seconds: float
     upstream_retries: int
+    upstream_down_after_failures: int
+    upstream_down_seconds: float
+    upstream_down_max_seconds: float
     external_url: str | None
     trusted_proxies: int
     storage_path: str
@@ -323,6 +350,119 @@ def _region(key: str, value: t.Any) -> str:
     return value
 
 
+_UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: A registry host name as the first component of an image name: lower case, a dot.
+_REGISTRY_HOST = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*(?:\.[a-z0-9]+(?:-+[a-z0-9]+)*)+")
+_AUTH_HOST = re.compile(r"[a-z0-9]+(?:[.-]+[a-z0-9]+)*")
+_NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+_ENTRY_FIELDS = frozenset(
+    {
+        "url",
+        "hosts",
+        "username",
+        "password",
+        "allow_private_redirects",
+        "auth_hosts",
+        "library_prefix",
+    }
+)
+
+
+def _upstreams(key: str, value: t.Any) -> tuple[UpstreamEntry, ...] | None:
+    """A mapping from name to entry (or its JSON text); ``None`` for the shorthand."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key} must be a JSON object: {exc}.") from None
+    if not isinstance(value, t.Mapping) or not value:
+        raise ConfigError(f"{key} must map upstream names to entries, not {value!r}.")
+    entries = tuple(_upstream_entry(f"{key}[{name!r}]", name, item) for name, item in value.items())
+    owners: dict[str, str] = {}
+    for entry in entries:
+        for host in entry.hosts:
+            if host in owners:
+                raise ConfigError(
+                    f"{key}: the host {host!r} routes to both {owners[host]!r} and {entry.name!r}."
+                )
+            owners[host] = entry.name
+    return entries
+
+
+def _upstream_entry(where: str, name: t.Any, item: t.Any) -> UpstreamEntry:
+    if not isinstance(name, str) or not _UPSTREAM_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: an upstream name is 1-64 lower-case letters, digits, '_' and '-'."
+        )
+    if not isinstance(item, t.Mapping):
+        raise ConfigError(f"{where} must be an object with a 'url', not {item!r}.")
+    unknown = sorted(set(item) - _ENTRY_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown fields {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(sorted(_ENTRY_FIELDS))}."
+        )
+    if "url" not in item:
+        raise ConfigError(f"{where} needs a 'url'.")
+    username = _optional(_text("a username"))(f"{where}.username", item.get("username"))
+    password = _optional(_text("a password"))(f"{where}.password", item.get("password"))
+    if bool(username) != bool(password):
+        raise ConfigError(f"{where}: set both 'username' and 'password', or neither.")
+    library_prefix = item.get("library_prefix")
+    if library_prefix is not None and (
+        not isinstance(library_prefix, str) or not _NAMESPACE.fullmatch(library_prefix)
+    ):
+        raise ConfigError(
+            f"{where}.library_prefix must be a repository name component such as "
+            f"'library', not {library_prefix!r}."
+        )
+    return UpstreamEntry(
+        name=name,
+        url=_url(f"{where}.url", item["url"]),
+        hosts=_host_list(f"{where}.hosts", item.get("hosts"), _REGISTRY_HOST),
+        username=username,
+        password=password,
+        allow_private_redirects=_boolean(
+            f"{where}.allow_private_redirects", item.get("allow_private_redirects", False)
+        ),
+        auth_hosts=_host_list(f"{where}.auth_hosts", item.get("auth_hosts"), _AUTH_HOST),
+        library_prefix=library_prefix,
+    )
+
+
+def _host_list(key: str, value: t.Any, pattern: re.Pattern[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, t.Sequence):
+        raise ConfigError(f"{key} must be a list of host names, not {value!r}.")
+    for host in value:
+        if not isinstance(host, str) or not pattern.fullmatch(host):
+            raise ConfigError(
+                f"{key}: {host!r} is not a lower-case host name"
+                + (" with a dot (such as 'ghcr.io')." if pattern is _REGISTRY_HOST else ".")
+            )
+    return tuple(value)
+
+
+def _credential_keys(key: str, value: t.Any) -> tuple[str, ...]:
+    try:
+        return parse_keys(key, value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _shorthand_upstream(url: str, username: str | None, password: str | None) -> UpstreamEntry:
+    """The one entry ``UPSTREAM_URL`` stands for: Docker Hub's (``dockerhub``) for its
+    URL, else ``default``, with Docker Hub's ``library/`` rule kept for look-alikes."""
+    if url == DOCKER_HUB_URL:
+        return docker_hub_entry(username=username, password=password)
+    return UpstreamEntry(
+        name="default", url=url, username=username, password=password, library_prefix="library"
+    )
+
+
 def _location(key: str, value: t.Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
         raise ConfigError(f"{key} must be a path that starts and ends with '/', not {value!r}.")
@@ -332,12 +472,17 @@ def _location(key: str, value: t.Any) -> str:
 #: How each field of :class:`ProxyConfig` is read from ``DEPENDENCY_PROXY_<FIELD>``.
 _FIELDS: dict[str, Coerce] = {
     "enabled": _boolean,
+    "upstreams": _upstreams,
+    "credential_keys": _optional(_credential_keys),
     "upstream_url": _url,
     "upstream_username": _optional(_text("a username")),
     "upstream_password": _optional(_text("a password")),
     "upstream_connect_timeout_seconds": _number(float, 0.001),
     "upstream_read_timeout_seconds": _number(float, 0.001),
     "upstream_retries": _number(int, 0),
+    "upstream_down_after_failures": _number(int, 0),
+    "upstream_down_seconds": _number(float, 0.001),
+    "upstream_down_max_seconds": _number(float, 0.001),
     "external_url": _optional(_url),
     "trusted_proxies": _number(int, 0),
     "storage_path": _folder,
@@ -391,5 +536,15 @@ def load_config(app: Flask) -> ProxyConfig:
     if bool(values["upstream_username"]) != bool(values["upstream_password"]):
         raise ConfigError(
             f"Set both {_PREFIX}UPSTREAM_USERNAME and {_PREFIX}UPSTREAM_PASSWORD, or neither."
+        )
+    if values["upstreams"] is None:
+        values["upstreams"] = (
+            _shorthand_upstream(
+                values["upstream_url"], values["upstream_username"], values["upstream_password"]
+            ),
+        )
+    if values["upstream_down_max_seconds"] < values["upstream_down_seconds"]:
+        raise ConfigError(
+            f"{_PREFIX}UPSTREAM_DOWN_MAX_SECONDS must be at least {_PREFIX}UPSTREAM_DOWN_SECONDS."
         )
     return ProxyConfig(**values)

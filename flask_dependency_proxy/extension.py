@@ -12,15 +12,18 @@ from .access import AccessControl
 from .cache import PullThroughCache
 from .config import ProxyConfig, load_config
 from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
+from .credentials import CredentialCipher
 from .host import HostAdapter
 from .inflight import BlobFetcher
 from .models.repository import CacheMetadata
+from .models.upstreams import GroupUpstreamRecords
 from .quota import QuotaPolicy
 from .stores import open_store
 from .throttle import LoginThrottle
 from .tokencache import SharedTokenFiles, TokenShare
 from .tokens import TokenIssuer
-from .upstream import UpstreamClient
+from .upstream import CircuitBreaker, UpstreamClient, requests_session
+from .upstreams import UpstreamEntry, UpstreamSet
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -82,19 +85,7 @@ class DependencyProxy:
         )
         issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
         store = open_store(config)
-        credentials = (
-            (config.upstream_username, config.upstream_password)
-            if config.upstream_username and config.upstream_password
-            else None
-        )
-        upstream = UpstreamClient(
-            config.upstream_url,
-            credentials=credentials,
-            connect_timeout=config.upstream_connect_timeout_seconds,
-            read_timeout=config.upstream_read_timeout_seconds,
-            retries=config.upstream_retries,
-            shared_tokens=_shared_tokens(app, self.db, config),
-        )
+        upstreams = _upstream_set(config, _shared_tokens(app, self.db, config))
         fetcher = BlobFetcher(
             store,
             start_timeout=config.upstream_read_timeout_seconds,
@@ -104,7 +95,11 @@ class DependencyProxy:
         )
         cache = PullThroughCache(
             store=store,
-            upstream=upstream,
+            upstreams=upstreams,
+            group_upstreams=GroupUpstreamRecords(
+                lambda: metadata.session,
+                CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
+            ),
             metadata=metadata,
             fetcher=fetcher,
             tag_check_interval=config.tag_check_interval,
@@ -135,7 +130,7 @@ class DependencyProxy:
             access=access,
             issuer=issuer,
             store=store,
-            upstream=upstream,
+            upstreams=upstreams,
             cache=cache,
         )
 
@@ -181,6 +176,37 @@ def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:
             return db.engine
 
     return engine
+
+
+def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare) -> UpstreamSet:
+    """A client per upstream entry and credential, all on one connection pool; the
+    clients of an entry share its circuit breaker."""
+    session = requests_session()
+
+    def client(
+        entry: UpstreamEntry, credentials: tuple[str, str] | None, breaker: CircuitBreaker
+    ) -> UpstreamClient:
+        return UpstreamClient(
+            entry.url,
+            session=session,
+            credentials=credentials,
+            connect_timeout=config.upstream_connect_timeout_seconds,
+            read_timeout=config.upstream_read_timeout_seconds,
+            retries=config.upstream_retries,
+            shared_tokens=shared_tokens,
+            breaker=breaker,
+            allow_private_redirects=entry.allow_private_redirects,
+            auth_hosts=entry.auth_hosts,
+        )
+
+    def breaker() -> CircuitBreaker:
+        return CircuitBreaker(
+            config.upstream_down_after_failures,
+            config.upstream_down_seconds,
+            max_seconds=config.upstream_down_max_seconds,
+        )
+
+    return UpstreamSet(config.upstreams, client, breaker)
 
 
 def _shared_tokens(app: Flask, db: SQLAlchemy, config: ProxyConfig) -> TokenShare:

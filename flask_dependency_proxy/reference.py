@@ -53,16 +53,13 @@ class ProxyPath:
     """A validated ``<group>/dependency_proxy/containers/<image>`` repository path.
 
     :param group_path: the group's full path, lowercased.
-    :param image: the image name as the client wrote it (``alpine``, ``bitnami/redis``).
+    :param image: the image name as the client wrote it (``alpine``, ``bitnami/redis``,
+        ``ghcr.io/org/app``); which upstream serves it, under which name, is
+        :mod:`..upstreams`' business.
     """
 
     group_path: str
     image: str
-
-    @property
-    def upstream_repository(self) -> str:
-        """Official images live under ``library/`` upstream."""
-        return self.image if "/" in self.image else f"library/{self.image}"
 
     @property
     def repository(self) -> str:

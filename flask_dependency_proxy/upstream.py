@@ -23,13 +23,17 @@ What an upstream (or whoever answers in its name) cannot make the client do:
 
 After ``breaker_failures`` connection failures in a row the upstream counts as down for
 ``breaker_seconds``: requests fail at once (cached tags are served stale) instead of
-each waiting for its connect timeout, then the next request tries again.
+each waiting for its connect timeout, then the next request tries again; each failed
+try doubles the wait, up to ``breaker_max_seconds``. After a ``429`` whose
+``Retry-After`` is longer than a client request can wait, the client asks nothing of
+the upstream until that time has passed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
 import hashlib
 import ipaddress
 import json
@@ -62,6 +66,10 @@ _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _BREAKER_FAILURES = 3
 #: How long a down upstream is not asked before the next request tries again.
 _BREAKER_SECONDS = 5.0
+#: The longest such wait, however often the upstream failed again.
+_BREAKER_MAX_SECONDS = 300.0
+#: Longest ``Retry-After`` honoured between client requests (a day).
+_MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 #: ``RateLimit-Remaining`` at or below this is logged as a warning.
 _LOW_RATE_LIMIT = 10
 #: A tag list larger than this is refused rather than buffered.
@@ -145,6 +153,8 @@ class TagPage:
 
     tags: tuple[str, ...]
     next_last: str | None
+    #: The tags a group has cached, served because upstream could not be asked.
+    stale: bool = False
 
 
 @dataclasses.dataclass
@@ -173,8 +183,12 @@ class UpstreamClient:
     :param session: a shared ``requests.Session`` (connection pool).
     :param credentials: optional ``(username, password)``, sent only to the token realm
         the upstream's own origin challenges with.
-    :param breaker_failures: connection failures in a row after which the upstream is
-        not asked for ``breaker_seconds``.
+    :param breaker: shared by the clients of one upstream (one per credential); made
+        from ``breaker_failures``, ``breaker_seconds`` and ``breaker_max_seconds`` when
+        not given.
+    :param allow_private_redirects: blob redirects and token realms may lead to private
+        and loopback addresses too (see :class:`AddressRule`).
+    :param auth_hosts: hosts a token realm may be on besides the upstream's own.
     """
 
     def __init__(
@@ -188,12 +202,16 @@ class UpstreamClient:
         retries: int = 2,
         chunk_size: int = 1024 * 1024,
         shared_tokens: TokenShare | None = None,
+        breaker: CircuitBreaker | None = None,
         breaker_failures: int = _BREAKER_FAILURES,
         breaker_seconds: float = _BREAKER_SECONDS,
+        breaker_max_seconds: float = _BREAKER_MAX_SECONDS,
+        allow_private_redirects: bool = False,
+        auth_hosts: t.Sequence[str] = (),
         clock: t.Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.session = session or _new_session()
+        self.session = session or requests_session()
         self.credentials = credentials
         self.timeout = (connect_timeout, read_timeout)
         self.retries = retries
@@ -212,9 +230,17 @@ class UpstreamClient:
         self.rate_limit_remaining: int | None = None
         #: The quota those pulls come from, from ``RateLimit-Limit``.
         self.rate_limit_limit: int | None = None
-        self.breaker = CircuitBreaker(breaker_failures, breaker_seconds, clock=time.monotonic)
+        #: The HTTP status of upstream's last answer; ``None`` when it failed to connect.
+        self.last_status: int | None = None
+        self.breaker = breaker or CircuitBreaker(
+            breaker_failures, breaker_seconds, max_seconds=breaker_max_seconds
+        )
+        #: ``time.monotonic()`` until which a ``429``'s ``Retry-After`` holds requests back.
+        self._throttled_until = 0.0
         self._origin = _origin(self.base_url)
-        self._address_rule = AddressRule(urlsplit(self.base_url).hostname or "")
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        self._realm_hosts = frozenset({host, *(h.lower() for h in auth_hosts)})
+        self._address_rule = AddressRule(host, allow_private=allow_private_redirects)
 
     # -- public API ---------------------------------------------------------------
 
@@ -351,12 +377,14 @@ class UpstreamClient:
         while True:
             if not self.breaker.allows():
                 raise UpstreamDown(f"upstream {self._origin} is down; not asked for {path}")
+            self._check_throttle(path)
             try:
                 response = self._authorized(method, url, repository, headers or {}, stream)
             except requests.RequestException as exc:
                 if isinstance(exc, requests.ConnectionError) and not isinstance(
                     exc, requests.ReadTimeout
                 ):
+                    self.last_status = None
                     self.breaker.failed()
                 if attempt < self.retries and self.breaker.allows():
                     attempt += 1
@@ -364,7 +392,14 @@ class UpstreamClient:
                     continue
                 raise UpstreamError(f"upstream {method} {path} failed: {exc}") from exc
             self.breaker.succeeded()
-            if response.status_code in _RETRYABLE_STATUS and attempt < self.retries:
+            self.last_status = response.status_code
+            if response.status_code == 429:
+                self._note_retry_after(response.headers.get("Retry-After"))
+            if (
+                response.status_code in _RETRYABLE_STATUS
+                and attempt < self.retries
+                and self._throttled_until <= time.monotonic()
+            ):
                 wait = _retry_wait(response.headers.get("Retry-After"), attempt)
                 response.close()
                 attempt += 1
@@ -372,12 +407,38 @@ class UpstreamClient:
                 continue
             return self._check(response, method, path)
 
+    def throttled_until(self) -> float | None:
+        """Seconds since the epoch until which a ``429`` holds requests back, or ``None``."""
+        left = self._throttled_until - time.monotonic()
+        return time.time() + left if left > 0 else None
+
+    def _check_throttle(self, path: str) -> None:
+        left = self._throttled_until - time.monotonic()
+        if left > 0:
+            raise UpstreamRateLimited(
+                f"upstream {self._origin} asked to wait {left:.0f} s more; not asked for {path}",
+                status=429,
+                retry_after=str(int(left) + 1),
+            )
+
+    def _note_retry_after(self, value: str | None) -> None:
+        """Hold requests back for a ``Retry-After`` longer than a request waits itself."""
+        seconds = retry_after_seconds(value, now=time.time())
+        if seconds is None or seconds <= _MAX_RETRY_WAIT_SECONDS:
+            return
+        seconds = min(seconds, _MAX_RETRY_AFTER_SECONDS)
+        log.warning("upstream %s answered 429; not asked for %.0f s", self._origin, seconds)
+        self._throttled_until = max(self._throttled_until, time.monotonic() + seconds)
+
     def _authorized(
         self, method: str, url: str, repository: str, headers: dict[str, str], stream: bool
     ) -> requests.Response:
-        token = self._cached_token(repository)
-        if token is None and self._realm is not None:
-            token = self._fetch_token(repository, *self._realm, rejected=None)
+        realm = self._realm
+        token = None
+        if realm is not None:
+            token = self._cached_token(self._token_key(*realm, repository))
+            if token is None:
+                token = self._fetch_token(repository, *realm, rejected=None)
         response = self._send(method, url, headers, token, stream)
         if response.status_code != 401 or _origin(response.url) != self._origin:
             # A redirect target's challenge is not the upstream's: it surfaces as a 401.
@@ -405,6 +466,11 @@ class UpstreamClient:
             raise UpstreamRefused(f"upstream named a token realm that is not a URL: {realm!r}")
         if urlsplit(self.base_url).scheme == "https" and parts.scheme != "https":
             raise UpstreamRefused(f"refused plain-http token realm {realm} of an https upstream")
+        if parts.hostname.lower() not in self._realm_hosts:
+            raise UpstreamRefused(
+                f"refused token realm on {parts.hostname[:100]}: not the upstream's host "
+                "or one of its auth hosts"
+            )
         self._address_rule.check(parts.hostname)
         return realm
 
@@ -504,9 +570,14 @@ class UpstreamClient:
 
     # -- tokens -----------------------------------------------------------------------
 
-    def _cached_token(self, repository: str) -> str | None:
+    def _token_key(self, realm: str, service: str, repository: str) -> str:
+        """Tokens are kept per realm, service, scope and credential."""
+        scope = f"repository:{repository}:pull"
+        return f"{realm}|{service}|{scope}|{credential_id(self.credentials)}"
+
+    def _cached_token(self, key: str) -> str | None:
         with self._lock:
-            cached = self._tokens.get(repository)
+            cached = self._tokens.get(key)
         if cached and cached.expires_at > self._clock():
             return cached.value
         return None
@@ -520,11 +591,11 @@ class UpstreamClient:
         :param rejected: a token upstream just refused (``""`` for none sent); it is not
             handed out again.
         """
+        key = self._token_key(realm, service, repository)
         with self._lock:
-            lock = self._token_locks.setdefault(repository, threading.Lock())
-        key = f"{realm}|{service}|{repository}|{self.credentials[0] if self.credentials else ''}"
-        with lock:  # one token request per repository, whatever the number of threads
-            cached = self._cached_token(repository)
+            lock = self._token_locks.setdefault(key, threading.Lock())
+        with lock:  # one token request per scope, whatever the number of threads
+            cached = self._cached_token(key)
             if cached and cached != rejected:
                 return cached
             shared = self.shared_tokens
@@ -537,7 +608,7 @@ class UpstreamClient:
                     if shared:
                         shared.save(key, value, expires)
             with self._lock:
-                self._tokens[repository] = _CachedToken(value, expires)
+                self._tokens[key] = _CachedToken(value, expires)
             return value
 
     def _request_token(self, repository: str, realm: str, service: str) -> tuple[str, float]:
@@ -613,9 +684,11 @@ class _SingleFlight:
             mine.done.set()
 
 
-def _new_session() -> requests.Session:
+def requests_session() -> requests.Session:
+    """A connection pool for upstream clients: no transfer encodings, no credentials
+    from the environment."""
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "flask-dependency-proxy"
@@ -687,6 +760,28 @@ def _next_last(link: str | None) -> str | None:
     return values[0] if values else None
 
 
+def credential_id(credentials: tuple[str, str] | None) -> str:
+    """Tells credentials apart in a cache key without carrying the password."""
+    if credentials is None:
+        return ""
+    username, password = credentials
+    return f"{username}:{hashlib.sha256(password.encode()).hexdigest()[:32]}"
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """Seconds from ``now`` that a ``Retry-After`` (seconds or an HTTP date) asks for."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(moment.timestamp() - now, 0.0)
+
+
 def _retry_wait(retry_after: str | None, attempt: int) -> float:
     if retry_after and retry_after.isdigit():
         return min(float(retry_after), _MAX_RETRY_WAIT_SECONDS)
@@ -695,14 +790,21 @@ def _retry_wait(retry_after: str | None, attempt: int) -> float:
 
 class CircuitBreaker:
     """Counts connection failures in a row; after ``failures`` of them, :meth:`allows`
-    answers no for ``seconds``, then lets requests try again (one more failure opens it
-    again at once)."""
+    answers no for ``seconds``, then lets requests try again. One more failure opens it
+    again at once, for twice as long each time, up to ``max_seconds``; a success closes
+    it and forgets the failures."""
 
     def __init__(
-        self, failures: int, seconds: float, *, clock: t.Callable[[], float] = time.monotonic
+        self,
+        failures: int,
+        seconds: float,
+        *,
+        max_seconds: float | None = None,
+        clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
         self.failures = failures
         self.seconds = seconds
+        self.max_seconds = max(seconds, max_seconds if max_seconds is not None else seconds)
         self._clock = clock
         self._lock = threading.Lock()
         self._in_a_row = 0
@@ -711,17 +813,25 @@ class CircuitBreaker:
     def allows(self) -> bool:
         return self.failures <= 0 or self._clock() >= self._open_until
 
+    def open_until(self) -> float | None:
+        """Seconds since the epoch until which the upstream is not asked, or ``None``."""
+        left = self._open_until - self._clock()
+        return time.time() + left if left > 0 and self.failures > 0 else None
+
     def failed(self) -> None:
         with self._lock:
             self._in_a_row += 1
-            if self.failures > 0 and self._in_a_row >= self.failures:
-                if self._clock() >= self._open_until:
-                    log.warning(
-                        "upstream failed to connect %s times in a row; not asked for %.0f s",
-                        self._in_a_row,
-                        self.seconds,
-                    )
-                self._open_until = self._clock() + self.seconds
+            if self.failures <= 0 or self._in_a_row < self.failures:
+                return
+            doublings = min(self._in_a_row - self.failures, 30)
+            wait = min(self.seconds * 2**doublings, self.max_seconds)
+            if self._clock() >= self._open_until:
+                log.warning(
+                    "upstream failed to connect %s times in a row; not asked for %.0f s",
+                    self._in_a_row,
+                    wait,
+                )
+            self._open_until = self._clock() + wait
 
     def succeeded(self) -> None:
         with self._lock:
@@ -747,14 +857,17 @@ def address_class(address: str) -> str:
 
 
 class AddressRule:
-    """Which addresses a redirect or token realm may lead to: public ones, and those in
-    the same class as the upstream's own host (resolved once, on first use).
+    """Which addresses a redirect or token realm may lead to: public ones, those in the
+    same class as the upstream's own host (resolved once, on first use), and with
+    ``allow_private`` private and loopback ones. Link-local addresses (cloud metadata
+    services) and unspecified ones only for an upstream in that class itself.
 
     :param upstream_host: the host name or address of the configured upstream.
     """
 
-    def __init__(self, upstream_host: str) -> None:
+    def __init__(self, upstream_host: str, *, allow_private: bool = False) -> None:
         self.upstream_host = upstream_host
+        self._extra = frozenset({"private", "loopback"} if allow_private else ())
         self._allowed: frozenset[str] | None = None
 
     def allowed_classes(self) -> frozenset[str]:
@@ -762,8 +875,9 @@ class AddressRule:
             try:
                 own = {address_class(a) for a in resolve(self.upstream_host)}
             except UpstreamError:
-                return frozenset({"public"})  # not cached: try resolving again next time
-            self._allowed = frozenset({"public"} | own)
+                # Not cached: try resolving again next time.
+                return frozenset({"public"}) | self._extra
+            self._allowed = frozenset({"public"} | own) | self._extra
         return self._allowed
 
     def check(self, host: str) -> None:

@@ -121,9 +121,14 @@ def manifest(name: str, reference: str) -> Response:
     response.headers["ETag"] = f'"{result.digest}"'
     response.headers["Content-Length"] = str(len(result.content))
     if result.stale:
-        response.headers[STALE_HEADER] = "true"
-        response.headers["Warning"] = '110 - "Response is Stale"'
+        _mark_stale(response)
     return response
+
+
+def _mark_stale(response: Response) -> None:
+    """Served from the cache because upstream could not be asked."""
+    response.headers[STALE_HEADER] = "true"
+    response.headers["Warning"] = '110 - "Response is Stale"'
 
 
 #: Largest page of a tag list; a client asking for more gets this many and a ``Link``.
@@ -133,19 +138,22 @@ MAX_TAGS_PER_PAGE = 1000
 @bp.route("/v2/<path:name>/tags/list", methods=_ALL_METHODS)
 def tags(name: str) -> Response:
     """Upstream's tags for the image, ``n`` per page after ``last``, with a ``Link`` to
-    the next page as the distribution spec paginates."""
+    the next page as the distribution spec paginates; the group's cached tags, marked
+    stale, while upstream cannot answer."""
     principal = _authenticate(name)
     _refuse_writes()
     path = parse_proxy_path(name)
     n, last = _pagination()
-    state(None).access.authorize_pull(principal, path.group_path)
+    group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
-        page = cache.list_tags(path, n, last)
+        page = cache.list_tags(group.id, path, n, last)
     finally:
         cache.finish_request()
     body = json.dumps({"name": path.repository, "tags": list(page.tags)})
     response = Response(body, mimetype="application/json")
+    if page.stale:
+        _mark_stale(response)
     if page.next_last is not None:
         query = urlencode({**({"n": n} if n is not None else {}), "last": page.next_last})
         response.headers["Link"] = f'</v2/{path.repository}/tags/list?{query}>; rel="next"'

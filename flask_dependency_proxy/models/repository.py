@@ -43,6 +43,8 @@ class ManifestRecord:
     content: bytes
     checked_at: dt.datetime
     last_read_at: dt.datetime
+    #: The upstream that served it; ``None``: the default upstream.
+    upstream: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ def _manifest_record(row: CachedManifest) -> ManifestRecord:
         content=row.content,
         checked_at=row.checked_at,
         last_read_at=row.last_read_at,
+        upstream=row.upstream,
     )
 
 
@@ -184,10 +187,15 @@ class CacheMetadata:
         digest: str,
         media_type: str,
         content: bytes,
+        upstream: str | None = None,
     ) -> ManifestRecord:
-        """Store a manifest pulled by tag (replacing the tag's previous digest) or by digest."""
+        """Store a manifest pulled by tag (replacing the tag's previous digest) or by digest.
+
+        :param upstream: the name of the upstream that served it.
+        """
         now = utcnow()
         values = {
+            "upstream": upstream,
             "digest": digest,
             "media_type": media_type,
             "content": content,
@@ -231,6 +239,36 @@ class CacheMetadata:
                 continue
             return _manifest_record(row)
         raise RuntimeError(f"could not save manifest {image}:{tag or digest}")
+
+    def image_upstream(self, group_id: int, image: str) -> tuple[bool, str | None]:
+        """Whether the group holds a manifest of the image, and the upstream that served
+        the newest one (``None``: the default upstream)."""
+        row = self.session.execute(
+            sa.select(CachedManifest.upstream)
+            .where(
+                CachedManifest.group_id == group_id,
+                CachedManifest.image == image,
+                CachedManifest.status == Status.DEFAULT,
+            )
+            .order_by(CachedManifest.updated_at.desc(), CachedManifest.id.desc())
+            .limit(1)
+        ).one_or_none()
+        return (False, None) if row is None else (True, row.upstream)
+
+    def cached_tags(self, group_id: int, image: str) -> list[str]:
+        """The tags of the image the group holds, in lexical order."""
+        return list(
+            self.session.execute(
+                sa.select(CachedManifest.tag)
+                .where(
+                    CachedManifest.group_id == group_id,
+                    CachedManifest.image == image,
+                    CachedManifest.tag.is_not(None),
+                    CachedManifest.status == Status.DEFAULT,
+                )
+                .order_by(CachedManifest.tag)
+            ).scalars()
+        )
 
     def mark_checked(self, record: ManifestRecord) -> None:
         """Remember that upstream confirmed this tag now (used by the tag check interval)."""

@@ -24,21 +24,18 @@ DIGEST = "sha256:" + "a" * 64
 
 
 @pytest.mark.parametrize(
-    ("name", "group", "image", "upstream"),
+    ("name", "group", "image"),
     [
-        ("acme/dependency_proxy/containers/alpine", "acme", "alpine", "library/alpine"),
-        (
-            "Acme/Team/dependency_proxy/containers/bitnami/redis",
-            "acme/team",
-            "bitnami/redis",
-            "bitnami/redis",
-        ),
-        ("a/dependency_proxy/containers/x.y__z-1/w", "a", "x.y__z-1/w", "x.y__z-1/w"),
+        ("acme/dependency_proxy/containers/alpine", "acme", "alpine"),
+        ("Acme/Team/dependency_proxy/containers/bitnami/redis", "acme/team", "bitnami/redis"),
+        ("a/dependency_proxy/containers/x.y__z-1/w", "a", "x.y__z-1/w"),
+        ("a/dependency_proxy/containers/ghcr.io/org/app", "a", "ghcr.io/org/app"),
     ],
 )
-def test_parse_proxy_path(name: str, group: str, image: str, upstream: str) -> None:
+def test_parse_proxy_path(name: str, group: str, image: str) -> None:
+    """The parser keeps the image name as written; ``library/`` belongs to an upstream."""
     path = parse_proxy_path(name)
-    assert (path.group_path, path.image, path.upstream_repository) == (group, image, upstream)
+    assert (path.group_path, path.image) == (group, image)
 
 
 @pytest.mark.parametrize(
