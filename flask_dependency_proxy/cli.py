@@ -228,3 +228,30 @@ def purge(full_path: str, force: bool) -> None:
         f"Scheduled {result.manifests} manifests and {result.blobs} blobs of {full_path}"
         " for deletion; `flask dependency-proxy cleanup` deletes them."
     )
+
+
+# -- per-group upstream credentials --------------------------------------------------------
+
+
+@cli.command("rotate-credentials")
+def rotate_credentials() -> None:
+    """Re-encrypt every group's upstream credentials with the newest key.
+
+    Put a new key first in ``DEPENDENCY_PROXY_CREDENTIAL_KEYS`` (keep the old ones after
+    it), run this, then drop the old keys. Credentials no configured key decrypts are
+    named (group and upstream) and left as they are; the command then fails.
+    """
+    from .models.upstreams import GroupUpstreamRecords
+
+    result = GroupUpstreamRecords.for_app().rotate_all()
+    click.echo(f"Re-encrypted {result.rotated} group upstream credentials with the newest key.")
+    if result.unreadable:
+        proxy = state(None)
+        for group_id, upstream in result.unreadable:
+            group = proxy.host.find_group_by_id(group_id)
+            label = group.full_path if group is not None else f"group {group_id}"
+            click.echo(f"cannot decrypt: {label}, upstream {upstream!r}")
+        raise click.ClickException(
+            f"{len(result.unreadable)} credentials cannot be decrypted with the configured keys;"
+            " their owners must set them again (or add the key they were encrypted with)."
+        )

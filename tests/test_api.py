@@ -24,6 +24,7 @@ from flask_dependency_proxy.models.tables import (
     CachedBlob,
     CachedManifest,
     GroupSettings,
+    GroupUpstreamRow,
     Lease,
     Status,
 )
@@ -35,6 +36,13 @@ if t.TYPE_CHECKING:
     from tests.support.databases import Databases
 
 API = "/api/v4/groups"
+#: The shared platform's upstreams (closed ports: nothing is pulled through them).
+UPSTREAMS = {
+    "hub": {"url": "http://127.0.0.1:9", "hosts": ["docker.io"]},
+    "ghcr": {"url": "http://127.0.0.1:9/ghcr", "hosts": ["ghcr.io"]},
+    "quay": {"url": "http://127.0.0.1:9/quay"},
+}
+SECRET = "s3cr3t-upstream-pa55word"
 
 
 class Env(t.NamedTuple):
@@ -89,7 +97,7 @@ def shared_env(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -
     """One populated platform per module and database backend (users are slow to make:
     their passwords are hashed)."""
     url = databases.create("api")
-    app = make_app(tmp_path_factory.mktemp("api"), url)
+    app = make_app(tmp_path_factory.mktemp("api"), url, DEPENDENCY_PROXY_UPSTREAMS=UPSTREAMS)
     with app.app_context():
         populated = _populate(app)
         db.session.remove()
@@ -102,7 +110,7 @@ def shared_env(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -
 def env(shared_env: Env) -> t.Iterator[Env]:
     """The shared platform with an empty cache and default proxy settings."""
     with shared_env.app.app_context():
-        for table in (CachedManifest, CachedBlob, GroupSettings, Lease):
+        for table in (CachedManifest, CachedBlob, GroupSettings, Lease, GroupUpstreamRow):
             db.session.execute(sa.delete(table))
         db.session.commit()
         state(None).access.forget()
@@ -590,3 +598,211 @@ def test_blob_rows_listing_is_per_group(env: Env) -> None:
     response = env.client().get(f"{API}/{org}/dependency_proxy/blobs", headers=env.auth())
     assert [b["digest"] for b in response.get_json()] == [lf.sha256(b"mine")]
     assert db.session.scalar(sa.select(sa.func.count()).select_from(CachedBlob)) == 2
+
+
+# -- upstreams ------------------------------------------------------------------------------------
+
+
+def _upstreams(env: Env, group: str = "org", user: str = "owner") -> t.Any:
+    response = env.client().get(f"{API}/{group}/dependency_proxy/upstreams", headers=env.auth(user))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def _order(body: t.Any) -> list[tuple[str, int | None]]:
+    return [(item["name"], item["position"]) for item in body["upstreams"]]
+
+
+def test_upstreams_list_every_instance_upstream_in_the_instances_order(env: Env) -> None:
+    body = _upstreams(env)
+
+    assert body["custom_order"] is False
+    assert _order(body) == [("hub", 1), ("ghcr", 2), ("quay", 3)]
+    hub = body["upstreams"][0]
+    assert hub["url"] == "http://127.0.0.1:9"
+    assert hub["hosts"] == ["docker.io"]
+    assert hub["used"] is True
+    assert hub["credential_set"] is False
+    assert set(hub["status"]) == {
+        "last_status",
+        "rate_limit_limit",
+        "rate_limit_remaining",
+        "down_until",
+    }
+
+
+def test_owners_narrow_reorder_and_reset_the_list(env: Env) -> None:
+    url = f"{API}/org/dependency_proxy/upstreams"
+    client = env.client()
+
+    response = client.put(url, json={"order": ["quay", "hub"]}, headers=env.auth())
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["custom_order"] is True
+    assert _order(response.get_json()) == [("quay", 1), ("hub", 2), ("ghcr", None)]
+    assert _order(_upstreams(env)) == [("quay", 1), ("hub", 2), ("ghcr", None)]
+    # A subgroup has a list of its own.
+    assert _order(_upstreams(env, "org%2Fteam")) == [("hub", 1), ("ghcr", 2), ("quay", 3)]
+
+    reset = client.put(url, json={"order": None}, headers=env.auth())
+
+    assert reset.status_code == 200
+    assert reset.get_json()["custom_order"] is False
+    assert _order(reset.get_json()) == [("hub", 1), ("ghcr", 2), ("quay", 3)]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({}, "order", "is required"),
+        ({"order": ["hub"], "extra": 1}, "extra", "unknown field"),
+        ({"order": "hub"}, "order", "must be a list of upstream names"),
+        ({"order": [1, 2]}, "order", "must be a list of upstream names"),
+        ({"order": []}, "order", "keep at least one upstream"),
+        ({"order": ["hub", "hub"]}, "order", "listed twice"),
+        ({"order": ["hub", "evil"]}, "order", "not an upstream of this instance: 'evil'"),
+    ],
+)
+def test_the_order_is_validated(env: Env, body: t.Any, field: str, message: str) -> None:
+    response = env.client().put(
+        f"{API}/org/dependency_proxy/upstreams", json=body, headers=env.auth()
+    )
+
+    assert "400 Bad request" in json_error(response, 400)
+    assert message in response.get_json()["errors"][field]
+    assert _upstreams(env)["custom_order"] is False
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        ("[1]", "application/json", 400),
+        ("{nope", "application/json", 400),
+        ('{"order": null}', "text/plain", 415),
+        ("x" * 70_000, "application/json", 413),
+    ],
+)
+def test_upstream_bodies_must_be_json_objects(
+    env: Env, data: str, content_type: str, status: int
+) -> None:
+    for path in ("upstreams", "upstreams/hub/credentials"):
+        response = env.client().put(
+            f"{API}/org/dependency_proxy/{path}",
+            data=data,
+            content_type=content_type,
+            headers=env.auth(),
+        )
+        json_error(response, status)
+
+
+def test_credentials_are_kept_encrypted_and_never_answered_back(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{API}/org/dependency_proxy/upstreams/ghcr/credentials"
+    client = env.client()
+    caplog.set_level("DEBUG")
+
+    response = client.put(
+        url, json={"username": "org-robot", "password": SECRET}, headers=env.auth()
+    )
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["name"] == "ghcr"
+    assert response.get_json()["credential_set"] is True
+    listing = client.get(f"{API}/org/dependency_proxy/upstreams", headers=env.auth())
+    assert [u["credential_set"] for u in listing.get_json()["upstreams"]] == [False, True, False]
+    page = client.get("/groups/org/-/dependency_proxy")  # not signed in: no page
+    for answer in (response, listing, page):
+        text = answer.get_data(as_text=True)
+        assert SECRET not in text and "org-robot" not in text
+    stored = db.session.execute(sa.select(GroupUpstreamRow)).scalar_one()
+    assert stored.password_encrypted is not None
+    assert SECRET.encode() not in stored.password_encrypted
+    assert b"org-robot" not in (stored.username_encrypted or b"")
+    # Setting a credential does not pin the group to today's list of upstreams.
+    assert listing.get_json()["custom_order"] is False
+    assert SECRET not in caplog.text
+
+    deleted = client.delete(url, headers=env.auth())
+
+    assert deleted.status_code == 204
+    assert [u["credential_set"] for u in _upstreams(env)["upstreams"]] == [False, False, False]
+    assert client.delete(url, headers=env.auth()).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"username": "robot"}, "password", "is required"),
+        ({"username": "robot", "password": SECRET, "token": "x"}, "token", "unknown field"),
+        ({"username": "", "password": SECRET}, "username", "1 to 255 characters"),
+        ({"username": "a:b", "password": SECRET}, "username", "must not contain ':'"),
+        ({"username": 7, "password": SECRET}, "username", "1 to 255 characters"),
+        ({"username": "robot", "password": ""}, "password", "1 to 8192 characters"),
+        ({"username": "robot", "password": ["x"]}, "password", "1 to 8192 characters"),
+        ({"username": "robot", "password": SECRET + "\x00"}, "password", "NUL"),
+    ],
+)
+def test_credentials_are_validated_without_echoing_them(
+    env: Env, body: dict[str, t.Any], field: str, message: str
+) -> None:
+    response = env.client().put(
+        f"{API}/org/dependency_proxy/upstreams/hub/credentials", json=body, headers=env.auth()
+    )
+
+    json_error(response, 400)
+    assert message in response.get_json()["errors"][field]
+    assert SECRET not in response.get_data(as_text=True)
+    assert (
+        db.session.execute(sa.select(sa.func.count()).select_from(GroupUpstreamRow)).scalar() == 0
+    )
+
+
+@pytest.mark.parametrize("name", ["nope", "HUB", "hub%2F..", "a" * 65, "%00"])
+def test_an_unknown_upstream_is_404(env: Env, name: str) -> None:
+    client = env.client()
+    url = f"{API}/org/dependency_proxy/upstreams/{name}/credentials"
+    body = {"username": "robot", "password": SECRET}
+    assert json_error(client.put(url, json=body, headers=env.auth()), 404).startswith("404")
+    assert json_error(client.delete(url, headers=env.auth()), 404).startswith("404")
+
+
+@pytest.mark.parametrize(("user", "status"), [("maint", 403), ("dev", 403), ("out", 404)])
+def test_only_administrators_manage_upstreams(env: Env, user: str, status: int) -> None:
+    client = env.client()
+    base = f"{API}/org%2Fteam/dependency_proxy/upstreams"
+    credential = {"username": "robot", "password": SECRET}
+    for method, path, body in (
+        ("GET", "", None),
+        ("PUT", "", {"order": ["ghcr"]}),
+        ("PUT", "/hub/credentials", credential),
+        ("DELETE", "/hub/credentials", None),
+    ):
+        response = client.open(f"{base}{path}", method=method, json=body, headers=env.auth(user))
+        json_error(response, status)
+    assert _upstreams(env, "org%2Fteam")["custom_order"] is False
+    assert (
+        db.session.execute(sa.select(sa.func.count()).select_from(GroupUpstreamRow)).scalar() == 0
+    )
+
+
+def test_session_changes_to_upstreams_need_the_csrf_header(env: Env) -> None:
+    client = env.client()
+    login(client, "owner", env.world.passwords["owner"])
+    url = f"{API}/org/dependency_proxy/upstreams"
+    assert client.get(url).status_code == 200
+    assert "X-CSRF-Token" in json_error(client.put(url, json={"order": ["ghcr"]}), 403)
+    assert _upstreams(env)["custom_order"] is False
+
+
+def test_upstream_methods_are_json_errors(env: Env) -> None:
+    client = env.client()
+    for method, path in (
+        ("DELETE", "upstreams"),
+        ("POST", "upstreams"),
+        ("GET", "upstreams/hub/credentials"),
+    ):
+        response = client.open(
+            f"{API}/org/dependency_proxy/{path}", method=method, headers=env.auth()
+        )
+        json_error(response, 405)

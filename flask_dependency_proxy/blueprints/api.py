@@ -15,6 +15,15 @@ default). Answers and errors are JSON; errors carry a ``message``.
 - ``GET manifests`` and ``GET blobs``: ``page`` and ``per_page`` (at most 100), with
   ``X-Total``, ``X-Total-Pages``, ``X-Page``, ``X-Per-Page``, ``X-Next-Page``,
   ``X-Prev-Page`` and ``Link`` headers.
+- ``GET``/``PUT upstreams``: every upstream of the instance, those the group uses first
+  in its order (``position`` from 1; ``null`` for one it does not use), with its
+  ``url``, ``hosts``, ``credential_set`` and what this process last saw of it
+  (``status``: ``last_status``, ``rate_limit_limit``, ``rate_limit_remaining``,
+  ``down_until``). ``PUT {"order": ["ghcr", "dockerhub"]}`` narrows and reorders;
+  ``{"order": null}`` goes back to every upstream in the instance's order.
+- ``PUT upstreams/<name>/credentials`` ``{"username", "password"}`` keeps the group's
+  own credential for that upstream (encrypted; never answered back);
+  ``DELETE upstreams/<name>/credentials`` forgets it (204).
 
 While the database is unavailable every endpoint answers 503 with ``Retry-After``
 within ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`..database`).
@@ -48,8 +57,10 @@ from ..models.admin import (
 )
 from ..models.quota import QuotaRecords
 from ..models.tables import Status, utcnow
+from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..quota import MAX_GROUP_LIMIT_BYTES
 from ..reference import GROUP_PATH_RE
+from . import _group_upstreams as group_upstreams
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
 bp = Blueprint("dependency_proxy_api", __name__, url_prefix="/api/v4/groups")
@@ -490,6 +501,111 @@ def blobs(group_ref: str) -> Response:
     page, per_page = _page_args()
     listing = _admin().list_blobs(group.id, page, per_page)
     return _paginated(listing, [_blob_body(item) for item in listing.items])
+
+
+# -- upstreams ------------------------------------------------------------------------------------
+
+
+def _upstream_body(view: group_upstreams.UpstreamView) -> dict[str, t.Any]:
+    return {
+        "name": view.name,
+        "url": view.url,
+        "hosts": list(view.hosts),
+        "position": view.position,
+        "used": view.used,
+        "credential_set": view.credential_set,
+        "credential_unreadable": view.credential_unreadable,
+        "status": {
+            "last_status": view.last_status,
+            "rate_limit_limit": view.rate_limit_limit,
+            "rate_limit_remaining": view.rate_limit_remaining,
+            "down_until": _time(view.down_until),
+        },
+    }
+
+
+def _upstreams_body(group: Group) -> dict[str, t.Any]:
+    view = group_upstreams.group_view(group.id)
+    return {
+        "group_id": group.id,
+        "custom_order": view.custom_order,
+        "upstreams": [_upstream_body(item) for item in view.upstreams],
+    }
+
+
+def _fields(data: t.Any, allowed: tuple[str, ...]) -> dict[str, t.Any]:
+    """A JSON object with no field but ``allowed`` (every one of them required)."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "400 Bad request - the body must be a JSON object")
+    errors = {str(key)[:100]: "unknown field" for key in data if key not in allowed}
+    errors.update({key: "is required" for key in allowed if key not in data})
+    if errors:
+        fields = ", ".join(sorted(errors))
+        raise ApiError(400, f"400 Bad request - invalid fields: {fields}", errors=errors)
+    return data
+
+
+def _parse_order(data: t.Any, instance: list[str]) -> list[str] | None:
+    order = _fields(data, ("order",))["order"]
+    if order is None:
+        return None
+    problem = None
+    if not isinstance(order, list) or not all(isinstance(name, str) for name in order):
+        problem = "must be a list of upstream names, or null for the instance's list"
+    else:
+        try:
+            check_order(order, instance)
+        except UpstreamListError as exc:
+            problem = str(exc)
+    if problem is not None:
+        raise ApiError(400, f"400 Bad request - order {problem}", errors={"order": problem})
+    return t.cast(list[str], order)
+
+
+def _upstream_name(name: str, instance: list[str]) -> str:
+    if not group_upstreams.UPSTREAM_NAME.fullmatch(name) or name not in instance:
+        raise ApiError(404, "404 Upstream Not Found")
+    return name
+
+
+@bp.route(f"{_ROUTE}/upstreams", methods=_ALL_METHODS)
+def upstreams(group_ref: str) -> Response:
+    _methods("GET", "PUT")
+    proxy = state(None)
+    with proxy.database.phase("API upstreams"):
+        group = _group(group_ref)
+        if request.method != "PUT":
+            return _json(_upstreams_body(group))
+    instance = group_upstreams.instance_names()
+    order = _parse_order(_json_body(), instance)
+    with proxy.database.phase("API upstreams update"):
+        group_upstreams.records().set_order(group.id, order, instance_names=instance)
+        return _json(_upstreams_body(group))
+
+
+@bp.route(f"{_ROUTE}/upstreams/<name>/credentials", methods=_ALL_METHODS)
+def upstream_credentials(group_ref: str, name: str) -> Response:
+    _methods("PUT", "DELETE")
+    proxy = state(None)
+    instance = group_upstreams.instance_names()
+    with proxy.database.phase("API upstream credentials"):
+        group = _group(group_ref)
+        name = _upstream_name(name, instance)
+        if request.method == "DELETE":
+            group_upstreams.records().clear_credentials(group.id, name)
+            return Response(status=204, headers={"Cache-Control": "no-store"})
+    data = _fields(_json_body(), ("username", "password"))
+    problem = credential_problem(data["username"], data["password"])
+    if problem is not None:
+        field = "username" if "username" in problem else "password"
+        raise ApiError(400, f"400 Bad request - {problem}", errors={field: problem})
+    with proxy.database.phase("API upstream credentials update"):
+        group_upstreams.records().set_credentials(
+            group.id, name, data["username"], data["password"], instance_names=instance
+        )
+        view = group_upstreams.group_view(group.id).find(name)
+    assert view is not None
+    return _json(_upstream_body(view))
 
 
 @bp.route(f"{_ROUTE}/<path:rest>", methods=_ALL_METHODS)

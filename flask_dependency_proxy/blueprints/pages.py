@@ -11,9 +11,10 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
-``max_days`` and ``quota`` (:class:`QuotaView`), and ``clear.html`` gets ``stats`` and
-``cooldown``. Flashed messages use
-the categories ``info`` and ``error``.
+``max_days``, ``quota`` (:class:`QuotaView`) and ``upstreams``
+(:class:`~._group_upstreams.GroupUpstreamsView`, never a secret), and ``clear.html``
+gets ``stats`` and ``cooldown``. Flashed messages use the categories ``info`` and
+``error``. Credentials typed into the page are never shown back, and never flashed.
 
 Each view runs as one database phase (:mod:`..database`). While the database is
 unavailable the pages answer a plain 503 page (not the host's base template, which may
@@ -57,8 +58,10 @@ from ..models.admin import (
 )
 from ..models.quota import QuotaRecords
 from ..models.tables import utcnow
+from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..quota import exact_size, parse_size
 from ..reference import GROUP_PATH_RE
+from . import _group_upstreams as group_upstreams
 from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
@@ -284,6 +287,7 @@ def show(group: Group) -> ResponseReturnValue:
         min_days=MIN_CLEANUP_DAYS,
         max_days=MAX_CLEANUP_DAYS,
         quota=quota,
+        upstreams=group_upstreams.group_view(group.id),
     )
 
 
@@ -375,4 +379,62 @@ def clear(group: Group) -> ResponseReturnValue:
         " for deletion and no longer served.",
         "info",
     )
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/upstreams")
+@_for_admins
+def update_upstreams(group: Group) -> ResponseReturnValue:
+    """Narrow and reorder the group's upstreams (checked ones, by their order number), or
+    go back to every upstream of the instance in its order."""
+    instance = group_upstreams.instance_names()
+    records = group_upstreams.records()
+    if request.form.get("action") == "reset":
+        records.set_order(group.id, None, instance_names=instance)
+        flash("The group uses every upstream of the instance, in the instance's order.", "info")
+        return _back(group)
+    chosen = set(request.form.getlist("use"))
+    ranked = []
+    for index, name in enumerate(instance):
+        if name not in chosen:
+            continue
+        raw = request.form.get(f"position-{name}", "").strip()
+        if raw and not (_NUMBER.fullmatch(raw) and 1 <= int(raw) <= len(instance)):
+            flash(f"The order of {name} must be a whole number from 1 to {len(instance)}.", "error")
+            return _back(group)
+        ranked.append((int(raw) if raw else len(instance) + 1, index, name))
+    order = [name for _position, _index, name in sorted(ranked)]
+    try:
+        check_order(order, instance)
+    except UpstreamListError as exc:
+        flash(f"Upstreams not saved: {exc}.", "error")
+        return _back(group)
+    records.set_order(group.id, order, instance_names=instance)
+    flash(f"Upstreams saved: {', '.join(order)}, in this order.", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/upstreams/<name>/credentials")
+@_for_admins
+def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
+    """Keep (``action=save``) or forget (``action=clear``) the group's own credential
+    for one upstream."""
+    instance = group_upstreams.instance_names()
+    if not group_upstreams.UPSTREAM_NAME.fullmatch(name) or name not in instance:
+        abort(404)
+    records = group_upstreams.records()
+    if request.form.get("action") == "clear":
+        if records.clear_credentials(group.id, name):
+            flash(f"Credentials for {name} removed: the instance's are used.", "info")
+        else:
+            flash(f"{name} had no credentials of this group.", "info")
+        return _back(group)
+    username = request.form.get("username", "")
+    password = request.form.get("password", "")
+    problem = credential_problem(username, password)
+    if problem is not None:
+        flash(f"Credentials for {name} not saved: {problem}.", "error")
+        return _back(group)
+    records.set_credentials(group.id, name, username, password, instance_names=instance)
+    flash(f"Credentials for {name} saved.", "info")
     return _back(group)

@@ -27,6 +27,7 @@ from ..credentials import CredentialCipher, CredentialError
 from .tables import GroupUpstreamRow, utcnow
 
 if t.TYPE_CHECKING:
+    from flask import Flask
     from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,21 @@ class GroupUpstreamRecords:
     def __init__(self, session: t.Callable[[], Session], cipher: CredentialCipher) -> None:
         self._session = session
         self._cipher = cipher
+
+    @classmethod
+    def for_app(cls, app: Flask | None = None) -> GroupUpstreamRecords:
+        """The records of ``app`` (the current app when ``None``): the host's session,
+        the keys of ``DEPENDENCY_PROXY_CREDENTIAL_KEYS`` or derived from ``SECRET_KEY``
+        and ``SECRET_KEY_FALLBACKS``."""
+        from flask import current_app
+
+        from .._state import state
+
+        proxy = state(app)
+        config = (app or current_app).config
+        secrets = [config["SECRET_KEY"], *(config.get("SECRET_KEY_FALLBACKS") or [])]
+        cipher = CredentialCipher.from_secrets(secrets, proxy.config.credential_keys)
+        return cls(lambda: proxy.metadata.session, cipher)
 
     @property
     def session(self) -> Session:
@@ -192,7 +208,7 @@ class GroupUpstreamRecords:
             instance does not define.
         """
         if names is not None:
-            _check_order(names, instance_names)
+            check_order(names, instance_names)
         moment = now or utcnow()
 
         def change() -> None:
@@ -349,7 +365,7 @@ def _order(rows: t.Mapping[str, GroupUpstreamRow], instance_names: t.Sequence[st
     return [row.upstream for row in positioned]
 
 
-def _check_order(names: t.Sequence[str], instance_names: t.Sequence[str]) -> None:
+def check_order(names: t.Sequence[str], instance_names: t.Sequence[str]) -> None:
     if not names:
         raise UpstreamListError("keep at least one upstream (or go back to the instance's list)")
     unknown = [name for name in names if name not in instance_names]
