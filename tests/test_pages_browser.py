@@ -21,8 +21,10 @@ from flask_dependency_proxy.models.admin import human_size
 from tests.platform_fixtures import csrf_from, login
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.faultproxy import FaultProxy, Status
 from tests.support.platform import Platform
 from tests.support.registry import Registry
+from tests.support.tokenserver import TokenUpstream
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -245,6 +247,145 @@ def test_everything_but_the_copy_button_works_without_javascript(
     page.click("#dependency-proxy-clear")
     page.click("#dependency-proxy-confirm-clear")
     expect(flash(page)).to_contain_text("Cache cleared: 0 manifests and 0 blobs")
+    context.close()
+
+
+@pytest.mark.e2e
+def test_owner_orders_upstreams_and_gives_one_credentials_that_reach_only_its_realm(
+    browser: Browser,
+    platform_factory: t.Callable[..., Platform],
+    upstream: Registry,
+    token_upstream: TokenUpstream,
+    skopeo: Skopeo,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    """Two upstreams: ``hub`` (the plain registry behind a fault proxy that answers
+    ``429`` with Docker Hub's rate-limit headers) and ``vendor`` (token auth). The owner
+    puts ``vendor`` first and gives it the group's own credentials; a pull by plain name
+    then comes from ``vendor`` with them, and the page shows what each upstream said."""
+    registry, token_server, vendor_creds = token_upstream
+    repository = f"vendor/{unique_name}"
+    pushed = images.push(
+        images.build_image(unique_name, layer_sizes=(20_000,)),
+        registry,
+        repository,
+        "1.0",
+        workdir=tmp_path,
+        creds=vendor_creds,
+    )
+    hub = FaultProxy(upstream.url).start()
+    try:
+        hub.add(
+            Status(
+                429,
+                retry_after=600,
+                headers=(("RateLimit-Limit", "100;w=21600"), ("RateLimit-Remaining", "0;w=21600")),
+            ),
+            path="/manifests/",
+        )
+        entries = {
+            "hub": {"url": hub.url, "hosts": ["docker.io"], "allow_private_redirects": True},
+            "vendor": {
+                "url": registry.url,
+                "hosts": ["registry.vendor.example"],
+                "allow_private_redirects": True,
+            },
+        }
+        live = platform_factory(
+            "http://127.0.0.1:9",
+            setup=seed_pages,
+            extra_env={
+                "DEPENDENCY_PROXY_UPSTREAMS": json.dumps(entries),
+                "DEPENDENCY_PROXY_UPSTREAM_RETRIES": "0",
+            },
+            # What the page shows of an upstream is what its one worker saw.
+            gunicorn_args=("--workers", "1"),
+        )
+        _order_and_credentials(browser, live, skopeo, pushed, registry, repository, vendor_creds)
+    finally:
+        hub.stop()
+    seen = [r for r in token_server.requests if repository in r.repositories]
+    assert seen and {r.username for r in seen} == {vendor_creds[0]}, seen
+    assert vendor_creds[1] not in live.process.log_text()
+
+
+def _order_and_credentials(
+    browser: Browser,
+    live: Platform,
+    skopeo: Skopeo,
+    pushed: images.Pushed,
+    vendor: Registry,
+    repository: str,
+    vendor_creds: tuple[str, str],
+) -> None:
+    username, password = vendor_creds
+    context = new_context(browser, live)
+    page = context.new_page()
+    page.goto(PAGE)
+    sign_in(page, OWNER)
+    page.wait_for_url(f"**{PAGE}")
+    page.click("text=Enable the Dependency Proxy")
+    rows = page.locator("#dependency-proxy-upstream-table tbody tr")
+    expect(rows).to_have_count(2)
+    assert [r.get_attribute("data-upstream") for r in rows.all()] == ["hub", "vendor"]
+    vendor_row = page.locator("#dependency-proxy-upstream-table tr[data-upstream=vendor]")
+    expect(vendor_row.locator(".credential")).to_have_text("The instance's")
+
+    # Credentials for vendor: saved, never shown back.
+    form = page.locator(".upstream-credentials[data-upstream=vendor]")
+    form.locator("input[name=username]").fill(username)
+    form.locator("input[name=password]").fill(password)
+    form.locator("text=Save credentials for vendor").click()
+    expect(flash(page)).to_contain_text("Credentials for vendor saved.")
+    expect(vendor_row.locator(".credential")).to_have_text("Set by this group")
+    expect(form.locator("input[name=password]")).to_have_value("")
+    assert password not in page.content()
+
+    # Vendor first; the hub stays second.
+    page.fill("input[name=position-vendor]", "1")
+    page.fill("input[name=position-hub]", "2")
+    page.click("#dependency-proxy-save-upstreams")
+    expect(flash(page)).to_contain_text("Upstreams saved: vendor, hub, in this order.")
+    assert [r.get_attribute("data-upstream") for r in rows.all()] == ["vendor", "hub"]
+    expect(page.locator("#dependency-proxy-upstream-order-note")).to_contain_text(
+        "checked below, in this order"
+    )
+
+    # A plain name goes down the group's list: vendor has it, with the group's credential.
+    prefix = page.inner_text("#dependency-proxy-prefix").strip()
+    checks.ok(skopeo.login(live.host, OWNER.username, OWNER.password))
+    result, target = skopeo.copy_to_dir(f"{prefix}/{repository}:1.0")
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, vendor)
+    # A name with the hub's host goes to the hub alone, which is out of pulls.
+    image = "docker.io/library/nothing"
+    refused = requests.get(
+        f"{live.url}/v2/{live.repository(GROUP, image)}/manifests/1",
+        headers=live.bearer(OWNER.username, OWNER.password, GROUP, image),
+        timeout=30,
+    )
+    assert refused.status_code == 429, refused.text
+
+    page.reload()
+    expect(vendor_row.locator(".status")).to_have_text("200")
+    hub_row = page.locator("#dependency-proxy-upstream-table tr[data-upstream=hub]")
+    expect(hub_row.locator(".status")).to_contain_text("Not asked until")
+    expect(hub_row.locator(".rate-limit")).to_have_text("0 of 100")
+    assert password not in page.content()
+
+    # Narrowed to vendor alone; then back to the instance's list; then no credentials.
+    page.uncheck("input[name=use][value=hub]")
+    page.click("#dependency-proxy-save-upstreams")
+    expect(flash(page)).to_contain_text("Upstreams saved: vendor, in this order.")
+    expect(hub_row).to_have_class("unused")
+    expect(hub_row.locator("input[name=position-hub]")).to_have_value("")
+    page.click("#dependency-proxy-reset-upstreams")
+    expect(flash(page)).to_contain_text("every upstream of the instance")
+    assert [r.get_attribute("data-upstream") for r in rows.all()] == ["hub", "vendor"]
+    page.click("text=Clear credentials for vendor")
+    expect(flash(page)).to_contain_text("Credentials for vendor removed")
+    expect(vendor_row.locator(".credential")).to_have_text("The instance's")
     context.close()
 
 
