@@ -43,21 +43,28 @@ class Fleet(t.NamedTuple):
     bucket: str
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def faulty(upstream: Registry) -> t.Iterator[FaultProxy]:
     proxy = FaultProxy(upstream.url).start()
     yield proxy
     proxy.stop()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
+def _no_faults_left(faulty: FaultProxy) -> t.Iterator[None]:
+    yield
+    faulty.clear()
+
+
+@pytest.fixture(scope="module")
 def make_fleet(
-    live_process: ProcessFactory,
+    module_processes: ProcessFactory,
     postgres_cluster: PostgresCluster,
     seaweedfs: SeaweedFS,
-    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> t.Iterator[t.Callable[[str], Fleet]]:
-    """Start two hosts on a new database and bucket that pull from ``upstream_url``."""
+    """Start two hosts on a new database and bucket that pull from ``upstream_url``
+    (two gunicorns each: the module's tests share them)."""
     databases: list[str] = []
 
     def make(upstream_url: str) -> Fleet:
@@ -69,11 +76,12 @@ def make_fleet(
             "DEPENDENCY_PROXY_FETCH_LEASE_SECONDS": str(LEASE_SECONDS),
             "SECRET_KEY": "fleet-secret",
         }
+        folder = tmp_path_factory.mktemp(database)
 
         def host(name: str) -> Platform:
             return Platform(
-                live_process,
-                tmp_path / f"{database}-{name}",
+                module_processes,
+                folder / name,
                 database_url=postgres_cluster.url(database),
                 upstream_url=upstream_url,
                 name=f"fleet-{name}",
@@ -88,13 +96,14 @@ def make_fleet(
         return Fleet(a, b, bucket)
 
     yield make
-    live_process.stop_all()
+    module_processes.stop_all()
     for database in databases:
         postgres_cluster.drop_database(database)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fleet(make_fleet: t.Callable[[str], Fleet], faulty: FaultProxy) -> Fleet:
+    """The module's fleet behind the fault proxy; the test that kills a host runs last."""
     return make_fleet(faulty.url)
 
 
@@ -173,57 +182,6 @@ def test_eight_concurrent_cold_pulls_across_both_hosts_fetch_each_blob_once(
         assert upstream.count("GET", kind="blobs", reference=digest, since=mark) == 1
 
 
-def test_a_host_killed_mid_fetch_is_taken_over_and_leaves_nothing_behind(
-    fleet: Fleet,
-    upstream: Registry,
-    faulty: FaultProxy,
-    seaweedfs: SeaweedFS,
-    unique_name: str,
-    tmp_path: Path,
-) -> None:
-    pushed = _push(upstream, unique_name, tmp_path, (12 * images.MiB,))
-    layer = pushed.layer_digests[0]
-    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
-    faulty.add(Throttle(3 * images.MiB), path="/blobs/")
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        on_a = pool.submit(
-            requests.get, _blob_url(fleet.a, unique_name, layer), headers=headers, timeout=90
-        )
-        wait_for(lambda: _spooled(fleet.a) > 0, timeout=20, what="host A to start the fetch")
-        on_b = pool.submit(
-            requests.get, _blob_url(fleet.b, unique_name, layer), headers=headers, timeout=90
-        )
-        # Host B is streaming from host A, and A has uploaded a part, when A dies.
-        wait_for(lambda: _spooled(fleet.b) > 0, timeout=20, what="host B to follow host A")
-        wait_for(
-            lambda: seaweedfs.multipart_uploads(fleet.bucket),
-            timeout=30,
-            what="host A to start its multipart upload",
-        )
-        pid = fleet.a.process.pid
-        assert pid is not None
-        os.killpg(pid, signal.SIGKILL)
-        with pytest.raises(requests.RequestException):
-            on_a.result().raise_for_status()
-            raise requests.ConnectionError("host A answered in full")
-        response = on_b.result()
-
-    assert response.status_code == 200
-    assert _sha256(response.content) == layer
-    blob_gets = [r for r in faulty.requests if r.method == "GET" and layer in r.path]
-    assert len(blob_gets) == 2
-    # The second GET resumed where host A's stream had stopped.
-    (resumed,) = blob_gets[1].header_lines("Range")
-    assert resumed.startswith("bytes=") and resumed != "bytes=0-"
-    # Host A's unfinished upload is aborted by cleanup; B's committed object stays.
-    fleet.b.cleanup_later(hours=2)
-    assert seaweedfs.multipart_uploads(fleet.bucket) == []
-    hex_digest = layer.split(":")[1]
-    assert seaweedfs.objects(fleet.bucket) == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}"]
-    assert not [p for p in fleet.b.store_path.rglob("*.partial")]
-
-
 def test_a_purge_through_one_host_stops_the_other_serving(
     fleet: Fleet, upstream: Registry, skopeo: Skopeo, unique_name: str, tmp_path: Path
 ) -> None:
@@ -271,3 +229,59 @@ def test_the_hosts_share_upstream_tokens(
         assert requests.get(url, headers=headers, timeout=30).status_code == 200
 
     assert tokens.count(f"library/{unique_name}", since=mark) == 1
+
+
+def test_a_host_killed_mid_fetch_is_taken_over_and_leaves_nothing_behind(
+    fleet: Fleet,
+    upstream: Registry,
+    faulty: FaultProxy,
+    seaweedfs: SeaweedFS,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (12 * images.MiB,))
+    layer = pushed.layer_digests[0]
+    objects_before = set(seaweedfs.objects(fleet.bucket))
+    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
+    faulty.add(Throttle(3 * images.MiB), path="/blobs/")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        on_a = pool.submit(
+            requests.get, _blob_url(fleet.a, unique_name, layer), headers=headers, timeout=90
+        )
+        wait_for(lambda: _spooled(fleet.a) > 0, timeout=20, what="host A to start the fetch")
+        on_b = pool.submit(
+            requests.get, _blob_url(fleet.b, unique_name, layer), headers=headers, timeout=90
+        )
+        # Host B is streaming from host A, and A has uploaded a part, when A dies.
+        wait_for(lambda: _spooled(fleet.b) > 0, timeout=20, what="host B to follow host A")
+        wait_for(
+            lambda: seaweedfs.multipart_uploads(fleet.bucket),
+            timeout=30,
+            what="host A to start its multipart upload",
+        )
+        pid = fleet.a.process.pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        with pytest.raises(requests.RequestException):
+            on_a.result().raise_for_status()
+            raise requests.ConnectionError("host A answered in full")
+        response = on_b.result()
+
+    assert response.status_code == 200
+    assert _sha256(response.content) == layer
+    blob_gets = [r for r in faulty.requests if r.method == "GET" and layer in r.path]
+    assert len(blob_gets) == 2
+    # The second GET resumed where host A's stream had stopped.
+    (resumed,) = blob_gets[1].header_lines("Range")
+    assert resumed.startswith("bytes=") and resumed != "bytes=0-"
+    # Host A's unfinished upload is aborted by cleanup; B's committed object stays.
+    fleet.b.cleanup_later(hours=2)
+    assert seaweedfs.multipart_uploads(fleet.bucket) == []
+    hex_digest = layer.split(":")[1]
+    # (Blobs that the purge test left unreferenced were set aside into trash/ meanwhile.)
+    new_objects = set(seaweedfs.objects(fleet.bucket)) - objects_before
+    assert {key for key in new_objects if not key.startswith("trash/")} == {
+        f"blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+    }
+    assert not [p for p in fleet.b.store_path.rglob("*.partial")]
