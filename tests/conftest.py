@@ -41,13 +41,32 @@ E2E_TIMEOUT_SECONDS = 300
 # -- hooks ---------------------------------------------------------------------------
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _drop_unwanted_combinations(config, items)
     for item in items:
         if item.get_closest_marker("timeout") is None:
             limit = (
                 E2E_TIMEOUT_SECONDS if item.get_closest_marker("e2e") else DEFAULT_TIMEOUT_SECONDS
             )
             item.add_marker(pytest.mark.timeout(limit))
+
+
+def _drop_unwanted_combinations(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the parameter combinations a module lists in ``UNWANTED_COMBINATIONS``
+    (each a mapping of fixture name to parameter): two session parameters cross with a
+    module's own, and not every cell of that product tests something the others do not."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        unwanted = getattr(getattr(item, "module", None), "UNWANTED_COMBINATIONS", ())
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(all(params.get(k) == v for k, v in combo.items()) for combo in unwanted):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

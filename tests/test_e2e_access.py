@@ -15,6 +15,10 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
+#: PostgreSQL, the production setup, only: tests/test_access_matrix.py runs every
+#: access rule on both databases.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 
 @pytest.fixture
 def pushed(upstream: Registry, unique_name: str, tmp_path: Path) -> images.Pushed:

@@ -15,6 +15,10 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
+#: The subject is the registry protocol over HTTP, not the database: PostgreSQL, the production
+#: setup, only.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 GROUP = seed.ACME
 USER = seed.ALICE
 

@@ -22,6 +22,10 @@ from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.e2e
 
+#: PostgreSQL, the production setup, only: tests/unit/test_throttle.py runs the
+#: limiter on both databases.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 #: Failures per username and address before that pair is refused (the default).
 PAIR_LIMIT = 10
 #: Failures per address, whatever the usernames; lower than the default to keep the test short.

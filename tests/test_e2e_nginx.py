@@ -28,6 +28,10 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
+#: The subject is the reverse proxy in front, not the database: PostgreSQL, the production
+#: setup, only.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 #: Failures an address may have in the window before its next login answers 429.
 LIMIT = 10
 USER = seed.ALICE

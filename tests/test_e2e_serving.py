@@ -22,6 +22,10 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
+#: The subject is slow, idle and misbehaving clients, not the database: PostgreSQL, the production
+#: setup, only.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 USER = seed.ALICE
 GROUP = seed.ACME
 MiB = 1024 * 1024

@@ -16,6 +16,10 @@ from tests.support.tokenserver import TokenUpstream
 
 pytestmark = pytest.mark.e2e
 
+#: The subject is the upstream's token protocol, not the database: PostgreSQL, the production
+#: setup, only.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 GROUP = seed.ACME
 USER = seed.ALICE
 
