@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import threading
 import typing as t
@@ -90,13 +91,35 @@ class _RecentBlobs:
             self._entries.clear()
 
 
+class Outcome(enum.StrEnum):
+    """How the cache answered a manifest or blob: what metrics, logs and the group's
+    savings count."""
+
+    #: From the cache, upstream not asked.
+    HIT = "hit"
+    #: From the cache after upstream's HEAD confirmed the tag's digest.
+    REVALIDATED = "revalidated"
+    #: Fetched from upstream.
+    MISS = "miss"
+    #: From the cache because upstream could not answer.
+    STALE = "stale"
+
+    @property
+    def from_cache(self) -> bool:
+        return self is not Outcome.MISS
+
+
 @dataclasses.dataclass(frozen=True)
 class ManifestResult:
     digest: str
     media_type: str
     content: bytes
-    #: Served from the cache because upstream could not be asked.
-    stale: bool = False
+    outcome: Outcome = Outcome.HIT
+
+    @property
+    def stale(self) -> bool:
+        """Served from the cache because upstream could not be asked."""
+        return self.outcome is Outcome.STALE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +131,7 @@ class BlobResult:
     size: int | None
     location: BlobLocation | None = None
     stream: t.Iterator[bytes] | None = None
+    outcome: Outcome = Outcome.HIT
 
 
 class PullThroughCache:
@@ -170,7 +194,9 @@ class PullThroughCache:
             if child is not None:
                 chosen = self._manifest(group_id, path, child)
                 if accepts(list(accept), chosen.media_type):
-                    return dataclasses.replace(chosen, stale=result.stale or chosen.stale)
+                    if result.stale:
+                        return dataclasses.replace(chosen, outcome=Outcome.STALE)
+                    return chosen
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
             f"manifest is {result.media_type}, which the Accept header does not allow",
@@ -243,7 +269,7 @@ class PullThroughCache:
                 content=manifest.content,
                 upstream=source.name,
             )
-        return _result(record)
+        return _result(record, Outcome.MISS)
 
     def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
         with self.database.phase("reading a tag"):
@@ -267,7 +293,7 @@ class PullThroughCache:
                 log.warning(
                     "upstream no longer has %s:%s; serving the cached copy", path.image, tag
                 )
-                return _result(cached, stale=True)
+                return _result(cached, Outcome.STALE)
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, detail={"name": path.image, "tag": tag}
             ) from None
@@ -276,7 +302,7 @@ class PullThroughCache:
                 log.warning(
                     "upstream failed for %s:%s (%s); serving the cached copy", path.image, tag, exc
                 )
-                return _result(cached, stale=True)
+                return _result(cached, Outcome.STALE)
             raise _unavailable(exc) from exc
 
         if cached is not None and cached.digest == head.digest:
@@ -284,22 +310,24 @@ class PullThroughCache:
                 with self.database.phase("marking a tag checked"):
                     self.metadata.mark_checked(cached)
             self.metadata.touch_manifest(cached)
-            return _result(cached)
+            return _result(cached, Outcome.REVALIDATED)
 
         # The tag is new or moved. A manifest this group already holds by digest
         # (pulled by digest earlier) needs no GET.
         with self.database.phase("reading a manifest"):
             known = self.metadata.find_digest(group_id, path.image, head.digest)
+        outcome = Outcome.REVALIDATED
         if known is not None:
             digest, media_type, content = known.digest, known.media_type, known.content
         else:
+            outcome = Outcome.MISS
             try:
                 # By the digest the HEAD announced: a tag that moves meanwhile cannot
                 # hand over a manifest that was never checked against it.
                 manifest = source.client.get_manifest(source.repository, head.digest)
             except UpstreamError as exc:
                 if cached is not None and not isinstance(exc, UpstreamDigestMismatch):
-                    return _result(cached, stale=True)
+                    return _result(cached, Outcome.STALE)
                 raise _translate(exc, ErrorCode.MANIFEST_UNKNOWN) from exc
             digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
         with self.database.phase("saving a manifest"):
@@ -313,7 +341,7 @@ class PullThroughCache:
                 content=content,
                 upstream=source.name,
             )
-        return _result(record)
+        return _result(record, outcome)
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -350,7 +378,9 @@ class PullThroughCache:
             self._record_blob(group_id, digest, size)
             return self._stored(digest, size)
         fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
-        return BlobResult(digest=digest, size=fetch.size, stream=fetch.follow(self.store))
+        return BlobResult(
+            digest=digest, size=fetch.size, stream=fetch.follow(self.store), outcome=Outcome.MISS
+        )
 
     def _stored(self, digest: str, size: int) -> BlobResult:
         return BlobResult(digest=digest, size=size, location=self.store.locate(digest, size))
@@ -512,9 +542,9 @@ class _BlobOpener:
         return stream
 
 
-def _result(record: ManifestRecord, stale: bool = False) -> ManifestResult:
+def _result(record: ManifestRecord, outcome: Outcome = Outcome.HIT) -> ManifestResult:
     return ManifestResult(
-        digest=record.digest, media_type=record.media_type, content=record.content, stale=stale
+        digest=record.digest, media_type=record.media_type, content=record.content, outcome=outcome
     )
 
 
