@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import typing as t
 
 import click
@@ -12,6 +14,8 @@ from ._state import state
 
 if t.TYPE_CHECKING:
     from .migrations import Upgrade
+    from .models.admin import CacheAdmin
+    from .warm import Outcome, Plan
 
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
@@ -177,12 +181,16 @@ def cleanup() -> None:
 
 @cli.command("stats")
 @click.argument("full_path", required=False)
-def stats(full_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+def stats(full_path: str | None, as_json: bool) -> None:
     """Print counts and sizes of one group's cache, or of every group's."""
     from .models.admin import CacheAdmin, GroupStats, human_size
 
     proxy = state(None)
     admin = CacheAdmin(lambda: proxy.metadata.session)
+    if as_json:
+        click.echo(json.dumps(_stats_document(admin, full_path), indent=2))
+        return
 
     def line(label: str, numbers: GroupStats) -> str:
         text = (
@@ -210,6 +218,159 @@ def stats(full_path: str | None) -> None:
         click.echo("No group has anything cached.")
     files, size = proxy.store.usage()
     click.echo(f"Blobs in {proxy.store.describe()}: {files}, {human_size(size)}.")
+
+
+def _stats_document(admin: CacheAdmin, full_path: str | None) -> dict[str, t.Any]:
+    """``stats --json``: every group's (or one group's) figures and the store's."""
+    proxy = state(None)
+    if full_path is not None:
+        group_id = _group_id(full_path)
+        every = {group_id: admin.stats(group_id)}
+    else:
+        every = admin.all_stats()
+    groups = []
+    for group_id, numbers in every.items():
+        group = proxy.host.find_group_by_id(group_id)
+        usage = {
+            kind: dataclasses.asdict(getattr(numbers, kind))
+            for kind in ("manifests", "blobs", "pending_manifests", "pending_blobs")
+        }
+        groups.append(
+            {
+                "id": group_id,
+                "full_path": group.full_path if group is not None else None,
+                "images": numbers.images,
+                "size": numbers.size,
+                **usage,
+            }
+        )
+    document: dict[str, t.Any] = {"groups": groups}
+    if full_path is None:
+        files, size = proxy.store.usage()
+        document["store"] = {"location": proxy.store.describe(), "blobs": files, "size": size}
+    return document
+
+
+@cli.command("warm")
+@click.argument("full_path")
+@click.argument("images", nargs=-1)
+@click.option(
+    "--from-file",
+    type=click.File("r"),
+    help="Read more images from this file, one per line (blank lines and # comments skipped).",
+)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Warm only this platform of a multi-platform image (repeatable). Default: every one.",
+)
+def warm(
+    full_path: str, images: tuple[str, ...], from_file: t.TextIO | None, platforms: tuple[str, ...]
+) -> None:
+    """Fetch IMAGES (IMAGE[:TAG|@DIGEST]) into the cache of the group FULL_PATH ahead of
+    a CI rush, the way a pull of each would, with one upstream GET per blob however many
+    pulls ask for it meanwhile. Exits non-zero, naming them, when some could not be warmed.
+    """
+    from .warm import Warmer, WarmError, parse_platform, parse_target
+
+    texts = list(images)
+    if from_file is not None:
+        texts += [line.split("#", 1)[0].strip() for line in from_file]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise click.UsageError("Name at least one image, or give --from-file.")
+    try:
+        targets = [parse_target(text) for text in texts]
+        wanted = [parse_platform(text) for text in platforms]
+    except WarmError as exc:
+        raise click.BadParameter(str(exc)) from None
+    proxy = state(None)
+    group_id = _group_id(full_path)
+    if not proxy.metadata.group_enabled(group_id, proxy.config.group_default_enabled):
+        raise click.ClickException(
+            f"The dependency proxy is off for {full_path}: enable it first"
+            f" (flask dependency-proxy enable {full_path})."
+        )
+    warmer = Warmer(proxy.cache, group_id, full_path.strip("/").lower(), wanted)
+    with _TerminalProgress() as progress:
+        outcomes = warmer.warm(targets, progress)
+    failed = [outcome for outcome in outcomes if outcome.error]
+    fetched = sum(outcome.fetched_bytes for outcome in outcomes)
+    click.echo(
+        f"Warmed {len(outcomes) - len(failed)} of {len(outcomes)} images into {full_path};"
+        f" {_human_size(fetched)} fetched upstream."
+    )
+    if failed:
+        names = "; ".join(f"{outcome.target.label} ({outcome.error})" for outcome in failed)
+        raise click.ClickException(f"Not warmed: {names}")
+
+
+class _TerminalProgress:
+    """Warm-up progress on the terminal: a bar per image and one overall, each with
+    bytes, rate and time left, and a line per image when it is done. Without a
+    terminal (a CI log) only the lines are written."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        console = Console(highlight=False)
+        self._bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self._console = console
+        self._overall = self._bars.add_task("overall", total=0)
+        self._tasks: dict[int, t.Any] = {}
+
+    def __enter__(self) -> _TerminalProgress:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bars.stop()
+
+    def planned(self, plan: Plan) -> None:
+        self._tasks[id(plan)] = self._bars.add_task(plan.target.label, total=plan.size)
+        overall = self._bars.tasks[self._overall]
+        self._bars.update(self._overall, total=(overall.total or 0) + plan.size)
+
+    def advance(self, plan: Plan, nbytes: int) -> None:
+        self._bars.advance(self._tasks[id(plan)], nbytes)
+        self._bars.advance(self._overall, nbytes)
+
+    def finished(self, outcome: Outcome) -> None:
+        label = outcome.target.label
+        if outcome.platforms:
+            label += f" ({', '.join(outcome.platforms)})"
+        if outcome.error:
+            line = f"{label}: failed: {outcome.error}"
+        else:
+            line = (
+                f"{label}: {outcome.fetched} blobs fetched ({_human_size(outcome.fetched_bytes)}),"
+                f" {outcome.cached} already cached"
+            )
+        self._console.print(line, markup=False, soft_wrap=True)
+
+
+def _human_size(size: int) -> str:
+    from .models.admin import human_size
+
+    return human_size(size)
 
 
 @cli.command("purge")
