@@ -166,6 +166,24 @@ MAX_BLOB_SIZE = 10 * 1024**3
 #: least recently pulled manifests and blobs for deletion to make room; ``refuse``
 #: answers 403 ``DENIED``. Cached content is served either way.
 QUOTA_POLICY = "evict"
+# -- operations ------------------------------------------------------------------------
+#: Serve Prometheus metrics at ``/-/dependency_proxy/metrics`` (needs
+#: ``pip install 'flask-dependency-proxy[metrics]'``). Under several worker processes
+#: set ``PROMETHEUS_MULTIPROC_DIR`` (``examples/gunicorn.conf.py`` does) so every
+#: worker counts.
+METRICS_ENABLED = False
+#: A scrape then needs ``Authorization: Bearer <token>``; ``None`` serves anyone who can
+#: reach the route.
+METRICS_TOKEN: str | None = None
+#: Label cache outcomes with the group's path (one series per group: only for a
+#: modest number of groups).
+METRICS_GROUP_LABELS = False
+#: One log line per registry request on the ``flask_dependency_proxy.requests`` logger
+#: at INFO: ``keyvalue`` (``key=value`` pairs), ``json`` (one object per line) or ``off``.
+REQUEST_LOG = "keyvalue"
+#: Longest time ``/-/dependency_proxy/ready`` waits for the database and for the blob
+#: store before it answers 503.
+READY_TIMEOUT_SECONDS = 2.0
 
 _PREFIX = "DEPENDENCY_PROXY_"
 
@@ -222,6 +240,12 @@ class ProxyConfig:
     # -- quotas --
     max_blob_size: int
     quota_policy: str
+    # -- operations --
+    metrics_enabled: bool
+    metrics_token: str | None
+    metrics_group_labels: bool
+    request_log: str
+    ready_timeout_seconds: float
 
 
 class ConfigError(ValueError):
@@ -517,6 +541,11 @@ _FIELDS: dict[str, Coerce] = {
     "purge_cooldown_seconds": _number(float, 0),
     "max_blob_size": _number(int, 0),
     "quota_policy": _choice("evict", "refuse"),
+    "metrics_enabled": _boolean,
+    "metrics_token": _optional(_text("a token")),
+    "metrics_group_labels": _boolean,
+    "request_log": _choice("keyvalue", "json", "off"),
+    "ready_timeout_seconds": _number(float, 0.1),
 }
 
 
