@@ -55,3 +55,38 @@ control_socket_disable = True
 #: ``X-Forwarded-Proto`` on every connection from 127.0.0.1, trusted or not.
 secure_scheme_headers: dict[str, str] = {}
 forwarded_allow_ips = ""
+
+#: The extension's loggers at INFO on stderr: warnings about upstreams and the database,
+#: and one line per registry request (``flask_dependency_proxy.requests``, see
+#: ``DEPENDENCY_PROXY_REQUEST_LOG``); other libraries' warnings only.
+logconfig_dict = {
+    "root": {"level": "WARNING", "handlers": ["error_console"]},
+    "loggers": {
+        "flask_dependency_proxy": {
+            "level": "INFO",
+            "handlers": ["error_console"],
+            "propagate": False,
+        },
+    },
+}
+
+
+# -- Prometheus metrics from every worker (DEPENDENCY_PROXY_METRICS_ENABLED) -------------
+# prometheus_client's multiprocess mode: each worker writes its values to files in
+# PROMETHEUS_MULTIPROC_DIR and a scrape adds them up. The folder must exist and be
+# empty when the workers start, so it is made here, in the master, before they fork.
+try:
+    from prometheus_client import multiprocess as _multiprocess
+except ImportError:  # the metrics extra is not installed
+    _multiprocess = None
+
+if _multiprocess is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dependency-proxy-metrics-")
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (fetches in flight) stop counting."""
+    if _multiprocess is not None:
+        _multiprocess.mark_process_dead(worker.pid)

@@ -18,6 +18,7 @@ if t.TYPE_CHECKING:
     from .config import ProxyConfig
     from .database import DatabaseGuard
     from .host import HostAdapter
+    from .metrics import Metrics
     from .models.repository import CacheMetadata
     from .tokens import TokenIssuer
     from .upstreams import UpstreamSet
@@ -41,6 +42,8 @@ class ProxyState:
     #: The instance's upstream registries (their clients and what they last answered).
     upstreams: UpstreamSet
     cache: PullThroughCache
+    #: Where every component reports what it counts (a no-op without metrics).
+    metrics: Metrics
 
 
 def state(app: Flask | None) -> ProxyState:

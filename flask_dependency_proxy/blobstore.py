@@ -136,6 +136,12 @@ class BlobStore(t.Protocol):
     def free_bytes(self) -> int | None:
         """Bytes the store can still take, ``None`` when it sets no limit we can see."""
 
+    def check(self) -> None:
+        """Prove the store can be read and written now (the readiness check).
+
+        :raises StorageError: naming what failed.
+        """
+
     def delete(self, digest: str) -> bool:
         """Remove a committed blob at once (tests, repair); ``False`` when absent."""
 

@@ -15,6 +15,7 @@ from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .credentials import CredentialCipher
 from .host import HostAdapter
 from .inflight import BlobFetcher
+from .metrics import Metrics, metrics_for
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
 from .quota import QuotaPolicy
@@ -85,13 +86,15 @@ class DependencyProxy:
         )
         issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
         store = open_store(config)
-        upstreams = _upstream_set(config, _shared_tokens(app, self.db, config))
+        metrics = metrics_for(config.metrics_enabled, group_labels=config.metrics_group_labels)
+        upstreams = _upstream_set(config, _shared_tokens(app, self.db, config), metrics)
         fetcher = BlobFetcher(
             store,
             start_timeout=config.upstream_read_timeout_seconds,
             resume_attempts=config.upstream_retries,
             max_blob_size=config.max_blob_size,
             fleet=_fleet(app, self.db, config, [secret, *fallbacks]),
+            metrics=metrics,
         )
         cache = PullThroughCache(
             store=store,
@@ -132,6 +135,7 @@ class DependencyProxy:
             store=store,
             upstreams=upstreams,
             cache=cache,
+            metrics=metrics,
         )
 
         from .blueprints import registry, token
@@ -153,6 +157,9 @@ class DependencyProxy:
 
         app.register_blueprint(pages.bp)
         app.register_blueprint(api.bp)
+        from .blueprints import operations
+
+        app.register_blueprint(operations.bp)
         if config.cleanup_scheduler:
             from .lifecycle import CleanupScheduler
 
@@ -178,7 +185,7 @@ def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:
     return engine
 
 
-def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare) -> UpstreamSet:
+def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare, metrics: Metrics) -> UpstreamSet:
     """A client per upstream entry and credential, all on one connection pool; the
     clients of an entry share its circuit breaker."""
     session = requests_session()
@@ -197,6 +204,8 @@ def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare) -> UpstreamSet
             breaker=breaker,
             allow_private_redirects=entry.allow_private_redirects,
             auth_hosts=entry.auth_hosts,
+            name=entry.name,
+            metrics=metrics,
         )
 
     def breaker() -> CircuitBreaker:

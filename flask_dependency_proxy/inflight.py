@@ -37,6 +37,7 @@ import urllib3.exceptions
 
 from .blobstore import BlobStore, StagedBlob, StorageError
 from .blocking import off_the_loop
+from .metrics import Metrics
 
 if t.TYPE_CHECKING:
     from .coordination import FleetSource
@@ -337,6 +338,7 @@ class BlobFetcher:
     :param max_blob_size: largest blob fetched, in bytes; ``0`` sets no limit.
     :param fleet: where this host's fetches read from when several hosts share the
         database (:mod:`.coordination`); ``None`` always reads upstream.
+    :param metrics: counts fetches in flight and the bytes they commit.
     """
 
     def __init__(
@@ -347,9 +349,11 @@ class BlobFetcher:
         resume_attempts: int = 2,
         max_blob_size: int = 0,
         fleet: FleetSource | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
+        self.metrics = metrics or Metrics()
         self.start_timeout = start_timeout
         self.resume_attempts = resume_attempts
         self.max_blob_size = max_blob_size
@@ -445,6 +449,12 @@ class BlobFetcher:
     def _run(
         self, fetch: LocalFetch, open_upstream: t.Callable[[int], BlobStream], lock_fd: int
     ) -> None:
+        with self.metrics.fetch_in_flight():
+            self._run_fetch(fetch, open_upstream, lock_fd)
+
+    def _run_fetch(
+        self, fetch: LocalFetch, open_upstream: t.Callable[[int], BlobStream], lock_fd: int
+    ) -> None:
         lock_path = self.store.lock_path(fetch.digest)
         try:
             # Committed by a fetch that ended between this request's lookup and the lock.
@@ -455,12 +465,15 @@ class BlobFetcher:
                 return
             if self.fleet is None:
                 written = self._fetch_into_store(fetch, open_upstream, lock_fd, from_peer=None)
+                self.metrics.upstream_fetched_bytes(written)
             else:
                 opener = self.fleet.opener(fetch.digest, open_upstream)
                 try:
                     written = self._fetch_into_store(
                         fetch, opener, lock_fd, from_peer=lambda: opener.from_peer
                     )
+                    if not opener.from_peer:
+                        self.metrics.upstream_fetched_bytes(written)
                 finally:
                     opener.release()
             # Readers in other processes of this host read how it ended here.

@@ -44,6 +44,7 @@ import typing as t
 import uuid
 
 from .blobstore import BlobStore
+from .metrics import Metrics
 from .models.admin import CacheAdmin, human_size
 from .models.tables import CachedBlob, CachedManifest, utcnow
 
@@ -128,6 +129,16 @@ class CleanupReport:
             " the grace period."
         )
 
+    def removed_counts(self) -> dict[str, int]:
+        """What this run removed, by kind, as metrics count it."""
+        return {
+            "manifests": self.manifests_deleted,
+            "blobs": self.blobs_deleted,
+            "files": self.files_deleted,
+            "bytes": self.bytes_deleted,
+            "staging_files": self.staging_removed,
+        }
+
 
 class Lifecycle:
     """Purge and cleanup for one application.
@@ -148,8 +159,10 @@ class Lifecycle:
         file_grace_seconds: float,
         login_failure_window_seconds: float = 300,
         clock: Clock = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.admin = admin
+        self.metrics = metrics or Metrics()
         self.files = files
         self.group_default_enabled = group_default_enabled
         self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
@@ -165,7 +178,11 @@ class Lifecycle:
 
         proxy = state(app)
         return cls.from_config(
-            proxy.config, lambda: proxy.metadata.session, proxy.store, clock=clock
+            proxy.config,
+            lambda: proxy.metadata.session,
+            proxy.store,
+            clock=clock,
+            metrics=proxy.metrics,
         )
 
     @classmethod
@@ -176,6 +193,7 @@ class Lifecycle:
         store: BlobStore,
         *,
         clock: Clock = utcnow,
+        metrics: Metrics | None = None,
     ) -> Lifecycle:
         return cls(
             CacheAdmin(session),
@@ -186,6 +204,7 @@ class Lifecycle:
             file_grace_seconds=config.cleanup_file_grace_seconds,
             login_failure_window_seconds=config.login_failure_window_seconds,
             clock=clock,
+            metrics=metrics,
         )
 
     # -- purge ---------------------------------------------------------------------------
@@ -235,6 +254,15 @@ class Lifecycle:
             self.admin.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
 
     def _run(self, holder: str) -> CleanupReport:
+        try:
+            report = self._cleanup(holder)
+        except Exception:
+            self.metrics.cleanup_ran(None, failed=True)
+            raise
+        self.metrics.cleanup_ran(report)
+        return report
+
+    def _cleanup(self, holder: str) -> CleanupReport:
         report = CleanupReport()
 
         def renew() -> None:

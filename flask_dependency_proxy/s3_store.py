@@ -206,6 +206,14 @@ class S3Store:
         needed = math.ceil(math.ceil(size / _MAX_PARTS) / mib) * mib
         return max(self.part_bytes, needed)
 
+    def check(self) -> None:
+        if not os.access(self.spool_root, os.R_OK | os.W_OK | os.X_OK):
+            raise StorageError("spool folder is missing or not writable", path=self.spool_root)
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise _storage_error("reach", f"s3://{self.bucket}", exc) from exc
+
     def free_bytes(self) -> int | None:
         """Free space of the local spool folder: the object store sets no limit we see."""
         try:

@@ -94,6 +94,11 @@ class FilesystemStore:
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedFile:
         return StagedFile(self, digest, create_spool_file(self.spool_path(digest)))
 
+    def check(self) -> None:
+        for folder in (self.blobs_root, self.spool_root):
+            if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+                raise StorageError("folder is missing or not writable", path=folder)
+
     def free_bytes(self) -> int | None:
         """Bytes an unprivileged writer can still put on the store's filesystem."""
         try:

@@ -47,7 +47,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
+from .metrics import Metrics
 from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT, is_tag
+from .requestlog import note_upstream_status
 from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
@@ -209,8 +211,13 @@ class UpstreamClient:
         allow_private_redirects: bool = False,
         auth_hosts: t.Sequence[str] = (),
         clock: t.Callable[[], float] = time.time,
+        name: str = "upstream",
+        metrics: Metrics | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: The instance's name for the upstream: its label in metrics.
+        self.name = name
+        self.metrics = metrics or Metrics()
         self.session = session or requests_session()
         self.credentials = credentials
         self.timeout = (connect_timeout, read_timeout)
@@ -378,9 +385,11 @@ class UpstreamClient:
             if not self.breaker.allows():
                 raise UpstreamDown(f"upstream {self._origin} is down; not asked for {path}")
             self._check_throttle(path)
+            started = time.monotonic()
             try:
                 response = self._authorized(method, url, repository, headers or {}, stream)
             except requests.RequestException as exc:
+                self._observe(path, None, started)
                 if isinstance(exc, requests.ConnectionError) and not isinstance(
                     exc, requests.ReadTimeout
                 ):
@@ -393,6 +402,7 @@ class UpstreamClient:
                 raise UpstreamError(f"upstream {method} {path} failed: {exc}") from exc
             self.breaker.succeeded()
             self.last_status = response.status_code
+            self._observe(path, response.status_code, started)
             if response.status_code == 429:
                 self._note_retry_after(response.headers.get("Retry-After"))
             if (
@@ -406,6 +416,15 @@ class UpstreamClient:
                 time.sleep(wait)
                 continue
             return self._check(response, method, path)
+
+    def _observe(self, path: str, status: int | None, started: float) -> None:
+        self.metrics.upstream_request(
+            self.name,
+            _request_kind(path),
+            "error" if status is None else str(status),
+            time.monotonic() - started,
+        )
+        note_upstream_status(status)
 
     def throttled_until(self) -> float | None:
         """Seconds since the epoch until which a ``429`` holds requests back, or ``None``."""
@@ -545,6 +564,7 @@ class UpstreamClient:
         limit = _leading_int(response.headers.get("RateLimit-Limit"))
         if limit is not None:
             self.rate_limit_limit = limit
+        self.metrics.upstream_rate_limit(self.name, remaining)
         if remaining <= _LOW_RATE_LIMIT and remaining != self.rate_limit_remaining:
             log.warning(
                 "upstream %s: %s pulls left of %s in its rate limit window",
@@ -615,6 +635,7 @@ class UpstreamClient:
         params = {"scope": f"repository:{repository}:pull"}
         if service:
             params["service"] = service
+        started = time.monotonic()
         try:
             response = self.session.get(
                 realm,
@@ -625,7 +646,11 @@ class UpstreamClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
+            self.metrics.upstream_request(self.name, "token", "error", time.monotonic() - started)
             raise UpstreamError(f"upstream token request failed: {exc}") from exc
+        self.metrics.upstream_request(
+            self.name, "token", str(response.status_code), time.monotonic() - started
+        )
         self._check_peer(response)
         with response:
             if response.status_code != 200:
@@ -697,6 +722,14 @@ def requests_session() -> requests.Session:
     # Never pick up credentials from ~/.netrc or proxies meant for other tools.
     session.trust_env = False
     return session
+
+
+def _request_kind(path: str) -> str:
+    """``manifest``, ``blob``, ``tags`` or ``other``: the label of an upstream path."""
+    for marker, kind in (("/manifests/", "manifest"), ("/blobs/", "blob"), ("/tags/", "tags")):
+        if marker in path:
+            return kind
+    return "other"
 
 
 def _media_type(response: requests.Response) -> str:

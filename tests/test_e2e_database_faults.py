@@ -50,6 +50,8 @@ USER = seed.ALICE
 #: ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` of the live platform: short, so the
 #: hung-database test stays quick. The default is 5 s.
 DATABASE_TIMEOUT = 2.0
+#: ``DEPENDENCY_PROXY_READY_TIMEOUT_SECONDS``, the default.
+READY_TIMEOUT = 2.0
 #: What a request may take beyond that bound on this machine (2 cores, shared).
 MARGIN = 2.0
 #: A request that needs no database, or falls back without it, answers within this.
@@ -336,6 +338,17 @@ def _assert_outage(probe: Probe, uncached_digest: str, bound: float) -> None:
     response = probe.base(with_token=False)
     assert response.status_code == 401, response.text
     assert probe.times["/v2/ token=False"] < FAST
+
+    # A load balancer takes the host out of rotation; liveness stays fine.
+    response = probe.get("ready", f"{faults.platform.url}/-/dependency_proxy/ready")
+    assert response.status_code == 503, response.text
+    assert response.json()["checks"] == {
+        "database": response.json()["reasons"]["database"],
+        "storage": "ok",
+    }
+    assert probe.times["ready"] < READY_TIMEOUT + MARGIN
+    response = probe.get("health", f"{faults.platform.url}/-/dependency_proxy/health")
+    assert response.status_code == 200 and probe.times["health"] < FAST
     response = probe.base(with_token=True)
     assert response.status_code == 200, response.text
 
@@ -356,6 +369,8 @@ def _assert_recovered(probe: Probe, uncached_digest: str) -> None:
     assert response.status_code == 200, response.text
     assert response.content == faults.upstream.read_blob(uncached_digest)
     assert probe.api().status_code == 200
+    ready = probe.get("ready", f"{faults.platform.url}/-/dependency_proxy/ready")
+    assert ready.status_code == 200, ready.text
     assert faults.platform.process.pid == pid and faults.platform.process.is_running()
 
 

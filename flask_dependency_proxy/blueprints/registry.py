@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
+from .. import requestlog
 from .._state import state
 from ..blobstore import ByteStream, LocalFile, Redirect, StorageError
 from ..cache import BlobResult
@@ -51,6 +52,8 @@ bp.register_error_handler(DatabaseUnavailable, handle_database_unavailable)
 bp.register_error_handler(StorageError, handle_storage_error)
 bp.register_error_handler(Exception, handle_unexpected)
 bp.after_request(add_api_version)
+bp.before_request(requestlog.begin)
+bp.after_request(requestlog.finish)
 
 _PULL_METHODS = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -108,6 +111,7 @@ def manifest(name: str, reference: str) -> Response:
     _refuse_writes()
     path = parse_proxy_path(name)
     validate_reference(reference)
+    requestlog.note_target(path.group_path, path.image, reference)
     group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
@@ -116,6 +120,7 @@ def manifest(name: str, reference: str) -> Response:
         )
     finally:
         cache.finish_request()
+    requestlog.note_outcome("manifest", result.outcome, result.outcome.from_cache)
     response = Response(result.content, mimetype=result.media_type)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
@@ -144,6 +149,7 @@ def tags(name: str) -> Response:
     _refuse_writes()
     path = parse_proxy_path(name)
     n, last = _pagination()
+    requestlog.note_target(path.group_path, path.image, "tags/list")
     group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
@@ -183,12 +189,16 @@ def blob(name: str, digest: str) -> Response:
     _refuse_writes()
     path = parse_proxy_path(name)
     validate_digest(digest)
+    requestlog.note_target(path.group_path, path.image, digest)
     group = state(None).access.authorize_pull(principal, path.group_path)
     try:
-        response = _blob_response(_find_blob(group, path, digest))
+        result = _find_blob(group, path, digest)
+        response = _blob_response(result)
     except FileNotFoundError:
         # Cleanup removed the file between the lookup and the open: fetch it again.
-        response = _blob_response(_find_blob(group, path, digest))
+        result = _find_blob(group, path, digest)
+        response = _blob_response(result)
+    requestlog.note_outcome("blob", result.outcome, result.outcome.from_cache)
     return _cut_off_stalled_clients(response)
 
 
@@ -213,7 +223,7 @@ def _cut_off_stalled_clients(response: Response) -> Response:
         with contextlib.suppress(OSError):
             sock.settimeout(None)
 
-    response.call_on_close(lift)
+    requestlog.after_body(response, lift)
     return response
 
 

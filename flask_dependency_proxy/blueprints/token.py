@@ -24,6 +24,7 @@ from flask import Blueprint, Response, json, jsonify, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .. import requestlog
 from .._state import ProxyState, state
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
@@ -41,6 +42,8 @@ if t.TYPE_CHECKING:
 
 bp = Blueprint("dependency_proxy_token", __name__)
 bp.after_request(add_api_version)
+bp.before_request(requestlog.begin)
+bp.after_request(requestlog.finish)
 
 #: Longest username and secret read; anything longer is refused unchecked.
 _MAX_CREDENTIAL_LENGTH = 1024

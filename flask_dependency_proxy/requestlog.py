@@ -1,0 +1,171 @@
+"""What one registry request did: its metrics and its log line.
+
+The registry and token views note what they learn (group, image, reference, the cache's
+outcome) on the request; the upstream client notes the status of upstream's last answer.
+When the response's headers are ready, :func:`finish` counts the request in the
+metrics; when its body has been sent (or the client went away), one line goes to the
+``flask_dependency_proxy.requests`` logger at INFO, as ``key=value`` pairs or as one JSON
+object (``DEPENDENCY_PROXY_REQUEST_LOG``), so a log pipeline can parse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import typing as t
+
+from flask import Response, g, has_request_context, request
+from werkzeug.wsgi import ClosingIterator
+
+from ._state import state
+
+request_log = logging.getLogger("flask_dependency_proxy.requests")
+
+_KEY = "_dependency_proxy_request"
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """What a registry request did, as its log line and the metrics tell it."""
+
+    started: float
+    group: str | None = None
+    image: str | None = None
+    reference: str | None = None
+    #: ``manifest`` or ``blob``, when the cache answered one.
+    kind: str | None = None
+    #: The cache's :class:`~flask_dependency_proxy.cache.Outcome`, as text.
+    outcome: str | None = None
+    from_cache: bool = True
+    upstream_status: int | None = None
+    upstream_failed: bool = False
+
+
+def begin() -> None:
+    """Start the record of a registry request (a ``before_request`` hook)."""
+    setattr(g, _KEY, RequestRecord(started=time.monotonic()))
+
+
+def _record() -> RequestRecord | None:
+    if not has_request_context():
+        return None
+    return t.cast("RequestRecord | None", g.get(_KEY))
+
+
+def note_target(group: str, image: str, reference: str) -> None:
+    """The group, image and tag or digest the request is about."""
+    record = _record()
+    if record is not None:
+        record.group, record.image, record.reference = group, image, reference
+
+
+def note_outcome(kind: str, outcome: str, from_cache: bool) -> None:
+    """How the cache answered the manifest or blob of this request."""
+    record = _record()
+    if record is not None:
+        record.kind, record.outcome, record.from_cache = kind, outcome, from_cache
+
+
+def note_upstream_status(status: int | None) -> None:
+    """Upstream's last answer during this request (``None``: no answer)."""
+    record = _record()
+    if record is not None:
+        record.upstream_status = status
+        record.upstream_failed = status is None
+
+
+def finish(response: Response) -> Response:
+    """Count the request and arrange its log line (an ``after_request`` hook)."""
+    record = _record()
+    if record is None:
+        return response
+    proxy = state(None)
+    route = _route_kind()
+    proxy.metrics.registry_request(
+        route, request.method, response.status_code, time.monotonic() - record.started
+    )
+    size = response.content_length
+    if record.outcome is not None and request.method == "GET" and response.status_code < 300:
+        assert record.kind is not None
+        proxy.metrics.cache_outcome(record.kind, record.outcome, record.group)
+        if size:
+            proxy.metrics.served_bytes(record.kind, record.from_cache, size)
+    log_format = proxy.config.request_log
+    if log_format != "off" and request_log.isEnabledFor(logging.INFO):
+        fields = {
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "group": record.group,
+            "image": record.image,
+            "reference": record.reference,
+            "outcome": record.outcome,
+            "bytes": size,
+            "upstream_status": "error" if record.upstream_failed else record.upstream_status,
+            "client": request.remote_addr,
+        }
+        started = record.started
+
+        def write() -> None:
+            fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+            request_log.info(format_line(fields, log_format))
+
+        after_body(response, write)
+    return response
+
+
+def after_body(response: Response, callback: t.Callable[[], None]) -> None:
+    """Run ``callback`` once the server is done with the body: sent, or the client gone.
+
+    Werkzeug runs ``call_on_close`` hooks only around bodies it wraps itself; a
+    direct-passthrough body (a blob file the server may ``sendfile``, a fetch's stream)
+    goes to the server as it is, so there the callback joins the body's own ``close``,
+    which the server calls.
+    """
+    status = response.status_code
+    if (
+        not response.direct_passthrough
+        or request.method == "HEAD"
+        or status < 200
+        or status in (204, 304)
+    ):
+        response.call_on_close(callback)
+        return
+    body: t.Any = response.response
+    if not hasattr(body, "__dict__"):  # a generator: wrapping it costs nothing per chunk
+        response.response = ClosingIterator(body, [callback])
+        return
+    previous = getattr(body, "close", None)
+
+    def close() -> None:
+        try:
+            if previous is not None:
+                previous()
+        finally:
+            callback()
+
+    # A file wrapper keeps its type, so the server still recognises it for sendfile.
+    body.close = close
+
+
+def _route_kind() -> str:
+    endpoint = request.endpoint or ""
+    return endpoint.rpartition(".")[2] if endpoint else "unknown"
+
+
+def format_line(fields: dict[str, t.Any], log_format: str) -> str:
+    """One log line: ``key=value`` pairs (``-`` for none, quoted when needed) or JSON."""
+    if log_format == "json":
+        return json.dumps(fields, separators=(",", ":"))
+    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+
+
+def _value(value: t.Any) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    if not text or any(c in text for c in ' "=\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
