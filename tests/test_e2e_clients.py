@@ -1,0 +1,181 @@
+"""Docker's daemon and containerd's ``ctr`` pull through the proxy as the README says.
+
+One ``dockerd`` and one standalone ``containerd`` serve the whole module. Every test
+pushes an image of its own to the upstream and checks what a user sees: the image ID
+equals the upstream's config digest, the platform's store holds the blobs, and a second
+pull asks upstream for no blob again. The containerd mirror recipe is read from the
+README, so the documented ``hosts.toml`` is the one that is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests.support import checks, images, seed
+from tests.support.containerd import Containerd
+from tests.support.dockerd import Dockerd
+from tests.support.platform import Platform
+from tests.support.processes import ProcessFactory
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.e2e
+
+#: The subject is the clients, not the database.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def engine(
+    module_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    platform: Platform,
+) -> t.Iterator[Dockerd]:
+    """One logged-in ``dockerd`` for the module."""
+    daemon = Dockerd(module_processes, tmp_path_factory.mktemp("dockerd")).start()
+    checks.ok(daemon.login(platform.host, seed.ALICE.username, seed.ALICE.password))
+    yield daemon
+    daemon.process.stop()
+
+
+@pytest.fixture(scope="module")
+def containerd(
+    module_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Containerd]:
+    daemon = Containerd(module_processes, tmp_path_factory.mktemp("containerd")).start()
+    yield daemon
+    daemon.process.stop()
+
+
+def _push(upstream: Registry, name: str, tmp_path: Path) -> images.Pushed:
+    image = images.build_image(f"{name}-seed", layer_sizes=(2048, 4096))
+    return images.push(image, upstream, f"library/{name}", "latest", workdir=tmp_path)
+
+
+def _cached(platform: Platform, pushed: images.Pushed) -> None:
+    for digest in pushed.blob_digests:
+        assert platform.stored_blobs_for(digest), f"{digest} is not in the cache"
+
+
+def _image_id(engine: Dockerd, reference: str) -> str:
+    inspected = json.loads(checks.ok(engine.docker("image", "inspect", reference)).stdout)
+    return t.cast(str, inspected[0]["Id"])
+
+
+def test_docker_pull_by_tag_then_by_digest(
+    platform: Platform, upstream: Registry, engine: Dockerd, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    reference = platform.image(seed.ACME, unique_name, "latest")
+    checks.ok(engine.docker("pull", reference))
+    assert _image_id(engine, reference) == pushed.config_digest
+    _cached(platform, pushed)
+
+    checks.ok(engine.docker("rmi", reference))
+    mark = upstream.mark()
+    by_digest = platform.image(seed.ACME, unique_name, pushed.digest)
+    pulled = checks.ok(engine.docker("pull", by_digest)).stdout
+    assert pushed.digest in pulled
+    assert _image_id(engine, by_digest) == pushed.config_digest
+    # A digest is served from the cache: upstream sees neither a manifest nor a blob.
+    assert upstream.count("GET", kind="blobs", since=mark) == 0
+    assert upstream.count(kind="manifests", since=mark) == 0
+
+    checks.ok(engine.docker("rmi", by_digest))
+    mark = upstream.mark()
+    checks.ok(engine.docker("pull", reference))
+    assert upstream.count("GET", kind="blobs", since=mark) == 0
+
+
+def test_docker_pull_platform_arm64_of_a_multi_arch_image(
+    platform: Platform, upstream: Registry, engine: Dockerd, unique_name: str, tmp_path: Path
+) -> None:
+    index = images.build_index(f"{unique_name}-seed", layer_sizes=(1024, 2048))
+    pushed = images.push(index, upstream, f"library/{unique_name}", "latest", workdir=tmp_path)
+    reference = platform.image(seed.ACME, unique_name, "latest")
+    checks.ok(engine.docker("pull", "--platform", "linux/arm64", reference))
+    inspected = json.loads(checks.ok(engine.docker("image", "inspect", reference)).stdout)[0]
+    arm64 = pushed.child("arm64")
+    assert inspected["Id"] == arm64.config_digest
+    assert inspected["Architecture"] == "arm64"
+    _cached(platform, arm64)
+    # Only the arm64 image was fetched, not its amd64 sibling.
+    assert not platform.stored_blobs_for(t.cast(str, pushed.child("amd64").config_digest))
+
+
+def test_docker_build_from_the_proxy(
+    platform: Platform, upstream: Registry, engine: Dockerd, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    context = tmp_path / "context"
+    context.mkdir()
+    base = platform.image(seed.ACME, unique_name, "latest")
+    (context / "Dockerfile").write_text(f'FROM {base}\nLABEL built.from="proxy"\n')
+    built = f"built-{unique_name}:1"
+    checks.ok(engine.docker("build", "--pull", "-t", built, str(context)))
+    assert _image_id(engine, base) == pushed.config_digest
+    inspected = json.loads(checks.ok(engine.docker("image", "inspect", built)).stdout)[0]
+    assert inspected["Config"]["Labels"]["built.from"] == "proxy"
+    _cached(platform, pushed)
+
+
+def test_ctr_pull_with_user(
+    platform: Platform,
+    upstream: Registry,
+    containerd: Containerd,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    reference = platform.image(seed.ACME, unique_name, "latest")
+    checks.ok(containerd.pull(reference, seed.ALICE.username, seed.ALICE.password))
+    check = checks.ok(containerd.ctr("images", "check")).stdout
+    line = next(line for line in check.splitlines() if line.startswith(reference))
+    assert pushed.digest in line and "complete (3/3)" in line, check
+    _cached(platform, pushed)
+
+
+def _readme_hosts_toml(platform: Platform) -> str:
+    """The README's ``hosts.toml`` for containerd, pointed at the live platform."""
+    text = README.read_text()
+    found = re.search(
+        r"```toml\n(# /etc/containerd/certs\.d/docker\.io/hosts\.toml\n.*?)```", text, re.S
+    )
+    assert found, "the README has no containerd hosts.toml recipe"
+    return found.group(1).replace("gitlab.example.com", platform.host)
+
+
+def test_ctr_pull_through_the_readme_hosts_toml(
+    platform: Platform,
+    upstream: Registry,
+    containerd: Containerd,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    hosts_dir = tmp_path / "certs.d"
+    (hosts_dir / "docker.io").mkdir(parents=True)
+    (hosts_dir / "docker.io" / "hosts.toml").write_text(_readme_hosts_toml(platform))
+    reference = f"docker.io/library/{unique_name}:latest"
+    result = containerd.ctr(
+        "images",
+        "pull",
+        "--hosts-dir",
+        str(hosts_dir),
+        "--snapshotter",
+        "native",
+        "--user",
+        f"{seed.ALICE.username}:{seed.ALICE.password}",
+        reference,
+    )
+    checks.ok(result)
+    check = checks.ok(containerd.ctr("images", "check")).stdout
+    line = next(line for line in check.splitlines() if line.startswith(reference))
+    assert pushed.digest in line and "complete (3/3)" in line, check
+    _cached(platform, pushed)
