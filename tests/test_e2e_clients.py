@@ -9,8 +9,10 @@ README, so the documented ``hosts.toml`` is the one that is tested.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import socket
 import typing as t
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.support import checks, images, seed
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.platform import Platform
-from tests.support.processes import ProcessFactory
+from tests.support.processes import LiveProcess, ProcessFactory, free_port
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +31,59 @@ pytestmark = pytest.mark.e2e
 UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+_MIRROR_SNIPPET = re.compile(
+    r"<!-- docker-mirror:begin -->\s*```nginx\n(?P<body>.*?)```\s*<!-- docker-mirror:end -->",
+    re.DOTALL,
+)
+#: Docker Hub's key in the docker client's config: the credentials dockerd sends a mirror.
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+
+
+def _mirror_config(run_dir: Path, port: int, platform: Platform) -> str:
+    """The README's docker mirror snippet, listening on ``port``, in front of the
+    live platform, inside an ``http`` block whose files stay in ``run_dir``."""
+    found = _MIRROR_SNIPPET.search(README.read_text())
+    assert found, "README.md has no ```nginx block between the docker-mirror markers"
+    snippet = found.group("body")
+    assert snippet.count("listen 80;") == 1, snippet
+    snippet = snippet.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    assert "https://gitlab.example.com" in snippet, snippet
+    snippet = snippet.replace("https://gitlab.example.com", platform.url)
+    temp = {name: run_dir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for folder in temp.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return (
+        "daemon off;\nuser root;\nworker_processes 1;\n"
+        f"pid {run_dir / 'nginx.pid'};\nerror_log stderr info;\n"
+        "events { worker_connections 512; }\nhttp {\n    access_log /dev/stdout;\n"
+        + "".join(f"    {name}_temp_path {path};\n" for name, path in temp.items())
+        + snippet
+        + "}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def mirror(
+    module_processes: ProcessFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    platform: Platform,
+) -> t.Iterator[str]:
+    """nginx with the README's docker mirror snippet; yields its ``host:port``."""
+    run_dir = tmp_path_factory.mktemp("mirror")
+    port = free_port()
+    config = run_dir / "nginx.conf"
+    config.write_text(_mirror_config(run_dir, port, platform))
+    process: LiveProcess = module_processes.create(
+        "nginx-mirror", ["nginx", "-e", "stderr", "-p", str(run_dir), "-c", str(config)]
+    )
+
+    def answers() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+
+    process.start(ready=answers, timeout=30)
+    yield f"127.0.0.1:{port}"
+    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +91,19 @@ def engine(
     module_processes: ProcessFactory,
     tmp_path_factory: pytest.TempPathFactory,
     platform: Platform,
+    mirror: str,
 ) -> t.Iterator[Dockerd]:
-    """One logged-in ``dockerd`` for the module."""
-    daemon = Dockerd(module_processes, tmp_path_factory.mktemp("dockerd")).start()
+    """One ``dockerd`` for the module, logged in to the platform, with the nginx mirror
+    as its ``registry-mirrors`` and the platform credential under Docker Hub's key."""
+    daemon = Dockerd(module_processes, tmp_path_factory.mktemp("dockerd"))
+    daemon.process.argv += ["--registry-mirror", f"http://{mirror}"]
+    daemon.start()
     checks.ok(daemon.login(platform.host, seed.ALICE.username, seed.ALICE.password))
+    config_path = daemon.config_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    secret = f"{seed.ALICE.username}:{seed.ALICE.password}".encode()
+    config["auths"][DOCKER_HUB_AUTH_KEY] = {"auth": base64.b64encode(secret).decode()}
+    config_path.write_text(json.dumps(config))
     yield daemon
     daemon.process.stop()
 
@@ -179,3 +243,16 @@ def test_ctr_pull_through_the_readme_hosts_toml(
     line = next(line for line in check.splitlines() if line.startswith(reference))
     assert pushed.digest in line and "complete (3/3)" in line, check
     _cached(platform, pushed)
+
+
+def test_docker_registry_mirror_through_the_readme_nginx_rewrite(
+    platform: Platform, upstream: Registry, engine: Dockerd, unique_name: str, tmp_path: Path
+) -> None:
+    """``docker pull NAME`` of an official image goes to the mirror, which maps it to
+    the group; the platform caches it (there is no Docker Hub to fall back to here)."""
+    pushed = _push(upstream, unique_name, tmp_path)
+    mark = upstream.mark()
+    checks.ok(engine.docker("pull", unique_name))
+    assert _image_id(engine, unique_name) == pushed.config_digest
+    _cached(platform, pushed)
+    assert upstream.count("GET", kind="blobs", since=mark) == len(pushed.blob_digests)
