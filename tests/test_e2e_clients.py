@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import checks, images, seed
+from tests.support.clients import Podman
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.platform import Platform
@@ -256,3 +257,32 @@ def test_docker_registry_mirror_through_the_readme_nginx_rewrite(
     assert _image_id(engine, unique_name) == pushed.config_digest
     _cached(platform, pushed)
     assert upstream.count("GET", kind="blobs", since=mark) == len(pushed.blob_digests)
+
+
+def _readme_registries_conf(platform: Platform) -> str:
+    """The README's podman ``registries.conf`` drop-in, pointed at the live platform."""
+    found = re.search(
+        r"```toml\n(# /etc/containers/registries\.conf\.d/dependency-proxy\.conf\n.*?)```",
+        README.read_text(),
+        re.S,
+    )
+    assert found, "the README has no podman registries.conf recipe"
+    return found.group(1).replace("gitlab.example.com", platform.host)
+
+
+def test_podman_mirror_recipe_of_the_readme_needs_its_login(
+    platform: Platform, upstream: Registry, podman: Podman, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    conf = tmp_path / "dependency-proxy.conf"
+    conf.write_text(_readme_registries_conf(platform))
+    podman.env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+    reference = f"docker.io/library/{unique_name}:latest"
+    pull = ["pull", "--quiet", "--authfile", str(podman.authfile), reference]
+    # Without the login the mirror is skipped (and Docker Hub is out of reach here).
+    assert podman.run(*pull).returncode != 0
+    assert not platform.stored_blobs_for(t.cast(str, pushed.config_digest))
+    checks.ok(podman.login(platform.host, seed.ALICE.username, seed.ALICE.password))
+    checks.ok(podman.run(*pull))
+    assert podman.image_inspect(reference)["Id"] == pushed.config_digest[7:]
+    _cached(platform, pushed)
