@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import typing as t
 from pathlib import Path
 
@@ -286,3 +290,38 @@ def test_podman_mirror_recipe_of_the_readme_needs_its_login(
     checks.ok(podman.run(*pull))
     assert podman.image_inspect(reference)["Id"] == pushed.config_digest[7:]
     _cached(platform, pushed)
+
+
+def test_buildah_pulls_through_the_readme_mirror_after_its_login(
+    platform: Platform, upstream: Registry, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path)
+    conf = tmp_path / "dependency-proxy.conf"
+    conf.write_text(_readme_registries_conf(platform))
+    (tmp_path / "buildah-tmp").mkdir()
+    # Run state in a short folder: containers/storage limits the runroot's path length.
+    runroot = tempfile.mkdtemp(prefix="fdp-buildah-", dir="/tmp")
+    env = {
+        **os.environ,
+        "CONTAINERS_REGISTRIES_CONF": str(conf),
+        "TMPDIR": str(tmp_path / "buildah-tmp"),
+    }
+    authfile = str(tmp_path / "buildah-auth.json")
+    base = ["buildah", "--root", str(tmp_path / "buildah-root"), "--runroot", runroot]
+    base += ["--storage-driver", "vfs"]
+
+    def buildah(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, env=env, timeout=120)
+
+    try:
+        secret = seed.ALICE.password
+        user = seed.ALICE.username
+        login = ["login", "--tls-verify=false", "--authfile", authfile, "-u", user]
+        checks.ok(buildah(*login, "-p", secret, platform.host))
+        reference = f"docker.io/library/{unique_name}:latest"
+        checks.ok(buildah("pull", "--quiet", "--authfile", authfile, reference))
+        inspected = json.loads(checks.ok(buildah("inspect", "--type", "image", reference)).stdout)
+        assert inspected["FromImageID"] == pushed.config_digest[7:]
+        _cached(platform, pushed)
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
