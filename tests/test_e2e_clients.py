@@ -217,7 +217,8 @@ def _readme_hosts_toml(platform: Platform) -> str:
         r"```toml\n(# /etc/containerd/certs\.d/docker\.io/hosts\.toml\n.*?)```", text, re.S
     )
     assert found, "the README has no containerd hosts.toml recipe"
-    return found.group(1).replace("gitlab.example.com", platform.host)
+    assert "https://gitlab.example.com/v2/" in found.group(1), found.group(1)
+    return found.group(1).replace("https://gitlab.example.com", platform.url)
 
 
 def test_ctr_pull_through_the_readme_hosts_toml(
