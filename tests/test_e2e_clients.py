@@ -132,6 +132,12 @@ def _cached(platform: Platform, pushed: images.Pushed) -> None:
         assert platform.stored_blobs_for(digest), f"{digest} is not in the cache"
 
 
+def _group_blobs(platform: Platform) -> dict[str, int]:
+    """The group's cached blobs as ``stats --json`` counts them."""
+    document = json.loads(platform.flask("dependency-proxy", "stats", seed.ACME, "--json").stdout)
+    return t.cast(dict[str, int], document["groups"][0]["blobs"])
+
+
 def _image_id(engine: Dockerd, reference: str) -> str:
     inspected = json.loads(checks.ok(engine.docker("image", "inspect", reference)).stdout)
     return t.cast(str, inspected[0]["Id"])
@@ -141,10 +147,14 @@ def test_docker_pull_by_tag_then_by_digest(
     platform: Platform, upstream: Registry, engine: Dockerd, unique_name: str, tmp_path: Path
 ) -> None:
     pushed = _push(upstream, unique_name, tmp_path)
+    before = _group_blobs(platform)
     reference = platform.image(seed.ACME, unique_name, "latest")
     checks.ok(engine.docker("pull", reference))
     assert _image_id(engine, reference) == pushed.config_digest
     _cached(platform, pushed)
+    after = _group_blobs(platform)
+    assert after["count"] == before["count"] + len(pushed.blob_digests), (before, after)
+    assert after["size"] > before["size"]
 
     checks.ok(engine.docker("rmi", reference))
     mark = upstream.mark()
