@@ -188,3 +188,23 @@ class GroupUpstreamRow(Base):
     username_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
     password_encrypted: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
     updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class UsageDay(Base):
+    """What a group's pulls took from the cache and from upstream on one UTC day
+    (written in batches by :mod:`..usage`)."""
+
+    __tablename__ = f"{TABLE_PREFIX}usage_days"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    day: orm.Mapped[dt.date] = orm.mapped_column(sa.Date, primary_key=True)
+    #: Manifest GETs answered from the cache (hit, revalidated or stale).
+    pulls_cached: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    #: Manifest GETs fetched from upstream.
+    pulls_upstream: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    #: Blob bytes served from the cache.
+    bytes_cached: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    #: Blob bytes fetched from upstream.
+    bytes_upstream: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)

@@ -1,0 +1,57 @@
+"""Rows of ``dependency_proxy_usage_days``: a batch of counters written in one upsert,
+and a group's days read back for its page and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+import sqlalchemy as sa
+
+from ..usage import DayCounts, Key
+from .tables import UsageDay
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+_COLUMNS = ("pulls_cached", "pulls_upstream", "bytes_cached", "bytes_upstream")
+
+
+def _insert_for(session: Session) -> t.Any:
+    """The dialect's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL and SQLite have it)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    name = session.get_bind(mapper=UsageDay).dialect.name
+    return postgresql.insert if name == "postgresql" else sqlite.insert
+
+
+def write_usage(session: Session, batch: dict[Key, DayCounts]) -> None:
+    """Add ``batch`` to the stored days in one statement, then commit."""
+    if not batch:
+        return
+    insert = _insert_for(session)
+    statement = insert(UsageDay).values(
+        [
+            {"group_id": group_id, "day": day, **{c: getattr(counts, c) for c in _COLUMNS}}
+            for (group_id, day), counts in sorted(batch.items())
+        ]
+    )
+    table = UsageDay.__table__
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.group_id, table.c.day],
+        set_={c: table.c[c] + statement.excluded[c] for c in _COLUMNS},
+    )
+    try:
+        session.execute(statement)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def read_usage(session: Session, group_id: int, since: dt.date) -> dict[dt.date, DayCounts]:
+    """The group's stored days from ``since`` on."""
+    rows = session.execute(
+        sa.select(UsageDay).where(UsageDay.group_id == group_id, UsageDay.day >= since)
+    ).scalars()
+    return {row.day: DayCounts(*(getattr(row, c) for c in _COLUMNS)) for row in rows}
