@@ -36,6 +36,7 @@ from .inflight import BlobFetcher, BlobTooLarge
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
+from .models.usage import write_usage
 from .quota import QuotaPolicy, Quotas, blob_too_large
 from .reference import (
     MEDIA_TYPE_DOCKER_LIST,
@@ -54,6 +55,7 @@ from .upstream import (
     UpstreamRateLimited,
 )
 from .upstreams import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
+from .usage import UsageBuffer
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ class PullThroughCache:
         self._clock = clock
         self.database = metadata.database
         self.recent_blobs = _RecentBlobs()
+        #: Pulls and bytes per group and day, written by :meth:`finish_request`.
+        self.usage = UsageBuffer()
         self._bookkeeping_failed = False
         self.quotas = Quotas(
             QuotaRecords(lambda: metadata.session),
@@ -445,6 +449,7 @@ class PullThroughCache:
         Bookkeeping never fails a request: while the database is unavailable the
         last-read times stay buffered, and the outage is logged once.
         """
+        self._flush_usage()
         try:
             if not self.metadata.flush_due():
                 return
@@ -460,6 +465,16 @@ class PullThroughCache:
             self._bookkeeping_failed = False
         finally:
             self.metadata.release()
+
+    def _flush_usage(self) -> None:
+        """Write the usage counters when due; a failed write keeps them for the next."""
+        if not self.usage.flush_due():
+            return
+        try:
+            with self.database.phase("writing usage counters", has_fallback=True):
+                self.usage.flush(lambda batch: write_usage(self.metadata.session, batch))
+        except Exception as exc:
+            log.warning("usage counters kept for later: %s", exc)
 
     # -- upstreams -----------------------------------------------------------------------
 

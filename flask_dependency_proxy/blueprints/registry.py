@@ -121,6 +121,8 @@ def manifest(name: str, reference: str) -> Response:
     finally:
         cache.finish_request()
     requestlog.note_outcome("manifest", result.outcome, result.outcome.from_cache)
+    if request.method == "GET":
+        cache.usage.count_pull(group.id, result.outcome)
     response = Response(result.content, mimetype=result.media_type)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
@@ -199,6 +201,8 @@ def blob(name: str, digest: str) -> Response:
         result = _find_blob(group, path, digest)
         response = _blob_response(result)
     requestlog.note_outcome("blob", result.outcome, result.outcome.from_cache)
+    if request.method == "GET":
+        state(None).cache.usage.count_bytes(group.id, result.outcome, result.size or 0)
     return _cut_off_stalled_clients(response)
 
 
