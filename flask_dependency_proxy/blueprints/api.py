@@ -31,6 +31,7 @@ within ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`..database`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import re
@@ -58,8 +59,10 @@ from ..models.admin import (
 from ..models.quota import QuotaRecords
 from ..models.tables import Status, utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
+from ..models.usage import read_usage
 from ..quota import MAX_GROUP_LIMIT_BYTES
 from ..reference import GROUP_PATH_RE
+from ..usage import DayCounts
 from . import _group_upstreams as group_upstreams
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
@@ -491,6 +494,35 @@ def manifests(group_ref: str) -> Response:
     page, per_page = _page_args()
     listing = _admin().list_manifests(group.id, page, per_page)
     return _paginated(listing, [_manifest_body(item) for item in listing.items])
+
+
+@bp.route(f"{_ROUTE}/usage", methods=_ALL_METHODS)
+@_database_phase
+def usage(group_ref: str) -> Response:
+    """What the cache saved the group, day by day, over the last ``days`` UTC days."""
+    _methods("GET")
+    group = _group(group_ref)
+    days = _positive_int("days", 30, 366)
+    today = dt.datetime.now(dt.UTC).date()
+    since = today - dt.timedelta(days=days - 1)
+    stored = read_usage(state(None).metadata.session, group.id, since)
+    rows = []
+    for offset in range(days):
+        day = since + dt.timedelta(days=offset)
+        counts = stored.get(day, DayCounts())
+        rows.append({"day": day.isoformat(), **dataclasses.asdict(counts)})
+    cached = sum(r["pulls_cached"] for r in rows)
+    fetched = sum(r["pulls_upstream"] for r in rows)
+    return _json(
+        {
+            "days": rows,
+            "pulls_cached": cached,
+            "pulls_upstream": fetched,
+            "bytes_saved": sum(r["bytes_cached"] for r in rows),
+            "bytes_upstream": sum(r["bytes_upstream"] for r in rows),
+            "hit_ratio": cached / (cached + fetched) if cached + fetched else None,
+        }
+    )
 
 
 @bp.route(f"{_ROUTE}/blobs", methods=_ALL_METHODS)

@@ -1,0 +1,31 @@
+"""``GET .../dependency_proxy/usage``: the group's figures per day, totals and hit ratio."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask_dependency_proxy import state
+from flask_dependency_proxy.models.usage import write_usage
+from flask_dependency_proxy.usage import DayCounts
+from tests.test_api import API, Env, env, shared_env  # noqa: F401
+
+
+def test_usage_figures_and_validation(env: Env) -> None:  # noqa: F811
+    url = f"{API}/org/dependency_proxy/usage"
+    body = env.client().get(url, headers=env.auth()).get_json()
+    assert len(body["days"]) == 30 and body["hit_ratio"] is None
+    today = dt.datetime.now(dt.UTC).date()
+    gid = env.world.group_ids["org"]
+    write_usage(state(None).metadata.session, {(gid, today): DayCounts(3, 1, 900, 100)})
+    body = env.client().get(f"{url}?days=7", headers=env.auth()).get_json()
+    assert len(body["days"]) == 7
+    assert body["days"][-1] == {
+        "day": today.isoformat(),
+        "pulls_cached": 3,
+        "pulls_upstream": 1,
+        "bytes_cached": 900,
+        "bytes_upstream": 100,
+    }
+    assert (body["bytes_saved"], body["hit_ratio"]) == (900, 0.75)
+    for bad in ("0", "x", "400"):
+        assert env.client().get(f"{url}?days={bad}", headers=env.auth()).status_code == 400
