@@ -349,8 +349,14 @@ class PullThroughCache:
 
     # -- blobs -----------------------------------------------------------------------
 
-    def get_blob(self, group_id: int, path: ProxyPath, digest: str) -> BlobResult:
-        """A blob from the store, or a stream of an upstream fetch that caches it."""
+    def get_blob(
+        self, group_id: int, path: ProxyPath, digest: str, *, until_committed: bool = False
+    ) -> BlobResult:
+        """A blob from the store, or a stream of an upstream fetch that caches it.
+
+        :param until_committed: a fetch's stream ends only once the blob is committed to
+            the store, not when its last byte is verified (a warm-up that exits next).
+        """
         size = self._held_blob_size(group_id, digest, touch=True)
         if size is not None:
             return self._stored(digest, size)
@@ -383,7 +389,10 @@ class PullThroughCache:
             return self._stored(digest, size)
         fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
         return BlobResult(
-            digest=digest, size=fetch.size, stream=fetch.follow(self.store), outcome=Outcome.MISS
+            digest=digest,
+            size=fetch.size,
+            stream=fetch.follow(self.store, until_committed=until_committed),
+            outcome=Outcome.MISS,
         )
 
     def _stored(self, digest: str, size: int) -> BlobResult:

@@ -255,7 +255,10 @@ class Warmer:
         fetched = fetched_bytes = cached = 0
         for blob in plan.blobs.values():
             try:
-                result = self.cache.get_blob(self.group_id, plan.path, blob.digest)
+                # Done means committed: the process may exit right after the last blob.
+                result = self.cache.get_blob(
+                    self.group_id, plan.path, blob.digest, until_committed=True
+                )
             finally:
                 self.cache.finish_request()
             if result.stream is None:
