@@ -185,7 +185,8 @@ REQUEST_LOG = "keyvalue"
 #: store before it answers 503.
 READY_TIMEOUT_SECONDS = 2.0
 
-_PREFIX = "DEPENDENCY_PROXY_"
+#: What every configuration key and its environment variable start with.
+ENV_PREFIX = _PREFIX = "DEPENDENCY_PROXY_"
 
 
 @dataclasses.dataclass(frozen=True)
