@@ -144,6 +144,11 @@ READ_TIME_GRANULARITY_SECONDS = 3600
 #: The host template the group pages extend; it must define ``title`` and ``content``
 #: blocks and show flashed messages.
 BASE_TEMPLATE = "base.html"
+#: Where anonymous visitors of the pages go to sign in: an endpoint name
+#: (``"auth.login"``) or a URL (``"/login"``, ``"https://sso.example.com/login"``); they
+#: come back through ``?next=``. ``None``: Flask-Login's ``login_manager.unauthorized()``
+#: when the app has Flask-Login, else a plain 401.
+LOGIN_VIEW: str | None = None
 #: Run cleanup periodically in a thread of each web process (single-host setups).
 #: Elsewhere run ``flask dependency-proxy cleanup`` from cron.
 CLEANUP_SCHEDULER = False
@@ -233,6 +238,7 @@ class ProxyConfig:
     database_timeout_seconds: float
     # -- pages, REST API and cache life cycle --
     base_template: str
+    login_view: str | None
     cleanup_scheduler: bool
     cleanup_interval_seconds: float
     cleanup_batch_size: int
@@ -535,6 +541,7 @@ _FIELDS: dict[str, Coerce] = {
     "client_send_timeout_seconds": _number(float, 0),
     "database_timeout_seconds": _number(float, 0),
     "base_template": _text("a template name, such as 'base.html'"),
+    "login_view": _optional(_text("an endpoint name or a URL")),
     "cleanup_scheduler": _boolean,
     "cleanup_interval_seconds": _number(float, 1),
     "cleanup_batch_size": _number(int, 1),
