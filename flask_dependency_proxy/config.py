@@ -36,6 +36,7 @@ CREDENTIAL_KEYS: tuple[str, ...] | None = None
 UPSTREAM_URL = DOCKER_HUB_URL
 #: Optional credentials for that upstream (e.g. a paid Docker Hub account).
 UPSTREAM_USERNAME: str | None = None
+#: Its password or token.
 UPSTREAM_PASSWORD: str | None = None
 #: Seconds to wait for a TCP connection to the upstream.
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
@@ -48,7 +49,9 @@ UPSTREAM_RETRIES = 2
 #: again; each failed try doubles the wait up to ``UPSTREAM_DOWN_MAX_SECONDS``. ``0``
 #: never marks an upstream down.
 UPSTREAM_DOWN_AFTER_FAILURES = 3
+#: How long an upstream taken for down is not asked, at first.
 UPSTREAM_DOWN_SECONDS = 5.0
+#: The longest that wait grows to.
 UPSTREAM_DOWN_MAX_SECONDS = 300.0
 #: The URL clients use to reach this application (token realm, image prefix, CI
 #: variables). ``None`` derives it from each request's host.
