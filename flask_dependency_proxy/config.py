@@ -36,6 +36,7 @@ CREDENTIAL_KEYS: tuple[str, ...] | None = None
 UPSTREAM_URL = DOCKER_HUB_URL
 #: Optional credentials for that upstream (e.g. a paid Docker Hub account).
 UPSTREAM_USERNAME: str | None = None
+#: Its password or token.
 UPSTREAM_PASSWORD: str | None = None
 #: Seconds to wait for a TCP connection to the upstream.
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
@@ -48,7 +49,9 @@ UPSTREAM_RETRIES = 2
 #: again; each failed try doubles the wait up to ``UPSTREAM_DOWN_MAX_SECONDS``. ``0``
 #: never marks an upstream down.
 UPSTREAM_DOWN_AFTER_FAILURES = 3
+#: How long an upstream taken for down is not asked, at first.
 UPSTREAM_DOWN_SECONDS = 5.0
+#: The longest that wait grows to.
 UPSTREAM_DOWN_MAX_SECONDS = 300.0
 #: The URL clients use to reach this application (token realm, image prefix, CI
 #: variables). ``None`` derives it from each request's host.
@@ -144,6 +147,11 @@ READ_TIME_GRANULARITY_SECONDS = 3600
 #: The host template the group pages extend; it must define ``title`` and ``content``
 #: blocks and show flashed messages.
 BASE_TEMPLATE = "base.html"
+#: Where anonymous visitors of the pages go to sign in: an endpoint name
+#: (``"auth.login"``) or a URL (``"/login"``, ``"https://sso.example.com/login"``); they
+#: come back through ``?next=``. ``None``: Flask-Login's ``login_manager.unauthorized()``
+#: when the app has Flask-Login, else a plain 401.
+LOGIN_VIEW: str | None = None
 #: Run cleanup periodically in a thread of each web process (single-host setups).
 #: Elsewhere run ``flask dependency-proxy cleanup`` from cron.
 CLEANUP_SCHEDULER = False
@@ -185,7 +193,8 @@ REQUEST_LOG = "keyvalue"
 #: store before it answers 503.
 READY_TIMEOUT_SECONDS = 2.0
 
-_PREFIX = "DEPENDENCY_PROXY_"
+#: What every configuration key and its environment variable start with.
+ENV_PREFIX = _PREFIX = "DEPENDENCY_PROXY_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +241,7 @@ class ProxyConfig:
     database_timeout_seconds: float
     # -- pages, REST API and cache life cycle --
     base_template: str
+    login_view: str | None
     cleanup_scheduler: bool
     cleanup_interval_seconds: float
     cleanup_batch_size: int
@@ -534,6 +544,7 @@ _FIELDS: dict[str, Coerce] = {
     "client_send_timeout_seconds": _number(float, 0),
     "database_timeout_seconds": _number(float, 0),
     "base_template": _text("a template name, such as 'base.html'"),
+    "login_view": _optional(_text("an endpoint name or a URL")),
     "cleanup_scheduler": _boolean,
     "cleanup_interval_seconds": _number(float, 1),
     "cleanup_batch_size": _number(int, 1),

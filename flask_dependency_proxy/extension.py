@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import typing as t
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from ._state import EXTENSION_KEY, ProxyState, state
 from .access import AccessControl
 from .cache import PullThroughCache
-from .config import ProxyConfig, load_config
+from .config import ENV_PREFIX, ProxyConfig, load_config
 from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .credentials import CredentialCipher
 from .host import HostAdapter
@@ -31,6 +32,8 @@ if t.TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 __all__ = ["DependencyProxy", "ProxyState", "state"]
+
+log = logging.getLogger("flask_dependency_proxy")
 
 
 class DependencyProxy:
@@ -72,10 +75,19 @@ class DependencyProxy:
             raise RuntimeError(
                 "Register Flask-SQLAlchemy (db.init_app(app)) before DependencyProxy."
             )
+        _warn_about_unread_environment(app)
         config = load_config(app)
         secret = app.config.get("SECRET_KEY")
         if not secret:
-            raise RuntimeError("DependencyProxy signs registry tokens with SECRET_KEY: set it.")
+            hint = ""
+            if os.environ.get("SECRET_KEY"):
+                hint = (
+                    " SECRET_KEY is in the environment but not in app.config:"
+                    " app.config.from_prefixed_env() reads FLASK_SECRET_KEY."
+                )
+            raise RuntimeError(
+                f"DependencyProxy signs registry tokens with SECRET_KEY: set it.{hint}"
+            )
         fallbacks = list(app.config.get("SECRET_KEY_FALLBACKS") or [])
 
         metadata = CacheMetadata(
@@ -168,11 +180,34 @@ class DependencyProxy:
             app.extensions[f"{EXTENSION_KEY}.scheduler"] = scheduler
         # --
         app.cli.add_command(cli)
+        log.info(
+            "dependency proxy on %s: upstreams %s; blobs in %s",
+            app.name,
+            ", ".join(f"{entry.name} ({entry.url})" for entry in config.upstreams),
+            store.describe(),
+        )
 
     def create_all(self) -> None:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
         state(None).metadata.create_all()
+
+
+def _warn_about_unread_environment(app: Flask) -> None:
+    """Warn about ``DEPENDENCY_PROXY_*`` environment variables that ``app.config`` does
+    not have: the classic mistake is ``from_prefixed_env()``, which reads only
+    ``FLASK_``-prefixed names, so the setting silently keeps its default."""
+    unread = sorted(
+        name for name in os.environ if name.startswith(ENV_PREFIX) and name not in app.config
+    )
+    if unread:
+        log.warning(
+            "environment variables %s are set but app.config does not have them, so"
+            " their defaults apply. app.config.from_prefixed_env() reads FLASK_* names"
+            " only; copy DEPENDENCY_PROXY_* variables into app.config before init_app"
+            " (see the README).",
+            ", ".join(unread),
+        )
 
 
 def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:

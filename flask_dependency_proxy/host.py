@@ -13,7 +13,11 @@ import typing as t
 
 
 class PrincipalKind(enum.StrEnum):
-    """What kind of credential a principal logged in with."""
+    """What kind of credential a principal logged in with.
+
+    The extension records it in logs and passes it back to the host's own methods; it
+    decides nothing by it. Scopes, expiry and what a kind may do are the host's checks.
+    """
 
     USER = "user"
     PERSONAL_ACCESS_TOKEN = "personal_access_token"
@@ -25,8 +29,11 @@ class PrincipalKind(enum.StrEnum):
 class Group:
     """A group of the host platform, as the extension needs to see it.
 
-    :param id: the host's primary key; stored in the extension's tables as a plain column.
-    :param full_path: ``parent/child`` path as it appears in image names.
+    Build one from the host's own group row: ``Group(id=row.id, full_path=row.path)``.
+
+    :param id: the host's primary key; stored in the extension's tables as a plain
+        integer column (no foreign key), so it must never be reused for another group.
+    :param full_path: ``parent/child`` path as it appears in image names, lowercase.
     """
 
     id: int
@@ -35,14 +42,22 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    """Who a registry token was issued to.
+    """Who a registry token, a page view or an API call belongs to.
+
+    The host builds it in :meth:`HostAdapter.authenticate`,
+    :meth:`~HostAdapter.authenticate_api_token`, :meth:`~HostAdapter.current_principal`
+    and :meth:`~HostAdapter.load_principal`; the extension hands it back to
+    :meth:`~HostAdapter.can_read` and :meth:`~HostAdapter.can_admin` and never looks
+    inside except for logs.
 
     :param kind: the credential kind that authenticated.
     :param subject: a stable string the host can resolve again with
         :meth:`HostAdapter.load_principal`, e.g. ``"user:7"`` or ``"deploy_token:3"``.
         It is written into registry tokens, so it must never contain a secret.
     :param username: shown in logs and token responses.
-    :param scopes: the credential's scopes; empty for a password login.
+    :param scopes: the credential's scopes; empty for a password login. The host
+        checks them (``AuthFailure.INSUFFICIENT_SCOPE``): the extension keeps them for
+        the host's ``can_*`` methods and decides nothing by them, not even ``api``.
     """
 
     kind: PrincipalKind
@@ -63,14 +78,21 @@ class AuthFailure(enum.Enum):
 
 @t.runtime_checkable
 class HostAdapter(t.Protocol):
-    """What the extension asks of its host platform.
+    """What the extension asks of its host platform: a :class:`typing.Protocol`, so any
+    object with these methods will do, no subclassing.
 
     Every method is called inside an application context, so the host may use its
-    own database session. ``examples/platform/host.py`` is a complete implementation.
+    own database session. ``examples/minimal/app.py`` is a complete implementation in a
+    few lines, ``examples/platform/host.py`` a complete one for a bigger platform.
     """
 
     def find_group(self, full_path: str) -> Group | None:
-        """Return the group with this full path (already lowercased), or ``None``."""
+        """Return the group with this full path (already lowercased), or ``None``.
+
+        Called for pulls whose grant is not remembered, and for every page view and
+        API call naming a group by path. ``None`` answers registry ``NAME_UNKNOWN``
+        and 404 on the pages and in the API.
+        """
 
     def find_group_by_id(self, group_id: int) -> Group | None:
         """Return the group with this id, or ``None`` (the REST API accepts ids)."""
@@ -86,7 +108,10 @@ class HostAdapter(t.Protocol):
     def authenticate_api_token(self, secret: str) -> Principal | AuthFailure:
         """Check a token sent to the REST API (``PRIVATE-TOKEN`` or ``Bearer``).
 
-        ``AuthFailure.INSUFFICIENT_SCOPE`` for a genuine token without the ``api`` scope.
+        Return ``AuthFailure.INSUFFICIENT_SCOPE`` for a genuine token without the
+        ``api`` scope (answered 403); the extension does not check scopes itself.
+        The principal is then asked :meth:`can_admin` (and :meth:`can_read`, to
+        answer 403 rather than 404) for the group it names.
         """
 
     def current_principal(self) -> Principal | None:
@@ -98,10 +123,19 @@ class HostAdapter(t.Protocol):
         (user blocked, token revoked or expired, job finished)."""
 
     def can_read(self, principal: Principal, group: Group) -> bool:
-        """Whether the principal may pull through the group's proxy."""
+        """Whether the principal may pull through the group's proxy.
+
+        Asked on a pull, and remembered for a few seconds per principal and group;
+        ``False`` answers registry ``NAME_UNKNOWN``, as for a group that does not
+        exist, so a response never tells which.
+        """
 
     def can_admin(self, principal: Principal, group: Group) -> bool:
-        """Whether the principal may change the group's proxy settings and purge its cache."""
+        """Whether the principal may change the group's proxy settings and purge its cache.
+
+        Asked for every page view and every REST API call, for API-token principals
+        too; ``False`` answers 404 on the pages and 403 or 404 in the API.
+        """
 
 
 @t.runtime_checkable

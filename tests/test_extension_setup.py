@@ -130,3 +130,66 @@ def test_cached_blobs_can_be_handed_to_nginx(
     served = Path(state(app).store.blobs_root) / location.removeprefix("/_blobs/")
     assert served.read_bytes() == miss.data
     dispose(app)
+
+
+def _readme_app_factory() -> t.Callable[[], Flask]:
+    """``create_app`` of the README's "Installing it into your own Flask app", with the
+    example platform's host adapter in place of ``myplatform``'s."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Installing it into your own Flask app", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace(
+        "from myplatform.registry_host import PlatformHost",
+        "from examples.platform.host import PlatformHost",
+    )
+    namespace: dict[str, t.Any] = {"__name__": "readme_app"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return t.cast(t.Callable[[], Flask], namespace["create_app"])
+
+
+def test_the_readme_snippet_reads_settings_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLASK_SECRET_KEY", "from-the-environment")
+    monkeypatch.setenv("FLASK_SQLALCHEMY_DATABASE_URI", f"sqlite:///{tmp_path}/db.sqlite")
+    monkeypatch.setenv("DEPENDENCY_PROXY_UPSTREAM_URL", "https://mirror.example.com")
+    monkeypatch.setenv("DEPENDENCY_PROXY_STORAGE_PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("DEPENDENCY_PROXY_TAG_CHECK_INTERVAL", "30")
+    caplog.set_level("INFO", logger="flask_dependency_proxy")
+
+    app = _readme_app_factory()()
+
+    config = state(app).config
+    assert config.upstream_url == "https://mirror.example.com"
+    assert config.tag_check_interval == 30
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "upstreams default (https://mirror.example.com)" in caplog.text
+    assert str(tmp_path / "store") in caplog.text
+
+
+def test_settings_left_in_the_environment_are_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DEPENDENCY_PROXY_UPSTREAM_URL", "https://mirror.example.com")
+    monkeypatch.setenv("DEPENDENCY_PROXY_TOKEN_TTL", "60")
+    app, db = _app(tmp_path, DEPENDENCY_PROXY_TOKEN_TTL=120)
+
+    DependencyProxy(app, db=db, host=PlatformHost())
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    # The one the config lacks, not the one it sets itself.
+    assert "DEPENDENCY_PROXY_UPSTREAM_URL" in warnings[0]
+    assert "DEPENDENCY_PROXY_TOKEN_TTL" not in warnings[0]
+    assert "from_prefixed_env" in warnings[0]
+    assert state(app).config.upstream_url == "https://registry-1.docker.io"
+
+
+def test_a_secret_key_only_in_the_environment_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", "unread")
+    app, db = _app(tmp_path)
+    app.config["SECRET_KEY"] = None
+    with pytest.raises(RuntimeError, match="reads FLASK_SECRET_KEY"):
+        DependencyProxy(app, db=db, host=PlatformHost())

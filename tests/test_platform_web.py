@@ -17,8 +17,10 @@ from tests.platform_fixtures import (
     World,
     build_world,
     csrf_from,
+    dispose,
     fresh_platform,
     login,
+    make_app,
 )
 
 host = PlatformHost()
@@ -325,3 +327,38 @@ def test_the_extension_page_uses_the_platform_layout_and_login(
     token = re.search(r'name="csrf_token" value="([^"]+)"', body).group(1)  # type: ignore[union-attr]
     assert client.post("/users/sign_out", data={"csrf_token": token}).status_code == 302
     assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("login_view", "expected"),
+    [
+        ("/signin", "/signin?next="),
+        (
+            "https://sso.example.com/login?realm=git",
+            "https://sso.example.com/login?realm=git&next=",
+        ),
+        ("auth.login", "/users/sign_in?next="),
+    ],
+)
+def test_anonymous_visitors_go_to_the_login_view(
+    tmp_path: Path, login_view: str, expected: str
+) -> None:
+    app = make_app(tmp_path, DEPENDENCY_PROXY_LOGIN_VIEW=login_view)
+    try:
+        response = app.test_client().get("/groups/org/team/-/dependency_proxy?page=2")
+        assert response.status_code == 302
+        location = response.location
+        assert location.startswith(expected), location
+        assert location.endswith("next=%2Fgroups%2Forg%2Fteam%2F-%2Fdependency_proxy%3Fpage%3D2")
+    finally:
+        dispose(app)
+
+
+def test_a_login_view_that_names_no_endpoint_says_so(tmp_path: Path) -> None:
+    app = make_app(tmp_path, DEPENDENCY_PROXY_LOGIN_VIEW="no.such_view")
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    try:
+        with pytest.raises(RuntimeError, match="names no endpoint"):
+            app.test_client().get("/groups/org/-/dependency_proxy")
+    finally:
+        dispose(app)

@@ -4,8 +4,9 @@ Pages extend the host's base template (``DEPENDENCY_PROXY_BASE_TEMPLATE``) and c
 overridden by the host: a ``dependency_proxy/group.html`` in the application's own
 templates folder wins over the one shipped here. Only principals the host lets
 administer the group see them; other signed-in users get 404, anonymous visitors go
-to the host's login through Flask-Login. Forms carry the extension's own CSRF token
-and work without JavaScript; only the copy button needs it.
+to ``DEPENDENCY_PROXY_LOGIN_VIEW``, else to the host's login through Flask-Login.
+Forms carry the extension's own CSRF token and work without JavaScript; only the copy
+button needs it.
 
 What the templates get, for hosts that override them: ``base_template``, ``group``
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
@@ -30,7 +31,7 @@ import hmac
 import re
 import secrets
 import typing as t
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -45,6 +46,7 @@ from flask import (
     url_for,
 )
 from markupsafe import Markup
+from werkzeug.routing import BuildError
 
 from .._state import state
 from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable
@@ -228,16 +230,38 @@ def _admin_view(
     proxy = state(None)
     principal = proxy.host.current_principal()
     if principal is None:
-        login_manager = getattr(current_app, "login_manager", None)
-        if login_manager is None:
-            abort(401)
-        return t.cast("ResponseReturnValue", login_manager.unauthorized())
+        return _to_login(proxy.config.login_view)
     if len(full_path) > 1024 or not GROUP_PATH_RE.fullmatch(full_path):
         abort(404)
     group = proxy.host.find_group(full_path.lower())
     if group is None or not proxy.host.can_admin(principal, group):
         abort(404)
     return view(group, **kwargs)
+
+
+def _to_login(login_view: str | None) -> ResponseReturnValue:
+    """Send an anonymous visitor to sign in: ``LOGIN_VIEW``, else Flask-Login, else 401.
+
+    The way back is the page's own path (never a URL from the request's headers), so a
+    login view that follows ``next`` cannot be sent off-site through it.
+    """
+    if login_view is None:
+        login_manager = getattr(current_app, "login_manager", None)
+        if login_manager is None:
+            abort(401)
+        return t.cast("ResponseReturnValue", login_manager.unauthorized())
+    if login_view.startswith(("/", "http://", "https://")):
+        target = login_view
+    else:
+        try:
+            target = url_for(login_view)
+        except BuildError:
+            raise RuntimeError(
+                f"DEPENDENCY_PROXY_LOGIN_VIEW is {login_view!r}, which names no endpoint"
+                " of this app: give an endpoint name or a URL."
+            ) from None
+    separator = "&" if "?" in target else "?"
+    return redirect(f"{target}{separator}{urlencode({'next': request.full_path.rstrip('?')})}")
 
 
 def _admin() -> CacheAdmin:
