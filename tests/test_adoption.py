@@ -1,12 +1,16 @@
-"""The minimal host (``examples/minimal/app.py``) works as its docstring says: its
-migration and seed commands, gunicorn with the shipped configuration, a skopeo pull
-through the proxy, the group page behind its own session login, and the REST API with
-its own token. It has no Flask-Login, so this is the contract without it."""
+"""The minimal host (``examples/minimal/app.py``) works as the quickstart says, installed
+the way a newcomer installs it: a wheel built from the checkout's files, installed with no
+extras into a fresh virtual environment (plus gunicorn, as the quickstart says), then the
+example's migration and seed commands, gunicorn, a skopeo pull through the proxy, the group
+page behind its own session login, and the REST API with its own token. So the package
+ships its templates and migrations, its dependencies are complete, and the contract holds
+without Flask-Login."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import typing as t
@@ -17,17 +21,17 @@ import requests
 
 from tests.support import checks, images
 from tests.support.clients import Skopeo
-from tests.support.databases import Databases
-from tests.support.platform import GUNICORN_CONF, REPO_ROOT
+from tests.support.platform import REPO_ROOT
 from tests.support.processes import ProcessFactory, free_port, http_probe
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
-#: The subject is the host contract, not the database: PostgreSQL only.
-UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+# The example runs on SQLite, as the quickstart does: no database parameter here.
 
 APP = "examples.minimal.app"
+#: What the build needs of the checkout; tests, docs and examples are not packaged.
+PACKAGED = ("setup.cfg", "pyproject.toml", "README.md", "flask_dependency_proxy")
 
 
 class Minimal(t.NamedTuple):
@@ -36,57 +40,98 @@ class Minimal(t.NamedTuple):
     token: str
 
 
+def _run(argv: t.Sequence[str | os.PathLike[str]], **kwargs: t.Any) -> str:
+    done = subprocess.run(
+        [os.fspath(a) for a in argv], capture_output=True, text=True, timeout=300, **kwargs
+    )
+    assert done.returncode == 0, f"{argv}:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def _clean_environment() -> dict[str, str]:
+    """The test's environment without anything that points Python or the app elsewhere."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DEPENDENCY_PROXY_", "FLASK_"))
+        and key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with the project's wheel (no extras) and gunicorn.
+
+    The wheel is built from a copy of the packaged files, so the checkout gets no build
+    folder and the test sees what a release would hold."""
+    root = tmp_path_factory.mktemp("adoption-venv")
+    source = root / "source"
+    source.mkdir()
+    for name in PACKAGED:
+        origin = REPO_ROOT / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(origin, source / name)
+    env = _clean_environment()
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "dist", source],
+        env=env,
+    )
+    (wheel,) = (root / "dist").glob("flask_dependency_proxy-*.whl")
+    _run([sys.executable, "-m", "venv", root / "env"], env=env)
+    python = root / "env" / "bin" / "python"
+    _run([python, "-m", "pip", "install", "-q", "--no-input", wheel, "gunicorn"], env=env)
+    return root / "env"
+
+
 @pytest.fixture(scope="module")
 def minimal(
     module_processes: ProcessFactory,
-    databases: Databases,
+    venv: Path,
     upstream: Registry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> t.Iterator[Minimal]:
     workdir = tmp_path_factory.mktemp("minimal")
+    # The example is not packaged: it is imported from the checkout through a link, and
+    # the working directory holds no flask_dependency_proxy, so the venv's copy is used.
+    (workdir / "examples").symlink_to(REPO_ROOT / "examples", target_is_directory=True)
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DEPENDENCY_PROXY_", "FLASK_"))
-    }
+    env = _clean_environment()
     env.update(
         SECRET_KEY="minimal-secret",
-        DATABASE_URL=databases.create("minimal"),
+        DATABASE_URL=f"sqlite:///{workdir / 'minimal.db'}",
         DEPENDENCY_PROXY_UPSTREAM_URL=upstream.url,
         DEPENDENCY_PROXY_STORAGE_PATH=str(workdir / "store"),
         DEPENDENCY_PROXY_EXTERNAL_URL=f"http://127.0.0.1:{port}",
         DEPENDENCY_PROXY_GROUP_DEFAULT_ENABLED="true",
     )
+    bin_dir = venv / "bin"
 
-    def flask(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", APP, *args],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    flask("dependency-proxy", "db", "upgrade")
-    token = flask("seed", "alice", "alice-password", "acme").strip()
-    process = module_processes.create(
-        "minimal",
+    imported = _run(
         [
-            sys.executable,
-            "-m",
-            "gunicorn",
+            bin_dir / "python",
             "-c",
-            str(GUNICORN_CONF),
-            "-b",
-            f"127.0.0.1:{port}",
-            f"{APP}:create_app()",
+            f"import {APP}, flask_dependency_proxy; print(flask_dependency_proxy.__file__)",
         ],
         env=env,
-        cwd=REPO_ROOT,
+        cwd=workdir,
+    ).strip()
+    assert Path(imported).resolve().is_relative_to(venv.resolve()), imported
+
+    _run(
+        [bin_dir / "flask", "--app", APP, "dependency-proxy", "db", "upgrade"], env=env, cwd=workdir
+    )
+    token = _run(
+        [bin_dir / "flask", "--app", APP, "seed", "alice", "alice-password", "acme"],
+        env=env,
+        cwd=workdir,
+    ).strip()
+    process = module_processes.create(
+        "minimal",
+        [bin_dir / "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", f"{APP}:create_app()"],
+        env=env,
+        cwd=workdir,
     )
     url = f"http://127.0.0.1:{port}"
     process.start(ready=http_probe(f"{url}/v2/", status=401), timeout=60)

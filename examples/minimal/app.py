@@ -2,7 +2,7 @@
 
 flask --app examples.minimal.app dependency-proxy db upgrade
 flask --app examples.minimal.app seed alice s3cret acme     # user, owned group, token
-gunicorn -c examples/gunicorn.conf.py -b 127.0.0.1:8000 'examples.minimal.app:create_app()'
+gunicorn -w 2 -b 127.0.0.1:8000 'examples.minimal.app:create_app()'
 """
 
 import hashlib
