@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from ._state import EXTENSION_KEY, ProxyState, state
 from .access import AccessControl
+from .blueprints._requestlog import note_upstream_status
 from .cache import PullThroughCache
 from .config import ENV_PREFIX, ProxyConfig, load_config
 from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
@@ -241,6 +242,7 @@ def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare, metrics: Metri
             auth_hosts=entry.auth_hosts,
             name=entry.name,
             metrics=metrics,
+            on_answer=note_upstream_status,
         )
 
     def breaker() -> CircuitBreaker:

@@ -49,7 +49,6 @@ import requests
 
 from .metrics import Metrics
 from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT, is_tag
-from .requestlog import note_upstream_status
 from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
@@ -213,11 +212,15 @@ class UpstreamClient:
         clock: t.Callable[[], float] = time.time,
         name: str = "upstream",
         metrics: Metrics | None = None,
+        on_answer: t.Callable[[int | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         #: The instance's name for the upstream: its label in metrics.
         self.name = name
         self.metrics = metrics or Metrics()
+        #: Told the status of every upstream answer (``None``: none came), e.g. for the
+        #: request's log line.
+        self.on_answer = on_answer
         self.session = session or requests_session()
         self.credentials = credentials
         self.timeout = (connect_timeout, read_timeout)
@@ -424,7 +427,8 @@ class UpstreamClient:
             "error" if status is None else str(status),
             time.monotonic() - started,
         )
-        note_upstream_status(status)
+        if self.on_answer is not None:
+            self.on_answer(status)
 
     def throttled_until(self) -> float | None:
         """Seconds since the epoch until which a ``429`` holds requests back, or ``None``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask_dependency_proxy.requestlog import format_line
+from flask_dependency_proxy.blueprints._requestlog import format_line
 
 FIELDS = {
     "method": "GET",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+import typing as t
 
 from flask import Response, current_app, json, request
 from werkzeug.exceptions import SecurityError
+from werkzeug.wsgi import ClosingIterator
 
 from .._state import state
 from ..blobstore import StorageError
@@ -142,3 +144,37 @@ def _usable_for_realm(scheme: str, host: str) -> bool:
         return False
     port = match["port"]
     return port is None or 0 < int(port) <= 65535
+
+
+def after_body(response: Response, callback: t.Callable[[], None]) -> None:
+    """Run ``callback`` once the server is done with the body: sent, or the client gone.
+
+    Werkzeug runs ``call_on_close`` hooks only around bodies it wraps itself; a
+    direct-passthrough body (a blob file the server may ``sendfile``, a fetch's stream)
+    goes to the server as it is, so there the callback joins the body's own ``close``,
+    which the server calls.
+    """
+    status = response.status_code
+    if (
+        not response.direct_passthrough
+        or request.method == "HEAD"
+        or status < 200
+        or status in (204, 304)
+    ):
+        response.call_on_close(callback)
+        return
+    body: t.Any = response.response
+    if not hasattr(body, "__dict__"):  # a generator: wrapping it costs nothing per chunk
+        response.response = ClosingIterator(body, [callback])
+        return
+    previous = getattr(body, "close", None)
+
+    def close() -> None:
+        try:
+            if previous is not None:
+                previous()
+        finally:
+            callback()
+
+    # A file wrapper keeps its type, so the server still recognises it for sendfile.
+    body.close = close

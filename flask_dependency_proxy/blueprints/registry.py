@@ -17,7 +17,6 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
-from .. import requestlog
 from .._state import state
 from ..blobstore import ByteStream, LocalFile, Redirect, StorageError
 from ..cache import BlobResult
@@ -34,8 +33,10 @@ from ..reference import (
     validate_digest,
     validate_reference,
 )
+from . import _requestlog as requestlog
 from ._registry_http import (
     add_api_version,
+    after_body,
     challenge,
     error_response,
     handle_database_unavailable,
@@ -120,9 +121,7 @@ def manifest(name: str, reference: str) -> Response:
         )
     finally:
         cache.finish_request()
-    requestlog.note_outcome("manifest", result.outcome, result.outcome.from_cache)
-    if request.method == "GET":
-        cache.usage.count_pull(group.id, result.outcome)
+    requestlog.note_manifest(group.id, result.outcome)
     response = Response(result.content, mimetype=result.media_type)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
@@ -200,9 +199,7 @@ def blob(name: str, digest: str) -> Response:
         # Cleanup removed the file between the lookup and the open: fetch it again.
         result = _find_blob(group, path, digest)
         response = _blob_response(result)
-    requestlog.note_outcome("blob", result.outcome, result.outcome.from_cache)
-    if request.method == "GET":
-        state(None).cache.usage.count_bytes(group.id, result.outcome, result.size or 0)
+    requestlog.note_blob(group.id, result.outcome, result.size)
     return _cut_off_stalled_clients(response)
 
 
@@ -227,7 +224,7 @@ def _cut_off_stalled_clients(response: Response) -> Response:
         with contextlib.suppress(OSError):
             sock.settimeout(None)
 
-    requestlog.after_body(response, lift)
+    after_body(response, lift)
     return response
 
 

@@ -24,11 +24,11 @@ from flask import Blueprint, Response, json, jsonify, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import requestlog
 from .._state import ProxyState, state
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
 from ..tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
+from . import _requestlog as requestlog
 from ._registry_http import (
     SERVICE,
     add_api_version,

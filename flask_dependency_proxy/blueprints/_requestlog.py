@@ -1,11 +1,12 @@
-"""What one registry request did: its metrics and its log line.
+"""What one registry request did: its metrics, its usage counts and its log line.
 
 The registry and token views note what they learn (group, image, reference, the cache's
-outcome) on the request; the upstream client notes the status of upstream's last answer.
-When the response's headers are ready, :func:`finish` counts the request in the
-metrics; when its body has been sent (or the client went away), one line goes to the
-``flask_dependency_proxy.requests`` logger at INFO, as ``key=value`` pairs or as one JSON
-object (``DEPENDENCY_PROXY_REQUEST_LOG``), so a log pipeline can parse it.
+outcome) on the request; the upstream client's answer hook notes the status of
+upstream's last answer. When the response's headers are ready, :func:`finish` counts
+the request once, in the metrics and in the group's usage buffer; when its body has been
+sent (or the client went away), one line goes to the ``flask_dependency_proxy.requests``
+logger at INFO, as ``key=value`` pairs or as one JSON object
+(``DEPENDENCY_PROXY_REQUEST_LOG``), so a log pipeline can parse it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import time
 import typing as t
 
 from flask import Response, g, has_request_context, request
-from werkzeug.wsgi import ClosingIterator
 
-from ._state import state
+from .._state import state
+from ._registry_http import after_body
+
+if t.TYPE_CHECKING:
+    from ..cache import Outcome
 
 request_log = logging.getLogger("flask_dependency_proxy.requests")
 
@@ -36,9 +40,11 @@ class RequestRecord:
     reference: str | None = None
     #: ``manifest`` or ``blob``, when the cache answered one.
     kind: str | None = None
-    #: The cache's :class:`~flask_dependency_proxy.cache.Outcome`, as text.
-    outcome: str | None = None
-    from_cache: bool = True
+    #: How the cache answered it.
+    outcome: Outcome | None = None
+    group_id: int | None = None
+    #: The blob's whole size, whatever part of it the response carries.
+    blob_size: int = 0
     upstream_status: int | None = None
     upstream_failed: bool = False
 
@@ -61,11 +67,21 @@ def note_target(group: str, image: str, reference: str) -> None:
         record.group, record.image, record.reference = group, image, reference
 
 
-def note_outcome(kind: str, outcome: str, from_cache: bool) -> None:
-    """How the cache answered the manifest or blob of this request."""
+def note_manifest(group_id: int, outcome: Outcome) -> None:
+    """How the cache answered the manifest of this request."""
+    _note("manifest", group_id, outcome, 0)
+
+
+def note_blob(group_id: int, outcome: Outcome, size: int | None) -> None:
+    """How the cache answered the blob of this request, and the blob's size."""
+    _note("blob", group_id, outcome, size or 0)
+
+
+def _note(kind: str, group_id: int, outcome: Outcome, blob_size: int) -> None:
     record = _record()
     if record is not None:
-        record.kind, record.outcome, record.from_cache = kind, outcome, from_cache
+        record.kind, record.group_id, record.outcome = kind, group_id, outcome
+        record.blob_size = blob_size
 
 
 def note_upstream_status(status: int | None) -> None:
@@ -77,7 +93,11 @@ def note_upstream_status(status: int | None) -> None:
 
 
 def finish(response: Response) -> Response:
-    """Count the request and arrange its log line (an ``after_request`` hook)."""
+    """Count the request and arrange its log line (an ``after_request`` hook).
+
+    A pull counts once its answer is a success: a manifest GET as one pull, a blob GET
+    as the blob's bytes, both from the cache or from upstream as the outcome says.
+    """
     record = _record()
     if record is None:
         return response
@@ -87,11 +107,16 @@ def finish(response: Response) -> Response:
         route, request.method, response.status_code, time.monotonic() - record.started
     )
     size = response.content_length
-    if record.outcome is not None and request.method == "GET" and response.status_code < 300:
-        assert record.kind is not None
-        proxy.metrics.cache_outcome(record.kind, record.outcome, record.group)
+    outcome = record.outcome
+    if outcome is not None and request.method == "GET" and response.status_code < 300:
+        assert record.kind is not None and record.group_id is not None
+        proxy.metrics.cache_outcome(record.kind, outcome, record.group)
         if size:
-            proxy.metrics.served_bytes(record.kind, record.from_cache, size)
+            proxy.metrics.served_bytes(record.kind, outcome.from_cache, size)
+        if record.kind == "manifest":
+            proxy.cache.usage.count_pull(record.group_id, outcome)
+        else:
+            proxy.cache.usage.count_bytes(record.group_id, outcome, record.blob_size)
     log_format = proxy.config.request_log
     if log_format != "off" and request_log.isEnabledFor(logging.INFO):
         fields = {
@@ -101,7 +126,7 @@ def finish(response: Response) -> Response:
             "group": record.group,
             "image": record.image,
             "reference": record.reference,
-            "outcome": record.outcome,
+            "outcome": outcome,
             "bytes": size,
             "upstream_status": "error" if record.upstream_failed else record.upstream_status,
             "client": request.remote_addr,
@@ -114,40 +139,6 @@ def finish(response: Response) -> Response:
 
         after_body(response, write)
     return response
-
-
-def after_body(response: Response, callback: t.Callable[[], None]) -> None:
-    """Run ``callback`` once the server is done with the body: sent, or the client gone.
-
-    Werkzeug runs ``call_on_close`` hooks only around bodies it wraps itself; a
-    direct-passthrough body (a blob file the server may ``sendfile``, a fetch's stream)
-    goes to the server as it is, so there the callback joins the body's own ``close``,
-    which the server calls.
-    """
-    status = response.status_code
-    if (
-        not response.direct_passthrough
-        or request.method == "HEAD"
-        or status < 200
-        or status in (204, 304)
-    ):
-        response.call_on_close(callback)
-        return
-    body: t.Any = response.response
-    if not hasattr(body, "__dict__"):  # a generator: wrapping it costs nothing per chunk
-        response.response = ClosingIterator(body, [callback])
-        return
-    previous = getattr(body, "close", None)
-
-    def close() -> None:
-        try:
-            if previous is not None:
-                previous()
-        finally:
-            callback()
-
-    # A file wrapper keeps its type, so the server still recognises it for sendfile.
-    body.close = close
 
 
 def _route_kind() -> str:
