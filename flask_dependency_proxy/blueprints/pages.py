@@ -12,8 +12,9 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
-``max_days``, ``quota`` (:class:`QuotaView`) and ``upstreams``
-(:class:`~._group_upstreams.GroupUpstreamsView`, never a secret), and ``clear.html``
+``max_days``, ``quota`` (:class:`QuotaView`), ``upstreams``
+(:class:`~._group_upstreams.GroupUpstreamsView`, never a secret) and ``usage``
+(:class:`~..usage_chart.UsageSummary`, the last 30 days), and ``clear.html``
 gets ``stats`` and ``cooldown``. Flashed messages use the categories ``info`` and
 ``error``. Credentials typed into the page are never shown back, and never flashed.
 
@@ -61,8 +62,10 @@ from ..models.admin import (
 from ..models.quota import QuotaRecords
 from ..models.tables import utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
+from ..models.usage import read_usage
 from ..quota import exact_size, parse_size
 from ..reference import GROUP_PATH_RE
+from ..usage_chart import UsageSummary
 from . import _group_upstreams as group_upstreams
 from ._registry_http import external_url
 
@@ -84,6 +87,8 @@ PREFIX_SUFFIX = "dependency_proxy/containers"
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 _MAX_PAGE = 100_000
 _NUMBER = re.compile(r"[0-9]{1,9}")
+#: Days of the usage chart, ending today (UTC).
+USAGE_DAYS = 30
 
 
 class CsrfRejected(Exception):
@@ -312,7 +317,16 @@ def show(group: Group) -> ResponseReturnValue:
         max_days=MAX_CLEANUP_DAYS,
         quota=quota,
         upstreams=group_upstreams.group_view(group.id),
+        usage=usage_summary(group.id),
     )
+
+
+def usage_summary(group_id: int) -> UsageSummary:
+    """The group's last ``USAGE_DAYS`` days, the figures the usage API answers."""
+    today = dt.datetime.now(dt.UTC).date()
+    since = today - dt.timedelta(days=USAGE_DAYS - 1)
+    stored = read_usage(state(None).metadata.session, group_id, since)
+    return UsageSummary.build(stored, today, USAGE_DAYS)
 
 
 @bp.post(f"{_PAGE}/settings")
