@@ -16,6 +16,7 @@ from .config import ENV_PREFIX, ProxyConfig, load_config
 from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .credentials import CredentialCipher
 from .host import HostAdapter
+from .hostcsrf import exempt_from_host_csrf
 from .inflight import BlobFetcher
 from .metrics import Metrics, metrics_for
 from .models.repository import CacheMetadata
@@ -173,6 +174,9 @@ class DependencyProxy:
         from .blueprints import operations
 
         app.register_blueprint(operations.bp)
+        exempt_from_host_csrf(
+            app, [bp for name, bp in app.blueprints.items() if name.startswith("dependency_proxy_")]
+        )
         if config.cleanup_scheduler:
             from .lifecycle import CleanupScheduler
 
