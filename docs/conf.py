@@ -10,7 +10,9 @@ project = "flask-dependency-proxy"
 author = "flask-dependency-proxy developers"
 copyright = "2026, flask-dependency-proxy developers"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "configtable"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "configtable", "readme"]
+# The README parts (docs/_ext/readme.py): heading anchors as GitHub makes them.
+myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = True

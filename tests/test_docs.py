@@ -1,6 +1,6 @@
 """The documentation builds with warnings as errors: a broken reference, a missing
-docstring the configuration page needs, or a file the quickstart includes that moved
-fails the suite."""
+docstring the configuration page needs, a file the quickstart includes that moved, or a
+README link the docs cannot follow fails the suite."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     configuration = (tmp_path / "html" / "configuration.html").read_text()
     assert "DEPENDENCY_PROXY_LOGIN_VIEW" in configuration
     assert "DEPENDENCY_PROXY_METRICS_TOKEN" in configuration
+    # The production, scaling-out, clients and upstreams pages are the README's sections,
+    # with GitHub's links turned into links between the pages.
+    production = (tmp_path / "html" / "production.html").read_text()
+    assert "DEPENDENCY_PROXY_BLOB_CHUNK_SIZE" in production and 'id="object-storage-s3"' in production
+    scaling = (tmp_path / "html" / "scaling.html").read_text()
+    assert 'href="production.html#object-storage-s3"' in scaling
+    clients = (tmp_path / "html" / "clients.html").read_text()
+    assert "registries.conf" in clients and "hosts.toml" in clients
+    assert 'href="upstreams.html"' in clients
+    assert "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX" in clients
+    assert "DEPENDENCY_PROXY_UPSTREAMS" in (tmp_path / "html" / "upstreams.html").read_text()
