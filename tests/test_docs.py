@@ -39,7 +39,9 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     # The production, scaling-out, clients and upstreams pages are the README's sections,
     # with GitHub's links turned into links between the pages.
     production = (tmp_path / "html" / "production.html").read_text()
-    assert "DEPENDENCY_PROXY_BLOB_CHUNK_SIZE" in production and 'id="object-storage-s3"' in production
+    assert (
+        "DEPENDENCY_PROXY_BLOB_CHUNK_SIZE" in production and 'id="object-storage-s3"' in production
+    )
     scaling = (tmp_path / "html" / "scaling.html").read_text()
     assert 'href="production.html#object-storage-s3"' in scaling
     clients = (tmp_path / "html" / "clients.html").read_text()
