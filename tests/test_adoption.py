@@ -103,8 +103,6 @@ def minimal(
         DATABASE_URL=f"sqlite:///{workdir / 'minimal.db'}",
         DEPENDENCY_PROXY_UPSTREAM_URL=upstream.url,
         DEPENDENCY_PROXY_STORAGE_PATH=str(workdir / "store"),
-        DEPENDENCY_PROXY_EXTERNAL_URL=f"http://127.0.0.1:{port}",
-        DEPENDENCY_PROXY_GROUP_DEFAULT_ENABLED="true",
     )
     bin_dir = venv / "bin"
 
@@ -127,6 +125,11 @@ def minimal(
         env=env,
         cwd=workdir,
     ).strip()
+    _run(
+        [bin_dir / "flask", "--app", APP, "dependency-proxy", "enable", "acme"],
+        env=env,
+        cwd=workdir,
+    )
     process = module_processes.create(
         "minimal",
         [bin_dir / "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", f"{APP}:create_app()"],

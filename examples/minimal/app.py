@@ -2,6 +2,7 @@
 
 flask --app examples.minimal.app dependency-proxy db upgrade
 flask --app examples.minimal.app seed alice s3cret acme     # user, owned group, token
+flask --app examples.minimal.app dependency-proxy enable acme  # the group's proxy on
 gunicorn -w 2 -b 127.0.0.1:8000 'examples.minimal.app:create_app()'
 """
 
