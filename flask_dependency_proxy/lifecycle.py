@@ -4,6 +4,9 @@
   serves only rows in the default status, so they stop being served at once; the next
   pull asks upstream again (and brings a row back to life if it pulls the same content).
   Another purge of the group within ``PURGE_COOLDOWN_SECONDS`` is refused.
+- **Deleting one image** marks the same way: the image's manifests, and the blobs they
+  reference that no other manifest of the group still served references. Cleanup then
+  deletes them like purged rows, files included (with the grace period below).
 - **Cleanup** applies each group's policy (marks rows last read more than N days ago),
   deletes marked rows in batches, then deletes blob files that no row references, and
   forgets failed-login counts whose window has ended.
@@ -89,6 +92,15 @@ class PurgeTooSoon(Exception):
 
 class CleanupBusy(Exception):
     """Another cleanup holds the lease."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDeleted:
+    """What deleting one image scheduled for deletion."""
+
+    image: str
+    manifests: int
+    blobs: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +237,17 @@ class Lifecycle:
             raise PurgeTooSoon(purged_at, purged_at + self.purge_cooldown, now)
         log.info("purged group %s: %s manifests, %s blobs", group_id, manifests, blobs)
         return PurgeResult(manifests=manifests, blobs=blobs, purged_at=now)
+
+    def delete_image(self, group_id: int, image: str) -> ImageDeleted | None:
+        """Schedule one image of the group for deletion (see the module docstring).
+
+        :return: ``None`` if the group has no manifest of ``image`` still served.
+        """
+        marked = self.admin.mark_image(group_id, image)
+        if marked is None:
+            return None
+        log.info("deleted image %s of group %s: %s manifests, %s blobs", image, group_id, *marked)
+        return ImageDeleted(image, *marked)
 
     # -- cleanup -------------------------------------------------------------------------
 

@@ -88,6 +88,11 @@ def parse_proxy_path(name: str) -> ProxyPath:
     return ProxyPath(group_path=group_path.lower(), image=image)
 
 
+def is_valid_image_name(image: str) -> bool:
+    """Whether ``image`` is a repository name the registry would accept after the prefix."""
+    return len(image) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(image) is not None
+
+
 def is_digest(reference: str) -> bool:
     return ":" in reference
 

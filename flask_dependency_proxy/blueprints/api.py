@@ -14,7 +14,12 @@ default). Answers and errors are JSON; errors carry a ``message``.
   carry ``quota.used_bytes`` and the instance's ``quota.policy``.
 - ``GET manifests`` and ``GET blobs``: ``page`` and ``per_page`` (at most 100), with
   ``X-Total``, ``X-Total-Pages``, ``X-Page``, ``X-Per-Page``, ``X-Next-Page``,
-  ``X-Prev-Page`` and ``Link`` headers.
+  ``X-Prev-Page`` and ``Link`` headers. ``manifests`` also takes
+  ``order_by=created_at|last_pulled|size`` (``size``: the image's), ``sort=desc|asc``
+  and ``search=<part of an image name>``.
+- ``DELETE images/<image>`` (``images/bitnami/redis``): 202, schedules the image's
+  manifests, and the blobs no other image of the group references, for deletion; 400
+  for a malformed name, 404 when the group has no such image cached.
 - ``GET``/``PUT upstreams``: every upstream of the instance, those the group uses first
   in its order (``position`` from 1; ``null`` for one it does not use), with its
   ``url``, ``hosts``, ``credential_set`` and what this process last saw of it
@@ -49,19 +54,23 @@ from ..models.admin import (
     DEFAULT_PER_PAGE,
     MAX_CLEANUP_DAYS,
     MAX_PER_PAGE,
+    MAX_SEARCH_LENGTH,
     MIN_CLEANUP_DAYS,
+    ORDER_BY,
+    SORTS,
     BlobItem,
     CacheAdmin,
     ManifestItem,
     Page,
     Settings,
+    valid_search,
 )
 from ..models.quota import QuotaRecords
 from ..models.tables import Status, utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..models.usage import read_usage
 from ..quota import MAX_GROUP_LIMIT_BYTES
-from ..reference import GROUP_PATH_RE
+from ..reference import GROUP_PATH_RE, is_valid_image_name
 from ..usage import DayCounts
 from . import _group_upstreams as group_upstreams
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
@@ -310,6 +319,30 @@ def _page_args() -> tuple[int, int]:
     )
 
 
+def _choice(name: str, allowed: tuple[str, ...]) -> str:
+    raw = request.args.get(name) or allowed[0]
+    if raw not in allowed:
+        problem = f"must be one of {', '.join(allowed)}"
+        raise ApiError(400, f"400 Bad request - {name} {problem}", errors={name: problem})
+    return raw
+
+
+def _listing_args() -> dict[str, t.Any]:
+    """``order_by``, ``sort`` and ``search`` of a manifest listing, validated."""
+    search = request.args.get("search", "")
+    if not valid_search(search):
+        problem = (
+            f"must be at most {MAX_SEARCH_LENGTH} characters of image names"
+            " (letters, digits, '.', '_', '-' and '/')"
+        )
+        raise ApiError(400, f"400 Bad request - search {problem}", errors={"search": problem})
+    return {
+        "order_by": _choice("order_by", ORDER_BY),
+        "sort": _choice("sort", SORTS),
+        "search": search or None,
+    }
+
+
 def _paginated(page: Page[t.Any], body: list[dict[str, t.Any]]) -> Response:
     def url(number: int) -> str:
         args = request.args.to_dict()
@@ -492,8 +525,30 @@ def manifests(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)
     page, per_page = _page_args()
-    listing = _admin().list_manifests(group.id, page, per_page)
+    listing = _admin().list_manifests(group.id, page, per_page, **_listing_args())
     return _paginated(listing, [_manifest_body(item) for item in listing.items])
+
+
+@bp.route(f"{_ROUTE}/images/<path:image>", methods=_ALL_METHODS)
+@_database_phase
+def image(group_ref: str, image: str) -> Response:
+    """Schedule one cached image (every tag and platform) for deletion."""
+    _methods("DELETE")
+    group = _group(group_ref)
+    if not is_valid_image_name(image):
+        problem = "is not a valid image name"
+        raise ApiError(400, f"400 Bad request - image {problem}", errors={"image": problem})
+    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    if deleted is None:
+        raise ApiError(404, "404 Image Not Found")
+    return _json(
+        {
+            "message": "202 Accepted",
+            "image": deleted.image,
+            "scheduled_for_deletion": {"manifests": deleted.manifests, "blobs": deleted.blobs},
+        },
+        202,
+    )
 
 
 @bp.route(f"{_ROUTE}/usage", methods=_ALL_METHODS)

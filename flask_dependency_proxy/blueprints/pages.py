@@ -1,4 +1,5 @@
-"""The group's "Dependency Proxy" page: settings, cache contents, clear cache.
+"""The group's "Dependency Proxy" page: settings, what the cache saved, cache contents
+(sorted, filtered, one image deleted), clear cache.
 
 Pages extend the host's base template (``DEPENDENCY_PROXY_BASE_TEMPLATE``) and can be
 overridden by the host: a ``dependency_proxy/group.html`` in the application's own
@@ -14,9 +15,11 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
 ``max_days``, ``quota`` (:class:`QuotaView`), ``upstreams``
 (:class:`~._group_upstreams.GroupUpstreamsView`, never a secret) and ``usage``
-(:class:`~..usage_chart.UsageSummary`, the last 30 days), and ``clear.html``
-gets ``stats`` and ``cooldown``. Flashed messages use the categories ``info`` and
-``error``. Credentials typed into the page are never shown back, and never flashed.
+(:class:`~..usage_chart.UsageSummary`, the last 30 days) and ``list_query``
+(``order_by``, ``sort``, ``search`` of the list); ``clear.html`` gets ``stats`` and
+``cooldown``; ``delete_image.html`` gets ``image`` and its ``tags``. Flashed messages
+use the categories ``info`` and ``error``. Credentials typed into the page are never
+shown back, and never flashed.
 
 Each view runs as one database phase (:mod:`..database`). While the database is
 unavailable the pages answer a plain 503 page (not the host's base template, which may
@@ -56,15 +59,18 @@ from ..models.admin import (
     DEFAULT_PER_PAGE,
     MAX_CLEANUP_DAYS,
     MIN_CLEANUP_DAYS,
+    ORDER_BY,
+    SORTS,
     CacheAdmin,
     human_size,
+    valid_search,
 )
 from ..models.quota import QuotaRecords
 from ..models.tables import utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..models.usage import read_usage
 from ..quota import exact_size, parse_size
-from ..reference import GROUP_PATH_RE
+from ..reference import GROUP_PATH_RE, is_valid_image_name
 from ..usage_chart import UsageSummary
 from . import _group_upstreams as group_upstreams
 from ._registry_http import external_url
@@ -303,7 +309,15 @@ def show(group: Group) -> ResponseReturnValue:
     number = int(page) if _NUMBER.fullmatch(page) and 0 < int(page) <= _MAX_PAGE else 1
     settings = admin.settings(group.id, proxy.config.group_default_enabled)
     stats = admin.stats(group.id)
-    listing = admin.list_manifests(group.id, number, DEFAULT_PER_PAGE)
+    query = listing_query()
+    listing = admin.list_manifests(
+        group.id,
+        number,
+        DEFAULT_PER_PAGE,
+        order_by=query["order_by"],
+        sort=query["sort"],
+        search=query["search"] or None,
+    )
     records = QuotaRecords(lambda: proxy.metadata.session)
     quota = QuotaView(records.limit(group.id), records.usage(group.id), proxy.config.quota_policy)
     return _render(
@@ -318,7 +332,20 @@ def show(group: Group) -> ResponseReturnValue:
         quota=quota,
         upstreams=group_upstreams.group_view(group.id),
         usage=usage_summary(group.id),
+        list_query=query,
     )
+
+
+def listing_query() -> dict[str, str]:
+    """``order_by``, ``sort`` and ``search`` of the list; a bad value is the default."""
+    order_by = request.args.get("order_by", "")
+    sort = request.args.get("sort", "")
+    search = request.args.get("search", "").strip()
+    return {
+        "order_by": order_by if order_by in ORDER_BY else ORDER_BY[0],
+        "sort": sort if sort in SORTS else SORTS[0],
+        "search": search if valid_search(search) else "",
+    }
 
 
 def usage_summary(group_id: int) -> UsageSummary:
@@ -415,6 +442,29 @@ def clear(group: Group) -> ResponseReturnValue:
     flash(
         f"Cache cleared: {result.manifests} manifests and {result.blobs} blobs are scheduled"
         " for deletion and no longer served.",
+        "info",
+    )
+    return _back(group)
+
+
+@bp.route(f"{_PAGE}/images/<path:image>/delete", methods=["GET", "POST"])
+@_for_admins
+def delete_image(group: Group, image: str) -> ResponseReturnValue:
+    """GET asks for confirmation; POST schedules the image for deletion."""
+    if not is_valid_image_name(image):
+        abort(404)
+    if request.method == "GET":
+        tags = _admin().image_tags(group.id, image)
+        if not tags:
+            abort(404)
+        return _render("dependency_proxy/delete_image.html", group, image=image, tags=tags)
+    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    if deleted is None:
+        flash(f"Not deleted: {image} is not cached.", "error")
+        return _back(group)
+    flash(
+        f"Image {image} deleted: {deleted.manifests} manifests and {deleted.blobs} blobs are"
+        " scheduled for deletion and no longer served.",
         "info",
     )
     return _back(group)

@@ -7,7 +7,10 @@ frozen records, never ORM objects.
 
 Listings are newest first and paginated with ``LIMIT``/``OFFSET`` over the
 ``(group_id, id)`` index: the page's ids come from the index alone and only those rows
-are read in full, and the total is one count over the same index.
+are read in full, and the total is one count over the same index. Manifests can also
+be ordered by last pull, or by image size (computed from the documents, so that order
+reads every matching row of the group), and filtered by a substring of the image name
+(a bound ``LIKE`` parameter with its wildcards escaped).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 import typing as t
 
 import sqlalchemy as sa
@@ -33,6 +37,14 @@ MAX_PER_PAGE = 100
 DEFAULT_CLEANUP_DAYS = 90
 MIN_CLEANUP_DAYS = 1
 MAX_CLEANUP_DAYS = 3650
+
+#: How manifest listings can be ordered, and in which direction; the first is the default.
+ORDER_BY = ("created_at", "last_pulled", "size")
+SORTS = ("desc", "asc")
+#: The longest image-name filter (a whole name is at most 255 characters).
+MAX_SEARCH_LENGTH = 255
+#: What a filter may hold: the characters of image names (any case).
+_SEARCH = re.compile(r"[A-Za-z0-9._/-]*")
 
 _Table = type[CachedManifest] | type[CachedBlob]
 T = t.TypeVar("T")
@@ -141,6 +153,11 @@ class Page(t.Generic[T]):
         return self.page - 1 if self.page > 1 else None
 
 
+def valid_search(search: str) -> bool:
+    """Whether ``search`` can filter image names (characters of names, bounded length)."""
+    return len(search) <= MAX_SEARCH_LENGTH and _SEARCH.fullmatch(search) is not None
+
+
 def human_size(size: int | None) -> str:
     """``1536`` → ``"1.5 KiB"``; binary units, as ``du -h`` and registries show them."""
     if size is None:
@@ -179,6 +196,18 @@ def image_size(content: bytes) -> int | None:
     return _descriptor_size(document.get("config")) + sum(
         _descriptor_size(layer) for layer in document["layers"]
     )
+
+
+def blob_digests(content: bytes) -> set[str]:
+    """Config and layer digests an image manifest references (none for anything else)."""
+    document = _document(content)
+    if document is None or not isinstance(document.get("layers"), list):
+        return set()
+    found = set()
+    for descriptor in [document.get("config"), *document["layers"]]:
+        if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str):
+            found.add(descriptor["digest"])
+    return found
 
 
 def index_children(content: bytes) -> list[str] | None:
@@ -318,6 +347,69 @@ class CacheAdmin:
             .execution_options(synchronize_session=False)
         )
         return _rowcount(result)
+
+    def image_tags(self, group_id: int, image: str) -> list[str | None]:
+        """Tags of the image's served manifests (``None`` for one pulled by digest only);
+        empty when the group has no such image."""
+        tags = (
+            self.session.execute(
+                sa.select(CachedManifest.tag)
+                .where(
+                    CachedManifest.group_id == group_id,
+                    CachedManifest.image == image,
+                    CachedManifest.status == Status.DEFAULT,
+                )
+                .order_by(CachedManifest.id)
+            )
+            .scalars()
+            .all()
+        )
+        self.session.rollback()
+        return list(tags)
+
+    def mark_image(self, group_id: int, image: str) -> tuple[int, int] | None:
+        """Mark one image of the group pending destruction: its manifests (every tag and
+        platform), and the blobs they reference that no other manifest of the group in
+        the default status references. One transaction.
+
+        :return: ``(manifests marked, blobs marked)``, ``None`` if the group has no
+            manifest of ``image`` that is still served.
+        """
+        rows = self.session.execute(
+            sa.select(CachedManifest.content, CachedManifest.status).where(
+                CachedManifest.group_id == group_id, CachedManifest.image == image
+            )
+        ).all()
+        if not any(status == Status.DEFAULT for _content, status in rows):
+            self.session.rollback()
+            return None
+        digests: set[str] = set()
+        for content, _status in rows:
+            digests |= blob_digests(content)
+        others = self.session.execute(
+            sa.select(CachedManifest.content).where(
+                CachedManifest.group_id == group_id,
+                CachedManifest.image != image,
+                CachedManifest.status == Status.DEFAULT,
+            )
+        ).scalars()
+        for content in others:
+            digests -= blob_digests(content)
+            if not digests:
+                break
+        manifests = self._mark(
+            CachedManifest, CachedManifest.group_id == group_id, CachedManifest.image == image
+        )
+        blobs = 0
+        ordered = sorted(digests)
+        for start in range(0, len(ordered), 500):
+            blobs += self._mark(
+                CachedBlob,
+                CachedBlob.group_id == group_id,
+                CachedBlob.digest.in_(ordered[start : start + 500]),
+            )
+        self.session.commit()
+        return manifests, blobs
 
     # -- cleanup ---------------------------------------------------------------------------
 
@@ -499,25 +591,78 @@ class CacheAdmin:
 
     # -- listings --------------------------------------------------------------------------
 
-    def list_manifests(self, group_id: int, page: int, per_page: int) -> Page[ManifestItem]:
-        total, ids = self._page_ids(CachedManifest, group_id, page, per_page)
+    def list_manifests(
+        self,
+        group_id: int,
+        page: int,
+        per_page: int,
+        *,
+        order_by: str = ORDER_BY[0],
+        sort: str = SORTS[0],
+        search: str | None = None,
+    ) -> Page[ManifestItem]:
+        """One page of the group's manifests.
+
+        :param order_by: one of :data:`ORDER_BY`; ``size`` is the image size.
+        :param sort: ``desc`` or ``asc``; ties go by id in the same direction.
+        :param search: only images whose name contains it (case-insensitive).
+        """
+        if order_by not in ORDER_BY or sort not in SORTS:
+            raise ValueError(f"order_by must be one of {ORDER_BY} and sort one of {SORTS}")
+        conditions = [CachedManifest.group_id == group_id]
+        if search:
+            conditions.append(CachedManifest.image.contains(search.lower(), autoescape=True))
+        if order_by == "size":
+            return self._manifests_by_size(group_id, conditions, page, per_page, sort)
+        column = CachedManifest.last_read_at if order_by == "last_pulled" else CachedManifest.id
+        order = (column.asc(), CachedManifest.id.asc())
+        if sort == "desc":
+            order = (column.desc(), CachedManifest.id.desc())
+        total, ids = self._page_ids(
+            CachedManifest, group_id, page, per_page, conditions=conditions, order=order
+        )
         rows: t.Sequence[CachedManifest] = ()
         if ids:
             rows = (
                 self.session.execute(
-                    sa.select(CachedManifest)
-                    .where(CachedManifest.id.in_(ids))
-                    .order_by(CachedManifest.id.desc())
+                    sa.select(CachedManifest).where(CachedManifest.id.in_(ids)).order_by(*order)
                 )
                 .scalars()
                 .all()
             )
-        children: dict[int, list[str]] = {}
+        items = self._items(rows, self._child_sizes(group_id, _children(rows)))
+        self.session.rollback()
+        return Page(tuple(items), page, per_page, total)
+
+    def _manifests_by_size(
+        self,
+        group_id: int,
+        conditions: list[sa.ColumnElement[bool]],
+        page: int,
+        per_page: int,
+        sort: str,
+    ) -> Page[ManifestItem]:
+        """Sizes come from the documents: read the matching rows, sort, cut a page.
+        An index's platforms have its image name, so the same rows give their sizes."""
+        rows = self.session.execute(sa.select(CachedManifest).where(*conditions)).scalars().all()
+        child_sizes = {}
         for row in rows:
-            found = index_children(row.content)
-            if found is not None:
-                children[row.id] = found
-        child_sizes = self._child_sizes(group_id, children)
+            size = image_size(row.content)
+            if size is not None:
+                child_sizes[(row.image, row.digest)] = size
+        items = self._items(rows, child_sizes)
+        self.session.rollback()
+        items.sort(
+            key=lambda item: (-1 if item.image_size is None else item.image_size, item.id),
+            reverse=sort == "desc",
+        )
+        start = (page - 1) * per_page
+        return Page(tuple(items[start : start + per_page]), page, per_page, len(items))
+
+    def _items(
+        self, rows: t.Sequence[CachedManifest], child_sizes: dict[tuple[str, str], int]
+    ) -> list[ManifestItem]:
+        children = _children(rows)
         items = []
         for row in rows:
             if row.id in children:
@@ -547,8 +692,7 @@ class CacheAdmin:
                     last_read_at=row.last_read_at,
                 )
             )
-        self.session.rollback()
-        return Page(tuple(items), page, per_page, total)
+        return items
 
     def _child_sizes(
         self, group_id: int, children: dict[int, list[str]]
@@ -598,20 +742,28 @@ class CacheAdmin:
         return Page(items, page, per_page, total)
 
     def _page_ids(
-        self, table: _Table, group_id: int, page: int, per_page: int
+        self,
+        table: _Table,
+        group_id: int,
+        page: int,
+        per_page: int,
+        *,
+        conditions: t.Sequence[sa.ColumnElement[bool]] = (),
+        order: t.Sequence[sa.UnaryExpression[t.Any]] = (),
     ) -> tuple[int, list[int]]:
-        """The group's row count and the ids on one page, newest first, from the
-        ``(group_id, id)`` index alone."""
+        """The matching row count and the ids on one page (by default the group's rows,
+        newest first, from the ``(group_id, id)`` index alone)."""
+        where = list(conditions) or [table.group_id == group_id]
         total = self.session.execute(
-            sa.select(sa.func.count()).select_from(table).where(table.group_id == group_id)
+            sa.select(sa.func.count()).select_from(table).where(*where)
         ).scalar_one()
         if total <= (page - 1) * per_page:
             return int(total), []
         ids = (
             self.session.execute(
                 sa.select(table.id)
-                .where(table.group_id == group_id)
-                .order_by(table.id.desc())
+                .where(*where)
+                .order_by(*(order or (table.id.desc(),)))
                 .limit(per_page)
                 .offset((page - 1) * per_page)
             )
@@ -619,6 +771,16 @@ class CacheAdmin:
             .all()
         )
         return int(total), list(ids)
+
+
+def _children(rows: t.Sequence[CachedManifest]) -> dict[int, list[str]]:
+    """The platform digests of the indexes among ``rows``, by row id."""
+    children = {}
+    for row in rows:
+        found = index_children(row.content)
+        if found is not None:
+            children[row.id] = found
+    return children
 
 
 def _settings(row: GroupSettings) -> Settings:
