@@ -4,8 +4,10 @@ README link the docs cannot follow fails the suite."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+import typing as t
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +51,36 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     assert 'href="upstreams.html"' in clients
     assert "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX" in clients
     assert "DEPENDENCY_PROXY_UPSTREAMS" in (tmp_path / "html" / "upstreams.html").read_text()
+
+
+def _readme_extension() -> t.Any:
+    spec = importlib.util.spec_from_file_location("readme", ROOT / "docs" / "_ext" / "readme.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_links_become_links_between_the_pages(tmp_path: Path) -> None:
+    readme = _readme_extension()
+    text = (
+        "## Serving\n<!-- docs:serving:begin -->\n### Object storage (S3)\n"
+        "<!-- docs:serving:end -->\n## Scaling out\n<!-- docs:scaling:begin -->\n"
+        "See [S3](#object-storage-s3), [serving](#serving), [the conf](examples/x.py),\n"
+        "[Flask](https://flask.palletsprojects.com) and [gone](#not-in-the-docs).\n"
+        "```sh\necho [kept](#object-storage-s3)\n```\n<!-- docs:scaling:end -->\n"
+    )
+    pages = readme.heading_pages(text)
+    assert pages["object-storage-s3"] == readme.Place("serving", title=False)
+    assert pages["scaling-out"] == readme.Place("scaling", title=True)
+    part = text.split("<!-- docs:scaling:begin -->")[1]
+    out = readme.rewrite_links(part, "scaling", pages, tmp_path / "docs", tmp_path)
+    assert "[S3](serving.rst#object-storage-s3)" in out
+    assert "[serving](serving.rst)" in out  # a page's title: the page itself
+    assert "[the conf]" not in out and "the conf," in out  # a repository file: text only
+    assert "[Flask](https://flask.palletsprojects.com)" in out
+    assert "and gone." in out  # no page has it: text only, and a warning fails -W
+    assert "echo [kept](#object-storage-s3)" in out  # code is left alone
+    assert readme.shift_headings("### A\n#### B\n```\n### not a heading\n```\n") == (
+        "# A\n## B\n```\n### not a heading\n```\n"
+    )
