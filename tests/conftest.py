@@ -22,7 +22,7 @@ import pytest
 from tests.support import postgres, processes, seed
 from tests.support.clients import Podman, Skopeo, podman_unusable
 from tests.support.databases import Databases
-from tests.support.platform import Platform
+from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry, TokenAuth
 from tests.support.seaweedfs import SeaweedFS, seaweedfs_unavailable
@@ -320,38 +320,56 @@ def platform(
     live.stop()
 
 
-@pytest.fixture
-def platform_factory(
-    live_process: ProcessFactory, databases: Databases, tmp_path: Path
-) -> t.Callable[..., Platform]:
-    """Start platforms that belong to one test, each on a new database.
-
-    ``platform_factory(upstream_url, seed=seed.seed_minimal, extra_env={...},
-    gunicorn_args=[...])``
-    """
+def _platform_maker(
+    processes: ProcessFactory, directory: Path, databases: Databases
+) -> PlatformFactory:
+    """Start a platform on a new database of its own, set up by ``setup`` (the minimal
+    seed by default); its processes stop with ``processes``."""
     counter = itertools.count(1)
 
     def make(
         upstream_url: str,
         *,
+        name: str = "platform",
         setup: t.Callable[[Platform], None] = seed.seed_minimal,
         extra_env: t.Mapping[str, str] | None = None,
         gunicorn_args: t.Sequence[str] = (),
+        workers: int = 2,
     ) -> Platform:
-        number = next(counter)
+        label = f"{name}-{next(counter)}"
         live = Platform(
-            live_process,
-            tmp_path / f"platform-{number}",
-            database_url=databases.create("platform"),
+            processes,
+            directory / label,
+            database_url=databases.create(name),
             upstream_url=upstream_url,
-            name=f"platform-{number}",
+            name=label,
             extra_env=extra_env,
             gunicorn_args=gunicorn_args,
+            workers=workers,
         )
         setup(live)
         return live.start()
 
     return make
+
+
+@pytest.fixture
+def platform_factory(
+    live_process: ProcessFactory, databases: Databases, tmp_path: Path
+) -> PlatformFactory:
+    """Start platforms that belong to one test:
+    ``platform_factory(upstream_url, setup=seed.seed_minimal, extra_env={...}, workers=4)``."""
+    return _platform_maker(live_process, tmp_path, databases)
+
+
+@pytest.fixture(scope="module")
+def module_platform_factory(
+    module_processes: ProcessFactory,
+    databases: Databases,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> PlatformFactory:
+    """Start platforms that a module's tests share, as :func:`platform_factory` does."""
+    return _platform_maker(module_processes, tmp_path_factory.mktemp("platforms"), databases)
 
 
 # -- clients -------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import pytest
 
 from tests.support import curl, images, seed
 from tests.support.curl import Transfer
-from tests.support.databases import Databases
 from tests.support.fakeregistry import (
     FakeRegistry,
     Framing,
@@ -27,7 +26,7 @@ from tests.support.fakeregistry import (
     corrupt_one_byte,
     sha256_digest,
 )
-from tests.support.platform import Platform
+from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import ProcessFactory, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -52,22 +51,8 @@ def fake() -> t.Iterator[FakeRegistry]:
 
 
 @pytest.fixture(scope="module")
-def live(
-    module_processes: ProcessFactory,
-    databases: Databases,
-    tmp_path_factory: pytest.TempPathFactory,
-    fake: FakeRegistry,
-) -> Platform:
-    platform = Platform(
-        module_processes,
-        tmp_path_factory.mktemp("platform-mismatch"),
-        database_url=databases.create("mismatch"),
-        upstream_url=fake.url,
-        name="platform-mismatch",
-        workers=2,
-    )
-    seed.seed_minimal(platform)
-    return platform.start()
+def live(module_platform_factory: PlatformFactory, fake: FakeRegistry) -> Platform:
+    return module_platform_factory(fake.url, name="mismatch")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ side of readiness is checked where the database is stopped and frozen
 from __future__ import annotations
 
 import json
-import shutil
 import typing as t
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
-from tests.support.databases import Databases
-from tests.support.platform import Platform
-from tests.support.processes import ProcessFactory, wait_for
+from tests.support.platform import Platform, PlatformFactory
+from tests.support.processes import wait_for
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -40,36 +38,21 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def platform(
-    module_processes: ProcessFactory,
-    databases: Databases,
+    module_platform_factory: PlatformFactory,
     upstream: Registry,
     tmp_path_factory: pytest.TempPathFactory,
-) -> t.Iterator[Platform]:
-    workdir = tmp_path_factory.mktemp("operations")
-    live = Platform(
-        module_processes,
-        workdir / "platform",
-        database_url=databases.create("operations"),
-        upstream_url=upstream.url,
-        name="platform-operations",
+) -> Platform:
+    return module_platform_factory(
+        upstream.url,
+        name="operations",
         extra_env={
             "DEPENDENCY_PROXY_METRICS_ENABLED": "true",
             "DEPENDENCY_PROXY_METRICS_TOKEN": METRICS_TOKEN,
             "DEPENDENCY_PROXY_REQUEST_LOG": "json",
             # Each worker's own folder of metric files, gone with the module.
-            "PROMETHEUS_MULTIPROC_DIR": str(_fresh(workdir / "metrics")),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics")),
         },
     )
-    seed.seed_minimal(live)
-    live.start()
-    yield live
-    live.stop()
-
-
-def _fresh(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def _scrape(platform: Platform) -> Samples:

@@ -11,8 +11,7 @@ import requests
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
-from tests.support.databases import Databases
-from tests.support.platform import Platform
+from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
 
@@ -38,21 +37,13 @@ class Down(t.NamedTuple):
 @pytest.fixture(scope="module")
 def down(
     module_processes: ProcessFactory,
-    databases: Databases,
+    module_platform_factory: PlatformFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> t.Iterator[Down]:
     """A platform of its own whose upstream has stopped after one image was pulled."""
     workdir = tmp_path_factory.mktemp("upstream-down")
     upstream = Registry(module_processes, workdir / "upstream", name="down-upstream").start()
-    platform = Platform(
-        module_processes,
-        workdir / "platform",
-        database_url=databases.create("down"),
-        upstream_url=upstream.url,
-        name="platform-down",
-    )
-    seed.seed_minimal(platform)
-    platform.start()
+    platform = module_platform_factory(upstream.url, name="down")
     cached = images.push(
         images.build_image("down-cached"), upstream, "e2e/cached", "1", workdir=workdir
     )
@@ -64,7 +55,6 @@ def down(
     checks.ok(skopeo.copy_to_dir(platform.image(GROUP, "e2e/cached", "1"))[0])
     upstream.stop()
     yield Down(platform, upstream, cached, uncached, workdir)
-    platform.stop()
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ import pytest
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
-from tests.support.databases import Databases
 from tests.support.faultproxy import FaultProxy, Throttle
-from tests.support.platform import APP_IMPORT, REPO_ROOT, Platform
-from tests.support.processes import ProcessFactory
+from tests.support.platform import APP_IMPORT, REPO_ROOT, Platform, PlatformFactory
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -38,31 +36,17 @@ class World(t.NamedTuple):
     platform: Platform
     upstream: Registry
     faulty: FaultProxy
-    workdir: Path
 
 
 @pytest.fixture(scope="module")
 def world(
-    module_processes: ProcessFactory,
-    databases: Databases,
+    module_platform_factory: PlatformFactory,
     upstream: Registry,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> t.Iterator[World]:
-    workdir = tmp_path_factory.mktemp("warm")
     faulty = FaultProxy(upstream.url).start()
-    platform = Platform(
-        module_processes,
-        workdir / "platform",
-        database_url=databases.create("warm"),
-        upstream_url=faulty.url,
-        name="platform-warm",
-    )
-    seed.seed_minimal(platform)
-    platform.start()
     try:
-        yield World(platform, upstream, faulty, workdir)
+        yield World(module_platform_factory(faulty.url, name="warm"), upstream, faulty)
     finally:
-        platform.stop()
         faulty.stop()
 
 

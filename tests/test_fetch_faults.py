@@ -13,8 +13,8 @@ import requests
 
 from tests.support import images, seed
 from tests.support.faultproxy import FaultProxy, Status, Throttle, Truncate
-from tests.support.platform import Platform
-from tests.support.processes import ProcessFactory, wait_for
+from tests.support.platform import Platform, PlatformFactory
+from tests.support.processes import wait_for
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -31,20 +31,9 @@ def faulty(upstream: Registry) -> t.Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def live(
-    live_process: ProcessFactory, databases: t.Any, tmp_path: Path, faulty: FaultProxy
-) -> Platform:
+def live(platform_factory: PlatformFactory, faulty: FaultProxy) -> Platform:
     """The platform with four workers, so concurrent requests land in different processes."""
-    platform = Platform(
-        live_process,
-        tmp_path / "platform",
-        database_url=databases.create("faults"),
-        upstream_url=faulty.url,
-        name="platform-faults",
-        workers=4,
-    )
-    seed.seed_minimal(platform)
-    return platform.start()
+    return platform_factory(faulty.url, name="faults", workers=4)
 
 
 def _push(upstream: Registry, name: str, tmp_path: Path, sizes: tuple[int, ...]) -> images.Pushed:

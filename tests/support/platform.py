@@ -39,6 +39,21 @@ with app.app_context():
 """
 
 
+class PlatformFactory(t.Protocol):
+    """Starts a seeded platform on a new database (the ``platform_factory`` fixtures)."""
+
+    def __call__(
+        self,
+        upstream_url: str,
+        *,
+        name: str = ...,
+        setup: t.Callable[[Platform], None] = ...,
+        extra_env: t.Mapping[str, str] | None = ...,
+        gunicorn_args: t.Sequence[str] = ...,
+        workers: int = ...,
+    ) -> Platform: ...
+
+
 class Platform:
     """One platform instance: its database, blob store, environment and gunicorn.
 
