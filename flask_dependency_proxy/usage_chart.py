@@ -26,8 +26,8 @@ _LEFT = 64
 _RIGHT = 12
 _PULLS_TOP = 28
 _PULLS_BOTTOM = 140
-_BYTES_TOP = 168
-_BYTES_BOTTOM = 226
+_BYTES_TOP = 178
+_BYTES_BOTTOM = 228
 _CACHED_COLOUR = "#2e7d32"
 _UPSTREAM_COLOUR = "#9e9e9e"
 _SAVED_COLOUR = "#1565c0"
@@ -120,6 +120,14 @@ def _nice_max(value: int) -> int:
         step *= 10
 
 
+def _nice_max_bytes(value: int) -> int:
+    """:func:`_nice_max` in the binary unit of ``value``, so the axis reads ``10.0 GiB``."""
+    unit = 1
+    while value >= unit * 1024 and unit < 1024**4:
+        unit *= 1024
+    return _nice_max(-(-value // unit)) * unit
+
+
 def _count_label(value: int) -> str:
     for size, suffix in ((1_000_000_000_000, "T"), (1_000_000_000, "G"), (1_000_000, "M")):
         if value >= size:
@@ -147,7 +155,7 @@ def render_svg(summary: UsageSummary) -> Markup:
     pulls_max = _nice_max(
         max((r.counts.pulls_cached + r.counts.pulls_upstream for r in days), default=0)
     )
-    bytes_max = _nice_max(max((r.counts.bytes_cached for r in days), default=0))
+    bytes_max = _nice_max_bytes(max((r.counts.bytes_cached for r in days), default=0))
     pulls_height = _PULLS_BOTTOM - _PULLS_TOP
     bytes_height = _BYTES_BOTTOM - _BYTES_TOP
     description = summary.description()
@@ -172,7 +180,7 @@ def render_svg(summary: UsageSummary) -> Markup:
         _text(8, (_PULLS_TOP + _PULLS_BOTTOM) / 2, "Pulls", font_weight="bold"),
         _text(_LEFT - 4, _BYTES_TOP + 4, human_size(bytes_max), text_anchor="end"),
         _text(_LEFT - 4, _BYTES_BOTTOM, "0", text_anchor="end"),
-        _text(8, _BYTES_TOP - 6, "Upstream bytes saved", font_weight="bold"),
+        _text(8, _BYTES_TOP - 12, "Upstream bytes saved", font_weight="bold"),
         # Legend.
         f'<rect x="{_LEFT}" y="8" width="10" height="10" fill="{_CACHED_COLOUR}"/>',
         _text(_LEFT + 14, 17, f"from cache ({summary.pulls_cached})"),
