@@ -254,6 +254,12 @@ def test_api_delete_needs_a_cached_valid_name(env: Env, image: str, status: int)
     response = env.client().delete(f"{API}/org/dependency_proxy/images/{image}", headers=env.auth())
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
+    # A subgroup's path, encoded or not, is the group part; its cache has no ``multi``.
+    for group in ("org%2Fteam", "org/team"):
+        other = env.client().delete(
+            f"{API}/{group}/dependency_proxy/images/multi", headers=env.auth()
+        )
+        assert other.get_json() == {"message": "404 Image Not Found"}
     assert (
         env.client().get(f"{API}/org/dependency_proxy/images/multi", headers=env.auth()).status_code
         == 405

@@ -71,7 +71,7 @@ from ..models.upstreams import UpstreamListError, check_order, credential_proble
 from ..models.usage import read_usage
 from ..quota import MAX_GROUP_LIMIT_BYTES
 from ..reference import GROUP_PATH_RE, is_valid_image_name
-from ..usage import DayCounts
+from ..usage_chart import UsageSummary
 from . import _group_upstreams as group_upstreams
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
@@ -560,22 +560,20 @@ def usage(group_ref: str) -> Response:
     days = _positive_int("days", 30, 366)
     today = dt.datetime.now(dt.UTC).date()
     since = today - dt.timedelta(days=days - 1)
-    stored = read_usage(state(None).metadata.session, group.id, since)
-    rows = []
-    for offset in range(days):
-        day = since + dt.timedelta(days=offset)
-        counts = stored.get(day, DayCounts())
-        rows.append({"day": day.isoformat(), **dataclasses.asdict(counts)})
-    cached = sum(r["pulls_cached"] for r in rows)
-    fetched = sum(r["pulls_upstream"] for r in rows)
+    summary = UsageSummary.build(
+        read_usage(state(None).metadata.session, group.id, since), today, days
+    )
     return _json(
         {
-            "days": rows,
-            "pulls_cached": cached,
-            "pulls_upstream": fetched,
-            "bytes_saved": sum(r["bytes_cached"] for r in rows),
-            "bytes_upstream": sum(r["bytes_upstream"] for r in rows),
-            "hit_ratio": cached / (cached + fetched) if cached + fetched else None,
+            "days": [
+                {"day": row.day.isoformat(), **dataclasses.asdict(row.counts)}
+                for row in summary.days
+            ],
+            "pulls_cached": summary.pulls_cached,
+            "pulls_upstream": summary.pulls_upstream,
+            "bytes_saved": summary.bytes_saved,
+            "bytes_upstream": summary.bytes_upstream,
+            "hit_ratio": summary.hit_ratio,
         }
     )
 
