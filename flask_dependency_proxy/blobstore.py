@@ -110,8 +110,15 @@ class BlobStore(t.Protocol):
     def size(self, digest: str) -> int | None:
         """The size of a committed blob, ``None`` when it is not stored."""
 
+    def recorded_size(self, digest: str, size: int) -> int | None:
+        """The size of a blob the database records as committed with ``size`` bytes,
+        ``None`` when the store can tell without a round trip that it is gone (a local
+        file). A remote store trusts the record: a missing object shows when it is
+        opened (``FileNotFoundError``), or, behind a redirect, at the client."""
+
     def locate(self, digest: str, size: int) -> BlobLocation:
-        """How a hit of a committed blob of ``size`` bytes is served."""
+        """How a hit of a committed blob of ``size`` bytes is served; no request to a
+        remote store."""
 
     def open(self, digest: str) -> t.BinaryIO:
         """A committed blob for reading; raises ``FileNotFoundError`` when it is gone."""

@@ -29,7 +29,7 @@ import logging
 import threading
 import typing as t
 
-from .blobstore import BlobLocation, BlobStore, StorageError
+from .blobstore import BlobLocation, BlobStore, ByteStream, StorageError
 from .database import DatabaseUnavailable
 from .errors import ErrorCode, RegistryError, storage_unavailable
 from .inflight import BlobFetcher, BlobTooLarge
@@ -91,6 +91,29 @@ class _RecentBlobs:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class _Unreadable:
+    """Digests whose committed blob was found missing when opened; bounded (a flood of
+    missing blobs only costs each a store request again)."""
+
+    def __init__(self, max_entries: int = 1000) -> None:
+        self.max_entries = max_entries
+        self._digests: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            if len(self._digests) >= self.max_entries:
+                self._digests.clear()
+            self._digests.add(digest)
+
+    def discard(self, digest: str) -> None:
+        with self._lock:
+            self._digests.discard(digest)
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._digests
 
 
 class Outcome(enum.StrEnum):
@@ -169,6 +192,8 @@ class PullThroughCache:
         self._clock = clock
         self.database = metadata.database
         self.recent_blobs = _RecentBlobs()
+        #: Blobs this worker found gone from the store although a row names them.
+        self._unreadable = _Unreadable()
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
         self.usage = UsageBuffer()
         self._bookkeeping_failed = False
@@ -396,7 +421,25 @@ class PullThroughCache:
         )
 
     def _stored(self, digest: str, size: int) -> BlobResult:
-        return BlobResult(digest=digest, size=size, location=self.store.locate(digest, size))
+        location = self.store.locate(digest, size)
+        if isinstance(location, ByteStream):
+            location = ByteStream(location.size, open=self._noting_missing(digest, location.open))
+        return BlobResult(digest=digest, size=size, location=location)
+
+    def _noting_missing(
+        self, digest: str, open_blob: t.Callable[[], t.Iterator[bytes]]
+    ) -> t.Callable[[], t.Iterator[bytes]]:
+        """``open_blob``, remembering a blob found gone when it is opened, so the
+        request's retry asks the store instead of trusting the row again."""
+
+        def opened() -> t.Iterator[bytes]:
+            try:
+                return open_blob()
+            except FileNotFoundError:
+                self._unreadable.add(digest)
+                raise
+
+        return opened
 
     def head_blob(self, group_id: int, path: ProxyPath, digest: str) -> int | None:
         """The size of a blob, without downloading it when it is not cached."""
@@ -435,11 +478,19 @@ class PullThroughCache:
             return size
         if record is None:
             return None
-        size = self.store.size(digest)
-        if size is not None:
-            self.recent_blobs.add(group_id, digest)
-            if touch:
-                self.metadata.touch_blob(record)
+        if digest in self._unreadable:
+            # Found gone when it was opened: the store decides, not the row.
+            size = self.store.size(digest)
+            if size is not None:
+                self._unreadable.discard(digest)
+        else:
+            # No round trip to an object store: the row knows the size.
+            size = self.store.recorded_size(digest, record.size)
+        if size is None:
+            return None
+        self.recent_blobs.add(group_id, digest)
+        if touch:
+            self.metadata.touch_blob(record)
         return size
 
     def _record_blob(self, group_id: int, digest: str, size: int) -> None:

@@ -17,6 +17,13 @@ upload of the blob's final key; committing uploads the last part and completes t
 which is what makes the object visible, atomically. A blob smaller than one part is sent
 with a single ``PutObject`` at commit. A discarded fetch aborts its upload.
 
+A hit makes no request to the store before it is answered: the database knows the
+blob's size, a presigned URL is signed locally, and a streamed hit's ``GetObject`` is its
+first request. An object gone from under its row (a pull racing cleanup's set-aside)
+shows when a streamed hit opens it, and the request's retry fetches it again; behind a
+redirect the client gets the store's ``404`` until cleanup puts the blob back, which it
+does for any set-aside blob a row names.
+
 S3 has no rename or hard link, so cleanup maps onto it as follows:
 
 - *set aside*: a server-side copy to the trash key, then a delete of the blob's key;
@@ -48,10 +55,12 @@ from .blobstore import ByteStream, Redirect, StorageError
 from .blocking import off_the_loop
 from .config import ProxyConfig
 from .storage import (
-    create_spool_file,
+    SpoolFile,
+    lock_name,
     make_folder,
     open_for_reading,
     remove_stale_spool_files,
+    spool_name,
 )
 
 #: Smallest part uploaded while a blob arrives (S3's own minimum is 5 MiB).
@@ -159,14 +168,22 @@ class S3Store:
             raise _storage_error("read", key, exc) from exc
         return int(answer["ContentLength"])
 
+    def recorded_size(self, digest: str, size: int) -> int | None:
+        """The recorded size, without a ``HEAD``: hits cost no request to the store."""
+        return size
+
     def locate(self, digest: str, size: int) -> Redirect | ByteStream:
         key = self.key(digest)
         if self.redirect:
-            url = self.client.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": self.bucket, "Key": key},
-                ExpiresIn=self.presign_seconds,
-            )
+            try:
+                # Signed here, no request: a missing object shows at the client.
+                url = self.client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": self.bucket, "Key": key},
+                    ExpiresIn=self.presign_seconds,
+                )
+            except Exception as exc:  # no credentials, a broken configuration
+                raise _storage_error("sign a URL of", key, exc) from exc
             return Redirect(url)
         return ByteStream(size, open=lambda: _chunks(self.open(digest)))
 
@@ -186,15 +203,13 @@ class S3Store:
         return t.cast(t.BinaryIO, answer["Body"])
 
     def spool_path(self, digest: str) -> str:
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self.spool_root, f"{algorithm}-{hex_digest}.partial")
+        return os.path.join(self.spool_root, spool_name(digest))
 
     def lock_path(self, digest: str) -> str:
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
+        return os.path.join(self._locks, lock_name(digest))
 
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedObject:
-        spool = create_spool_file(self.spool_path(digest))
+        spool = SpoolFile(self.spool_path(digest))
         return StagedObject(self, digest, spool, self.part_size(size), upload=upload)
 
     def part_size(self, size: int | None) -> int:
@@ -418,7 +433,7 @@ class StagedObject:
         self,
         store: S3Store,
         digest: str,
-        spool: t.BinaryIO,
+        spool: SpoolFile,
         part_bytes: int,
         *,
         upload: bool,
@@ -426,12 +441,10 @@ class StagedObject:
         self.store = store
         self.digest = digest
         self.key = store.key(digest)
-        self.spool_path = store.spool_path(digest)
+        self.spool_path = spool.path
         self.part_bytes = part_bytes
-        self._spool: t.BinaryIO | None = spool
+        self._spool = spool
         self._upload = upload
-        #: Bytes in the spool file; written only by :meth:`write` and :meth:`restart`.
-        self._written = 0
         self._lock = threading.Lock()
         self._upload_id: str | None = None
         #: ETags by part number.
@@ -447,26 +460,20 @@ class StagedObject:
         if upload:
             self._start_uploaders()
 
+    @property
+    def _written(self) -> int:
+        """Bytes in the spool file; changed only by :meth:`write` and :meth:`restart`."""
+        return self._spool.written
+
     def write(self, chunk: bytes) -> None:
         if self._error is not None:
             raise _as_storage_error(self._error, self.key)
-        try:
-            spool = self._open_spool()
-            spool.write(chunk)
-            spool.flush()
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.spool_path) from exc
-        self._written += len(chunk)
+        self._spool.write(chunk)
 
     def restart(self) -> None:
         self._stop_uploaders(drain=False)
         self._abort_upload()
-        try:
-            self._open_spool().seek(0)
-            self._open_spool().truncate()
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.spool_path) from exc
-        self._written = 0
+        self._spool.truncate()
         self._claimed = 0
         self._etags = {}
         self._error = None
@@ -482,7 +489,7 @@ class StagedObject:
             if not self._uploaders:
                 self._start_uploaders()
             self._stop_uploaders(drain=True)
-        self._close_spool()
+        self._spool.close()
         if self._error is not None:
             self._abort_upload()
             raise _as_storage_error(self._error, self.key)
@@ -498,15 +505,15 @@ class StagedObject:
             self._abort_upload()
             raise
         self._finished = True
-        _unlink(self.spool_path)
+        self._spool.remove()
 
     def discard(self) -> None:
         self._stop_uploaders(drain=False)
-        self._close_spool()
+        self._spool.close()
         if not self._finished:
             self._abort_upload()
         self._finished = True
-        _unlink(self.spool_path)
+        self._spool.remove()
 
     # -- the upload threads ------------------------------------------------------------
 
@@ -615,19 +622,6 @@ class StagedObject:
         if upload_id is not None:
             self.store.abort_upload(self.key, upload_id)
 
-    def _open_spool(self) -> t.BinaryIO:
-        if self._spool is None:
-            raise StorageError("the staged blob was closed", path=self.spool_path)
-        return self._spool
-
-    def _close_spool(self) -> None:
-        if self._spool is not None:
-            spool, self._spool = self._spool, None
-            try:
-                spool.close()
-            except OSError as exc:
-                raise StorageError.from_os_error(exc, self.spool_path) from exc
-
 
 def _read_part(path: str, offset: int, length: int) -> bytes:
     with open_for_reading(path) as spool:
@@ -658,10 +652,3 @@ def _as_storage_error(exc: BaseException, key: str) -> StorageError:
 
 def _epoch_ms(moment: dt.datetime) -> int:
     return int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

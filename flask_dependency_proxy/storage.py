@@ -60,6 +60,10 @@ class FilesystemStore:
             return None
         return stat.st_size if _stat.S_ISREG(stat.st_mode) else None
 
+    def recorded_size(self, digest: str, size: int) -> int | None:
+        """A ``stat`` (local, no round trip) checks that the file is there."""
+        return self.size(digest)
+
     def locate(self, digest: str, size: int) -> LocalFile:
         algorithm, hex_digest = digest.split(":", 1)
         return LocalFile(self.path(digest), f"{algorithm}/{hex_digest[:2]}/{hex_digest}")
@@ -84,15 +88,13 @@ class FilesystemStore:
         One name per digest, so a reader in another process can find and follow it; only
         the holder of the digest's fetch lock (see :meth:`lock_path`) writes it.
         """
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self.spool_root, f"{algorithm}-{hex_digest}.partial")
+        return os.path.join(self.spool_root, spool_name(digest))
 
     def lock_path(self, digest: str) -> str:
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
+        return os.path.join(self._locks, lock_name(digest))
 
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedFile:
-        return StagedFile(self, digest, create_spool_file(self.spool_path(digest)))
+        return StagedFile(self, digest, SpoolFile(self.spool_path(digest)))
 
     def check(self) -> None:
         for folder in (self.blobs_root, self.spool_root):
@@ -206,46 +208,92 @@ class StagedFile:
     """A blob being written to the filesystem store: the spool file is the staging file,
     renamed under the digest by :meth:`commit`."""
 
-    def __init__(self, store: FilesystemStore, digest: str, file: t.BinaryIO) -> None:
+    def __init__(self, store: FilesystemStore, digest: str, spool: SpoolFile) -> None:
         self.store = store
         self.digest = digest
-        self.spool_path = store.spool_path(digest)
-        self._file: t.BinaryIO | None = file
+        self.spool_path = spool.path
+        self._spool = spool
 
     def write(self, chunk: bytes) -> None:
-        try:
-            self._open_file().write(chunk)
-            self._open_file().flush()
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        self._spool.write(chunk)
 
     def restart(self) -> None:
-        try:
-            self._open_file().seek(0)
-            self._open_file().truncate()
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.spool_path) from exc
+        self._spool.truncate()
 
     def commit(self) -> None:
-        self._close()
+        self._spool.close()
         self.store.commit_file(self.spool_path, self.digest)
 
     def discard(self) -> None:
-        self._close()
-        _unlink(self.spool_path)
+        self._spool.close()
+        self._spool.remove()
 
-    def _open_file(self) -> t.BinaryIO:
-        if self._file is None:
-            raise StorageError("the staged blob was closed", path=self.spool_path)
-        return self._file
 
-    def _close(self) -> None:
+class SpoolFile:
+    """The local file a blob being fetched is appended to, whatever store commits it:
+    every write is flushed at once, so readers that follow the file see it grow.
+
+    Created anew for a fetch whose lock the caller holds: a file (or link) a killed
+    fetch left there is removed first.
+
+    :raises StorageError: when the file cannot be created.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        #: Bytes in the file now.
+        self.written = 0
+        self._file: t.BinaryIO | None = create_spool_file(path)
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; raises :class:`StorageError` when it cannot be kept."""
+        try:
+            file = self._open()
+            file.write(chunk)
+            file.flush()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path) from exc
+        self.written += len(chunk)
+
+    def truncate(self) -> None:
+        """Drop everything written (the fetch starts over)."""
+        try:
+            file = self._open()
+            file.seek(0)
+            file.truncate()
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path) from exc
+        self.written = 0
+
+    def close(self) -> None:
+        """Close the file (idempotent); readers that opened it keep reading."""
         if self._file is not None:
             file, self._file = self._file, None
             try:
                 file.close()
             except OSError as exc:
-                raise StorageError.from_os_error(exc, self.spool_path) from exc
+                raise StorageError.from_os_error(exc, self.path) from exc
+
+    def remove(self) -> None:
+        """Delete the file if it is still there."""
+        _unlink(self.path)
+
+    def _open(self) -> t.BinaryIO:
+        if self._file is None:
+            raise StorageError("the staged blob was closed", path=self.path)
+        return self._file
+
+
+def spool_name(digest: str) -> str:
+    """The spool file's name of a digest being fetched (one per digest, every store)."""
+    algorithm, hex_digest = digest.split(":", 1)
+    return f"{algorithm}-{hex_digest}.partial"
+
+
+def lock_name(digest: str) -> str:
+    """The name of the lock file that elects a digest's fetching process."""
+    algorithm, hex_digest = digest.split(":", 1)
+    return f"{algorithm}-{hex_digest}.lock"
 
 
 def create_spool_file(path: str) -> t.BinaryIO:

@@ -73,6 +73,15 @@ def fault(upstream: Registry) -> t.Iterator[FaultProxy]:
     proxy.stop()
 
 
+@pytest.fixture(scope="module")
+def store_log(seaweedfs: SeaweedFS) -> t.Iterator[FaultProxy]:
+    """Every request the platforms (and the clients they redirect) make to the object
+    store goes through this recording proxy."""
+    proxy = FaultProxy(seaweedfs.endpoint).start()
+    yield proxy
+    proxy.stop()
+
+
 def _site(
     processes: ProcessFactory,
     directory: Path,
@@ -80,6 +89,7 @@ def _site(
     seaweedfs: SeaweedFS,
     upstream_url: str,
     name: str,
+    store_log: FaultProxy,
     **settings: str,
 ) -> Site:
     bucket = seaweedfs.new_bucket()
@@ -91,6 +101,7 @@ def _site(
         name=name,
         extra_env={
             **seaweedfs.env(bucket),
+            "DEPENDENCY_PROXY_S3_ENDPOINT_URL": store_log.url,
             "DEPENDENCY_PROXY_PURGE_COOLDOWN_SECONDS": "0",
             "DEPENDENCY_PROXY_CLEANUP_FILE_GRACE_SECONDS": "1",
             **settings,
@@ -107,6 +118,7 @@ def redirecting(
     pg_databases: Databases,
     seaweedfs: SeaweedFS,
     fault: FaultProxy,
+    store_log: FaultProxy,
 ) -> Site:
     """Hits answered with presigned redirects; upstream behind the fault proxy."""
     return _site(
@@ -116,6 +128,7 @@ def redirecting(
         seaweedfs,
         fault.url,
         "platform-s3",
+        store_log,
     )
 
 
@@ -126,6 +139,7 @@ def streaming(
     pg_databases: Databases,
     seaweedfs: SeaweedFS,
     upstream: Registry,
+    store_log: FaultProxy,
 ) -> Site:
     """Hits streamed by the proxy from the object store."""
     return _site(
@@ -135,6 +149,7 @@ def streaming(
         seaweedfs,
         upstream.url,
         "platform-s3-streamed",
+        store_log,
         DEPENDENCY_PROXY_S3_REDIRECT="false",
     )
 
@@ -189,6 +204,7 @@ def test_cold_then_warm_pull(
     request: pytest.FixtureRequest,
     upstream: Registry,
     seaweedfs: SeaweedFS,
+    store_log: FaultProxy,
     unique_name: str,
     tmp_path: Path,
 ) -> None:
@@ -223,12 +239,72 @@ def test_cold_then_warm_pull(
     if mode == "redirect":
         assert response.status_code == 307
         location = response.headers["Location"]
-        assert location.startswith(f"{seaweedfs.endpoint}/{site.bucket}/blobs/sha256/")
+        assert location.startswith(f"{store_log.url}/{site.bucket}/blobs/sha256/")
         assert "X-Amz-Signature=" in location
         assert requests.get(location, timeout=30).content == upstream.read_blob(layer)
     else:
         assert response.status_code == 200
         assert response.content == upstream.read_blob(layer)
+
+
+def _store_requests(store_log: FaultProxy, since: int, key: str) -> list[str]:
+    """The methods of the object-store requests about ``key`` after the first ``since``."""
+    return [r.method for r in store_log.requests[since:] if key in r.path]
+
+
+@pytest.mark.parametrize("mode", ["redirect", "streamed"])
+def test_hit_asks_the_store_nothing_but_the_bytes(
+    mode: str,
+    request: pytest.FixtureRequest,
+    upstream: Registry,
+    seaweedfs: SeaweedFS,
+    store_log: FaultProxy,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    """The database knows a cached blob's size: a hit makes no ``HEAD`` to the store,
+    only the download (the client's, after a redirect, or the proxy's own)."""
+    site: Site = request.getfixturevalue("redirecting" if mode == "redirect" else "streaming")
+    platform = site.platform
+    pushed = _push(upstream, unique_name, tmp_path, (150_000,))
+    layer = pushed.layer_digests[0]
+    key = f"blobs/sha256/{layer[7:9]}/{layer[7:]}"
+    headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
+    url = _blob_url(platform, pushed.repository, layer)
+    assert requests.get(url, headers=headers, timeout=30).content == upstream.read_blob(layer)
+    _wait_committed(site, seaweedfs, [layer])
+    for _ in range(2):
+        since = len(store_log.requests)
+        response = requests.get(url, headers=headers, timeout=30)
+        assert response.content == upstream.read_blob(layer)
+        assert _store_requests(store_log, since, key) == ["GET"]
+        head = requests.head(url, headers=headers, timeout=30)
+        assert head.headers["Content-Length"] == str(len(response.content))
+        assert _store_requests(store_log, since, key) == ["GET"]
+
+
+def test_object_gone_from_under_its_row_is_fetched_again(
+    streaming: Site, upstream: Registry, seaweedfs: SeaweedFS, unique_name: str, tmp_path: Path
+) -> None:
+    """Without a ``HEAD`` on hits, a blob deleted behind the cache's back shows when it
+    is opened: the request fetches it again instead of failing."""
+    platform = streaming.platform
+    pushed = _push(upstream, unique_name, tmp_path, (120_000,))
+    layer = pushed.layer_digests[0]
+    headers = platform.bearer(USER.username, USER.password, GROUP, pushed.repository)
+    url = _blob_url(platform, pushed.repository, layer)
+    assert requests.get(url, headers=headers, timeout=30).status_code == 200
+    _wait_committed(streaming, seaweedfs, [layer])
+    seaweedfs.client.delete_object(
+        Bucket=streaming.bucket, Key=f"blobs/sha256/{layer[7:9]}/{layer[7:]}"
+    )
+    since = upstream.mark()
+    for _ in range(2):  # whichever worker answers
+        response = requests.get(url, headers=headers, timeout=30)
+        assert response.status_code == 200
+        assert response.content == upstream.read_blob(layer)
+        _wait_committed(streaming, seaweedfs, [layer])
+    assert _upstream_blob_gets(upstream, pushed.repository, since) == [layer]
 
 
 def test_wrong_upstream_bytes_leave_no_object_and_no_upload(
@@ -332,7 +408,12 @@ def test_upload_of_a_killed_fetch_is_aborted_by_cleanup(
 
 
 def test_purge_and_cleanup_delete_the_objects(
-    streaming: Site, seaweedfs: SeaweedFS, upstream: Registry, unique_name: str, tmp_path: Path
+    streaming: Site,
+    seaweedfs: SeaweedFS,
+    store_log: FaultProxy,
+    upstream: Registry,
+    unique_name: str,
+    tmp_path: Path,
 ) -> None:
     site, platform = streaming, streaming.platform
     pushed = _push(upstream, unique_name, tmp_path, (300_000, 100_000))
@@ -344,7 +425,7 @@ def test_purge_and_cleanup_delete_the_objects(
         seaweedfs.client.head_object(Bucket=site.bucket, Key=key)["ContentLength"] for key in stored
     )
     stats = platform.flask("dependency-proxy", "stats").stdout
-    described = f"Blobs in s3://{site.bucket}/ (endpoint {seaweedfs.endpoint})"
+    described = f"Blobs in s3://{site.bucket}/ (endpoint {store_log.url})"
     assert f"{described}: {len(stored)}, {human_size(size)}." in stats
     assert seaweedfs.secret_key not in stats
 
@@ -399,15 +480,45 @@ def test_object_store_down_answers_503(
             },
             "DEPENDENCY_PROXY_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
             "SECRET_KEY": platform.env["SECRET_KEY"],
+            **{key: value for key, value in platform.env.items() if key.startswith("AWS_")},
         },
     ).start()
     try:
-        for pushed in (pulled, never_pulled):
-            headers = down.bearer(USER.username, USER.password, GROUP, pushed.repository)
-            url = _blob_url(down, pushed.repository, pushed.layer_digests[0])
-            response = requests.get(url, headers=headers, timeout=60)
-            assert response.status_code == 503, (url, response.status_code, response.text)
-            assert response.headers["Content-Type"].startswith("application/json")
-            assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+        # A hit asks the store nothing: the client gets its presigned URL.
+        headers = down.bearer(USER.username, USER.password, GROUP, pulled.repository)
+        url = _blob_url(down, pulled.repository, pulled.layer_digests[0])
+        response = requests.get(url, headers=headers, allow_redirects=False, timeout=60)
+        assert response.status_code == 307, (url, response.status_code, response.text)
+        # A miss cannot be stored.
+        headers = down.bearer(USER.username, USER.password, GROUP, never_pulled.repository)
+        url = _blob_url(down, never_pulled.repository, never_pulled.layer_digests[0])
+        response = requests.get(url, headers=headers, timeout=60)
+        assert response.status_code == 503, (url, response.status_code, response.text)
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
     finally:
         down.stop()
+    # Without credentials no URL can be signed: 503, not 500.
+    unsigned = Platform(
+        module_processes,
+        tmp_path / "unsigned",
+        database_url=platform.database_url,
+        upstream_url=platform.upstream_url,
+        name="platform-s3-unsigned",
+        extra_env={
+            **{
+                key: value
+                for key, value in platform.env.items()
+                if key.startswith("DEPENDENCY_PROXY_") and key != "DEPENDENCY_PROXY_EXTERNAL_URL"
+            },
+            "SECRET_KEY": platform.env["SECRET_KEY"],
+        },
+    ).start()
+    try:
+        headers = unsigned.bearer(USER.username, USER.password, GROUP, pulled.repository)
+        url = _blob_url(unsigned, pulled.repository, pulled.layer_digests[0])
+        response = requests.get(url, headers=headers, allow_redirects=False, timeout=60)
+        assert response.status_code == 503, (url, response.status_code, response.text)
+        assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        unsigned.stop()

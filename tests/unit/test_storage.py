@@ -99,6 +99,7 @@ def test_a_link_in_place_of_a_committed_blob_counts_as_not_stored(tmp_path: Path
     assert store.size(digest) is None
     with pytest.raises(FileNotFoundError):
         store.open(digest)
+    assert store.recorded_size(digest, len(data)) is None
     # The fetch that follows replaces the link with the real blob.
     assert _fetch(store, data) == data
     assert not final.is_symlink() and final.read_bytes() == data
