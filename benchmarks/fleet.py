@@ -20,7 +20,6 @@ import argparse
 import collections
 import concurrent.futures
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -39,7 +38,7 @@ from tests.support.platform import Platform
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import LiveProcess, ProcessFactory, free_port, http_probe
 from tests.support.registry import Registry
-from tests.support.seaweedfs import SeaweedFS
+from tests.support.seaweedfs import SeaweedFS, distribution_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PULLS = 8
@@ -168,27 +167,16 @@ def run_distribution(
             config = {
                 "version": 0.1,
                 "log": {"level": "warn"},
-                "storage": {
-                    "s3": {
-                        "regionendpoint": recorder.url,
-                        "bucket": bucket,
-                        "accesskey": seaweedfs.access_key,
-                        "secretkey": seaweedfs.secret_key,
-                        "region": seaweedfs.region,
-                        "secure": False,
-                        "v4auth": True,
-                    },
-                    "redirect": {"disable": False},
-                    "cache": {"blobdescriptor": "inmemory"},
-                },
+                "storage": seaweedfs.distribution_storage(bucket, endpoint=recorder.url),
                 "http": {"addr": f"127.0.0.1:{port}", "secret": "bench-fleet"},
                 "proxy": {"remoteurl": upstream.url},
             }
             path = work / f"distribution-{name}.yml"
             path.write_text(json.dumps(config))
-            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             process = processes.create(
-                f"distribution-{name}", ["docker-registry", "serve", str(path)], env=env
+                f"distribution-{name}",
+                ["docker-registry", "serve", str(path)],
+                env=distribution_env(),
             )
             process.start(ready=http_probe(f"http://127.0.0.1:{port}/v2/", status=200), timeout=30)
             instances.append((f"127.0.0.1:{port}", process))

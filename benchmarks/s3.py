@@ -16,6 +16,7 @@ It is a benchmark, not a test: it never fails on timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from benchmarks import harness as h
 from tests.support.clients import Skopeo
 from tests.support.processes import LiveProcess, ProcessFactory, free_port, http_probe
 from tests.support.registry import Registry
-from tests.support.seaweedfs import SeaweedFS
+from tests.support.seaweedfs import SeaweedFS, distribution_env
 
 RESULTS = h.BENCH_DIR / "results"
 
@@ -84,8 +85,7 @@ class OursOnS3(ObjectStored, h.Ours):
 
 
 class DistributionOnS3(ObjectStored):
-    """``docker-registry serve`` in proxy mode with the ``s3-aws`` driver, redirects on,
-    started without ``AWS_CA_BUNDLE`` (its S3 driver panics on the variable)."""
+    """``docker-registry serve`` in proxy mode with the ``s3-aws`` driver, redirects on."""
 
     def __init__(
         self, processes: ProcessFactory, directory: Path, remote_url: str, seaweedfs: SeaweedFS
@@ -113,28 +113,14 @@ class DistributionOnS3(ObjectStored):
         config = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": False}},
-            "storage": {
-                "s3": {
-                    "regionendpoint": self.seaweedfs.endpoint,
-                    "bucket": self.bucket,
-                    "accesskey": self.seaweedfs.access_key,
-                    "secretkey": self.seaweedfs.secret_key,
-                    "region": self.seaweedfs.region,
-                    "secure": False,
-                    "v4auth": True,
-                },
-                "redirect": {"disable": False},
-                "delete": {"enabled": True},
-                "cache": {"blobdescriptor": "inmemory"},
-            },
+            "storage": self.seaweedfs.distribution_storage(self.bucket),
             "http": {"addr": self.host, "secret": "bench-distribution-secret"},
             "proxy": {"remoteurl": self.remote_url},
         }
         config_path = self.directory / f"config-{self._generation}.yml"
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         self.process = self.processes.create(
-            self.label, ["docker-registry", "serve", config_path], env=env
+            self.label, ["docker-registry", "serve", config_path], env=distribution_env()
         )
         self.process.start(ready=http_probe(f"http://{self.host}/v2/", status=200), timeout=30)
 
@@ -174,13 +160,25 @@ def upstream_blob_gets(upstream: Registry, since: int, image: h.SeededImage) -> 
 
 
 def measure(
-    contender: Contender, image: h.SeededImage, upstream: Registry, work: Path
+    contender: Contender,
+    image: h.SeededImage,
+    upstream: Registry,
+    work: Path,
+    profile: Path | None = None,
 ) -> dict[str, float]:
+    """Cold then warm pull on a fresh cache; with ``profile``, our cold pull is recorded
+    with py-spy into that folder."""
     contender.fresh()
     try:
         h.settle_upstream(upstream)
         mark = upstream.mark()
-        cold = h.pull(contender, image, work / "cold")  # type: ignore[arg-type]
+        recording: t.ContextManager[object] = contextlib.nullcontext()
+        if profile is not None and isinstance(contender, OursOnS3):
+            assert contender.platform is not None and contender.platform.process.pid
+            name = f"{contender.name}-cold-{len(list(profile.glob('*.txt'))) + 1}"
+            recording = h.PySpy(contender.platform.process.pid, profile, name)
+        with recording:
+            cold = h.pull(contender, image, work / "cold")  # type: ignore[arg-type]
         h.wait_cached(contender, image)  # type: ignore[arg-type]
         h.settle_upstream(upstream)
         gets = upstream_blob_gets(upstream, mark, image)
@@ -240,6 +238,15 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--size-mib", type=int, default=None)
     parser.add_argument("--name", default=None, help="results file name (default s3)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record our cold pulls with py-spy into this folder (adds py-spy's overhead)",
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated contenders: redirect,streamed,distribution"
+    )
     args = parser.parse_args(argv)
     size_mib = args.size_mib or (32 if args.quick else 200)
     repetitions = args.repetitions or (1 if args.quick else 3)
@@ -287,13 +294,16 @@ def main(argv: t.Sequence[str] | None = None) -> int:
                 DistributionOnS3(processes, run_dir / "distribution", upstream.url, seaweedfs),
             ),
         ]
+        if args.only:
+            wanted = set(args.only.split(","))
+            contenders = [(label, c) for label, c in contenders if any(w in label for w in wanted)]
         results = {label: [] for label, _ in contenders}
         for repetition in range(repetitions):
             turn = repetition % len(contenders)
             for label, contender in contenders[turn:] + contenders[:turn]:
                 log(f"repetition {repetition + 1}: {label}")
                 try:
-                    run = measure(contender, image, upstream, run_dir / "pulls")
+                    run = measure(contender, image, upstream, run_dir / "pulls", args.profile)
                 except h.BenchError as exc:
                     log(f"  failed: {describe_error(exc)}")
                     continue

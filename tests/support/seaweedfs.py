@@ -39,6 +39,12 @@ VOLUMES_PER_BUCKET = 2
 MAX_VOLUMES = 400
 
 
+def distribution_env() -> dict[str, str]:
+    """This process's environment without ``AWS_CA_BUNDLE``: distribution's S3 driver
+    panics when the variable is set."""
+    return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+
+
 def seaweedfs_unavailable() -> str | None:
     """``None`` when ``weed`` can run here, else what to install."""
     if shutil.which("weed") is None:
@@ -170,6 +176,27 @@ class SeaweedFS:
         ``UploadId``, ``Initiated``)."""
         answer = self.client.list_multipart_uploads(Bucket=bucket)
         return list(answer.get("Uploads", []))
+
+    def distribution_storage(self, bucket: str, endpoint: str | None = None) -> dict[str, t.Any]:
+        """The ``storage`` section of a CNCF distribution config that keeps its blobs in
+        ``bucket`` with the ``s3-aws`` driver and answers blob GETs with presigned
+        redirects (the reference for our object storage). ``endpoint`` replaces the
+        server's (a recording proxy in front of it). Start distribution with
+        :func:`distribution_env`."""
+        return {
+            "s3": {
+                "regionendpoint": endpoint or self.endpoint,
+                "bucket": bucket,
+                "accesskey": self.access_key,
+                "secretkey": self.secret_key,
+                "region": self.region,
+                "secure": False,
+                "v4auth": True,
+            },
+            "redirect": {"disable": False},
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        }
 
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The settings a platform process needs to keep its blobs in ``bucket``
