@@ -642,22 +642,48 @@ class CacheAdmin:
         per_page: int,
         sort: str,
     ) -> Page[ManifestItem]:
-        """Sizes come from the documents: read the matching rows, sort, cut a page.
-        An index's platforms have its image name, so the same rows give their sizes."""
-        rows = self.session.execute(sa.select(CachedManifest).where(*conditions)).scalars().all()
-        child_sizes = {}
-        for row in rows:
-            size = image_size(row.content)
+        """Sizes come from the documents: read the matching ones, sort, then load the
+        page's rows. An index's platforms have its image name, so the same documents
+        give their sizes."""
+        found = self.session.execute(
+            sa.select(
+                CachedManifest.id,
+                CachedManifest.image,
+                CachedManifest.digest,
+                CachedManifest.content,
+            ).where(*conditions)
+        ).all()
+        own: dict[int, int | None] = {}
+        child_sizes: dict[tuple[str, str], int] = {}
+        indexes: dict[int, tuple[str, list[str]]] = {}
+        for row_id, image, digest, content in found:
+            size = image_size(content)
+            own[row_id] = size
             if size is not None:
-                child_sizes[(row.image, row.digest)] = size
-        items = self._items(rows, child_sizes)
-        self.session.rollback()
-        items.sort(
-            key=lambda item: (-1 if item.image_size is None else item.image_size, item.id),
-            reverse=sort == "desc",
+                child_sizes[(image, digest)] = size
+            else:
+                children = index_children(content)
+                if children is not None:
+                    indexes[row_id] = (image, children)
+        for row_id, (image, children) in indexes.items():
+            sizes = [child_sizes[(image, d)] for d in children if (image, d) in child_sizes]
+            own[row_id] = sum(sizes) if sizes else None
+        ranked = sorted(
+            own, key=lambda i: (-1 if own[i] is None else own[i], i), reverse=sort == "desc"
         )
         start = (page - 1) * per_page
-        return Page(tuple(items[start : start + per_page]), page, per_page, len(items))
+        ids = ranked[start : start + per_page]
+        rows: t.Sequence[CachedManifest] = ()
+        if ids:
+            rows = (
+                self.session.execute(sa.select(CachedManifest).where(CachedManifest.id.in_(ids)))
+                .scalars()
+                .all()
+            )
+        by_id = {row.id: row for row in rows}
+        items = self._items([by_id[i] for i in ids if i in by_id], child_sizes)
+        self.session.rollback()
+        return Page(tuple(items), page, per_page, len(own))
 
     def _items(
         self, rows: t.Sequence[CachedManifest], child_sizes: dict[tuple[str, str], int]
