@@ -149,6 +149,32 @@ def empty_bucket(seaweedfs: SeaweedFS, bucket: str) -> None:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
+def settle_machine(max_wait: float = 20.0, threshold: float = 0.15) -> None:
+    """Flush dirty pages and wait for a second in which the whole machine is idle.
+
+    What the previous contender left running (SeaweedFS deleting and compacting its
+    objects, the kernel writing back hundreds of MiB) otherwise lands on the next one's
+    cold pull: without this wait, the contender that followed distribution was the slow
+    one in most repetitions.
+    """
+    os.sync()
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        before = _cpu_ticks()
+        time.sleep(1.0)
+        after = _cpu_ticks()
+        busy, total = after[0] - before[0], after[1] - before[1]
+        if total and busy / total < threshold:
+            return
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """Busy and total ticks of all CPUs since boot (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def upstream_blob_gets(upstream: Registry, since: int, image: h.SeededImage) -> int:
     return sum(
         1
@@ -171,6 +197,7 @@ def measure(
     contender.fresh()
     try:
         h.settle_upstream(upstream)
+        settle_machine()
         mark = upstream.mark()
         recording: t.ContextManager[object] = contextlib.nullcontext()
         if profile is not None and isinstance(contender, OursOnS3):
