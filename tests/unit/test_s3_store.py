@@ -10,6 +10,7 @@ import os
 import typing as t
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 import requests
 from botocore.config import Config
@@ -341,3 +342,52 @@ def test_storage_url_opens_the_object_store(
     staged.commit()
     assert seaweedfs.objects(bucket) == [store.key(_digest(data))]
     assert store.key(_digest(data)).startswith("some/prefix/blobs/")
+
+
+def test_configured_client_sends_parts_with_a_content_md5_the_store_checks(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies go up unsigned by SigV4 (whose hash would run on gevent's event loop) but
+    with a ``Content-MD5`` hashed off it, which the store verifies: a wrong one is
+    refused."""
+    for key, value in seaweedfs.env(bucket).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    app, db = _app(
+        tmp_path,
+        DEPENDENCY_PROXY_STORAGE_URL=f"s3://{bucket}",
+        DEPENDENCY_PROXY_S3_ENDPOINT_URL=seaweedfs.endpoint,
+        DEPENDENCY_PROXY_S3_REGION="us-east-1",
+        DEPENDENCY_PROXY_S3_ADDRESSING_STYLE="path",
+        DEPENDENCY_PROXY_STORAGE_PATH=str(tmp_path / "local"),
+    )
+    DependencyProxy(app, db=db, host=PlatformHost())
+    store = state(app).store
+    assert isinstance(store, S3Store)
+    store.part_bytes = PART
+    sent: list[tuple[str, bytes | None, str | None]] = []
+
+    def record(request: t.Any, event_name: str, **_: t.Any) -> None:
+        sent.append(
+            (
+                event_name.split(".")[-1],
+                request.headers.get("X-Amz-Content-SHA256"),
+                request.headers.get("Content-MD5"),
+            )
+        )
+
+    store.client.meta.events.register("before-send.s3.UploadPart", record)
+    store.client.meta.events.register("before-send.s3.PutObject", record)
+    for data in (os.urandom(2 * PART + 100), os.urandom(1000)):
+        staged = store.stage(_digest(data), len(data))
+        _write(staged, data)
+        staged.commit()
+        with store.open(_digest(data)) as body:
+            assert body.read() == data
+    assert sorted(operation for operation, _, _ in sent) == ["PutObject"] + ["UploadPart"] * 3
+    assert {signature for _, signature, _ in sent} == {b"UNSIGNED-PAYLOAD"}
+    assert all(md5 for _, _, md5 in sent)
+    with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
+        store.client.put_object(
+            Bucket=bucket, Key="probe", Body=b"one", ContentMD5="DZ7p3XH3YJ+fzXkJbbu8Bg=="
+        )
