@@ -83,6 +83,13 @@ S3_ADDRESSING_STYLE = "auto"
 S3_REDIRECT = True
 #: How long a presigned blob URL stays valid.
 S3_PRESIGN_SECONDS = 900
+#: With ``S3_REDIRECT``, how long a worker trusts that a blob's object exists after a
+#: ``HEAD`` found it: hits in that time ask the object store nothing before their
+#: redirect. An object deleted behind the cache's back fails clients for at most this
+#: long; the next hit after it finds the object gone and fetches the blob again. ``0``
+#: checks on every hit. (Streamed hits need no check: a missing object shows when it is
+#: opened.)
+S3_VERIFY_SECONDS = 300.0
 #: This host's own base URL as other hosts of the fleet reach it (an internal address,
 #: e.g. ``http://10.0.0.5:8000``). Setting it turns on coordination through the
 #: database: one upstream fetch per blob across every host that shares the database,
@@ -222,6 +229,7 @@ class ProxyConfig:
     s3_addressing_style: str
     s3_redirect: bool
     s3_presign_seconds: int
+    s3_verify_seconds: float
     peer_url: str | None
     fetch_lease_seconds: float
     token_ttl: int
@@ -526,6 +534,7 @@ _FIELDS: dict[str, Coerce] = {
     "s3_addressing_style": _choice("auto", "path", "virtual"),
     "s3_redirect": _boolean,
     "s3_presign_seconds": _number(int, 1),
+    "s3_verify_seconds": _number(float, 0),
     "peer_url": _optional(_url),
     "fetch_lease_seconds": _number(float, 1),
     "token_ttl": _number(int, 1),

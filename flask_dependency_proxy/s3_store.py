@@ -17,12 +17,13 @@ upload of the blob's final key; committing uploads the last part and completes t
 which is what makes the object visible, atomically. A blob smaller than one part is sent
 with a single ``PutObject`` at commit. A discarded fetch aborts its upload.
 
-A hit makes no request to the store before it is answered: the database knows the
-blob's size, a presigned URL is signed locally, and a streamed hit's ``GetObject`` is its
-first request. An object gone from under its row (a pull racing cleanup's set-aside)
-shows when a streamed hit opens it, and the request's retry fetches it again; behind a
-redirect the client gets the store's ``404`` until cleanup puts the blob back, which it
-does for any set-aside blob a row names.
+A hit asks the store almost nothing before it is answered: the database knows the
+blob's size and a presigned URL is signed locally. An object gone from under its row (a
+pull racing cleanup's set-aside, or a delete behind the cache's back) shows when a
+streamed hit opens it (its ``GetObject`` is its first request), and the request's retry
+fetches it again. A redirected hit cannot see what the client gets, so a worker checks
+each object with a ``HEAD`` at most once per ``S3_VERIFY_SECONDS``: a missing object
+fails clients for at most that long, and the next hit fetches the blob again.
 
 S3 has no rename or hard link, so cleanup maps onto it as follows:
 
@@ -105,6 +106,7 @@ class S3Store:
         endpoint_url: str | None = None,
         redirect: bool = True,
         presign_seconds: int = 900,
+        verify_seconds: float = 300.0,
         part_bytes: int = MIN_PART_BYTES,
     ) -> None:
         self.client = client
@@ -113,6 +115,8 @@ class S3Store:
         self.endpoint_url = endpoint_url
         self.redirect = redirect
         self.presign_seconds = presign_seconds
+        #: Objects a ``HEAD`` found, trusted for ``verify_seconds`` by redirected hits.
+        self._verified = _RecentlySeen(verify_seconds)
         self.part_bytes = part_bytes
         root = os.path.abspath(local_root)
         self.spool_root = os.path.join(root, "staging")
@@ -155,6 +159,7 @@ class S3Store:
             endpoint_url=config.s3_endpoint_url,
             redirect=config.s3_redirect,
             presign_seconds=config.s3_presign_seconds,
+            verify_seconds=config.s3_verify_seconds,
         )
 
     def describe(self) -> str:
@@ -177,8 +182,19 @@ class S3Store:
         return int(answer["ContentLength"])
 
     def recorded_size(self, digest: str, size: int) -> int | None:
-        """The recorded size, without a ``HEAD``: hits cost no request to the store."""
-        return size
+        """The recorded size. A streamed hit trusts it (opening the object tells); a
+        redirected one checks the object with a ``HEAD`` unless one found it within
+        ``verify_seconds``. A store that cannot answer the check is trusted too: the
+        client finds out at the store, as with any redirect."""
+        if not self.redirect or digest in self._verified:
+            return size
+        try:
+            found = self.size(digest)
+        except StorageError:
+            return size
+        if found is not None:
+            self._verified.add(digest)
+        return found
 
     def locate(self, digest: str, size: int) -> Redirect | ByteStream:
         key = self.key(digest)
@@ -247,6 +263,7 @@ class S3Store:
 
     def delete(self, digest: str) -> bool:
         key = self.key(digest)
+        self._verified.discard(digest)
         if self.size(digest) is None:
             return False
         self._delete_key(key)
@@ -268,6 +285,7 @@ class S3Store:
     def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
         """Copy a committed blob into the trash and delete its key (S3 has no rename):
         presigned URLs handed out already stop working."""
+        self._verified.discard(digest)
         size = self.size(digest)
         if size is None:
             return False
@@ -425,6 +443,33 @@ class S3Store:
         folder = f"{self.prefix}trash/"
         if not handle.startswith(folder) or not _TRASH_KEY.fullmatch(handle[len(folder) :]):
             raise ValueError(f"not a set-aside blob of this store: {handle!r}")
+
+
+class _RecentlySeen:
+    """Digests seen within the last ``seconds``, per process; bounded, oldest out first."""
+
+    def __init__(self, seconds: float, max_entries: int = 10_000) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, digest: str) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            self._seen.pop(digest, None)
+            self._seen[digest] = time.monotonic() + self.seconds
+            while len(self._seen) > self.max_entries:
+                del self._seen[next(iter(self._seen))]
+
+    def discard(self, digest: str) -> None:
+        with self._lock:
+            self._seen.pop(digest, None)
+
+    def __contains__(self, digest: str) -> bool:
+        until = self._seen.get(digest)
+        return until is not None and time.monotonic() < until
 
 
 class StagedObject:

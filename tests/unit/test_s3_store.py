@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import time
 import typing as t
 from pathlib import Path
 
@@ -191,6 +192,53 @@ def test_hits_are_presigned_redirects_or_streams(
     store.delete(digest)
     with pytest.raises(FileNotFoundError):
         streamed.open()
+
+
+def test_redirected_hits_check_an_object_once_per_verify_window(
+    seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    """A redirect cannot see the client's 404: a ``HEAD`` checks the object, at most
+    once per window, so an object deleted behind the cache's back is noticed."""
+    store = S3Store(seaweedfs.client, bucket, "cache", str(tmp_path / "local"), verify_seconds=0.5)
+    data = os.urandom(1000)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    staged.commit()
+    heads: list[str] = []
+
+    def count(**_: t.Any) -> None:
+        heads.append(digest)
+
+    events = seaweedfs.client.meta.events
+    events.register("before-call.s3.HeadObject", count)
+    try:
+        assert [store.recorded_size(digest, len(data)) for _ in range(3)] == [len(data)] * 3
+        assert len(heads) == 1
+        seaweedfs.client.delete_object(Bucket=bucket, Key=store.key(digest))
+        assert store.recorded_size(digest, len(data)) == len(data)  # within the window
+        time.sleep(0.6)
+        assert store.recorded_size(digest, len(data)) is None
+        assert len(heads) == 2
+        store.redirect = False  # a streamed hit trusts the row: opening the object tells
+        assert store.recorded_size(digest, len(data)) == len(data)
+        assert len(heads) == 2
+    finally:
+        events.unregister("before-call.s3.HeadObject", count)
+
+
+def test_redirected_hits_check_every_time_with_a_zero_window(
+    seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    store = S3Store(seaweedfs.client, bucket, "", str(tmp_path / "local"), verify_seconds=0)
+    data = os.urandom(10)
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    staged.commit()
+    assert store.recorded_size(digest, len(data)) == len(data)
+    seaweedfs.client.delete_object(Bucket=bucket, Key=store.key(digest))
+    assert store.recorded_size(digest, len(data)) is None
 
 
 def test_cleanup_sets_aside_restores_and_deletes(
