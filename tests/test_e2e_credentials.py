@@ -16,6 +16,8 @@ from tests.support.platform import Platform
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
+#: The subject is the kinds of credentials a client logs in with, not the database: PostgreSQL only.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
 
 
 def _pull(skopeo: Skopeo, platform: Platform, group: str, name: str) -> dict[str, object]:

@@ -114,8 +114,9 @@ def faults(
         },
     )
     try:
-        seed.seed_minimal(platform)
-        platform.create_user(seed.ROOT.username, seed.ROOT.password, admin=True)
+        with platform.batch():
+            seed.seed_minimal(platform)
+            platform.create_user(seed.ROOT.username, seed.ROOT.password, admin=True)
         api_token = (
             platform.flask("token", "create", seed.ROOT.username, "--scopes", "api")
             .stdout.strip()

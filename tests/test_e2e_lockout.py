@@ -47,8 +47,9 @@ def login(address: str, platform: Platform, username: str, secret: str) -> reque
 
 
 def _setup(platform: Platform) -> None:
-    seed.seed_minimal(platform)
-    platform.flask("project", "create", PROJECT)
+    with platform.batch():
+        seed.seed_minimal(platform)
+        platform.setup_command("project", "create", PROJECT)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ processes, configured through the environment, set up with its own CLI.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +29,20 @@ class CommandFailed(AssertionError):
     """A platform CLI command exited with an error."""
 
 
+#: Runs CLI commands (JSON argument lists) in one process: the platform's app is made
+#: once, where ``flask`` would make it again for every command.
+_RUN_COMMANDS = """
+import json, sys, traceback
+from examples.platform import create_app
+runner = create_app().test_cli_runner()
+for args in json.loads(sys.argv[1]):
+    result = runner.invoke(args=args)
+    sys.stdout.write(result.output)
+    if result.exit_code != 0:
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            traceback.print_exception(result.exception)
+        sys.exit(f"$ flask {' '.join(args)}: exit code {result.exit_code}")
+"""
 _CLEANUP_LATER = """
 import datetime as dt, sys
 from examples.platform import create_app
@@ -112,6 +128,8 @@ class Platform:
             env["DEPENDENCY_PROXY_PEER_URL"] = self.url
         env.update(extra_env or {})
         self.env = env
+        #: CLI commands held back by :meth:`batch`.
+        self._batched: list[list[str]] | None = None
         self.process: LiveProcess = processes.create(
             name,
             [
@@ -191,22 +209,58 @@ class Platform:
             check=True,
         ).stdout
 
+    @contextlib.contextmanager
+    def batch(self) -> t.Iterator[None]:
+        """Hold back the setup commands issued inside (:meth:`init_db`,
+        :meth:`create_user`, ...) and run them at the end, in order, in one process:
+        seeding a platform then starts its app once instead of once per command."""
+        if self._batched is not None:
+            yield
+            return
+        self._batched = []
+        try:
+            yield
+            commands = self._batched
+        finally:
+            self._batched = None
+        if commands:
+            result = subprocess.run(
+                [sys.executable, "-c", _RUN_COMMANDS, json.dumps(commands)],
+                env=self.env,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                stdin=subprocess.DEVNULL,
+            )
+            if result.returncode != 0:
+                raise CommandFailed(
+                    f"batched commands failed: {result.stderr.strip()}\n--- stdout\n{result.stdout}"
+                )
+
+    def setup_command(self, *args: str) -> None:
+        """Run ``flask ARGS`` now, or with the batch when inside :meth:`batch`."""
+        if self._batched is not None:
+            self._batched.append(list(args))
+        else:
+            self.flask(*args)
+
     def init_db(self) -> None:
-        self.flask("init-db")
+        self.setup_command("init-db")
 
     def create_user(self, username: str, password: str, *, admin: bool = False) -> None:
-        self.flask(
+        self.setup_command(
             "user", "create", username, "--password", password, *(["--admin"] if admin else [])
         )
 
     def create_group(self, full_path: str, *, private: bool = False) -> None:
-        self.flask("group", "create", full_path, *(["--private"] if private else []))
+        self.setup_command("group", "create", full_path, *(["--private"] if private else []))
 
     def add_member(self, full_path: str, username: str, role: str) -> None:
-        self.flask("group", "add-member", full_path, username, "--role", role)
+        self.setup_command("group", "add-member", full_path, username, "--role", role)
 
     def enable_proxy(self, full_path: str) -> None:
-        self.flask("dependency-proxy", "enable", full_path)
+        self.setup_command("dependency-proxy", "enable", full_path)
 
     # -- lifecycle ---------------------------------------------------------------------
 

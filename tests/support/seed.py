@@ -38,24 +38,26 @@ INITECH = "initech"
 
 def seed_full(platform: Platform) -> None:
     """Everything above (used by the session-wide platform)."""
-    platform.init_db()
-    platform.create_user(ROOT.username, ROOT.password, admin=True)
-    for account in (ALICE, BOB, GUEST, CAROL):
-        platform.create_user(account.username, account.password)
-    for group in (ACME, ACME_TOOLS, GLOBEX, INITECH):
-        platform.create_group(group, private=True)
-    platform.add_member(ACME, ALICE.username, "developer")
-    platform.add_member(ACME, GUEST.username, "guest")
-    platform.add_member(GLOBEX, BOB.username, "developer")
-    platform.add_member(INITECH, ALICE.username, "developer")
-    for group in (ACME, ACME_TOOLS, GLOBEX):
-        platform.enable_proxy(group)
+    with platform.batch():
+        platform.init_db()
+        platform.create_user(ROOT.username, ROOT.password, admin=True)
+        for account in (ALICE, BOB, GUEST, CAROL):
+            platform.create_user(account.username, account.password)
+        for group in (ACME, ACME_TOOLS, GLOBEX, INITECH):
+            platform.create_group(group, private=True)
+        platform.add_member(ACME, ALICE.username, "developer")
+        platform.add_member(ACME, GUEST.username, "guest")
+        platform.add_member(GLOBEX, BOB.username, "developer")
+        platform.add_member(INITECH, ALICE.username, "developer")
+        for group in (ACME, ACME_TOOLS, GLOBEX):
+            platform.enable_proxy(group)
 
 
 def seed_minimal(platform: Platform) -> None:
     """Alice in ``acme`` with the proxy on: enough for one-scenario platforms."""
-    platform.init_db()
-    platform.create_user(ALICE.username, ALICE.password)
-    platform.create_group(ACME, private=True)
-    platform.add_member(ACME, ALICE.username, "developer")
-    platform.enable_proxy(ACME)
+    with platform.batch():
+        platform.init_db()
+        platform.create_user(ALICE.username, ALICE.password)
+        platform.create_group(ACME, private=True)
+        platform.add_member(ACME, ALICE.username, "developer")
+        platform.enable_proxy(ACME)
