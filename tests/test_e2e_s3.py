@@ -82,76 +82,53 @@ def store_log(seaweedfs: SeaweedFS) -> t.Iterator[FaultProxy]:
     proxy.stop()
 
 
-def _site(
-    processes: ProcessFactory,
-    directory: Path,
-    databases: Databases,
-    seaweedfs: SeaweedFS,
-    upstream_url: str,
-    name: str,
-    store_log: FaultProxy,
-    **settings: str,
-) -> Site:
-    bucket = seaweedfs.new_bucket()
-    platform = Platform(
-        processes,
-        directory,
-        database_url=databases.create(name),
-        upstream_url=upstream_url,
-        name=name,
-        extra_env={
-            **seaweedfs.env(bucket),
-            "DEPENDENCY_PROXY_S3_ENDPOINT_URL": store_log.url,
-            "DEPENDENCY_PROXY_PURGE_COOLDOWN_SECONDS": "0",
-            "DEPENDENCY_PROXY_CLEANUP_FILE_GRACE_SECONDS": "1",
-            **settings,
-        },
-    )
-    seed.seed_minimal(platform)
-    return Site(platform.start(), bucket)
+class SiteFactory(t.Protocol):
+    def __call__(self, name: str, upstream_url: str, **settings: str) -> Site: ...
 
 
 @pytest.fixture(scope="module")
-def redirecting(
+def s3_site(
     module_processes: ProcessFactory,
     tmp_path_factory: pytest.TempPathFactory,
     pg_databases: Databases,
     seaweedfs: SeaweedFS,
-    fault: FaultProxy,
     store_log: FaultProxy,
-) -> Site:
+) -> SiteFactory:
+    """Starts a platform named ``name`` on a bucket of its own, reaching the object store
+    through ``store_log``, with ``settings`` added to its environment."""
+
+    def start(name: str, upstream_url: str, **settings: str) -> Site:
+        bucket = seaweedfs.new_bucket()
+        platform = Platform(
+            module_processes,
+            tmp_path_factory.mktemp(name),
+            database_url=pg_databases.create(name),
+            upstream_url=upstream_url,
+            name=name,
+            extra_env={
+                **seaweedfs.env(bucket),
+                "DEPENDENCY_PROXY_S3_ENDPOINT_URL": store_log.url,
+                "DEPENDENCY_PROXY_PURGE_COOLDOWN_SECONDS": "0",
+                "DEPENDENCY_PROXY_CLEANUP_FILE_GRACE_SECONDS": "1",
+                **settings,
+            },
+        )
+        seed.seed_minimal(platform)
+        return Site(platform.start(), bucket)
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def redirecting(s3_site: SiteFactory, fault: FaultProxy) -> Site:
     """Hits answered with presigned redirects; upstream behind the fault proxy."""
-    return _site(
-        module_processes,
-        tmp_path_factory.mktemp("platform-s3"),
-        pg_databases,
-        seaweedfs,
-        fault.url,
-        "platform-s3",
-        store_log,
-    )
+    return s3_site("platform-s3", fault.url)
 
 
 @pytest.fixture(scope="module")
-def streaming(
-    module_processes: ProcessFactory,
-    tmp_path_factory: pytest.TempPathFactory,
-    pg_databases: Databases,
-    seaweedfs: SeaweedFS,
-    upstream: Registry,
-    store_log: FaultProxy,
-) -> Site:
+def streaming(s3_site: SiteFactory, upstream: Registry) -> Site:
     """Hits streamed by the proxy from the object store."""
-    return _site(
-        module_processes,
-        tmp_path_factory.mktemp("platform-s3-streamed"),
-        pg_databases,
-        seaweedfs,
-        upstream.url,
-        "platform-s3-streamed",
-        store_log,
-        DEPENDENCY_PROXY_S3_REDIRECT="false",
-    )
+    return s3_site("platform-s3-streamed", upstream.url, DEPENDENCY_PROXY_S3_REDIRECT="false")
 
 
 def _login(platform: Platform, tmp_path: Path) -> Skopeo:
@@ -314,25 +291,9 @@ def test_object_gone_from_under_its_row_is_fetched_again(
 
 
 @pytest.fixture(scope="module")
-def checking(
-    module_processes: ProcessFactory,
-    tmp_path_factory: pytest.TempPathFactory,
-    pg_databases: Databases,
-    seaweedfs: SeaweedFS,
-    upstream: Registry,
-    store_log: FaultProxy,
-) -> Site:
+def checking(s3_site: SiteFactory, upstream: Registry) -> Site:
     """Redirected hits that check their object every time (``S3_VERIFY_SECONDS = 0``)."""
-    return _site(
-        module_processes,
-        tmp_path_factory.mktemp("platform-s3-checking"),
-        pg_databases,
-        seaweedfs,
-        upstream.url,
-        "platform-s3-checking",
-        store_log,
-        DEPENDENCY_PROXY_S3_VERIFY_SECONDS="0",
-    )
+    return s3_site("platform-s3-checking", upstream.url, DEPENDENCY_PROXY_S3_VERIFY_SECONDS="0")
 
 
 def test_object_gone_behind_a_redirect_is_fetched_again(

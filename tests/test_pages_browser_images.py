@@ -6,7 +6,6 @@ the example platform under gunicorn with skopeo pulling through it from a real u
 from __future__ import annotations
 
 import time
-import typing as t
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from flask_dependency_proxy.models.admin import human_size
 from flask_dependency_proxy.usage import FLUSH_SECONDS
 from tests.support import checks, images
 from tests.support.clients import Skopeo
-from tests.support.platform import Platform
+from tests.support.platform import PlatformFactory
 from tests.support.registry import Registry
 from tests.test_pages_browser import (  # noqa: F401
     GROUP,
@@ -43,7 +42,7 @@ def _row_images(page: Page) -> list[str]:
 @pytest.mark.e2e
 def test_owner_sees_what_the_cache_saved_orders_filters_and_deletes_one_image(
     browser: Browser,  # noqa: F811
-    platform_factory: t.Callable[..., Platform],
+    platform_factory: PlatformFactory,
     upstream: Registry,
     skopeo: Skopeo,
     unique_name: str,

@@ -55,6 +55,15 @@ def _write(staged: t.Any, data: bytes, chunk: int = 256 * 1024) -> None:
         staged.write(data[start : start + chunk])
 
 
+def _committed(store: S3Store, data: bytes) -> str:
+    """Stage, write and commit ``data``; its digest."""
+    digest = _digest(data)
+    staged = store.stage(digest, len(data))
+    _write(staged, data)
+    staged.commit()
+    return digest
+
+
 def _wait_for_parts(seaweedfs: SeaweedFS, bucket: str, key: str, count: int) -> None:
     from tests.support.processes import wait_for
 
@@ -112,10 +121,7 @@ def test_blob_of_whole_parts_completes_without_an_empty_part(
     store: S3Store, seaweedfs: SeaweedFS, bucket: str
 ) -> None:
     data = os.urandom(2 * PART)
-    digest = _digest(data)
-    staged = store.stage(digest, len(data))
-    _write(staged, data)
-    staged.commit()
+    digest = _committed(store, data)
     answer = seaweedfs.client.head_object(Bucket=bucket, Key=store.key(digest), PartNumber=1)
     assert answer.get("PartsCount") in (None, 2)
     with store.open(digest) as body:
@@ -176,10 +182,7 @@ def test_hits_are_presigned_redirects_or_streams(
     store: S3Store, seaweedfs: SeaweedFS, bucket: str
 ) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
-    digest = _digest(data)
-    staged = store.stage(digest, len(data))
-    _write(staged, data)
-    staged.commit()
+    digest = _committed(store, data)
     location = store.locate(digest, len(data))
     assert isinstance(location, Redirect)
     assert requests.get(location.url, timeout=10).content == data
@@ -201,10 +204,7 @@ def test_redirected_hits_check_an_object_once_per_verify_window(
     once per window, so an object deleted behind the cache's back is noticed."""
     store = S3Store(seaweedfs.client, bucket, "cache", str(tmp_path / "local"), verify_seconds=0.5)
     data = os.urandom(1000)
-    digest = _digest(data)
-    staged = store.stage(digest, len(data))
-    _write(staged, data)
-    staged.commit()
+    digest = _committed(store, data)
     heads: list[str] = []
 
     def count(**_: t.Any) -> None:
@@ -232,10 +232,7 @@ def test_redirected_hits_check_every_time_with_a_zero_window(
 ) -> None:
     store = S3Store(seaweedfs.client, bucket, "", str(tmp_path / "local"), verify_seconds=0)
     data = os.urandom(10)
-    digest = _digest(data)
-    staged = store.stage(digest, len(data))
-    _write(staged, data)
-    staged.commit()
+    digest = _committed(store, data)
     assert store.recorded_size(digest, len(data)) == len(data)
     seaweedfs.client.delete_object(Bucket=bucket, Key=store.key(digest))
     assert store.recorded_size(digest, len(data)) is None
@@ -247,10 +244,7 @@ def test_cleanup_sets_aside_restores_and_deletes(
     blobs = {}
     for _ in range(2):
         data = os.urandom(1000)
-        staged = store.stage(_digest(data), len(data))
-        staged.write(data)
-        staged.commit()
-        blobs[_digest(data)] = data
+        blobs[_committed(store, data)] = data
     first, second = sorted(blobs)
     assert sorted(digest for digest, _ in store.committed()) == [first, second]
     assert store.usage() == (2, 2000)
@@ -279,13 +273,9 @@ def test_restore_keeps_a_copy_committed_meanwhile(store: S3Store) -> None:
     data = os.urandom(500)
     digest = _digest(data)
     for _ in range(2):
-        staged = store.stage(digest, len(data))
-        staged.write(data)
-        staged.commit()
+        _committed(store, data)
         store.set_aside(digest, dt.datetime(2026, 12, 1))
-    staged = store.stage(digest, len(data))
-    staged.write(data)
-    staged.commit()
+    _committed(store, data)
     ((_, _, handle),) = list(store.set_aside_blobs())
     assert not store.restore(digest, handle)
     assert list(store.set_aside_blobs()) == []
@@ -385,9 +375,7 @@ def test_storage_url_opens_the_object_store(
     assert store.describe() == f"s3://{bucket}/some/prefix/ (endpoint {seaweedfs.endpoint})"
     assert seaweedfs.secret_key not in store.describe()
     data = b"through the configured client"
-    staged = store.stage(_digest(data), len(data))
-    staged.write(data)
-    staged.commit()
+    _committed(store, data)
     assert seaweedfs.objects(bucket) == [store.key(_digest(data))]
     assert store.key(_digest(data)).startswith("some/prefix/blobs/")
 
@@ -427,9 +415,7 @@ def test_configured_client_sends_parts_with_a_content_md5_the_store_checks(
     store.client.meta.events.register("before-send.s3.UploadPart", record)
     store.client.meta.events.register("before-send.s3.PutObject", record)
     for data in (os.urandom(2 * PART + 100), os.urandom(1000)):
-        staged = store.stage(_digest(data), len(data))
-        _write(staged, data)
-        staged.commit()
+        _committed(store, data)
         with store.open(_digest(data)) as body:
             assert body.read() == data
     assert sorted(operation for operation, _, _ in sent) == ["PutObject"] + ["UploadPart"] * 3
