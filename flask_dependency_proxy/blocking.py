@@ -13,6 +13,15 @@ import sys
 import typing as t
 
 T = t.TypeVar("T")
+T_co = t.TypeVar("T_co", covariant=True)
+
+
+class Pending(t.Protocol[T_co]):
+    """A call started by :func:`start_off_the_loop`."""
+
+    def get(self) -> T_co:
+        """Wait for the call; its result, or its error raised here."""
+        ...
 
 
 def gevent_patched() -> bool:
@@ -30,3 +39,42 @@ def off_the_loop(func: t.Callable[..., T], *args: t.Any) -> T:
     import gevent  # type: ignore[import-untyped]
 
     return t.cast(T, gevent.get_hub().threadpool.apply(func, args))
+
+
+def in_background(func: t.Callable[..., T], *args: t.Any) -> Pending[T]:
+    """Under gevent, start ``func(*args)`` in a greenlet of its own and return at once,
+    so the caller does other work meanwhile (it may call :func:`off_the_loop`).
+    Without gevent the call is made in place. ``get()`` waits for it and raises its
+    error, which gevent does not report on its own."""
+    if not gevent_patched():
+        return _Done(func, args)
+    import gevent
+
+    return _Joined(gevent.spawn(_Done, func, args))
+
+
+class _Done(t.Generic[T]):
+    """A call already made, holding its result or its error for :meth:`get`."""
+
+    def __init__(self, func: t.Callable[..., T], args: tuple[t.Any, ...]) -> None:
+        self._error: Exception | None = None
+        try:
+            self._value: T | None = func(*args)
+        except Exception as exc:
+            self._value, self._error = None, exc
+
+    def get(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return t.cast(T, self._value)
+
+
+class _Joined(t.Generic[T]):
+    """A greenlet that makes a :class:`_Done`."""
+
+    def __init__(self, greenlet: t.Any) -> None:
+        self._greenlet = greenlet
+
+    def get(self) -> T:
+        done: _Done[T] = self._greenlet.get()
+        return done.get()

@@ -157,6 +157,8 @@ class BlobResult:
     location: BlobLocation | None = None
     stream: t.Iterator[bytes] | None = None
     outcome: Outcome = Outcome.HIT
+    #: Upstream's answer to the blob GET this request's fetch made, if it made one.
+    upstream_status: int | None = None
 
 
 class PullThroughCache:
@@ -418,6 +420,7 @@ class PullThroughCache:
             size=fetch.size,
             stream=fetch.follow(self.store, until_committed=until_committed),
             outcome=Outcome.MISS,
+            upstream_status=fetch.upstream_status,
         )
 
     def _stored(self, digest: str, size: int) -> BlobResult:

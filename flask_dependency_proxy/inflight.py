@@ -36,7 +36,7 @@ import requests
 import urllib3.exceptions
 
 from .blobstore import BlobStore, StagedBlob, StorageError
-from .blocking import off_the_loop
+from .blocking import Pending, in_background, off_the_loop
 from .metrics import Metrics
 
 if t.TYPE_CHECKING:
@@ -109,6 +109,9 @@ class Fetch(t.Protocol):
 
     digest: str
     size: int | None
+    #: The status of the upstream answer this process's fetch streams, ``None`` when
+    #: another process or host fetches it.
+    upstream_status: int | None
 
     def on_commit(self, callback: t.Callable[[int], None]) -> None: ...
 
@@ -121,6 +124,7 @@ class LocalFetch:
     def __init__(self, digest: str) -> None:
         self.digest = digest
         self.size: int | None = None
+        self.upstream_status: int | None = None
         self.spool_path: str | None = None
         #: Committed before this fetch started (by a fetch that just ended elsewhere).
         self.already_stored = False
@@ -225,6 +229,7 @@ class RemoteFetch:
     def __init__(self, digest: str, size: int | None, lock_path: str) -> None:
         self.digest = digest
         self.size = size
+        self.upstream_status: int | None = None
         self._lock_path = lock_path
         self._on_commit: list[t.Callable[[int], None]] = []
 
@@ -532,7 +537,12 @@ class BlobFetcher:
             raise
         try:
             _publish(lock_fd, {"size": stream.size})
-            fetch.update(spool_path=staged.spool_path, size=stream.size, started=True)
+            fetch.update(
+                spool_path=staged.spool_path,
+                size=stream.size,
+                upstream_status=None if peer else stream.status,
+                started=True,
+            )
             written = self._download(fetch, stream, staged, opener)
             # Every byte hashes to the digest: readers may finish before the commit.
             _publish(lock_fd, {"size": fetch.size, "verified": written})
@@ -594,8 +604,7 @@ class BlobFetcher:
         :raises BlobTooLarge: upstream announced no size and sent more than the limit.
         """
         algorithm = fetch.digest.split(":", 1)[0]
-        hasher = hashlib.new(algorithm)
-        written = 0
+        absorber = _Absorber(fetch, staged, hashlib.new(algorithm))
         size = stream.size
         resumes = 0
         while True:
@@ -604,15 +613,17 @@ class BlobFetcher:
             bound = size if size is not None else (self.max_blob_size or None)
             try:
                 try:
+                    received = absorber.written
                     for chunk in stream:
-                        end = written + len(chunk)
-                        if bound is not None and end > bound:
+                        received += len(chunk)
+                        if bound is not None and received > bound:
                             raise self._overflow(fetch.digest, size)
-                        off_the_loop(_absorb, hasher, staged, chunk)
-                        written = end
-                        fetch.update(written=written)
+                        absorber.absorb(chunk)
                 finally:
                     stream.close()
+                    # Every chunk received is in the spool file before anything else
+                    # happens, even when the transfer broke (the resume starts there).
+                    written = absorber.settle()
                 if size is not None and written != size:
                     raise UpstreamError(f"upstream sent {written} of {size} bytes")
                 break
@@ -634,7 +645,7 @@ class BlobFetcher:
                     except StorageError:
                         stream.close()
                         raise
-                    hasher = hashlib.new(algorithm)
+                    absorber = _Absorber(fetch, staged, hashlib.new(algorithm))
                     written = 0
                 if stream.size is not None and size is not None and stream.size != size:
                     stream.close()
@@ -647,7 +658,7 @@ class BlobFetcher:
                 except BlobTooLarge:
                     stream.close()
                     raise
-        actual = f"{algorithm}:{hasher.hexdigest()}"
+        actual = f"{algorithm}:{absorber.hasher.hexdigest()}"
         if actual != fetch.digest:
             raise UpstreamDigestMismatch(f"upstream blob {fetch.digest} hashes to {actual}")
         return written
@@ -657,6 +668,40 @@ class BlobFetcher:
         if size is not None:
             return UpstreamSizeError(f"upstream sent more than the {size} bytes it announced")
         return BlobTooLarge(digest, size=None, limit=self.max_blob_size)
+
+
+class _Absorber:
+    """Hashes a fetch's chunks and appends them to its spool file, each while the next
+    one is received (one chunk in hand at most), and tells the fetch's readers as soon
+    as a chunk is in the file."""
+
+    def __init__(self, fetch: LocalFetch, staged: StagedBlob, hasher: t.Any) -> None:
+        self.fetch = fetch
+        self.staged = staged
+        self.hasher = hasher
+        #: Bytes hashed and in the spool file.
+        self.written = 0
+        self._pending: Pending[None] | None = None
+
+    def absorb(self, chunk: bytes) -> None:
+        """Start on ``chunk`` once the previous chunk is in."""
+        self.settle()
+        self._pending = in_background(self._absorb, chunk)
+
+    def _absorb(self, chunk: bytes) -> None:
+        off_the_loop(_absorb, self.hasher, self.staged, chunk)
+        self.written += len(chunk)
+        self.fetch.update(written=self.written)
+
+    def settle(self) -> int:
+        """Wait for the chunk in hand; the bytes written.
+
+        :raises StorageError: the chunk could not be written.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.get()
+        return self.written
 
 
 def _absorb(hasher: t.Any, staged: StagedBlob, chunk: bytes) -> None:

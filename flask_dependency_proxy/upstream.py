@@ -131,6 +131,8 @@ class BlobStream:
         self._response = response
         self._chunk_size = chunk_size
         self.offset = offset
+        #: The status of upstream's answer (200, or 206 for a range).
+        self.status = response.status_code
         length = response.headers.get("Content-Length", "")
         remaining = int(length) if length.isdigit() else None
         #: The whole blob's size, when upstream said.

@@ -238,5 +238,6 @@ def test_one_json_log_line_per_registry_request(
     assert first["upstream_status"] == 200
     blob = next(line for line in logged if line["reference"] == layer)
     assert blob["route"] == "blob" and blob["outcome"] == "miss" and blob["status"] == 200
+    assert blob["upstream_status"] == 200  # the GET its fetch made, outside the request
     assert blob["bytes"] == next(b.size for b in image.blobs if b.digest == layer)
     assert isinstance(blob["duration_ms"], float) and blob["duration_ms"] >= 0

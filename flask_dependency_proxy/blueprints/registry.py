@@ -200,6 +200,9 @@ def blob(name: str, digest: str) -> Response:
         result = _find_blob(group, path, digest)
         response = _blob_response(result)
     requestlog.note_blob(group.id, result.outcome, result.size)
+    if result.upstream_status is not None:
+        # The blob GET ran in the fetch's own thread, outside this request.
+        requestlog.note_upstream_status(result.upstream_status)
     return _cut_off_stalled_clients(response)
 
 

@@ -34,6 +34,7 @@ class FakeStream:
     def __init__(self, data: bytes, offset: int = 0, gate: threading.Event | None = None):
         self.data = data[offset:]
         self.offset = offset
+        self.status = 206 if offset else 200
         self.size: int | None = len(data)
         self.gate = gate
 
@@ -117,6 +118,7 @@ class GatedEnd:
     def __init__(self, data: bytes, end: threading.Event) -> None:
         self.data = data
         self.offset = 0
+        self.status = 200
         self.size: int | None = len(data)
         self.end = end
         self.closed = False

@@ -27,6 +27,7 @@ class UnsizedStream:
         self.data = data
         self.size = size
         self.offset = 0
+        self.status = 200
         self.closed = False
         self.sent = 0
 

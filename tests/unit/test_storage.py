@@ -20,6 +20,8 @@ from flask_dependency_proxy.storage import FilesystemStore, StorageError
 class _Stream:
     def __init__(self, data: bytes, offset: int = 0) -> None:
         self.data = data[offset:]
+        self.offset = offset
+        self.status = 200
         self.size: int | None = len(data)
 
     def __iter__(self) -> t.Iterator[bytes]:
