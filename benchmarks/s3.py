@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -185,6 +186,45 @@ def upstream_blob_gets(upstream: Registry, since: int, image: h.SeededImage) -> 
     )
 
 
+def cache_pids(contender: Contender) -> list[int]:
+    """The cache's processes: gunicorn's master and workers, or distribution."""
+    if isinstance(contender, OursOnS3):
+        assert contender.platform is not None
+        root = contender.platform.process.pid
+    else:
+        assert contender.process is not None
+        root = contender.process.pid
+    assert root is not None
+    return [root, *h.children_of(root)]
+
+
+class CpuMeter:
+    """CPU seconds that each part of a pull used while a block ran: the cache, the
+    object store, the upstream registry and the client (skopeo, a child of this process,
+    counted once it has exited)."""
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        self.parts = parts
+        self.used: dict[str, float] = {}
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CpuMeter:
+        self._before = {name: h.cpu_seconds(pids) for name, pids in self.parts.items()}
+        self._client = self._children()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {
+            f"cpu_{name}": h.cpu_seconds(pids) - self._before[name]
+            for name, pids in self.parts.items()
+        }
+        self.used["cpu_client"] = self._children() - self._client
+
+
 def measure(
     contender: Contender,
     image: h.SeededImage,
@@ -192,19 +232,27 @@ def measure(
     work: Path,
     profile: Path | None = None,
 ) -> dict[str, float]:
-    """Cold then warm pull on a fresh cache; with ``profile``, our cold pull is recorded
-    with py-spy into that folder."""
+    """Cold then warm pull on a fresh cache, with the CPU seconds of the cold one; with
+    ``profile``, our cold pull is recorded with py-spy into that folder."""
     contender.fresh()
     try:
         h.settle_upstream(upstream)
         settle_machine()
+        assert contender.seaweedfs.process is not None and upstream.process.pid is not None
+        meter = CpuMeter(
+            {
+                "cache": cache_pids(contender),
+                "store": [t.cast(int, contender.seaweedfs.process.pid)],
+                "upstream": [upstream.process.pid],
+            }
+        )
         mark = upstream.mark()
         recording: t.ContextManager[object] = contextlib.nullcontext()
         if profile is not None and isinstance(contender, OursOnS3):
             assert contender.platform is not None and contender.platform.process.pid
             name = f"{contender.name}-cold-{len(list(profile.glob('*.txt'))) + 1}"
             recording = h.PySpy(contender.platform.process.pid, profile, name)
-        with recording:
+        with recording, meter:
             cold = h.pull(contender, image, work / "cold")  # type: ignore[arg-type]
         h.wait_cached(contender, image)  # type: ignore[arg-type]
         h.settle_upstream(upstream)
@@ -215,7 +263,13 @@ def measure(
     finally:
         contender.stop()
         empty_bucket(contender.seaweedfs, contender.bucket)
-    return {"cold": cold, "warm": warm, "cold_blob_gets": gets, "warm_blob_gets": warm_gets}
+    return {
+        "cold": cold,
+        "warm": warm,
+        "cold_blob_gets": gets,
+        "warm_blob_gets": warm_gets,
+        **meter.used,
+    }
 
 
 def render(
@@ -230,8 +284,9 @@ def render(
         + (" --quick" if size_mib < 200 else "")
         + "`.",
         "",
-        "| cache | cold pull (s) | warm pull (s) | upstream blob GETs: cold | warm |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| cache | cold pull (s) | warm pull (s) | upstream blob GETs: cold | warm"
+        " | CPU s in a cold pull: cache | object store | upstream | client |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, runs in results.items():
         if not runs:
@@ -243,7 +298,9 @@ def render(
 
         lines.append(
             f"| {label} | {median('cold'):.2f} | {median('warm'):.2f}"
-            f" | {median('cold_blob_gets'):.0f} | {median('warm_blob_gets'):.0f} |"
+            f" | {median('cold_blob_gets'):.0f} | {median('warm_blob_gets'):.0f}"
+            f" | {median('cpu_cache'):.2f} | {median('cpu_store'):.2f}"
+            f" | {median('cpu_upstream'):.2f} | {median('cpu_client'):.2f} |"
         )
     lines += [
         "",
