@@ -12,7 +12,7 @@ Keys below the prefix of ``STORAGE_URL``:
 - ``trash/<algorithm>-<hex>.<epoch ms>``: blobs cleanup set aside for the grace period.
 
 A blob being fetched is spooled to a local file (followers on this host read it as it
-grows). Meanwhile two threads upload the finished parts of that file to a multipart
+grows). Meanwhile a thread uploads the finished parts of that file to a multipart
 upload of the blob's final key; committing uploads the last part and completes the upload,
 which is what makes the object visible, atomically. A blob smaller than one part is sent
 with a single ``PutObject`` at commit. A discarded fetch aborts its upload.
@@ -74,8 +74,10 @@ _MAX_PARTS = 9000
 _UNKNOWN_SIZE_PART_BYTES = 32 * 1024 * 1024
 #: Bytes per chunk of a blob the proxy streams itself.
 _STREAM_CHUNK = 1024 * 1024
-#: Parts of one blob uploaded at once (one at a time is slower than many upstreams).
-_PARALLEL_PARTS = 2
+#: Parts of one blob uploaded at once. One: the upload then competes least with the
+#: client's stream for the worker and the network, and what it has not sent when the
+#: last byte arrives goes up at the commit, after the client has its bytes.
+_PARALLEL_PARTS = 1
 #: How often an upload thread looks for a finished part.
 _POLL_SECONDS = 0.02
 #: Largest object a single server-side copy may produce.
@@ -478,8 +480,7 @@ class StagedObject:
     :meth:`write` only appends to the local spool file (it runs in an OS thread of the
     worker's pool, where network I/O would block its event loop). With ``upload``,
     threads of the worker (greenlets under gevent) upload each finished part of that file
-    to a multipart upload of the final key while bytes still arrive, a few parts at once
-    (one part at a time is slower than many upstreams).
+    to a multipart upload of the final key while bytes still arrive, one part at a time.
     """
 
     def __init__(
