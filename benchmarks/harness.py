@@ -36,7 +36,7 @@ import requests
 
 from tests.support import images, seed
 from tests.support.clients import Skopeo, describe
-from tests.support.platform import PROXY_SEGMENT, Platform
+from tests.support.platform import PROXY_SEGMENT, CommandFailed, Platform
 from tests.support.processes import LiveProcess, ProcessFactory, free_port, http_probe, wait_for
 from tests.support.registry import AccessRecord, Registry
 
@@ -639,43 +639,22 @@ def seed_template(directory: Path, upstream_url: str) -> Template:
         upstream_url=upstream_url,
         name="template",
     )
-    commands = [
-        ["init-db"],
-        ["user", "create", USER.username, "--password", USER.password],
-        ["group", "create", GROUP, "--private"],
-        ["group", "add-member", GROUP, USER.username, "--role", "developer"],
-        ["dependency-proxy", "enable", GROUP],
-        [
-            "token",
-            "create",
-            USER.username,
-            "--scopes",
-            "read_registry,write_registry",
-            "--name",
-            "benchmark",
-        ],
-    ]
-    script = (
-        "import json, sys\n"
-        "from examples.platform import create_app\n"
-        "runner = create_app().test_cli_runner()\n"
-        "for args in json.loads(sys.argv[1]):\n"
-        "    result = runner.invoke(args=args)\n"
-        "    if result.exit_code:\n"
-        "        sys.exit(f'{args}: {result.output} {result.exception!r}')\n"
-        "print(result.output.strip().splitlines()[-1])\n"  # the token, shown once
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(commands)],
-        env=holder.env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise BenchError(f"seeding the template database failed:\n{result.stdout}\n{result.stderr}")
-    return Template(db_path, result.stdout.strip().splitlines()[-1])
+    try:
+        with holder.batch() as batch:
+            seed.seed_minimal(holder)
+            holder.setup_command(
+                "token",
+                "create",
+                USER.username,
+                "--scopes",
+                "read_registry,write_registry",
+                "--name",
+                "benchmark",
+            )
+    except CommandFailed as exc:
+        raise BenchError(f"seeding the template database failed:\n{exc}") from exc
+    # The token is the last line of the output: it is shown once.
+    return Template(db_path, batch.output.strip().splitlines()[-1])
 
 
 def serving_args(serving: str, threads: int) -> list[str]:

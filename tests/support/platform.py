@@ -6,6 +6,7 @@ processes, configured through the environment, set up with its own CLI.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -53,6 +54,15 @@ with app.app_context():
     later = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=hours)
     print(Lifecycle.for_app(app, clock=later).cleanup().summary())
 """
+
+
+@dataclasses.dataclass
+class CommandBatch:
+    """Setup commands held back by :meth:`Platform.batch`; ``output`` is what they
+    printed, once they ran."""
+
+    commands: list[list[str]] = dataclasses.field(default_factory=list)
+    output: str = ""
 
 
 class PlatformFactory(t.Protocol):
@@ -129,7 +139,7 @@ class Platform:
         env.update(extra_env or {})
         self.env = env
         #: CLI commands held back by :meth:`batch`.
-        self._batched: list[list[str]] | None = None
+        self._batch: CommandBatch | None = None
         self.process: LiveProcess = processes.create(
             name,
             [
@@ -210,22 +220,22 @@ class Platform:
         ).stdout
 
     @contextlib.contextmanager
-    def batch(self) -> t.Iterator[None]:
+    def batch(self) -> t.Iterator[CommandBatch]:
         """Hold back the setup commands issued inside (:meth:`init_db`,
         :meth:`create_user`, ...) and run them at the end, in order, in one process:
-        seeding a platform then starts its app once instead of once per command."""
-        if self._batched is not None:
-            yield
+        seeding a platform then starts its app once instead of once per command. A batch
+        inside a batch joins the outer one."""
+        if self._batch is not None:
+            yield self._batch
             return
-        self._batched = []
+        batch = self._batch = CommandBatch()
         try:
-            yield
-            commands = self._batched
+            yield batch
         finally:
-            self._batched = None
-        if commands:
+            self._batch = None
+        if batch.commands:
             result = subprocess.run(
-                [sys.executable, "-c", _RUN_COMMANDS, json.dumps(commands)],
+                [sys.executable, "-c", _RUN_COMMANDS, json.dumps(batch.commands)],
                 env=self.env,
                 cwd=REPO_ROOT,
                 capture_output=True,
@@ -237,11 +247,12 @@ class Platform:
                 raise CommandFailed(
                     f"batched commands failed: {result.stderr.strip()}\n--- stdout\n{result.stdout}"
                 )
+            batch.output = result.stdout
 
     def setup_command(self, *args: str) -> None:
         """Run ``flask ARGS`` now, or with the batch when inside :meth:`batch`."""
-        if self._batched is not None:
-            self._batched.append(list(args))
+        if self._batch is not None:
+            self._batch.commands.append(list(args))
         else:
             self.flask(*args)
 
