@@ -380,12 +380,10 @@ def test_storage_url_opens_the_object_store(
     assert store.key(_digest(data)).startswith("some/prefix/blobs/")
 
 
-def test_configured_client_sends_parts_with_a_content_md5_the_store_checks(
+def _configured_store(
     tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Bodies go up unsigned by SigV4 (whose hash would run on gevent's event loop) but
-    with a ``Content-MD5`` hashed off it, which the store verifies: a wrong one is
-    refused."""
+) -> S3Store:
+    """The store ``init_app`` opens on ``bucket``, with S3's smallest parts."""
     for key, value in seaweedfs.env(bucket).items():
         if key.startswith("AWS_"):
             monkeypatch.setenv(key, value)
@@ -401,27 +399,115 @@ def test_configured_client_sends_parts_with_a_content_md5_the_store_checks(
     store = state(app).store
     assert isinstance(store, S3Store)
     store.part_bytes = PART
-    sent: list[tuple[str, bytes | None, str | None]] = []
+    return store
+
+
+def _record_bodies(store: S3Store) -> list[dict[str, t.Any]]:
+    """The operation and checksum headers of every body the store's client sends."""
+    sent: list[dict[str, t.Any]] = []
 
     def record(request: t.Any, event_name: str, **_: t.Any) -> None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
         sent.append(
-            (
-                event_name.split(".")[-1],
-                request.headers.get("X-Amz-Content-SHA256"),
-                request.headers.get("Content-MD5"),
-            )
+            {
+                "operation": event_name.split(".")[-1],
+                "payload": headers.get("x-amz-content-sha256"),
+                "crc32": headers.get("x-amz-checksum-crc32"),
+                "md5": headers.get("content-md5"),
+            }
         )
 
-    store.client.meta.events.register("before-send.s3.UploadPart", record)
-    store.client.meta.events.register("before-send.s3.PutObject", record)
-    for data in (os.urandom(2 * PART + 100), os.urandom(1000)):
+    for operation in ("UploadPart", "PutObject"):
+        store.client.meta.events.register(f"before-send.s3.{operation}", record)
+    return sent
+
+
+def test_configured_client_sends_bodies_with_a_crc32_the_store_checks(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies go up unsigned by SigV4 (whose hash would run on gevent's event loop) but
+    with a CRC32 computed off it, because SeaweedFS verifies that header: the probe's
+    wrong one was refused, and so is a wrong one on a part."""
+    store = _configured_store(tmp_path, seaweedfs, bucket, monkeypatch)
+    sent = _record_bodies(store)
+    large, small = os.urandom(2 * PART + 100), os.urandom(1000)
+    for data in (large, small):
         _committed(store, data)
         with store.open(_digest(data)) as body:
             assert body.read() == data
-    assert sorted(operation for operation, _, _ in sent) == ["PutObject"] + ["UploadPart"] * 3
-    assert {signature for _, signature, _ in sent} == {b"UNSIGNED-PAYLOAD"}
-    assert all(md5 for _, _, md5 in sent)
+    assert store.body_check("any") == "CRC32"
+    # The probe, then three parts and one small blob.
+    assert [body["operation"] for body in sent] == ["PutObject"] + ["UploadPart"] * 3 + [
+        "PutObject"
+    ]
+    assert {body["payload"] for body in sent} == {b"UNSIGNED-PAYLOAD"}
+    assert all(body["crc32"] and not body["md5"] for body in sent)
+    # The object store kept the parts' checksums: the object has a composite CRC32.
+    head = seaweedfs.client.head_object(
+        Bucket=bucket, Key=store.key(_digest(large)), ChecksumMode="ENABLED"
+    )
+    assert head["ChecksumCRC32"].endswith("-3")
+    assert seaweedfs.objects(bucket) == sorted(store.key(_digest(d)) for d in (large, small))
+    upload = seaweedfs.client.create_multipart_upload(
+        Bucket=bucket, Key="wrong", ChecksumAlgorithm="CRC32"
+    )
     with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
-        store.client.put_object(
-            Bucket=bucket, Key="probe", Body=b"one", ContentMD5="DZ7p3XH3YJ+fzXkJbbu8Bg=="
+        seaweedfs.client.upload_part(
+            Bucket=bucket,
+            Key="wrong",
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            Body=b"one",
+            ChecksumCRC32="AAAAAA==",
         )
+
+
+class _IgnoresCrc32:
+    """A client whose store takes ``x-amz-checksum-crc32`` without checking it (the
+    header is dropped on its way to SeaweedFS)."""
+
+    def __init__(self, client: t.Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._client, name)
+
+    def put_object(self, **params: t.Any) -> t.Any:
+        params.pop("ChecksumCRC32", None)
+        return self._client.put_object(**params)
+
+
+class _RefusesCrc32(_IgnoresCrc32):
+    """A client whose store refuses the header itself, as stores that do not know it do."""
+
+    def put_object(self, **params: t.Any) -> t.Any:
+        if "ChecksumCRC32" in params:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InvalidArgument", "Message": "Unsupported header"}},
+                "PutObject",
+            )
+        return self._client.put_object(**params)
+
+
+@pytest.mark.parametrize("client_class", [_IgnoresCrc32, _RefusesCrc32])
+def test_a_store_that_does_not_verify_crc32_gets_a_content_md5(
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    client_class: type[_IgnoresCrc32],
+) -> None:
+    """A store that ignores or refuses the CRC32 header gets every body with a
+    ``Content-MD5``, and the probe leaves no object behind."""
+    store = _configured_store(tmp_path, seaweedfs, bucket, monkeypatch)
+    sent = _record_bodies(store)
+    store.client = client_class(store.client)
+    data = os.urandom(PART + 100)
+    _committed(store, data)
+    with store.open(_digest(data)) as body:
+        assert body.read() == data
+    assert store.body_check("any") == "MD5"
+    parts = [body for body in sent if body["operation"] == "UploadPart"]
+    assert len(parts) == 2
+    assert all(body["md5"] and not body["crc32"] for body in parts)
+    assert seaweedfs.objects(bucket) == [store.key(_digest(data))]
