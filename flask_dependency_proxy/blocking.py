@@ -17,7 +17,7 @@ T_co = t.TypeVar("T_co", covariant=True)
 
 
 class Pending(t.Protocol[T_co]):
-    """A call started by :func:`start_off_the_loop`."""
+    """A call started by :func:`in_background`."""
 
     def get(self) -> T_co:
         """Wait for the call; its result, or its error raised here."""
