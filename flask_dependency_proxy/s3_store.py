@@ -24,7 +24,8 @@ blob's size and a presigned URL is signed locally. An object gone from under its
 pull racing cleanup's set-aside, or a delete behind the cache's back) shows when a
 streamed hit opens it (its ``GetObject`` is its first request), and the request's retry
 fetches it again. A redirected hit cannot see what the client gets, so a worker checks
-each object with a ``HEAD`` at most once per ``S3_VERIFY_SECONDS``: a missing object
+each object with a ``HEAD`` at most once per ``S3_VERIFY_SECONDS`` (committing it counts
+as a check): a missing object
 fails clients for at most that long, and the next hit fetches the blob again.
 
 S3 has no rename or hard link, so cleanup maps onto it as follows:
@@ -209,6 +210,10 @@ class S3Store:
         if found is not None:
             self._verified.add(digest)
         return found
+
+    def mark_verified(self, digest: str) -> None:
+        """The object of ``digest`` is known to exist now (committed by this process)."""
+        self._verified.add(digest)
 
     def locate(self, digest: str, size: int) -> Redirect | ByteStream:
         key = self.key(digest)
@@ -604,6 +609,8 @@ class StagedObject:
         except BaseException:
             self._abort_upload()
             raise
+        # Redirected hits of this worker need not check an object it just wrote.
+        self.store.mark_verified(self.digest)
         self._finished = True
         self._spool.remove()
 
