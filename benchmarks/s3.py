@@ -259,6 +259,9 @@ def measure(
         # Work that ends after the client has its bytes (the commit) counts too.
         store_total = h.cpu_seconds(meter.parts["store"]) - meter.start["store"]
         gets = upstream_blob_gets(upstream, mark, image)
+        # What the cold pull left running (the object store writing the blob out, the
+        # kernel writing back its pages) would land on the warm pull otherwise.
+        settle_machine()
         warm_mark = upstream.mark()
         warm = h.pull(contender, image, work / "warm")  # type: ignore[arg-type]
         warm_gets = upstream_blob_gets(upstream, warm_mark, image)
