@@ -84,11 +84,11 @@ S3_REDIRECT = True
 #: How long a presigned blob URL stays valid.
 S3_PRESIGN_SECONDS = 900
 #: With ``S3_REDIRECT``, how long a worker trusts that a blob's object exists after a
-#: ``HEAD`` found it or the worker committed it: hits in that time ask the object store nothing before their
-#: redirect. An object deleted behind the cache's back fails clients for at most this
-#: long; the next hit after it finds the object gone and fetches the blob again. ``0``
-#: checks on every hit. (Streamed hits need no check: a missing object shows when it is
-#: opened.)
+#: ``HEAD`` found it or the worker committed it: hits in that time ask the object store
+#: nothing before their redirect. An object deleted behind the cache's back fails
+#: clients for at most this long; the next hit after it finds the object gone and
+#: fetches the blob again. ``0`` checks on every hit. (Streamed hits need no check: a
+#: missing object shows when it is opened.)
 S3_VERIFY_SECONDS = 300.0
 #: This host's own base URL as other hosts of the fleet reach it (an internal address,
 #: e.g. ``http://10.0.0.5:8000``). Setting it turns on coordination through the
