@@ -98,7 +98,9 @@ PEER_URL: str | None = None
 #: The port of a listener that only the other hosts of the fleet reach (with gunicorn, a
 #: second ``bind``, e.g. ``-b 0.0.0.0:8000 -b 10.0.0.5:9100``): the peer route then
 #: answers there alone (404 on every other listener), and ``PEER_URL`` names that
-#: listener. ``None`` serves the peer route on every listener: refuse
+#: listener. The port is the one the WSGI server says it accepted the connection on
+#: (``SERVER_PORT``; bind a TCP address, as with a unix socket gunicorn takes it from the
+#: ``Host`` header). ``None`` serves the peer route on every listener: refuse
 #: ``/-/dependency_proxy/peer/`` at the public front instead.
 PEER_LISTENER_PORT: int | None = None
 #: A host whose fetch lease was not renewed for this long is taken for dead, and
