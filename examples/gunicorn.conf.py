@@ -17,6 +17,7 @@ Every value can be overridden on the command line (``-w 8``) or through
 ``GUNICORN_CMD_ARGS``; ``WEB_CONCURRENCY`` sets the number of workers.
 """
 
+import importlib.util
 import multiprocessing
 import os
 
@@ -75,15 +76,20 @@ logconfig_dict = {
 # prometheus_client's multiprocess mode: each worker writes its values to files in
 # PROMETHEUS_MULTIPROC_DIR and a scrape adds them up. The folder must exist and be
 # empty when the workers start, so it is made here, in the master, before they fork.
+# prometheus_client decides once, when it is first imported, whether it writes files:
+# the variable must be set before that import, or the workers (which inherit the
+# master's modules) keep their values in memory and a scrape finds none.
+if importlib.util.find_spec("prometheus_client") is not None and not os.environ.get(
+    "PROMETHEUS_MULTIPROC_DIR"
+):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dependency-proxy-metrics-")
+
 try:
     from prometheus_client import multiprocess as _multiprocess
 except ImportError:  # the metrics extra is not installed
     _multiprocess = None
-
-if _multiprocess is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    import tempfile
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dependency-proxy-metrics-")
 
 
 def child_exit(server, worker):

@@ -95,6 +95,14 @@ S3_VERIFY_SECONDS = 300.0
 #: database: one upstream fetch per blob across every host that shares the database,
 #: and clients on other hosts stream the bytes from the fetching host as they arrive.
 PEER_URL: str | None = None
+#: The port of a listener that only the other hosts of the fleet reach (with gunicorn, a
+#: second ``bind``, e.g. ``-b 0.0.0.0:8000 -b 10.0.0.5:9100``): the peer route then
+#: answers there alone (404 on every other listener), and ``PEER_URL`` names that
+#: listener. The port is the one the WSGI server says it accepted the connection on
+#: (``SERVER_PORT``; bind a TCP address, as with a unix socket gunicorn takes it from the
+#: ``Host`` header). ``None`` serves the peer route on every listener: refuse
+#: ``/-/dependency_proxy/peer/`` at the public front instead.
+PEER_LISTENER_PORT: int | None = None
 #: A host whose fetch lease was not renewed for this long is taken for dead, and
 #: another host takes its fetch over (resuming upstream where the bytes stopped).
 FETCH_LEASE_SECONDS = 10.0
@@ -231,6 +239,7 @@ class ProxyConfig:
     s3_presign_seconds: int
     s3_verify_seconds: float
     peer_url: str | None
+    peer_listener_port: int | None
     fetch_lease_seconds: float
     token_ttl: int
     refresh_token_ttl_seconds: int
@@ -321,6 +330,13 @@ def _url(key: str, value: t.Any) -> str:
 
 def _optional(coerce: Coerce) -> Coerce:
     return lambda key, value: None if value in (None, "") else coerce(key, value)
+
+
+def _port(key: str, value: t.Any) -> int:
+    port = _number(int, 1)(key, value)
+    if port > 65535:
+        raise ConfigError(f"{key} must be a TCP port (1 to 65535), not {value!r}.")
+    return t.cast(int, port)
 
 
 def _text(what: str) -> Coerce:
@@ -536,6 +552,7 @@ _FIELDS: dict[str, Coerce] = {
     "s3_presign_seconds": _number(int, 1),
     "s3_verify_seconds": _number(float, 0),
     "peer_url": _optional(_url),
+    "peer_listener_port": _optional(_port),
     "fetch_lease_seconds": _number(float, 1),
     "token_ttl": _number(int, 1),
     "refresh_token_ttl_seconds": _number(int, 0),
@@ -591,6 +608,11 @@ def load_config(app: Flask) -> ProxyConfig:
             _shorthand_upstream(
                 values["upstream_url"], values["upstream_username"], values["upstream_password"]
             ),
+        )
+    if values["peer_listener_port"] is not None and values["peer_url"] is None:
+        raise ConfigError(
+            f"{_PREFIX}PEER_LISTENER_PORT serves the peer route of a fleet: set"
+            f" {_PREFIX}PEER_URL to the URL of that listener as the other hosts reach it."
         )
     if values["upstream_down_max_seconds"] < values["upstream_down_seconds"]:
         raise ConfigError(

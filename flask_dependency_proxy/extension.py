@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import typing as t
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -273,12 +274,25 @@ def _fleet(
     names this host; ``None`` keeps fetches to this host's own processes."""
     if config.peer_url is None:
         return None
-
+    listener = config.peer_listener_port
+    if listener is not None and _port_of(config.peer_url) != listener:
+        log.warning(
+            "DEPENDENCY_PROXY_PEER_URL %s is not on DEPENDENCY_PROXY_PEER_LISTENER_PORT %s,"
+            " the only listener that serves the peer route: unless a port mapping sits"
+            " between the hosts, the other hosts cannot read this host's fetches.",
+            config.peer_url,
+            listener,
+        )
     return FleetSource(
         FetchLeases(_engine_of(app, db), config.peer_url, ttl_seconds=config.fetch_lease_seconds),
-        PeerTokens(secret_keys),
+        PeerTokens(secret_keys, config.peer_url),
         read_timeout=config.upstream_read_timeout_seconds,
     )
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _trust_forwarded_headers(app: Flask, proxies: int) -> None:

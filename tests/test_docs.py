@@ -38,6 +38,7 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     configuration = (tmp_path / "html" / "configuration.html").read_text()
     assert "DEPENDENCY_PROXY_LOGIN_VIEW" in configuration
     assert "DEPENDENCY_PROXY_METRICS_TOKEN" in configuration
+    assert "DEPENDENCY_PROXY_PEER_LISTENER_PORT" in configuration
     # The production, scaling-out, clients and upstreams pages are the README's sections,
     # with GitHub's links turned into links between the pages.
     production = (tmp_path / "html" / "production.html").read_text()

@@ -3,8 +3,9 @@ across the fleet.
 
 Two platforms under gunicorn share a PostgreSQL database, a SeaweedFS bucket and their
 ``SECRET_KEY``, each with its own local folder (no shared filesystem) and
-``DEPENDENCY_PROXY_PEER_URL``; the upstream is ``docker-registry`` behind a
-fault-injecting proxy, whose access log tells what reached it.
+``DEPENDENCY_PROXY_PEER_URL`` (host A's on a second, internal listener); the upstream
+is ``docker-registry`` behind a fault-injecting proxy, whose access log tells what
+reached it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from flask_dependency_proxy.coordination import PEER_BLOB_PATH, PeerTokens
 from tests.support import checks, images, seed
+from tests.support.addresses import client_at
 from tests.support.clients import Skopeo, describe
 from tests.support.faultproxy import FaultProxy, Throttle
 from tests.support.platform import Platform
 from tests.support.postgres import PostgresCluster
-from tests.support.processes import ProcessFactory, wait_for
+from tests.support.processes import ProcessFactory, free_port, wait_for
 from tests.support.registry import Registry
 from tests.support.seaweedfs import SeaweedFS
 from tests.support.tokenserver import TokenUpstream
@@ -78,18 +81,28 @@ def make_fleet(
         }
         folder = tmp_path_factory.mktemp(database)
 
-        def host(name: str) -> Platform:
+        def host(name: str, *, internal_listener: bool) -> Platform:
+            env, args = dict(shared), []
+            if internal_listener:
+                # A second gunicorn listener serves the peer route, and nothing else does.
+                port = free_port()
+                env["DEPENDENCY_PROXY_PEER_URL"] = f"http://127.0.0.1:{port}"
+                env["DEPENDENCY_PROXY_PEER_LISTENER_PORT"] = str(port)
+                args = ["--bind", f"127.0.0.1:{port}"]
             return Platform(
                 module_processes,
                 folder / name,
                 database_url=postgres_cluster.url(database),
                 upstream_url=upstream_url,
                 name=f"fleet-{name}",
-                extra_env=shared,
+                extra_env=env,
+                gunicorn_args=args,
                 peer=True,
             )
 
-        a, b = host("a"), host("b")
+        # Host A keeps its peer route on an internal listener; host B serves it on its
+        # one listener (the README's nginx front refuses it there).
+        a, b = host("a", internal_listener=True), host("b", internal_listener=False)
         seed.seed_minimal(a)
         a.start()
         b.start()
@@ -180,6 +193,40 @@ def test_eight_concurrent_cold_pulls_across_both_hosts_fetch_each_blob_once(
             assert _sha256((target / digest.split(":")[1]).read_bytes()) == digest
     for digest in pushed.blob_digests:
         assert upstream.count("GET", kind="blobs", reference=digest, since=mark) == 1
+
+
+def _peer_get(url: str, token: str, address: str = "127.0.0.1") -> requests.Response:
+    with client_at(address) as client:
+        return client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_the_peer_route_answers_the_fleet_only_and_on_its_listener(
+    fleet: Fleet, upstream: Registry, skopeo: Skopeo, unique_name: str, tmp_path: Path
+) -> None:
+    pushed = _push(upstream, unique_name, tmp_path, (100_000,))
+    checks.ok(skopeo.login(fleet.a.host, USER.username, USER.password))
+    checks.ok(skopeo.copy_to_dir(fleet.a.image(GROUP, unique_name, "latest"))[0])
+    layer = pushed.layer_digests[0]
+    path = f"{PEER_BLOB_PATH}{layer}"
+    a_peer, b_peer = (host.env["DEPENDENCY_PROXY_PEER_URL"] for host in (fleet.a, fleet.b))
+
+    def token(issuer: str, holder: str) -> str:
+        return PeerTokens(["fleet-secret"], issuer).issue(holder, layer, 0)
+
+    # Host B reads from A's internal listener; A's public one has no peer route.
+    from_b = _peer_get(f"{a_peer}{path}", token(b_peer, a_peer))
+    on_public = _peer_get(f"{fleet.a.url}{path}", token(b_peer, a_peer))
+    # The same token replayed from another address, and a token for host A sent to B.
+    replayed = _peer_get(f"{a_peer}{path}", token(b_peer, a_peer), address="127.0.0.2")
+    elsewhere = _peer_get(f"{b_peer}{path}", token(b_peer, a_peer))
+    # Host B serves the route on its one listener, to A only.
+    from_a = _peer_get(f"{b_peer}{path}", token(a_peer, b_peer))
+    from_a_replayed = _peer_get(f"{b_peer}{path}", token(a_peer, b_peer), address="127.0.0.3")
+
+    assert from_b.status_code == 200 and _sha256(from_b.content) == layer
+    assert from_a.status_code == 200 and _sha256(from_a.content) == layer
+    assert on_public.status_code == 404
+    assert [replayed.status_code, elsewhere.status_code, from_a_replayed.status_code] == [403] * 3
 
 
 def test_a_purge_through_one_host_stops_the_other_serving(

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from flask_dependency_proxy.coordination import PEER_BLOB_PATH, PeerTokens
 from tests.support import checks, images, seed
 from tests.support.addresses import client_at
 from tests.support.clients import Skopeo
@@ -55,6 +56,8 @@ def _fronted(
     upstream: Registry,
     certs: Certificates,
     trusted_proxies: int,
+    *,
+    peer: bool = False,
 ) -> Fronted:
     name = f"fronted-{trusted_proxies}"
     platform = Platform(
@@ -71,6 +74,7 @@ def _fronted(
             "DEPENDENCY_PROXY_LOGIN_MAX_FAILURES_PER_ADDRESS": str(LIMIT),
             "DEPENDENCY_PROXY_LOGIN_FAILURE_WINDOW_SECONDS": "300",
         },
+        peer=peer,
     )
     seed.seed_minimal(platform)
     platform.start()
@@ -86,9 +90,16 @@ def trusted(
     upstream: Registry,
     certs: Certificates,
 ) -> t.Iterator[Fronted]:
-    """``DEPENDENCY_PROXY_TRUSTED_PROXIES=1``: the setting the README gives for its snippet."""
+    """``DEPENDENCY_PROXY_TRUSTED_PROXIES=1``: the setting the README gives for its
+    snippet, on a host of a fleet (``PEER_URL`` set), so it has a peer route."""
     fronted = _fronted(
-        module_processes, databases, tmp_path_factory.mktemp("trusted"), upstream, certs, 1
+        module_processes,
+        databases,
+        tmp_path_factory.mktemp("trusted"),
+        upstream,
+        certs,
+        1,
+        peer=True,
     )
     yield fronted
     fronted.front.stop()
@@ -215,6 +226,46 @@ def test_skopeo_pulls_through_the_https_front(
         )
     )
     checks.same_as_upstream(target, pushed, upstream)
+
+
+def test_the_front_does_not_pass_the_peer_route_on(
+    trusted: Fronted, certs: Certificates, upstream: Registry, unique_name: str, tmp_path: Path
+) -> None:
+    """nginx connects from an address a fleet host may share (here 127.0.0.1, the host's
+    own): a peer token seen on the wire and replayed through the front would pass the
+    route's address check, so the front must not reach the route at all."""
+    image = images.build_image(unique_name, layer_sizes=(20_000,))
+    pushed = images.push(image, upstream, f"nginx/{unique_name}", "1", workdir=tmp_path)
+    platform = trusted.platform
+    layer = pushed.layer_digests[0]
+    headers = platform.bearer(USER.username, USER.password, seed.ACME, pushed.repository)
+    cached = requests.get(
+        f"{platform.url}/v2/{platform.repository(seed.ACME, pushed.repository)}/blobs/{layer}",
+        headers=headers,
+        timeout=30,
+    )
+    assert cached.status_code == 200
+    # What another host of the fleet on this machine sends for the blob.
+    token = PeerTokens([platform.env["SECRET_KEY"]], "http://127.0.0.1:1").issue(
+        platform.url, layer, 0
+    )
+    peer = {"Authorization": f"Bearer {token}"}
+    path = f"{PEER_BLOB_PATH}{layer}"
+
+    direct = requests.get(f"{platform.url}{path}", headers=peer, timeout=30)
+    fronted = requests.get(
+        f"{trusted.front.url}{path}", headers=peer, verify=str(certs.ca), timeout=30
+    )
+    encoded = requests.get(
+        f"{trusted.front.url}/-/dependency_proxy/%70eer/blobs/{layer}",
+        headers=peer,
+        verify=str(certs.ca),
+        timeout=30,
+    )
+
+    assert direct.status_code == 200 and direct.content == cached.content
+    assert fronted.status_code == 404 and cached.content not in fronted.content
+    assert encoded.status_code == 404 and cached.content not in encoded.content
 
 
 def test_client_addresses_behind_nginx_are_told_apart(

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.databases import Databases
 from tests.support.platform import Platform, PlatformFactory
-from tests.support.processes import wait_for
+from tests.support.processes import ProcessFactory, wait_for
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -153,6 +154,72 @@ def test_metrics_count_every_worker_outcomes_bytes_and_upstream_requests(
         pushed.repository in value or "acme" in value
         for (_name, labels) in after
         for _key, value in labels
+    )
+
+
+def test_the_shipped_gunicorn_configuration_as_shipped_serves_every_worker_metrics(
+    live_process: ProcessFactory,
+    databases: Databases,
+    upstream: Registry,
+    tmp_path: Path,
+    unique_name: str,
+) -> None:
+    """``gunicorn -c examples/gunicorn.conf.py``, nothing else: no
+    ``PROMETHEUS_MULTIPROC_DIR`` set beforehand, so the configuration makes the folder
+    itself, before prometheus_client is imported anywhere."""
+    shipped = Platform(
+        live_process,
+        tmp_path / "shipped",
+        database_url=databases.create("shipped"),
+        upstream_url=upstream.url,
+        name="shipped",
+        extra_env={
+            "DEPENDENCY_PROXY_METRICS_ENABLED": "true",
+            "DEPENDENCY_PROXY_METRICS_TOKEN": METRICS_TOKEN,
+            # The folder the configuration makes lands in the test's own folder.
+            "TMPDIR": str(tmp_path),
+        },
+        as_shipped=True,
+    )
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "GUNICORN_CMD_ARGS"):
+        shipped.env.pop(name, None)
+    seed.seed_minimal(shipped)
+    shipped.start()
+    image = images.build_image(unique_name, layer_sizes=(30_000, 50_000))
+    pushed = images.push(image, upstream, f"ops/{unique_name}", "1", workdir=tmp_path)
+
+    _pull(shipped, tmp_path / "pulled", pushed.repository, "1")
+
+    def pulls() -> Samples:
+        return _scrape(shipped)
+
+    wait_for(
+        lambda: (
+            _value(pulls(), "dependency_proxy_upstream_fetched_bytes_total")
+            >= sum(blob.size for blob in image.blobs)
+        ),
+        timeout=10,
+        what="the fetched bytes counted",
+    )
+    samples = _scrape(shipped)
+    blobs = len(pushed.blob_digests)
+    assert (
+        _value(samples, "dependency_proxy_cache_requests_total", kind="blob", outcome="miss")
+        == blobs
+    )
+    assert (
+        _value(samples, "dependency_proxy_cache_requests_total", kind="manifest", outcome="miss")
+        == 1
+    )
+    assert (
+        _value(
+            samples,
+            "dependency_proxy_registry_requests_total",
+            route="blob",
+            method="GET",
+            status="200",
+        )
+        == blobs
     )
 
 

@@ -17,6 +17,8 @@ from flask_dependency_proxy.models.tables import utcnow
 
 PEER_A = "http://10.0.0.1:8000"
 PEER_B = "http://10.0.0.2:8000"
+#: Host B's address: its peer requests come from there.
+B_ADDRESS = "10.0.0.2"
 DIGEST = "sha256:" + "a" * 64
 
 
@@ -120,61 +122,171 @@ def _committed(app: Flask, data: bytes) -> str:
     return digest
 
 
-def _token(app: Flask, digest: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {PeerTokens([app.config['SECRET_KEY']]).issue(digest)}"}
+def _token(
+    app: Flask, digest: str, offset: int = 0, *, requester: str = PEER_B, holder: str = PEER_A
+) -> dict[str, str]:
+    """What host ``requester`` sends to read ``digest`` from ``offset`` at ``holder``."""
+    token = PeerTokens([app.config["SECRET_KEY"]], requester).issue(holder, digest, offset)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _get(
+    app: Flask, path: str, headers: dict[str, str], *, remote: str = B_ADDRESS, port: int = 8000
+) -> t.Any:
+    """``GET`` on the peer route, sent from ``remote`` to the listener on ``port``."""
+    return app.test_client().get(
+        f"{PEER_BLOB_PATH}{path}",
+        headers=headers,
+        base_url=f"http://10.0.0.1:{port}",
+        environ_base={"REMOTE_ADDR": remote},
+    )
 
 
 def test_the_peer_route_serves_a_committed_blob_from_an_offset(peer_app: Flask) -> None:
     data = bytes(range(256)) * 9000
     digest = _committed(peer_app, data)
-    client = peer_app.test_client()
 
-    whole = client.get(f"{PEER_BLOB_PATH}{digest}", headers=_token(peer_app, digest))
-    rest = client.get(f"{PEER_BLOB_PATH}{digest}?offset=1000000", headers=_token(peer_app, digest))
+    whole = _get(peer_app, digest, _token(peer_app, digest))
+    rest = _get(peer_app, f"{digest}?offset=1000000", _token(peer_app, digest, 1_000_000))
 
     assert whole.status_code == 200 and whole.data == data
     assert rest.status_code == 200 and rest.data == data[1_000_000:]
     assert rest.headers["Content-Length"] == str(len(data) - 1_000_000)
 
 
-@pytest.mark.parametrize(
-    ("path", "headers", "status"),
-    [
-        ("{digest}", {}, 403),
-        ("{digest}", {"Authorization": "Bearer not-a-token"}, 403),
-        ("{digest}", {"Authorization": "Basic {token}"}, 403),
-        ("{digest}", "other digest", 403),
-        ("{digest}?offset=-1", "token", 400),
-        ("{digest}?offset=1e9", "token", 400),
-        ("{digest}?offset=99999999999999999999999", "token", 400),
-        ("{digest}?offset=5000", "token", 416),
-        ("sha256:" + "b" * 64, "token", 404),
-        ("sha256:XYZ", "token", 404),
-        ("..%2F..%2Fetc%2Fpasswd", "token", 404),
-    ],
-)
+#: The requests a peer never sends, each with the token it carries: ``"token"`` is a
+#: token host B made for this very path (offset 0), from B's address.
+REFUSED = [
+    ("{digest}", {}, 403),
+    ("{digest}", {"Authorization": "Bearer not-a-token"}, 403),
+    ("{digest}", {"Authorization": "Basic {token}"}, 403),
+    ("{digest}", "other digest", 403),
+    ("{digest}?offset=1000", "token", 403),  # the token is for offset 0
+    ("{digest}", "token for another holder", 403),
+    ("{digest}", "token from another host", 403),
+    ("{digest}", "replayed from elsewhere", 403),
+    ("{digest}?offset=-1", "token", 400),
+    ("{digest}?offset=1e9", "token", 400),
+    ("{digest}?offset=%C2%B2", "token", 400),  # "²": a digit to str.isdigit()
+    ("{digest}?offset=%D9%A1", "token", 400),  # Arabic-Indic one
+    ("{digest}?offset=99999999999999999999999", "token", 400),
+    ("sha256:" + "b" * 64, "token", 404),
+    ("sha256:XYZ", "token", 404),
+    ("..%2F..%2Fetc%2Fpasswd", "token", 404),
+    # Without a valid token nothing about the path is looked at.
+    ("sha256:XYZ", {}, 403),
+    ("sha256:" + "b" * 64, {}, 403),
+    ("{digest}?offset=%C2%B2", {}, 403),
+]
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), REFUSED)
 def test_the_peer_route_refuses_what_a_peer_would_not_send(
     peer_app: Flask, path: str, headers: t.Any, status: int
 ) -> None:
     digest = _committed(peer_app, b"small blob")
     target = path.format(digest=digest)
+    remote = B_ADDRESS
     if headers == "token":
         headers = _token(peer_app, target.split("?")[0])
     elif headers == "other digest":
         headers = _token(peer_app, "sha256:" + "c" * 64)
+    elif headers == "token for another holder":
+        headers = _token(peer_app, digest, holder="http://10.0.0.3:8000")
+    elif headers == "token from another host":
+        # A genuine token of host C, sent from B's address.
+        headers = _token(peer_app, digest, requester="http://10.0.0.3:8000")
+    elif headers == "replayed from elsewhere":
+        headers, remote = _token(peer_app, digest), "203.0.113.7"
     elif "Authorization" in headers:
         token = _token(peer_app, digest)["Authorization"].split(" ", 1)[1]
         headers = {"Authorization": headers["Authorization"].format(token=token)}
 
-    response = peer_app.test_client().get(f"{PEER_BLOB_PATH}{target}", headers=headers)
+    response = _get(peer_app, target, headers, remote=remote)
 
     assert response.status_code == status
+    if status == 403:
+        assert response.data != b"small blob"
+
+
+def test_a_416_needs_a_token_for_that_offset(peer_app: Flask) -> None:
+    digest = _committed(peer_app, b"small blob")
+
+    response = _get(peer_app, f"{digest}?offset=5000", _token(peer_app, digest, 5000))
+
+    assert response.status_code == 416
+
+
+def test_a_peer_token_is_good_for_seconds(peer_app: Flask) -> None:
+    import time
+
+    digest = _committed(peer_app, b"small blob")
+    secret = [peer_app.config["SECRET_KEY"]]
+
+    def issued(seconds_ago: float) -> dict[str, str]:
+        tokens = PeerTokens(secret, PEER_B, clock=lambda: time.time() - seconds_ago)
+        return {"Authorization": f"Bearer {tokens.issue(PEER_A, digest, 0)}"}
+
+    assert _get(peer_app, digest, issued(1)).status_code == 200
+    assert _get(peer_app, digest, issued(20)).status_code == 403
+
+
+@pytest.fixture
+def listener_app(app_factory: t.Callable[..., Flask]) -> Flask:
+    """A host that serves the peer route on an internal listener (port 9100) only."""
+    return app_factory(
+        DEPENDENCY_PROXY_PEER_URL="http://10.0.0.1:9100",
+        DEPENDENCY_PROXY_PEER_LISTENER_PORT=9100,
+        DEPENDENCY_PROXY_TRUSTED_PROXIES=1,
+    )
+
+
+def test_with_an_internal_listener_the_peer_route_answers_there_only(listener_app: Flask) -> None:
+    data = b"small blob"
+    digest = _committed(listener_app, data)
+    headers = _token(listener_app, digest, holder="http://10.0.0.1:9100")
+
+    internal = _get(listener_app, digest, headers, port=9100)
+    public = _get(listener_app, digest, headers, port=8000)
+    # What a client says about the port it reached is not believed.
+    forwarded = _get(
+        listener_app, digest, {**headers, "X-Forwarded-Host": "10.0.0.1:9100"}, port=8000
+    )
+
+    assert internal.status_code == 200 and internal.data == data
+    assert public.status_code == 404 and forwarded.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"DEPENDENCY_PROXY_PEER_LISTENER_PORT": 9100}, "PEER_URL"),
+        (
+            {
+                "DEPENDENCY_PROXY_PEER_URL": PEER_A,
+                "DEPENDENCY_PROXY_PEER_LISTENER_PORT": "ninety-one",
+            },
+            "PEER_LISTENER_PORT",
+        ),
+        (
+            {"DEPENDENCY_PROXY_PEER_URL": PEER_A, "DEPENDENCY_PROXY_PEER_LISTENER_PORT": 70000},
+            "PEER_LISTENER_PORT",
+        ),
+    ],
+)
+def test_a_peer_listener_needs_a_peer_url_and_a_port(
+    app_factory: t.Callable[..., Flask], settings: dict[str, t.Any], message: str
+) -> None:
+    from flask_dependency_proxy.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        app_factory(**settings)
 
 
 def test_without_a_peer_url_there_is_no_peer_route(app_factory: t.Callable[..., Flask]) -> None:
     app = app_factory()
     digest = _committed(app, b"small blob")
 
-    response = app.test_client().get(f"{PEER_BLOB_PATH}{digest}", headers=_token(app, digest))
+    response = _get(app, digest, _token(app, digest))
 
     assert response.status_code == 404

@@ -1,43 +1,61 @@
 """The peer route: another host of the fleet reads a blob this host is fetching.
 
 Reached at ``PEER_URL`` by the hosts that share the database, never by registry
-clients: a request must carry a token signed with the fleet's ``SECRET_KEY`` for the
-very digest it asks for. The bytes come from this host's fetch as they arrive (its
-last chunk only once the blob is verified and committed), or from the store once it
-is committed; a fetch that breaks ends the response short, so the reading host never
-mistakes it for a whole blob (it verifies the digest itself as well).
+clients: a request must carry a token signed with the fleet's ``SECRET_KEY`` for this
+host, the very digest and offset it asks for, sent from the address of the host it
+names, and a few seconds old at most (:class:`~.coordination.PeerTokens`). The token is
+checked before anything in the path or the query is looked at. With
+``PEER_LISTENER_PORT`` the route answers on that listener only. The bytes come from
+this host's fetch as they arrive (its last chunk only once the blob is verified and
+committed), or from the store once it is committed; a fetch that breaks ends the
+response short, so the reading host never mistakes it for a whole blob (it verifies the
+digest itself as well).
 """
 
 from __future__ import annotations
 
+import logging
 import typing as t
 
 from flask import Blueprint, Response, abort, request
 
 from .._state import state
 from ..blobstore import StorageError
-from ..coordination import PEER_BLOB_PATH
+from ..coordination import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
 from ..reference import is_digest
 from ..upstream import UpstreamError
 
 bp = Blueprint("dependency_proxy_peer", __name__)
 
-_MAX_OFFSET = 1 << 62
+log = logging.getLogger(__name__)
 
 
 @bp.route(f"{PEER_BLOB_PATH}<digest>", methods=["GET"])
 def blob(digest: str) -> Response:
     proxy = state(None)
     fleet = proxy.cache.fetcher.fleet
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if fleet is None or not is_digest(digest):
+    listener = proxy.config.peer_listener_port
+    if fleet is None or (listener is not None and _arrived_on() != str(listener)):
         abort(404)
-    if scheme.lower() != "bearer" or not fleet.tokens.valid_for(token.strip(), digest):
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
         abort(403)
-    offset_text = request.args.get("offset", "0")
-    if not offset_text.isdigit() or int(offset_text) >= _MAX_OFFSET:
+    address = _connected_from()
+    try:
+        grant = fleet.tokens.verify(token.strip(), digest)
+    except InvalidPeerToken as exc:
+        log.warning("peer request from %s refused: %s", address, exc)
+        abort(403)
+    if not comes_from(grant.requester, address):
+        log.warning("peer request from %s refused: its token is for %s", address, grant.requester)
+        abort(403)
+    offset = parse_offset(request.args.get("offset", "0"))
+    if offset is None:
         abort(400)
-    offset = int(offset_text)
+    if offset != grant.offset:
+        abort(403)
+    if not is_digest(digest):
+        abort(404)
     try:
         fetch = proxy.cache.fetcher.join(digest)
     except UpstreamError:
@@ -64,6 +82,22 @@ def blob(digest: str) -> Response:
     if size is not None:
         response.headers["Content-Length"] = str(size - offset)
     return response
+
+
+def _original(key: str) -> str:
+    """An environ value as the WSGI server set it, before ``ProxyFix`` rewrote it from
+    headers a client chose (the listener and the address the connection came from)."""
+    orig = request.environ.get("werkzeug.proxy_fix.orig") or {}
+    return str(orig.get(key) or request.environ.get(key) or "")
+
+
+def _arrived_on() -> str:
+    """The port of the listener the request came in on (gunicorn's ``SERVER_PORT``)."""
+    return _original("SERVER_PORT")
+
+
+def _connected_from() -> str:
+    return _original("REMOTE_ADDR")
 
 
 def _read(file: t.BinaryIO) -> t.Iterator[bytes]:

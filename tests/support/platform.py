@@ -91,6 +91,9 @@ class Platform:
     :param gunicorn_args: more gunicorn options, after the shipped configuration's.
     :param peer: coordinate fetches with the other hosts on the database
         (``DEPENDENCY_PROXY_PEER_URL`` is this platform's URL).
+    :param as_shipped: run gunicorn as ``examples/gunicorn.conf.py`` tells operators to,
+        ``gunicorn -c examples/gunicorn.conf.py -b ADDRESS APP`` and nothing else (its
+        own worker count and timeouts; ``workers`` and ``gunicorn_args`` are not used).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Platform:
         workers: int = 2,
         gunicorn_args: t.Sequence[str] = (),
         peer: bool = False,
+        as_shipped: bool = False,
     ) -> None:
         self.name = name
         self.workers = workers
@@ -140,25 +144,23 @@ class Platform:
         self.env = env
         #: CLI commands held back by :meth:`batch`.
         self._batch: CommandBatch | None = None
-        self.process: LiveProcess = processes.create(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
+        argv: list[str] = [sys.executable, "-m", "gunicorn"]
+        if as_shipped:
+            argv += ["-c", str(GUNICORN_CONF.relative_to(REPO_ROOT)), "-b", self.host]
+        else:
+            argv += [
                 "--config",
                 str(GUNICORN_CONF),
                 "--bind",
-                f"127.0.0.1:{self.port}",
+                self.host,
                 "--workers",
                 str(workers),
                 "--graceful-timeout",
                 "5",
                 *gunicorn_args,
-                f"{APP_IMPORT}:create_app()",
-            ],
-            env=env,
-            cwd=REPO_ROOT,
+            ]
+        self.process: LiveProcess = processes.create(
+            name, [*argv, f"{APP_IMPORT}:create_app()"], env=env, cwd=REPO_ROOT
         )
 
     # -- addresses ---------------------------------------------------------------------
