@@ -189,10 +189,6 @@ class _Confirmations:
 
         self._single_flight.do((keys, digest), ask)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._until.clear()
-
 
 class _Unreadable:
     """Digests whose committed blob was found missing when opened; bounded (a flood of
