@@ -11,6 +11,11 @@ turns the returned records into responses.
   the image go back there.
 - Manifests by digest and blobs are immutable: served locally once cached.
 - A blob miss is fetched once and streamed to every client while it is verified.
+- A group gets a blob it does not hold only on its own route's word: its own fetch
+  opened it upstream, or a ``HEAD`` with its credential confirmed the digest, before it
+  follows anyone's fetch, is served a stored copy or records the blob. What a route
+  confirmed is remembered per worker for a while (:class:`_Confirmations`), so a herd
+  costs about one ``HEAD`` per route and worker.
 - Database reads and writes run in short phases (:mod:`.database`) that end, with the
   connection back in the pool, before any upstream request, retry or wait for a fetch.
 - While the database is unavailable, a blob this worker recently served or recorded for
@@ -27,12 +32,13 @@ import datetime as dt
 import enum
 import logging
 import threading
+import time
 import typing as t
 
 from .blobstore import BlobLocation, BlobStore, ByteStream, StorageError
 from .database import DatabaseUnavailable
 from .errors import ErrorCode, RegistryError, storage_unavailable
-from .inflight import BlobFetcher, BlobTooLarge
+from .inflight import BlobFetcher, BlobTooLarge, Fetch, UpstreamSizeError
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata, ManifestRecord
 from .models.tables import utcnow
@@ -53,6 +59,8 @@ from .upstream import (
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
+    _SingleFlight,
+    credential_id,
 )
 from .upstreams import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
 from .usage import UsageBuffer
@@ -61,6 +69,13 @@ log = logging.getLogger(__name__)
 
 #: (group, digest) pairs remembered per worker for pulls during a database outage.
 RECENT_BLOBS = 10_000
+#: (route, digest) confirmations remembered per worker.
+CONFIRMATIONS = 10_000
+#: Seconds a route's word that it serves a digest is trusted without asking again.
+CONFIRMATION_SECONDS = 300.0
+#: Fetches a request starts or joins before it gives up on one that fails for another
+#: route (its own route confirmed the digest each time).
+_FETCH_ATTEMPTS = 3
 
 _T = t.TypeVar("_T")
 
@@ -91,6 +106,88 @@ class _RecentBlobs:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+#: What decides whether an upstream serves a digest to a group: the entry, its URL, the
+#: repository there and the credential used (by :func:`~.upstream.credential_id`, as
+#: the upstream clients themselves are told apart).
+RouteKey = tuple[str, str, str, str]
+
+
+def route_key(candidate: Candidate) -> RouteKey:
+    """The key of one candidate: two groups share it only when they would send the very
+    same request upstream (same entry, repository and credential)."""
+    client = candidate.client
+    return (
+        candidate.name,
+        client.base_url,
+        candidate.repository,
+        credential_id(client.credentials),
+    )
+
+
+class _Confirmations:
+    """The digests routes confirmed lately in this worker, by a ``HEAD`` or by opening
+    the blob: a bounded, expiring set, with one ``HEAD`` at a time per route and digest
+    (a herd of one group waits for the first one's answer instead of asking again)."""
+
+    def __init__(
+        self,
+        max_entries: int = CONFIRMATIONS,
+        seconds: float = CONFIRMATION_SECONDS,
+        clock: t.Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.seconds = seconds
+        self._clock = clock
+        self._until: collections.OrderedDict[tuple[RouteKey, str], float] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self._single_flight = _SingleFlight()
+
+    def add(self, key: RouteKey, digest: str) -> None:
+        """Remember that the route ``key`` serves ``digest``."""
+        entry = (key, digest)
+        with self._lock:
+            self._until[entry] = self._clock() + self.seconds
+            self._until.move_to_end(entry)
+            while len(self._until) > self.max_entries:
+                self._until.popitem(last=False)
+
+    def confirmed(self, keys: t.Iterable[RouteKey], digest: str) -> bool:
+        """Whether one of the routes ``keys`` confirmed ``digest`` lately."""
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                until = self._until.get((key, digest))
+                if until is None:
+                    continue
+                if until > now:
+                    return True
+                del self._until[(key, digest)]
+        return False
+
+    def confirm(self, candidates: t.Sequence[Candidate], digest: str) -> None:
+        """Make sure one of ``candidates`` serves ``digest``: remembered, or a ``HEAD``
+        down the list (shared by concurrent callers with the same list).
+
+        :raises UpstreamNotFound: none of them serves it.
+        :raises UpstreamError: the route could not answer.
+        """
+        keys = tuple(route_key(candidate) for candidate in candidates)
+        if self.confirmed(keys, digest):
+            return
+
+        def ask() -> None:
+            if self.confirmed(keys, digest):
+                return
+            _, source = PullThroughCache._first_that_has(
+                candidates, lambda c: c.client.head_blob(c.repository, digest)
+            )
+            self.add(route_key(source), digest)
+
+        self._single_flight.do((keys, digest), ask)
 
 
 class _Unreadable:
@@ -194,6 +291,8 @@ class PullThroughCache:
         self._clock = clock
         self.database = metadata.database
         self.recent_blobs = _RecentBlobs()
+        #: Digests the routes of this worker's groups confirmed lately.
+        self.confirmations = _Confirmations()
         #: Blobs this worker found gone from the store although a row names them.
         self._unreadable = _Unreadable()
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
@@ -396,19 +495,15 @@ class PullThroughCache:
             # Another group cached these bytes. This group may only have them if its
             # upstream serves them to it: a HEAD settles that without a download.
             self._call_upstream(
-                lambda: self._first_that_has(
-                    candidates, lambda c: c.client.head_blob(c.repository, digest)
-                ),
-                ErrorCode.BLOB_UNKNOWN,
+                lambda: self.confirmations.confirm(candidates, digest), ErrorCode.BLOB_UNKNOWN
             )
             self._record_blob(group_id, digest, size)
             return self._stored(digest, size)
 
         fetch = self._call_upstream(
-            lambda: self.fetcher.fetch(digest, _BlobOpener(candidates, digest)),
-            ErrorCode.BLOB_UNKNOWN,
+            lambda: self._fetch_blob(candidates, digest), ErrorCode.BLOB_UNKNOWN
         )
-        if fetch is None:  # committed by another request meanwhile
+        if fetch is None:  # committed by another request meanwhile (and confirmed)
             size = self.store.size(digest)
             if size is None:
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN)
@@ -422,6 +517,37 @@ class PullThroughCache:
             outcome=Outcome.MISS,
             upstream_status=fetch.upstream_status,
         )
+
+    def _fetch_blob(self, candidates: t.Sequence[Candidate], digest: str) -> Fetch | None:
+        """The fetch of ``digest`` that the group may follow, or ``None`` when the blob
+        was committed meanwhile; either way on the word of the group's own route.
+
+        Only a fetch this request started with its own opener asked that route; any
+        other (one running in this or another process, one whose bytes come from another
+        host, a blob committed meanwhile) may have come from another group's route, so
+        the route confirms the digest first. A fetch that failed before it started
+        failed on its starter's route: unless this request's opener made it fail, the
+        group's own route answers instead (a ``404`` of its own, or a fetch of its own).
+
+        :raises UpstreamError: the group's own route does not serve the blob, or could
+            not answer.
+        """
+        for attempt in range(_FETCH_ATTEMPTS):
+            opener = _BlobOpener(candidates, digest, self.confirmations)
+            try:
+                fetch = self.fetcher.fetch(digest, opener)
+            except UpstreamError as exc:
+                if opener.attempted or not _route_specific(exc):
+                    raise
+                self.confirmations.confirm(candidates, digest)
+                log.info("the fetch of %s this request joined failed (%s); again", digest, exc)
+                # The failed fetch is being cleared away: give it a moment.
+                time.sleep(0.02 * (attempt + 1))
+                continue
+            if not opener.opened:
+                self.confirmations.confirm(candidates, digest)
+            return fetch
+        raise UpstreamError(f"the fetches of {digest} this request joined kept failing")
 
     def _stored(self, digest: str, size: int) -> BlobResult:
         location = self.store.locate(digest, size)
@@ -604,20 +730,46 @@ class PullThroughCache:
 
 
 class _BlobOpener:
-    """Opens a blob at the first upstream that has it, and resumes it at the same one."""
+    """Opens a blob at the first upstream that has it, and resumes it at the same one.
 
-    def __init__(self, candidates: t.Sequence[Candidate], digest: str) -> None:
+    What it opens counts as the route's confirmation of the digest (``confirmations``).
+    """
+
+    def __init__(
+        self,
+        candidates: t.Sequence[Candidate],
+        digest: str,
+        confirmations: _Confirmations | None = None,
+    ) -> None:
         self._candidates = tuple(candidates)
         self._digest = digest
+        self._confirmations = confirmations
         self._source: Candidate | None = None
+        #: A fetch called it: its outcome is the route's own answer.
+        self.attempted = False
+
+    @property
+    def opened(self) -> bool:
+        """Upstream served the blob to this route (through this opener, not a peer's)."""
+        return self._source is not None
 
     def __call__(self, offset: int) -> BlobStream:
         if self._source is not None:
             return self._source.client.open_blob(self._source.repository, self._digest, offset)
-        stream, self._source = PullThroughCache._first_that_has(
+        self.attempted = True
+        stream, source = PullThroughCache._first_that_has(
             self._candidates, lambda c: c.client.open_blob(c.repository, self._digest, offset)
         )
+        if self._confirmations is not None:
+            self._confirmations.add(route_key(source), self._digest)
+        self._source = source
         return stream
+
+
+def _route_specific(exc: UpstreamError) -> bool:
+    """Whether a fetch's failure may be its route's alone, so another route could still
+    serve the blob (not a blob over the size limit, not a store that is full)."""
+    return not isinstance(exc, BlobTooLarge | UpstreamSizeError | UpstreamDigestMismatch)
 
 
 def _result(record: ManifestRecord, outcome: Outcome = Outcome.HIT) -> ManifestResult:

@@ -3,8 +3,8 @@
 ``GET /token?service=S&scope=repository:NAME:pull`` answers ``{"token", "access_token",
 "expires_in", "issued_at"}`` with an RS256 JWT whose ``x5c`` header carries the
 self-signed certificate the registry trusts (its ``rootcertbundle``). Anonymous clients
-get ``pull``; clients with valid Basic credentials get what they ask for. Every request
-is recorded so tests can count them.
+get ``pull`` (nothing, for a private registry); clients with valid Basic credentials
+get what they ask for. Every request is recorded so tests can count them.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ class TokenServer:
     :param users: username to password; Basic credentials are checked against it.
     :param issuer: the ``iss`` claim; must match the registry's ``auth.token.issuer``.
     :param expires_in: token lifetime in seconds.
+    :param anonymous_pull: anonymous clients may pull (Docker Hub's public images);
+        ``False`` makes the registry private, readable with credentials only.
     """
 
     def __init__(
@@ -91,9 +93,11 @@ class TokenServer:
         users: t.Mapping[str, str] | None = None,
         issuer: str = "auth.docker.io",
         expires_in: int = 300,
+        anonymous_pull: bool = True,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.users = dict(users or {})
+        self.anonymous_pull = anonymous_pull
         self.issuer = issuer
         self.expires_in = expires_in
         self._key, cert, self.bundle_path = _self_signed(directory)
@@ -204,7 +208,8 @@ class TokenServer:
                 return username, 400, {"details": f"invalid scope {scope!r}"}
             asked = match["actions"].split(",")
             # Docker Hub: anonymous clients may pull public images, nothing more.
-            granted = asked if username else [a for a in asked if a == "pull"]
+            anonymous = [a for a in asked if a == "pull"] if self.anonymous_pull else []
+            granted = asked if username else anonymous
             access.append({"type": match["type"], "name": match["name"], "actions": granted})
         now = int(time.time())
         claims = {
