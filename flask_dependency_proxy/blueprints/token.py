@@ -29,6 +29,7 @@ from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
 from ..tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
 from . import _requestlog as requestlog
+from ._bodies import bound_body
 from ._registry_http import (
     SERVICE,
     add_api_version,
@@ -49,6 +50,7 @@ bp.after_request(requestlog.finish)
 _MAX_CREDENTIAL_LENGTH = 1024
 #: Largest ``POST`` body read. A token request is a few hundred bytes.
 _MAX_FORM_BYTES = 16 * 1024
+bp.before_request(bound_body(_MAX_FORM_BYTES))
 #: Most ``scope`` fields, their longest total, and the longest ``client_id`` read.
 _MAX_SCOPES = 64
 _MAX_SCOPE_LENGTH = 8 * 1024
@@ -97,6 +99,13 @@ def _token_error_response(error: RegistryError) -> Response:
 @bp.errorhandler(RegistryError)
 def _handle_registry_error(error: RegistryError) -> Response:
     return _token_error_response(error)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _handle_too_large(error: RequestEntityTooLarge) -> Response:
+    return _token_error_response(
+        TokenRequestError("invalid_request", "the token request is too large", status=413)
+    )
 
 
 @bp.errorhandler(DatabaseUnavailable)
@@ -178,14 +187,9 @@ def other_methods() -> Response:
 
 
 def _read_form() -> MultiDict[str, str]:
-    """The form, read only up to :data:`_MAX_FORM_BYTES`."""
-    request.max_content_length = _MAX_FORM_BYTES
-    try:
-        return request.form
-    except RequestEntityTooLarge:
-        raise TokenRequestError(
-            "invalid_request", "the token request is too large", status=413
-        ) from None
+    """The form, read only up to :data:`_MAX_FORM_BYTES` (the blueprint's
+    :func:`~._bodies.bound_body` hook caps the input before this reads it)."""
+    return request.form
 
 
 def _field(form: MultiDict[str, str], name: str, max_length: int) -> str:
