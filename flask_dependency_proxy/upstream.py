@@ -49,7 +49,12 @@ import requests
 
 from .digits import ascii_int
 from .metrics import Metrics
-from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT, is_tag
+from .reference import (
+    MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
+    UPSTREAM_MANIFEST_ACCEPT,
+    is_tag,
+)
 from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
@@ -737,7 +742,18 @@ def _request_kind(path: str) -> str:
 
 
 def _media_type(response: requests.Response) -> str:
-    return response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    """The manifest's media type from upstream's ``Content-Type``.
+
+    :raises UpstreamRefused: for anything but the manifest types the proxy asks for (a
+        login page or an error page answered with ``200``): never cached, never served.
+    """
+    media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type not in MANIFEST_MEDIA_TYPES:
+        raise UpstreamRefused(
+            f"upstream answered a manifest as {media_type[:100] or 'no Content-Type'!r},"
+            " which is not a manifest media type"
+        )
+    return media_type
 
 
 def _read_identity(response: requests.Response, limit: int, what: str) -> bytes:
