@@ -22,8 +22,9 @@ if t.TYPE_CHECKING:
 #: Switches every registry route of the extension on or off.
 ENABLED = True
 #: The upstream registries, a mapping (or its JSON text) from a name to an entry with
-#: ``url``, and optionally ``hosts`` (registry host names that route an image name
-#: there), ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
+#: ``url`` (without credentials in it: ``init_app`` refuses ``https://user:token@host``),
+#: and optionally ``hosts`` (registry host names that route an image name there),
+#: ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
 #: (hosts its token realm may be on besides its own) and ``library_prefix`` (Docker
 #: Hub's ``library``). Groups use them in this order. ``None``: one entry made from
 #: ``UPSTREAM_URL``, ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``.
@@ -32,7 +33,8 @@ UPSTREAMS: t.Any = None
 #: the credentials group owners give their upstreams. ``None``: one key derived from
 #: ``SECRET_KEY``. See ``flask dependency-proxy rotate-credentials``.
 CREDENTIAL_KEYS: tuple[str, ...] | None = None
-#: The one upstream when ``UPSTREAMS`` is not set. Docker Hub by default.
+#: The one upstream when ``UPSTREAMS`` is not set. Docker Hub by default. Credentials
+#: go in ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``, never in the URL.
 UPSTREAM_URL = DOCKER_HUB_URL
 #: Optional credentials for that upstream (e.g. a paid Docker Hub account).
 UPSTREAM_USERNAME: str | None = None
