@@ -22,8 +22,9 @@ if t.TYPE_CHECKING:
 #: Switches every registry route of the extension on or off.
 ENABLED = True
 #: The upstream registries, a mapping (or its JSON text) from a name to an entry with
-#: ``url``, and optionally ``hosts`` (registry host names that route an image name
-#: there), ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
+#: ``url`` (without credentials in it: ``init_app`` refuses ``https://user:token@host``),
+#: and optionally ``hosts`` (registry host names that route an image name there),
+#: ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
 #: (hosts its token realm may be on besides its own) and ``library_prefix`` (Docker
 #: Hub's ``library``). Groups use them in this order. ``None``: one entry made from
 #: ``UPSTREAM_URL``, ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``.
@@ -32,7 +33,8 @@ UPSTREAMS: t.Any = None
 #: the credentials group owners give their upstreams. ``None``: one key derived from
 #: ``SECRET_KEY``. See ``flask dependency-proxy rotate-credentials``.
 CREDENTIAL_KEYS: tuple[str, ...] | None = None
-#: The one upstream when ``UPSTREAMS`` is not set. Docker Hub by default.
+#: The one upstream when ``UPSTREAMS`` is not set. Docker Hub by default. Credentials
+#: go in ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``, never in the URL.
 UPSTREAM_URL = DOCKER_HUB_URL
 #: Optional credentials for that upstream (e.g. a paid Docker Hub account).
 UPSTREAM_USERNAME: str | None = None
@@ -199,7 +201,8 @@ METRICS_ENABLED = False
 #: reach the route.
 METRICS_TOKEN: str | None = None
 #: Label cache outcomes with the group's path (one series per group: only for a
-#: modest number of groups).
+#: modest number of groups). Group paths name private groups, so this needs
+#: ``METRICS_TOKEN``: ``init_app`` refuses it without one.
 METRICS_GROUP_LABELS = False
 #: One log line per registry request on the ``flask_dependency_proxy.requests`` logger
 #: at INFO: ``keyvalue`` (``key=value`` pairs), ``json`` (one object per line) or ``off``.
@@ -317,10 +320,19 @@ def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
     return coerce
 
 
-def _url(key: str, value: t.Any) -> str:
+def _url(key: str, value: t.Any, *, credentials_go: str | None = None) -> str:
+    """An http(s) URL without query, fragment or credentials.
+
+    :param credentials_go: where credentials belong instead, for the error message.
+    """
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a URL string, not {value!r}.")
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # Never quoted: the URL holds a secret, which would be logged and shown to
+        # every group owner with the upstream's URL.
+        instead = f"; set {credentials_go} instead" if credentials_go else ""
+        raise ConfigError(f"{key} must not carry credentials (user:password@host){instead}.")
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ConfigError(f"{key} must be an http:// or https:// URL, not {value!r}.")
     if parts.query or parts.fragment:
@@ -478,7 +490,7 @@ def _upstream_entry(where: str, name: t.Any, item: t.Any) -> UpstreamEntry:
         )
     return UpstreamEntry(
         name=name,
-        url=_url(f"{where}.url", item["url"]),
+        url=_url(f"{where}.url", item["url"], credentials_go="its 'username' and 'password'"),
         hosts=_host_list(f"{where}.hosts", item.get("hosts"), _REGISTRY_HOST),
         username=username,
         password=password,
@@ -532,7 +544,9 @@ _FIELDS: dict[str, Coerce] = {
     "enabled": _boolean,
     "upstreams": _upstreams,
     "credential_keys": _optional(_credential_keys),
-    "upstream_url": _url,
+    "upstream_url": lambda key, value: _url(
+        key, value, credentials_go=f"{_PREFIX}UPSTREAM_USERNAME and {_PREFIX}UPSTREAM_PASSWORD"
+    ),
     "upstream_username": _optional(_text("a username")),
     "upstream_password": _optional(_text("a password")),
     "upstream_connect_timeout_seconds": _number(float, 0.001),
@@ -613,6 +627,12 @@ def load_config(app: Flask) -> ProxyConfig:
         raise ConfigError(
             f"{_PREFIX}PEER_LISTENER_PORT serves the peer route of a fleet: set"
             f" {_PREFIX}PEER_URL to the URL of that listener as the other hosts reach it."
+        )
+    if values["metrics_enabled"] and values["metrics_group_labels"] and not values["metrics_token"]:
+        # Group paths name private groups; the route answers anyone who can reach it.
+        raise ConfigError(
+            f"{_PREFIX}METRICS_GROUP_LABELS puts group paths in the metrics: set"
+            f" {_PREFIX}METRICS_TOKEN too, so only a scrape with the token sees them."
         )
     if values["upstream_down_max_seconds"] < values["upstream_down_seconds"]:
         raise ConfigError(

@@ -94,7 +94,7 @@ _CHECKSUM_REFUSED = {"BadDigest", "XAmzContentChecksumMismatch"}
 CRC32, MD5 = "CRC32", "MD5"
 _CHECKSUM_PARAMETER = {CRC32: "ChecksumCRC32", MD5: "ContentMD5"}
 _BLOB_KEY = re.compile(r"(?P<algorithm>sha256|sha512)/(?P<prefix>[a-f0-9]{2})/(?P<hex>[a-f0-9]+)")
-_TRASH_KEY = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+_TRASH_KEY = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>[0-9]{1,18})")
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
 
 

@@ -21,7 +21,7 @@ import typing as t
 from .blobstore import LocalFile, StorageError
 
 _DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
-_TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>\d+)")
+_TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>[0-9]{1,18})")
 FOLDER_MODE = 0o750
 FILE_MODE = 0o640
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC

@@ -47,8 +47,14 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
+from .digits import ascii_int
 from .metrics import Metrics
-from .reference import MAX_MANIFEST_BYTES, UPSTREAM_MANIFEST_ACCEPT, is_tag
+from .reference import (
+    MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
+    UPSTREAM_MANIFEST_ACCEPT,
+    is_tag,
+)
 from .tokencache import TokenShare
 
 log = logging.getLogger(__name__)
@@ -133,8 +139,7 @@ class BlobStream:
         self.offset = offset
         #: The status of upstream's answer (200, or 206 for a range).
         self.status = response.status_code
-        length = response.headers.get("Content-Length", "")
-        remaining = int(length) if length.isdigit() else None
+        remaining = ascii_int(response.headers.get("Content-Length"))
         #: The whole blob's size, when upstream said.
         self.size: int | None = None if remaining is None else offset + remaining
 
@@ -276,11 +281,10 @@ class UpstreamClient:
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             raise UpstreamError("upstream HEAD answered without Docker-Content-Digest")
-        length = response.headers.get("Content-Length", "")
         return ManifestHead(
             digest=digest,
             media_type=_media_type(response),
-            size=int(length) if length.isdigit() else None,
+            size=ascii_int(response.headers.get("Content-Length")),
         )
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
@@ -351,8 +355,7 @@ class UpstreamClient:
         """Confirm upstream serves this blob in this repository; returns its size if known."""
         response = self._request("HEAD", f"/v2/{repository}/blobs/{digest}", repository)
         response.close()
-        length = response.headers.get("Content-Length", "")
-        return int(length) if length.isdigit() else None
+        return ascii_int(response.headers.get("Content-Length"))
 
     def open_blob(self, repository: str, digest: str, offset: int = 0) -> BlobStream:
         """Start a blob download, or resume one at ``offset`` with a ``Range`` request.
@@ -366,7 +369,7 @@ class UpstreamClient:
         )
         start = 0
         if offset and response.status_code == 206:
-            match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+            match = re.match(r"bytes ([0-9]{1,18})-", response.headers.get("Content-Range", ""))
             start = int(match.group(1)) if match else 0
             if start != offset:
                 response.close()
@@ -739,7 +742,18 @@ def _request_kind(path: str) -> str:
 
 
 def _media_type(response: requests.Response) -> str:
-    return response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    """The manifest's media type from upstream's ``Content-Type``.
+
+    :raises UpstreamRefused: for anything but the manifest types the proxy asks for (a
+        login page or an error page answered with ``200``): never cached, never served.
+    """
+    media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type not in MANIFEST_MEDIA_TYPES:
+        raise UpstreamRefused(
+            f"upstream answered a manifest as {media_type[:100] or 'no Content-Type'!r},"
+            " which is not a manifest media type"
+        )
+    return media_type
 
 
 def _read_identity(response: requests.Response, limit: int, what: str) -> bytes:
@@ -751,15 +765,15 @@ def _read_identity(response: requests.Response, limit: int, what: str) -> bytes:
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UpstreamRefused(f"upstream sent a {what} with Content-Encoding {encoding[:40]}")
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
+    length = ascii_int(response.headers.get("Content-Length"))
+    if length is not None and length > limit:
         raise UpstreamRefused(f"upstream {what} is larger than {limit} bytes")
     content = bytearray()
     for chunk in response.raw.stream(64 * 1024, decode_content=False):
         content += chunk
         if len(content) > limit:
             raise UpstreamRefused(f"upstream {what} is larger than {limit} bytes")
-    if length.isdigit() and len(content) != int(length):
+    if length is not None and len(content) != length:
         raise UpstreamError(f"upstream {what} response was cut short")
     return bytes(content)
 
@@ -786,7 +800,7 @@ def _peer_address(response: requests.Response) -> str | None:
 
 def _leading_int(value: str | None) -> int | None:
     """``76`` from Docker Hub's ``76;w=21600``."""
-    match = re.match(r"\s*(\d+)", value or "")
+    match = re.match(r"\s*([0-9]{1,18})", value or "")
     return int(match.group(1)) if match else None
 
 
@@ -810,8 +824,9 @@ def credential_id(credentials: tuple[str, str] | None) -> str:
 def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     """Seconds from ``now`` that a ``Retry-After`` (seconds or an HTTP date) asks for."""
     value = (value or "").strip()
-    if value.isdigit():
-        return float(value)
+    seconds = ascii_int(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -822,8 +837,9 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
 
 
 def _retry_wait(retry_after: str | None, attempt: int) -> float:
-    if retry_after and retry_after.isdigit():
-        return min(float(retry_after), _MAX_RETRY_WAIT_SECONDS)
+    seconds = ascii_int(retry_after)
+    if seconds is not None:
+        return min(float(seconds), _MAX_RETRY_WAIT_SECONDS)
     return min(0.2 * (attempt + 1) * 2, _MAX_RETRY_WAIT_SECONDS)
 
 

@@ -530,6 +530,8 @@ def test_manifest_and_blob_fields(env: Env) -> None:
         {"per_page": "1e3"},
         {"page": "100001"},
         {"page": "²"},
+        {"page": "١٢"},
+        {"per_page": "１２"},
         {"page": " 1"},
     ],
 )

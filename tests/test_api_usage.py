@@ -27,5 +27,7 @@ def test_usage_figures_and_validation(env: Env) -> None:  # noqa: F811
         "bytes_upstream": 100,
     }
     assert (body["bytes_saved"], body["hit_ratio"]) == (900, 0.75)
-    for bad in ("0", "x", "400"):
-        assert env.client().get(f"{url}?days={bad}", headers=env.auth()).status_code == 400
+    for bad in ("0", "x", "400", "²", "١٢", "１２"):
+        response = env.client().get(url, query_string={"days": bad}, headers=env.auth())
+        assert response.status_code == 400, bad
+        assert "days must be a whole number" in response.get_json()["message"]

@@ -195,6 +195,31 @@ def test_refresh_token_grant_takes_repeated_scope_fields(platform: Platform) -> 
     assert _assert_token_answer(answer)["scope"].split(" ") == [_scope(platform), other]
 
 
+def test_the_answer_names_only_the_scopes_it_grants(platform: Platform) -> None:
+    """Pull on repositories of groups the credential may pull through; never ``push``,
+    the catalog, a group it is not in or one whose proxy is off."""
+    own = _scope(platform)
+    asked = [
+        f"repository:{platform.repository(seed.ACME, 'alpine')}:pull,push",
+        f"repository:{platform.repository(seed.ACME, 'busybox')}:push",
+        f"repository:{platform.repository(seed.GLOBEX, 'alpine')}:pull",
+        f"repository:{platform.repository(seed.INITECH, 'alpine')}:pull",
+        "repository:not a name:pull",
+        "registry:catalog:*",
+    ]
+    password = _password_form(platform, seed.ALICE.username, seed.ALICE.password)
+    body = _assert_token_answer(_post(platform, {**password, "scope": " ".join(asked)}))
+    assert body["scope"] == own
+    refresh_token = _refresh_token(platform, seed.ALICE.username, seed.ALICE.password)
+    fields = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
+    fields += [("service", SERVICE), ("client_id", "containers/image")]
+    answer = _post(platform, fields + [("scope", scope) for scope in asked])
+    assert _assert_token_answer(answer)["scope"] == own
+    # Nothing granted: an empty scope, not the request echoed.
+    nothing = _post(platform, {**password, "scope": "registry:catalog:* " + asked[1]})
+    assert _assert_token_answer(nothing)["scope"] == ""
+
+
 def test_refresh_token_of_a_blocked_user_is_refused_at_once(
     platform: Platform, unique_name: str
 ) -> None:

@@ -11,6 +11,7 @@ import requests
 
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.faultproxy import FaultProxy, Rewrite
 from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
@@ -112,3 +113,53 @@ def test_stale_header_on_cached_tag(down: Down) -> None:
     )
     assert by_digest.status_code == 200
     assert STALE_HEADER not in by_digest.headers
+
+
+def test_a_manifest_upstream_answers_as_html_is_an_upstream_failure(
+    platform_factory: PlatformFactory, upstream: Registry, tmp_path: Path, unique_name: str
+) -> None:
+    """A login or error page answered with ``200`` in a manifest's place: not served, not
+    cached; the tag already cached is served stale, as in an outage."""
+    proxy = FaultProxy(upstream.url).start()
+    try:
+        platform = platform_factory(proxy.url, name="html-manifest")
+        repository = f"e2e/{unique_name}"
+        pushed = images.push(
+            images.build_image(unique_name), upstream, repository, "1", workdir=tmp_path
+        )
+        moved = images.push(
+            images.build_image(f"{unique_name}-2"), upstream, repository, "2", workdir=tmp_path
+        )
+        headers = platform.bearer(USER.username, USER.password, GROUP, repository)
+        headers["Accept"] = images.MANIFEST_ACCEPT
+        base = f"{platform.url}/v2/{platform.repository(GROUP, repository)}/manifests"
+        first = requests.get(f"{base}/1", headers=headers, timeout=60)
+        assert first.status_code == 200, first.text
+        assert first.content == pushed.manifest
+
+        proxy.add(Rewrite((("Content-Type", "text/html; charset=utf-8"),)), path="/manifests/")
+        for method in ("GET", "HEAD"):
+            # Cached: upstream's HEAD answers HTML, so the cached copy is served stale.
+            cached = requests.request(method, f"{base}/1", headers=headers, timeout=60)
+            assert cached.status_code == 200, cached.text
+            assert cached.headers[STALE_HEADER] == "true"
+            assert cached.headers["Content-Type"] == images.OCI_MANIFEST
+            # Not cached: by tag (HEAD, then GET) and by digest (GET only).
+            for reference in ("2", moved.digest):
+                refused = requests.request(
+                    method, f"{base}/{reference}", headers=headers, timeout=60
+                )
+                assert refused.status_code == 503, (method, reference, refused.text)
+                if method == "GET":
+                    checks.registry_error(refused, 503, "UNAVAILABLE")
+                assert "text/html" not in refused.headers["Content-Type"]
+
+        # Nothing of the refused answers was kept: with upstream sane again, tag 2 is a
+        # miss fetched now, with its own media type.
+        proxy.clear()
+        second = requests.get(f"{base}/2", headers=headers, timeout=60)
+        assert second.status_code == 200, second.text
+        assert second.headers["Content-Type"] == images.OCI_MANIFEST
+        assert STALE_HEADER not in second.headers
+    finally:
+        proxy.stop()

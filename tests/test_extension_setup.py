@@ -72,6 +72,72 @@ def test_string_values_from_the_environment_are_parsed(tmp_path: Path) -> None:
     assert app.test_client().get("/v2/").status_code == 404
 
 
+SECRET_IN_URL = "tok-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "instead"),
+    [
+        (
+            {"DEPENDENCY_PROXY_UPSTREAM_URL": f"https://robot:{SECRET_IN_URL}@registry.example"},
+            "DEPENDENCY_PROXY_UPSTREAM_URL",
+            "DEPENDENCY_PROXY_UPSTREAM_USERNAME and DEPENDENCY_PROXY_UPSTREAM_PASSWORD",
+        ),
+        (
+            {
+                "DEPENDENCY_PROXY_UPSTREAMS": {
+                    "ghcr": {"url": f"https://robot:{SECRET_IN_URL}@ghcr.io"},
+                }
+            },
+            "DEPENDENCY_PROXY_UPSTREAMS['ghcr'].url",
+            "its 'username' and 'password'",
+        ),
+        (
+            # A token alone, no user name: still a credential in the URL.
+            {"DEPENDENCY_PROXY_UPSTREAMS": f'{{"hub": {{"url": "https://{SECRET_IN_URL}@x.io"}}}}'},
+            "DEPENDENCY_PROXY_UPSTREAMS['hub'].url",
+            "its 'username' and 'password'",
+        ),
+    ],
+    ids=["upstream-url", "upstreams-entry", "upstreams-json"],
+)
+def test_credentials_inside_an_upstream_url_are_refused(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    config: dict[str, t.Any],
+    key: str,
+    instead: str,
+) -> None:
+    """They would be logged at start and shown to every group owner with the URL."""
+    app, db = _app(tmp_path, **config)
+    with pytest.raises(ConfigError) as info:
+        DependencyProxy(app, db=db, host=PlatformHost())
+    message = str(info.value)
+    assert message.startswith(f"{key} must not carry credentials"), message
+    assert f"set {instead} instead" in message, message
+    assert SECRET_IN_URL not in message and SECRET_IN_URL not in caplog.text
+
+
+def test_group_labelled_metrics_need_the_metrics_token(tmp_path: Path) -> None:
+    """Group paths name private groups: without a token anyone who reaches the route
+    would read them."""
+    labelled = {
+        "DEPENDENCY_PROXY_METRICS_ENABLED": True,
+        "DEPENDENCY_PROXY_METRICS_GROUP_LABELS": "true",
+    }
+    app, db = _app(tmp_path / "open", **labelled)
+    with pytest.raises(ConfigError, match="DEPENDENCY_PROXY_METRICS_GROUP_LABELS") as info:
+        DependencyProxy(app, db=db, host=PlatformHost())
+    assert "DEPENDENCY_PROXY_METRICS_TOKEN" in str(info.value)
+
+    app, db = _app(tmp_path / "token", DEPENDENCY_PROXY_METRICS_TOKEN="scrape-token", **labelled)
+    DependencyProxy(app, db=db, host=PlatformHost())
+    assert state(app).config.metrics_group_labels
+    # Without metrics the labels say nothing to anyone.
+    app, db = _app(tmp_path / "off", DEPENDENCY_PROXY_METRICS_GROUP_LABELS=True)
+    DependencyProxy(app, db=db, host=PlatformHost())
+
+
 def test_wiring_mistakes_say_how_to_fix_them(tmp_path: Path) -> None:
     app, db = _app(tmp_path)
     proxy = DependencyProxy(app, db=db, host=PlatformHost())

@@ -214,3 +214,34 @@ def test_malformed_forwarded_headers_behind_a_trusted_proxy(
             assert "\r" not in challenge and "\n" not in challenge
     finally:
         dispose(app)
+
+
+#: ``str.isdigit()`` is true for the first, ``int()`` takes the other two.
+NON_ASCII_NUMBERS = ["²", "١٢", "１２"]
+
+
+@pytest.mark.parametrize("number", NON_ASCII_NUMBERS, ids=["superscript", "arabic", "fullwidth"])
+def test_non_ascii_digits_are_not_numbers(registry_app: tuple[Flask, str], number: str) -> None:
+    """A tag list's ``n``, and the port of a Host that makes the token realm: 400 in the
+    registry's envelope, never a 500 or a realm with those characters in it."""
+    app, password = registry_app
+    client = app.test_client()
+    token = client.get("/jwt/auth?service=dependency_proxy", auth=("dev", password)).get_json()[
+        "token"
+    ]
+    response = client.get(
+        "/v2/org/team/dependency_proxy/containers/alpine/tags/list",
+        query_string={"n": number},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 400, response.data
+    assert response.get_json()["errors"][0] == {
+        "code": "UNSUPPORTED",
+        "message": "n must be a non-negative integer",
+    }
+
+    for path in ("/v2/", "/jwt/auth"):
+        response = client.get(path, headers={"Host": f"localhost:{number}"})
+        assert response.status_code == 400, (path, response.data)
+        assert response.get_json()["errors"][0]["code"] == "DENIED"
+        assert number not in response.headers.get("WWW-Authenticate", "")

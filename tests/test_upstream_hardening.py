@@ -403,3 +403,69 @@ def test_moved_tag_is_fetched_by_the_digest_its_head_announced(
     assert response.headers["Docker-Content-Digest"] == digest_of(announced)
     gets = [path for method, path, _ in upstream.seen if method == "GET" and "manifests" in path]
     assert gets == [f"/v2/library/moving/manifests/{digest_of(announced)}"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/html; charset=utf-8", "application/json", "", MANIFEST_TYPE + "x"],
+    ids=["html", "json", "none", "lookalike"],
+)
+def test_a_manifest_that_is_not_a_manifest_media_type_is_refused(
+    servers: list[Recording], content_type: str
+) -> None:
+    body = b"<html>please sign in</html>"
+    headers = {"Docker-Content-Digest": digest_of(body)}
+    if content_type:
+        headers["Content-Type"] = content_type
+    upstream = Recording(lambda h: reply(h, 200, body, headers))
+    servers.append(upstream)
+    client = UpstreamClient(upstream.url, retries=0)
+    with pytest.raises(UpstreamRefused, match="not a manifest media type"):
+        client.head_manifest("library/x", "latest")
+    with pytest.raises(UpstreamRefused, match="not a manifest media type"):
+        client.get_manifest("library/x", "latest")
+
+
+def test_manifest_media_types_pass_with_parameters_and_in_any_case(
+    servers: list[Recording],
+) -> None:
+    body = b"{}"
+    headers = {
+        "Docker-Content-Digest": digest_of(body),
+        "Content-Type": "Application/VND.docker.distribution.manifest.list.v2+json; x=1",
+    }
+    upstream = Recording(lambda h: reply(h, 200, body, headers))
+    servers.append(upstream)
+    manifest = UpstreamClient(upstream.url, retries=0).get_manifest("library/x", "latest")
+    assert manifest.media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def test_non_ascii_digits_from_upstream_are_not_numbers(servers: list[Recording]) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: a length, a rate limit or a
+    ``Retry-After`` of such characters is no number, never a crash."""
+
+    def head(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Docker-Content-Digest", digest_of(b"m"))
+        handler.send_header("Content-Type", MANIFEST_TYPE)
+        handler.send_header("Content-Length", "²")
+        handler.send_header("RateLimit-Limit", "¹²;w=21600")
+        handler.send_header("RateLimit-Remaining", "³")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+
+    upstream = Recording(head)
+    servers.append(upstream)
+    client = UpstreamClient(upstream.url, retries=0)
+    found = client.head_manifest("library/x", "latest")
+    assert (found.digest, found.size) == (digest_of(b"m"), None)
+    assert (client.rate_limit_limit, client.rate_limit_remaining) == (None, None)
+
+    limited = Recording(lambda h: reply(h, 429, headers={"Retry-After": "²"}))
+    servers.append(limited)
+    client = UpstreamClient(limited.url, retries=1)
+    with pytest.raises(UpstreamError) as refused:
+        client.head_manifest("library/x", "latest")
+    assert refused.value.status == 429
+    assert upstream_module.retry_after_seconds("²", now=0.0) is None
+    assert upstream_module.retry_after_seconds("12", now=0.0) == 12.0

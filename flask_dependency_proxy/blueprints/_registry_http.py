@@ -134,7 +134,7 @@ def refuse_untrusted_host() -> Response | None:
 
 #: A DNS name or an IPv4 address, or an IPv6 address in brackets, with an optional port.
 _REALM_HOST = re.compile(
-    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>\d{1,5}))?"
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
 )
 
 

@@ -34,7 +34,8 @@ def health() -> Response:
 @bp.get("/ready")
 def ready() -> Response:
     """Readiness: the database and the blob store answer within
-    ``READY_TIMEOUT_SECONDS``; otherwise ``503`` with the reason of each that did not."""
+    ``READY_TIMEOUT_SECONDS``; otherwise ``503`` naming each that did not (why goes to
+    the log, never to the caller)."""
     proxy = state(None)
     engine = proxy.metadata.engine
     checks: dict[str, t.Callable[[], None]] = {
@@ -78,6 +79,10 @@ def _select_one(engine: sa.Engine) -> None:
         connection.execute(sa.text("SELECT 1"))
 
 
+#: The reason ``ready`` gives for a failed check; the detail goes to the log only.
+_FAILED = "the {name} check failed (the log says why)"
+
+
 def _run_checks(checks: dict[str, t.Callable[[], None]], timeout: float) -> dict[str, str]:
     """Run the checks side by side; the reason of each that failed or did not finish
     within ``timeout`` seconds. A hung check is left to its own timeouts, never waited
@@ -85,15 +90,17 @@ def _run_checks(checks: dict[str, t.Callable[[], None]], timeout: float) -> dict
     results: dict[str, str] = {}
 
     def run(name: str, check: t.Callable[[], None]) -> None:
+        # The route answers anyone: the answer names the check, the log says why (a
+        # database error carries its server, port, user and database; a storage error
+        # its path, endpoint and bucket).
         try:
             check()
         except StorageError as exc:
-            # Where it failed goes to the log only: the route answers anyone.
-            log.warning("not ready: storage: %s (path %s)", exc, exc.path)
-            results[name] = f"storage error: {exc}"[:500]
+            log.warning("not ready: %s: %s (path %s)", name, exc, exc.path)
+            results[name] = _FAILED.format(name=name)
         except Exception as exc:
-            log.warning("not ready: %s: %s", name, exc)
-            results[name] = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("not ready: %s: %s: %s", name, type(exc).__name__, exc)
+            results[name] = _FAILED.format(name=name)
         else:
             results[name] = "ok"
 

@@ -50,6 +50,7 @@ from flask import (
     url_for,
 )
 from markupsafe import Markup
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from .._state import state
@@ -73,6 +74,7 @@ from ..quota import exact_size, parse_size
 from ..reference import GROUP_PATH_RE, is_valid_image_name
 from ..usage_chart import UsageSummary
 from . import _group_upstreams as group_upstreams
+from ._bodies import bound_body
 from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
@@ -95,6 +97,8 @@ _MAX_PAGE = 100_000
 _NUMBER = re.compile(r"[0-9]{1,9}")
 #: Days of the usage chart, ending today (UTC).
 USAGE_DAYS = 30
+#: Largest form body read; the pages' forms are a few hundred bytes.
+MAX_FORM_BYTES = 64 * 1024
 
 
 class CsrfRejected(Exception):
@@ -146,6 +150,11 @@ def csrf_valid(sent: str | None) -> bool:
     return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
+# First of the blueprint's hooks: the CSRF check below reads the form, before anyone
+# is asked who they are.
+bp.before_request(bound_body(MAX_FORM_BYTES))
+
+
 @bp.before_request
 def _protect_forms() -> None:
     if request.method not in ("GET", "HEAD", "OPTIONS") and not csrf_valid(
@@ -186,6 +195,22 @@ _UNAVAILABLE_PAGE = """<!doctype html>
 <p>The Dependency Proxy cannot reach its database right now. Try again in a moment.</p>
 </body></html>
 """
+
+
+_TOO_LARGE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Request too large</title></head>
+<body><h1>Request too large</h1>
+<p>The form sent to the Dependency Proxy page is larger than it accepts.</p>
+</body></html>
+"""
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(error: RequestEntityTooLarge) -> ResponseReturnValue:
+    # A plain page, not the host's template: nothing of the request is needed to say it.
+    return Response(
+        _TOO_LARGE_PAGE, status=413, mimetype="text/html", headers={"Cache-Control": "no-store"}
+    )
 
 
 @bp.errorhandler(DatabaseUnavailable)

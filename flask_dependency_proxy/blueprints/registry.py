@@ -21,6 +21,7 @@ from .._state import state
 from ..blobstore import ByteStream, LocalFile, Redirect, StorageError
 from ..cache import BlobResult
 from ..database import DatabaseUnavailable
+from ..digits import ascii_int
 from ..errors import ErrorCode, RegistryError, storage_unavailable
 from ..host import Group, Principal
 from ..inflight import BlobTooLarge, FetchFailed
@@ -174,11 +175,12 @@ def _pagination() -> tuple[int | None, str | None]:
     last = request.args.get("last") or None
     n = None
     if n_value is not None:
-        if not n_value.isdigit() or len(n_value) > 9:
+        number = ascii_int(n_value, max_digits=9)
+        if number is None:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400
             )
-        n = min(int(n_value), MAX_TAGS_PER_PAGE)
+        n = min(number, MAX_TAGS_PER_PAGE)
     if last is not None and not is_valid_tag(last):
         raise RegistryError(ErrorCode.TAG_INVALID, "last must be a tag", {"last": last[:200]})
     return n, last

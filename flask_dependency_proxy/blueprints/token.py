@@ -27,8 +27,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .._state import ProxyState, state
 from ..database import DatabaseUnavailable
 from ..errors import ErrorCode, RegistryError
+from ..reference import parse_proxy_path
 from ..tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
 from . import _requestlog as requestlog
+from ._bodies import bound_body
 from ._registry_http import (
     SERVICE,
     add_api_version,
@@ -49,6 +51,7 @@ bp.after_request(requestlog.finish)
 _MAX_CREDENTIAL_LENGTH = 1024
 #: Largest ``POST`` body read. A token request is a few hundred bytes.
 _MAX_FORM_BYTES = 16 * 1024
+bp.before_request(bound_body(_MAX_FORM_BYTES))
 #: Most ``scope`` fields, their longest total, and the longest ``client_id`` read.
 _MAX_SCOPES = 64
 _MAX_SCOPE_LENGTH = 8 * 1024
@@ -97,6 +100,13 @@ def _token_error_response(error: RegistryError) -> Response:
 @bp.errorhandler(RegistryError)
 def _handle_registry_error(error: RegistryError) -> Response:
     return _token_error_response(error)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _handle_too_large(error: RequestEntityTooLarge) -> Response:
+    return _token_error_response(
+        TokenRequestError("invalid_request", "the token request is too large", status=413)
+    )
 
 
 @bp.errorhandler(DatabaseUnavailable)
@@ -165,7 +175,8 @@ def oauth_token() -> Response:
             "grant_type must be password or refresh_token",
             code=ErrorCode.UNSUPPORTED,
         )
-    return _token_response(proxy, principal, refresh_token=refresh_token, scope=" ".join(scopes))
+    granted = _granted_scope(proxy, principal, scopes)
+    return _token_response(proxy, principal, refresh_token=refresh_token, scope=granted)
 
 
 @bp.route("/jwt/auth", methods=["PUT", "PATCH", "DELETE"])
@@ -178,14 +189,35 @@ def other_methods() -> Response:
 
 
 def _read_form() -> MultiDict[str, str]:
-    """The form, read only up to :data:`_MAX_FORM_BYTES`."""
-    request.max_content_length = _MAX_FORM_BYTES
-    try:
-        return request.form
-    except RequestEntityTooLarge:
-        raise TokenRequestError(
-            "invalid_request", "the token request is too large", status=413
-        ) from None
+    """The form, read only up to :data:`_MAX_FORM_BYTES` (the blueprint's
+    :func:`~._bodies.bound_body` hook caps the input before this reads it)."""
+    return request.form
+
+
+def _granted_scope(proxy: ProxyState, principal: Principal, requested: list[str]) -> str | None:
+    """What of the requested scopes the token grants: ``pull`` on repositories of groups
+    the principal may pull through, nothing else (no ``push``, no catalog). ``None``
+    when no scope was asked for; an empty string when none was granted.
+
+    The answer must not claim more than the token allows (RFC 6749, section 5.1): a
+    client would take a ``push`` it was never given for granted.
+    """
+    if not requested:
+        return None
+    granted: list[str] = []
+    for item in " ".join(requested).split():
+        kind, _, rest = item.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind != "repository" or "pull" not in actions.split(","):
+            continue
+        try:
+            proxy.access.authorize_pull(principal, parse_proxy_path(name).group_path)
+        except RegistryError:
+            continue
+        scope = f"repository:{name}:pull"
+        if scope not in granted:
+            granted.append(scope)
+    return " ".join(granted)
 
 
 def _field(form: MultiDict[str, str], name: str, max_length: int) -> str:

@@ -6,6 +6,7 @@ rule matches it first. Rules are set at runtime by the test::
 
     proxy.add(Status(429, retry_after=1), method="GET", path="/manifests/", times=2)
     proxy.add(Truncate(1000), path="/blobs/")
+    proxy.add(Rewrite((("Content-Type", "text/html"),)), path="/manifests/")
 
 and are tried in the order they were added; a rule with ``times`` is used that many
 times, then ignored.
@@ -77,6 +78,14 @@ class Throttle:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rewrite:
+    """Forward, with these response headers in place of the upstream's of the same
+    names (an upstream that answers a manifest as ``text/html``)."""
+
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Reset:
     """Reset the connection without answering."""
 
@@ -89,7 +98,7 @@ class Hang:
     seconds: float = 300.0
 
 
-Action = Status | Delay | Truncate | Throttle | Reset | Hang
+Action = Status | Delay | Truncate | Throttle | Rewrite | Reset | Hang
 
 
 @dataclasses.dataclass
@@ -290,9 +299,13 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
                     self._reset()
                     return
                 self.send_response_only(response.status, response.reason)
+                replaced = action.headers if isinstance(action, Rewrite) else ()
+                skipped = _HOP_BY_HOP | {name.lower() for name, _ in replaced}
                 for name, value in response.getheaders():
-                    if name.lower() not in _HOP_BY_HOP:
+                    if name.lower() not in skipped:
                         self.send_header(name, value)
+                for name, value in replaced:
+                    self.send_header(name, value)
                 self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
