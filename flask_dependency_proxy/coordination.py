@@ -24,7 +24,6 @@ import datetime as dt
 import ipaddress
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ import requests
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from .digits import ascii_int
 from .models.tables import FetchLease, UpstreamToken, utcnow
 from .tokencache import SharedTokenFiles, hashed_key
 from .upstream import BlobStream, UpstreamError
@@ -317,16 +317,11 @@ def _same_address(text: t.Any, remote: ipaddress.IPv4Address | ipaddress.IPv6Add
         return False
 
 
-_OFFSET = re.compile(r"[0-9]{1,19}")
-
-
 def parse_offset(text: str) -> int | None:
     """A byte offset from ASCII digits only (``str.isdigit`` takes ``"²"``, which
     ``int`` refuses), below ``2**62``; ``None`` for anything else."""
-    if not _OFFSET.fullmatch(text):
-        return None
-    offset = int(text)
-    return offset if offset < _MAX_OFFSET else None
+    offset = ascii_int(text, max_digits=19)
+    return offset if offset is not None and offset < _MAX_OFFSET else None
 
 
 class FleetSource:
