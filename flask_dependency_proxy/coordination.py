@@ -324,6 +324,11 @@ def parse_offset(text: str) -> int | None:
     return offset if offset is not None and offset < _MAX_OFFSET else None
 
 
+class PeerRefused(UpstreamError):
+    """A peer refused this host's token (``401``/``403``): it will refuse the next one too,
+    so the host fetches the blob itself instead of waiting for the lease."""
+
+
 class FleetSource:
     """Where a host's fetch of a blob reads its bytes: upstream when it holds the lease,
     else the host that does.
@@ -366,6 +371,9 @@ class FleetSource:
             )
         except requests.RequestException as exc:
             raise UpstreamError(f"peer {peer_url} unreachable: {exc}") from exc
+        if response.status_code in (401, 403):
+            response.close()
+            raise PeerRefused(f"peer {peer_url} refused this host's token for {digest}")
         if response.status_code != 200:
             response.close()
             raise UpstreamError(f"peer {peer_url} answered {response.status_code} for {digest}")
@@ -394,6 +402,16 @@ class FleetOpener:
             assert claim.peer_url is not None
             try:
                 stream = self.source.open_peer(claim.peer_url, self.digest, offset)
+            except PeerRefused as exc:
+                # Waiting would not help: the peer will refuse the next token too.
+                log.warning(
+                    "%s; fetching it from upstream here (a host on another version, clocks"
+                    " apart, or a PEER_URL that does not name the address this host connects"
+                    " from)",
+                    exc,
+                )
+                self.from_peer = False
+                return self.open_upstream(offset)
             except UpstreamError as exc:
                 if time.monotonic() > deadline:
                     raise

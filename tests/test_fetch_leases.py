@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import http.server
+import time
 import typing as t
 
 import pytest
@@ -12,8 +14,14 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.coordination import PEER_BLOB_PATH, FetchLeases, PeerTokens
+from flask_dependency_proxy.coordination import (
+    PEER_BLOB_PATH,
+    FetchLeases,
+    FleetSource,
+    PeerTokens,
+)
 from flask_dependency_proxy.models.tables import utcnow
+from tests.support.httpserver import BackgroundServer
 
 PEER_A = "http://10.0.0.1:8000"
 PEER_B = "http://10.0.0.2:8000"
@@ -108,6 +116,50 @@ def test_a_database_that_cannot_be_reached_lets_the_host_fetch_itself() -> None:
     leases = FetchLeases(lambda: unreachable, PEER_A, ttl_seconds=10)
 
     assert leases.claim(DIGEST).ours
+
+
+def test_a_host_whose_token_the_peer_refuses_fetches_from_upstream_itself(
+    engine: sa.Engine, made: list[FetchLeases]
+) -> None:
+    """A peer on another version (or with the clocks apart) refuses every token: the
+    follower fetches the blob itself at once instead of waiting out the lease."""
+    _Refuses.asked = []
+    refusing = BackgroundServer("refusing peer")
+    refusing.start(_Refuses)
+    try:
+        clock = Clock()
+        holder = _leases(made, engine, refusing.url, clock)
+        follower = _leases(made, engine, PEER_B, clock)
+        assert holder.claim(DIGEST).ours
+        source = FleetSource(follower, PeerTokens(["secret"], PEER_B))
+        opened: list[int] = []
+
+        def open_upstream(offset: int) -> t.Any:
+            opened.append(offset)
+            return "upstream stream"
+
+        opener = source.opener(DIGEST, open_upstream)
+        started = time.monotonic()
+        assert opener(7) == "upstream stream"
+
+        assert opened == [7] and not opener.from_peer
+        assert _Refuses.asked == [f"{PEER_BLOB_PATH}{DIGEST}?offset=7"]
+        assert time.monotonic() - started < 5
+    finally:
+        refusing.stop()
+
+
+class _Refuses(http.server.BaseHTTPRequestHandler):
+    asked: t.ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: t.Any) -> None:
+        pass
 
 
 # -- the peer route ------------------------------------------------------------------------
