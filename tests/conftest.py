@@ -7,6 +7,7 @@
 - ``app``/``client``/``runner`` are the in-process platform for fast tests (pytest-flask).
 - When a test fails, its report shows the tail of every live process's log.
 - A test that leaves an app or request context pushed fails (the leak detector).
+- ``--fast`` runs only the tests that need no external process (see :func:`needs_process`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
+import tempfile
 import typing as t
 from pathlib import Path
 
@@ -38,11 +41,56 @@ DEFAULT_TIMEOUT_SECONDS = 60
 E2E_TIMEOUT_SECONDS = 300
 
 
+#: A memory file system for the fast lane's temporary files, where there is one.
+_MEMORY_TEMP = "/dev/shm"
+
+#: Fixtures that start a process (directly, or through one of these): a test that uses
+#: one is left out of the fast lane. Registries, platforms and token upstreams start
+#: theirs through the process factories.
+PROCESS_FIXTURES = frozenset(
+    {
+        "session_processes",
+        "module_processes",
+        "live_process",
+        "postgres_cluster",
+        "seaweedfs",
+        "skopeo",
+        "podman",
+        "browser",
+    }
+)
+
+
 # -- hooks ---------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="run only the tests that need no external process (no registry, gunicorn,"
+        " skopeo, podman, PostgreSQL, SeaweedFS or browser): the fast lane",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The fast lane keeps its temporary files in memory (``/dev/shm``) unless
+    ``--basetemp`` says otherwise: its tests spend most of their time in SQLite commits,
+    whose ``fsync`` a disk shared with other work makes slow."""
+    if not config.getoption("fast") or config.option.basetemp is not None:
+        return
+    if not (os.path.isdir(_MEMORY_TEMP) and os.access(_MEMORY_TEMP, os.W_OK)):
+        return
+    basetemp = tempfile.mkdtemp(prefix="fdp-fast-", dir=_MEMORY_TEMP)
+    config.option.basetemp = basetemp
+    config.add_cleanup(lambda: shutil.rmtree(basetemp, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _drop_unwanted_combinations(config, items)
+    if config.getoption("fast"):
+        _keep_the_fast_lane(config, items)
     for item in items:
         if item.get_closest_marker("timeout") is None:
             limit = (
@@ -66,6 +114,25 @@ def _drop_unwanted_combinations(config: pytest.Config, items: list[pytest.Item])
             kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def needs_process(item: pytest.Item) -> bool:
+    """Whether a test needs an external process: it is marked ``e2e`` or ``process``, uses
+    a fixture that starts one (:data:`PROCESS_FIXTURES`), or runs on PostgreSQL."""
+    if item.get_closest_marker("e2e") or item.get_closest_marker("process"):
+        return True
+    if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(params.get("database_backend") == "postgresql")
+
+
+def _keep_the_fast_lane(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect every test that needs an external process (``--fast``)."""
+    kept = [item for item in items if not needs_process(item)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if needs_process(item)])
         items[:] = kept
 
 
