@@ -293,6 +293,8 @@ def app_factory(databases: Databases, tmp_path: Path) -> t.Iterator[t.Callable[.
             # Port 9 (discard) is closed: nothing reaches a real upstream by accident.
             "DEPENDENCY_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",
             "DEPENDENCY_PROXY_STORAGE_PATH": str(tmp_path / f"store-{number}"),
+            # scrypt is slow on purpose; tests make many users.
+            "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
             **config,
         }
         flask_app = create_app(settings)
