@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import shutil
+import sys
 import tempfile
 import typing as t
 from pathlib import Path
@@ -75,16 +76,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """The fast lane keeps its temporary files in memory (``/dev/shm``) unless
-    ``--basetemp`` says otherwise: its tests spend most of their time in SQLite commits,
-    whose ``fsync`` a disk shared with other work makes slow."""
-    if not config.getoption("fast") or config.option.basetemp is not None:
+    """Set up the fast lane: a test in it that starts a process fails (so the lane stays
+    free of them), and temporary files go to memory (``/dev/shm``) unless ``--basetemp``
+    says otherwise, since its tests spend much of their time in SQLite commits, whose
+    ``fsync`` a disk shared with other work makes slow."""
+    if not config.getoption("fast"):
+        return
+    sys.addaudithook(_refuse_processes)
+    if config.option.basetemp is not None:
         return
     if not (os.path.isdir(_MEMORY_TEMP) and os.access(_MEMORY_TEMP, os.W_OK)):
         return
     basetemp = tempfile.mkdtemp(prefix="fdp-fast-", dir=_MEMORY_TEMP)
     config.option.basetemp = basetemp
     config.add_cleanup(lambda: shutil.rmtree(basetemp, ignore_errors=True))
+
+
+#: The test running now, in the fast lane (for :func:`_refuse_processes`).
+_fast_lane_test: list[str] = []
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.system", "os.exec"})
+
+
+def _refuse_processes(event: str, args: tuple[t.Any, ...]) -> None:
+    """Fail a fast-lane test that starts a process: it needs the ``process`` marker."""
+    if event in _PROCESS_EVENTS and _fast_lane_test:
+        raise RuntimeError(
+            f"{_fast_lane_test[-1]} starts a process ({str(args[0])[:80] if args else event})"
+            " in the fast lane: mark it @pytest.mark.process"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> t.Generator[None, object, object]:
+    if not item.config.getoption("fast"):
+        return (yield)
+    _fast_lane_test.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _fast_lane_test.pop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
