@@ -7,6 +7,7 @@
 - ``app``/``client``/``runner`` are the in-process platform for fast tests (pytest-flask).
 - When a test fails, its report shows the tail of every live process's log.
 - A test that leaves an app or request context pushed fails (the leak detector).
+- ``--fast`` runs only the tests that need no external process (see :func:`needs_process`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
+import sys
+import tempfile
 import typing as t
 from pathlib import Path
 
@@ -38,11 +42,87 @@ DEFAULT_TIMEOUT_SECONDS = 60
 E2E_TIMEOUT_SECONDS = 300
 
 
+#: A memory file system for the fast lane's temporary files, where there is one.
+_MEMORY_TEMP = "/dev/shm"
+
+#: Fixtures that start a process (directly, or through one of these): a test that uses
+#: one is left out of the fast lane. Registries, platforms and token upstreams start
+#: theirs through the process factories.
+PROCESS_FIXTURES = frozenset(
+    {
+        "session_processes",
+        "module_processes",
+        "live_process",
+        "postgres_cluster",
+        "seaweedfs",
+        "skopeo",
+        "podman",
+        "browser",
+    }
+)
+
+
 # -- hooks ---------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="run only the tests that need no external process (no registry, gunicorn,"
+        " skopeo, podman, PostgreSQL, SeaweedFS or browser): the fast lane",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Set up the fast lane: a test in it that starts a process fails (so the lane stays
+    free of them), and temporary files go to memory (``/dev/shm``) unless ``--basetemp``
+    says otherwise, since its tests spend much of their time in SQLite commits, whose
+    ``fsync`` a disk shared with other work makes slow."""
+    if not config.getoption("fast"):
+        return
+    sys.addaudithook(_refuse_processes)
+    if config.option.basetemp is not None:
+        return
+    if not (os.path.isdir(_MEMORY_TEMP) and os.access(_MEMORY_TEMP, os.W_OK)):
+        return
+    basetemp = tempfile.mkdtemp(prefix="fdp-fast-", dir=_MEMORY_TEMP)
+    config.option.basetemp = basetemp
+    config.add_cleanup(lambda: shutil.rmtree(basetemp, ignore_errors=True))
+
+
+#: The test running now, in the fast lane (for :func:`_refuse_processes`).
+_fast_lane_test: list[str] = []
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.system", "os.exec"})
+
+
+def _refuse_processes(event: str, args: tuple[t.Any, ...]) -> None:
+    """Fail a fast-lane test that starts a process: it needs the ``process`` marker."""
+    if event in _PROCESS_EVENTS and _fast_lane_test:
+        raise RuntimeError(
+            f"{_fast_lane_test[-1]} starts a process ({str(args[0])[:80] if args else event})"
+            " in the fast lane: mark it @pytest.mark.process"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> t.Generator[None, object, object]:
+    if not item.config.getoption("fast"):
+        return (yield)
+    _fast_lane_test.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _fast_lane_test.pop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _drop_unwanted_combinations(config, items)
+    if config.getoption("fast"):
+        _keep_the_fast_lane(config, items)
     for item in items:
         if item.get_closest_marker("timeout") is None:
             limit = (
@@ -66,6 +146,25 @@ def _drop_unwanted_combinations(config: pytest.Config, items: list[pytest.Item])
             kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def needs_process(item: pytest.Item) -> bool:
+    """Whether a test needs an external process: it is marked ``e2e`` or ``process``, uses
+    a fixture that starts one (:data:`PROCESS_FIXTURES`), or runs on PostgreSQL."""
+    if item.get_closest_marker("e2e") or item.get_closest_marker("process"):
+        return True
+    if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(params.get("database_backend") == "postgresql")
+
+
+def _keep_the_fast_lane(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect every test that needs an external process (``--fast``)."""
+    kept = [item for item in items if not needs_process(item)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if needs_process(item)])
         items[:] = kept
 
 
@@ -226,6 +325,8 @@ def app_factory(databases: Databases, tmp_path: Path) -> t.Iterator[t.Callable[.
             # Port 9 (discard) is closed: nothing reaches a real upstream by accident.
             "DEPENDENCY_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",
             "DEPENDENCY_PROXY_STORAGE_PATH": str(tmp_path / f"store-{number}"),
+            # scrypt is slow on purpose; tests make many users.
+            "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
             **config,
         }
         flask_app = create_app(settings)

@@ -10,9 +10,12 @@ import sys
 import typing as t
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.process
 def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     done = subprocess.run(
         [

@@ -288,6 +288,7 @@ def python_job(script: str) -> list[str]:
     return [sys.executable, "-c", script]
 
 
+@pytest.mark.process
 def test_ci_run_passes_the_ci_variables(
     platform_app: Flask, seeded: FlaskCliRunner, tmp_path: Path
 ) -> None:
@@ -330,6 +331,7 @@ with open(sys.argv[1], "w") as f:
 """
 
 
+@pytest.mark.process
 def test_ci_run_job_token_works_only_while_the_job_runs(
     platform_app: Flask, seeded: FlaskCliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,6 +359,7 @@ def test_ci_run_job_token_works_only_while_the_job_runs(
         (["/nonexistent/command"], 127),
     ],
 )
+@pytest.mark.process
 def test_ci_run_exits_with_the_commands_status_and_finishes_the_job(
     platform_app: Flask, seeded: FlaskCliRunner, command: list[str], status: int
 ) -> None:

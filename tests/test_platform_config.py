@@ -102,6 +102,7 @@ def test_without_secret_key_the_platform_refuses_to_start(tmp_path: Path) -> Non
         load_config(app, {"SECRET_KEY": ""})
 
 
+@pytest.mark.process
 def test_gunicorn_without_secret_key_exits_with_the_message(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key not in platform_env_keys()}
     env.update(
@@ -170,6 +171,7 @@ def test_a_role_setting_that_names_no_role_fails_at_startup(tmp_path: Path) -> N
         )
 
 
+@pytest.mark.process
 def test_flask_cli_runs_from_the_repository_root(tmp_path: Path) -> None:
     """``flask --app examples.platform`` as operators type it, configured by the environment."""
     env = {key: value for key, value in os.environ.items() if key not in platform_env_keys()}

@@ -59,6 +59,7 @@ def test_deadline(live_process: ProcessFactory) -> None:
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.process
 def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     factory = ProcessFactory(tmp_path)
     stubborn = factory.create(

@@ -137,6 +137,7 @@ def test_redirect_target_challenge_never_gets_the_credentials(
     assert cdn.authorizations() == []
 
 
+@pytest.mark.process
 def test_plain_http_realm_of_an_https_upstream_is_refused(
     servers: list[Recording], tmp_path: Path
 ) -> None:

@@ -1,0 +1,173 @@
+"""The cache's core built in the test process, without the web layer: a real
+:class:`~flask_dependency_proxy.cache.PullThroughCache`, its real
+:class:`~flask_dependency_proxy.inflight.BlobFetcher` and
+:class:`~flask_dependency_proxy.models.repository.CacheMetadata` on a SQLite file, an
+in-memory blob store and fake upstream clients.
+
+``CacheMetadata`` works through a Flask-SQLAlchemy session, so a bare Flask app carries
+it (no blueprint, no host adapter, no extension): the smallest real setup of the models.
+The tables come from the extension's own migrations, run once into a template file
+(:func:`migrated_database`) that each test copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+import time
+import typing as t
+from pathlib import Path
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_dependency_proxy.cache import PullThroughCache
+from flask_dependency_proxy.inflight import BlobFetcher
+from flask_dependency_proxy.lifecycle import Lifecycle
+from flask_dependency_proxy.models.admin import CacheAdmin
+from flask_dependency_proxy.models.quota import QuotaRecords
+from flask_dependency_proxy.models.repository import CacheMetadata
+from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.quota import QuotaPolicy
+from flask_dependency_proxy.upstreams import InstanceOrder
+
+from .fakeupstream import FakeRegistry, upstream_set
+from .memorystore import MemoryStore
+
+
+class Clock:
+    """Naive UTC now, moved forward by the test (the cache's, the life cycle's and the
+    store's clock). It runs with real time, as the database's own time stamps do
+    (:class:`CacheMetadata` writes ``checked_at`` with the real time)."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return utcnow() + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += dt.timedelta(**delta)
+
+    def epoch(self) -> float:
+        """Now in seconds since the epoch (the store's commit times)."""
+        return self().replace(tzinfo=dt.UTC).timestamp()
+
+
+def _app(database: Path) -> tuple[Flask, SQLAlchemy]:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{database}"
+    db = SQLAlchemy()
+    db.init_app(app)
+    return app, db
+
+
+def migrated_database(path: Path) -> Path:
+    """An SQLite file with the extension's tables, built by its migrations."""
+    app, db = _app(path)
+    with app.app_context():
+        CacheMetadata(app, db, read_granularity_seconds=0).create_all()
+        db.engine.dispose()
+    return path
+
+
+@dataclasses.dataclass
+class Core:
+    """The parts of one core, and the app context its database calls run in."""
+
+    app: Flask
+    db: SQLAlchemy
+    metadata: CacheMetadata
+    store: MemoryStore
+    registries: dict[str, FakeRegistry]
+    fetcher: BlobFetcher
+    cache: PullThroughCache
+    clock: Clock
+
+    @property
+    def upstream(self) -> FakeRegistry:
+        """The first (default) upstream."""
+        return next(iter(self.registries.values()))
+
+    def lifecycle(
+        self,
+        *,
+        file_grace_seconds: float = 60,
+        purge_cooldown_seconds: float = 0,
+        batch_size: int = 100,
+    ) -> Lifecycle:
+        """The life cycle over this core's database and store, on its clock."""
+        return Lifecycle(
+            CacheAdmin(lambda: self.metadata.session),
+            self.store,
+            group_default_enabled=True,
+            purge_cooldown_seconds=purge_cooldown_seconds,
+            batch_size=batch_size,
+            file_grace_seconds=file_grace_seconds,
+            clock=self.clock,
+        )
+
+    def quota_records(self) -> QuotaRecords:
+        return QuotaRecords(lambda: self.metadata.session)
+
+    def set_limit(self, group_id: int, limit: int | None) -> None:
+        self.quota_records().set_limit(group_id, limit, True, utcnow())
+        self.metadata.release()
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait for the fetches in flight to end, their blobs recorded."""
+        deadline = time.monotonic() + timeout
+        while self.fetcher.in_flight():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.fetcher.in_flight()} fetches still running")
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self.settle()
+        self.metadata.release()
+        self.db.engine.dispose()
+
+
+def build_core(
+    directory: Path,
+    template: Path,
+    *,
+    registries: t.Sequence[FakeRegistry] = (),
+    tag_check_interval: float = 0,
+    serve_stale_on_not_found: bool = False,
+    max_blob_size: int = 0,
+    quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
+) -> Core:
+    """A core on a copy of ``template`` (see :func:`migrated_database`); call inside
+    ``core.app.app_context()``."""
+    database = directory / "cache.sqlite"
+    shutil.copyfile(template, database)
+    app, db = _app(database)
+    clock = Clock()
+    store = MemoryStore(str(directory / "local"), clock=clock.epoch)
+    registries = tuple(registries) or (FakeRegistry(),)
+    metadata = CacheMetadata(app, db, read_granularity_seconds=0)
+    fetcher = BlobFetcher(store, start_timeout=5, max_blob_size=max_blob_size)
+    cache = PullThroughCache(
+        store=store,
+        upstreams=upstream_set(*registries),
+        group_upstreams=InstanceOrder(),
+        metadata=metadata,
+        fetcher=fetcher,
+        tag_check_interval=tag_check_interval,
+        serve_stale_on_not_found=serve_stale_on_not_found,
+        max_blob_size=max_blob_size,
+        quota_policy=quota_policy,
+        clock=clock,
+    )
+    return Core(
+        app=app,
+        db=db,
+        metadata=metadata,
+        store=store,
+        registries={registry.name: registry for registry in registries},
+        fetcher=fetcher,
+        cache=cache,
+        clock=clock,
+    )
