@@ -404,8 +404,10 @@ class PullThroughCache:
     def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
         with self.database.phase("reading a tag"):
             cached = self.metadata.find_tag(group_id, path.image, tag)
-            fresh = (
-                cached is not None and self._clock() - cached.checked_at < self.tag_check_interval
+            # A check time ahead of this clock (another host's clock, or this one stepped
+            # back) is not trusted: it would skip the HEAD for as long as they disagree.
+            fresh = cached is not None and (
+                dt.timedelta(0) <= self._clock() - cached.checked_at < self.tag_check_interval
             )
             if not fresh:
                 route = self._route(group_id, path)

@@ -243,6 +243,7 @@ class FakeRegistryClient:
         self.registry = registry
         self.credentials = credentials
         self.name = registry.name
+        self.base_url = f"https://{registry.name}.invalid"
         self.last_status: int | None = None
         self.rate_limit_limit: int | None = None
         self.rate_limit_remaining: int | None = None

@@ -84,6 +84,23 @@ def test_without_an_interval_every_tag_pull_costs_a_head_and_no_get(make_core: M
     )
 
 
+@pytest.mark.parametrize("interval", [0, 60])
+def test_a_tag_checked_in_this_clock_s_future_is_checked_again(
+    make_core: MakeCore, interval: int
+) -> None:
+    """Another host whose clock runs ahead wrote the check time (or this clock stepped
+    back): trusting the row would skip the HEAD for as long as the clocks disagree."""
+    core = make_core(tag_check_interval=interval)
+    core.upstream.push_image(IMAGE, "latest")
+    core.cache.get_manifest(GROUP, PATH, "latest", ACCEPT)
+
+    core.clock.advance(seconds=-1)
+    again = core.cache.get_manifest(GROUP, PATH, "latest", ACCEPT)
+
+    assert again.outcome is Outcome.REVALIDATED
+    assert core.upstream.count("HEAD", "manifest") == 2
+
+
 def test_a_moved_tag_is_fetched_by_the_digest_its_head_announced(make_core: MakeCore) -> None:
     core = make_core()
     old = core.upstream.push_image(IMAGE, "latest", [b"old layer"])
@@ -319,19 +336,25 @@ def test_a_blob_upstream_cannot_send_is_a_registry_error(
     assert core.store.size(digest) is None
 
 
-def test_a_blob_another_group_cached_is_claimed_after_a_head_without_a_download(
-    make_core: MakeCore,
+@pytest.mark.parametrize("same_worker", [True, False])
+def test_a_blob_another_group_cached_is_claimed_on_its_route_s_word_without_a_download(
+    make_core: MakeCore, same_worker: bool
 ) -> None:
+    """The route that just served the digest vouches for it in this worker (both groups
+    send the very same request upstream); a worker that has not seen it asks a HEAD."""
     core = make_core()
     data = b"shared layer" * 100
     digest = core.upstream.push_blob(IMAGE, data)
     _bytes(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
+    if not same_worker:
+        core.cache.confirmations = type(core.cache.confirmations)()
 
     claimed = core.cache.get_blob(OTHER_GROUP, PATH, digest)
 
     assert _bytes(claimed) == data
-    assert (core.upstream.count("GET", "blob"), core.upstream.count("HEAD", "blob")) == (1, 1)
+    heads = 0 if same_worker else 1
+    assert (core.upstream.count("GET", "blob"), core.upstream.count("HEAD", "blob")) == (1, heads)
     assert core.metadata.find_blob(OTHER_GROUP, digest) is not None
 
 
