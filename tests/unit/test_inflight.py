@@ -25,6 +25,9 @@ from flask_dependency_proxy.inflight import (
     _try_lock,
     _unlock,
 )
+from flask_dependency_proxy.blobstore import BlobStore
+from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.s3_store import S3Store
 from flask_dependency_proxy.storage import FilesystemStore, StorageError
 
 
@@ -202,6 +205,42 @@ def test_small_wrong_blob_fails_before_its_first_byte(tmp_path: Path) -> None:
     with pytest.raises(FetchFailed) as failed:
         next(chunks)
     assert failed.value.reason == "digest_mismatch"
+
+
+def _store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    """The filesystem store, or the object store on the session's SeaweedFS."""
+    if kind == "filesystem":
+        return FilesystemStore(str(tmp_path))
+    seaweedfs = request.getfixturevalue("seaweedfs")
+    return S3Store(
+        seaweedfs.client,
+        seaweedfs.new_bucket(),
+        "cache",
+        str(tmp_path / "local"),
+        endpoint_url=seaweedfs.endpoint,
+        part_bytes=5 * 1024 * 1024,
+    )
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A client joins a fetch; before it reads a byte, the fetch commits and a cleanup
+    without a grace period sets the blob aside (no row claims it yet, or a purge just
+    dropped the row). The client still gets the bytes the fetch verified for it."""
+    store = _store(kind, tmp_path, request)
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 400
+    digest = _digest(data)
+    fetch = fetcher.fetch(digest, lambda offset: FakeStream(data, offset))
+    assert isinstance(fetch, LocalFetch)
+    _wait(lambda: fetcher.in_flight() == 0, timeout=30)
+    assert store.set_aside(digest, utcnow())
+    assert store.size(digest) is None
+    assert not os.path.exists(store.spool_path(digest))
+
+    assert b"".join(fetch.follow(store)) == data
 
 
 @pytest.mark.parametrize("outcome", ["commit", "digest_mismatch", "storage"])
