@@ -4,6 +4,7 @@ a store without room."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -241,6 +242,36 @@ def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it
     assert not os.path.exists(store.spool_path(digest))
 
     assert b"".join(fetch.follow(store)) == data
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_cleanup_keeps_the_spool_file_of_a_live_fetch_however_old_it_looks(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A fetch holds its digest's lock while it runs, and its spool file may go unwritten
+    for longer than cleanup's threshold (a slow upstream, a long upload at the commit).
+    Cleanup removes only what killed fetches left: the live fetch still commits."""
+    store = _store(kind, tmp_path, request)
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 400
+    digest = _digest(data)
+    end = threading.Event()
+    fetch = fetcher.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert fetch is not None
+    _wait(lambda: fetch.written == len(data))  # type: ignore[attr-defined]
+    live, dead = store.spool_path(digest), store.spool_path(_digest(b"killed"))
+    Path(dead).write_bytes(b"what a killed fetch left")
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (live, dead):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert store.remove_stale_staging(utcnow() - dt.timedelta(hours=1)) == 1
+
+    assert os.path.exists(live) and not os.path.exists(dead)
+    end.set()
+    assert b"".join(fetch.follow(store)) == data
+    _wait(lambda: fetcher.in_flight() == 0, timeout=30)
+    assert store.size(digest) == len(data)
 
 
 @pytest.mark.parametrize("outcome", ["commit", "digest_mismatch", "storage"])
