@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flask_dependency_proxy.blobstore import BlobStore
 from flask_dependency_proxy.inflight import (
     BlobFetcher,
     FetchFailed,
@@ -26,7 +27,6 @@ from flask_dependency_proxy.inflight import (
     _try_lock,
     _unlock,
 )
-from flask_dependency_proxy.blobstore import BlobStore
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.s3_store import S3Store
 from flask_dependency_proxy.storage import FilesystemStore, StorageError
