@@ -31,6 +31,7 @@ import os
 import threading
 import time
 import typing as t
+import weakref
 
 import requests
 import urllib3.exceptions
@@ -137,11 +138,39 @@ class LocalFetch:
         self.committed = False
         self._condition = threading.Condition()
         self._on_commit: list[t.Callable[[int], None]] = []
+        #: The spool file, opened for reading before its first byte; what followers read.
+        self._reader: t.BinaryIO | None = None
 
     def update(self, **changes: t.Any) -> None:
         with self._condition:
             for key, value in changes.items():
                 setattr(self, key, value)
+            self._condition.notify_all()
+
+    def staged(self, spool_path: str, *, size: int | None, upstream_status: int | None) -> None:
+        """Upstream answered and the spool file exists: followers may start.
+
+        The file is opened for reading here, before a byte is in it, and followers read
+        through that descriptor, never by its name: between joining the fetch and
+        reading its first byte, a follower may see the commit rename the file (or upload
+        and remove it) and a cleanup set the committed blob aside (a grace period of 0,
+        or a purge that dropped the row), and it still gets the bytes this fetch
+        verified. The descriptor is closed with this object, once the last follower
+        is done with it.
+
+        :raises StorageError: the spool file cannot be opened.
+        """
+        try:
+            reader = open_for_reading(spool_path)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, spool_path) from exc
+        weakref.finalize(self, reader.close)
+        with self._condition:
+            self._reader = reader
+            self.spool_path = spool_path
+            self.size = size
+            self.upstream_status = upstream_status
+            self.started = True
             self._condition.notify_all()
 
     def wait_started(self, timeout: float) -> None:
@@ -189,37 +218,43 @@ class LocalFetch:
         return _held_back(self._follow(store, until_committed))
 
     def _follow(self, store: BlobStore, until_committed: bool) -> t.Iterator[bytes]:
-        try:
-            file = open_for_reading(self.spool_path or "")
-        except FileNotFoundError:
-            # Renamed by the commit, or discarded: the fetch is finishing either way.
+        reader = self._reader
+        if reader is None:
+            yield from self._stored(store)
+            return
+        position = 0
+        while True:
             with self._condition:
-                self._condition.wait_for(lambda: self.finished, _FINISH_WAIT_SECONDS)
-            if self.committed:
-                yield from _read_file(store.open(self.digest))
+                self._condition.wait_for(self._progressed(position, until_committed))
+                available, finished, error = self.written, self.finished, self.error
+                committed, verified = self.committed, self.verified
+            if error is not None:
+                raise FetchFailed(f"fetch of {self.digest} failed: {error}") from error
+            while position < available:
+                chunk = os.pread(reader.fileno(), min(available - position, _READ_CHUNK), position)
+                if not chunk:
+                    raise FetchFailed(f"spool file of {self.digest} ended early")
+                position += len(chunk)
+                yield chunk
+            if verified and not until_committed and position == available:
                 return
+            if finished:
+                if not committed:
+                    raise FetchFailed(f"fetch of {self.digest} was not committed")
+                return
+
+    def _stored(self, store: BlobStore) -> t.Iterator[bytes]:
+        """The outcome of a fetch that staged nothing (it failed before upstream's first
+        byte): the committed blob if there is one, else the failure."""
+        with self._condition:
+            self._condition.wait_for(lambda: self.finished, _FINISH_WAIT_SECONDS)
+        if not self.committed:
             raise FetchFailed(f"fetch of {self.digest} failed") from self.error
-        with file:
-            position = 0
-            while True:
-                with self._condition:
-                    self._condition.wait_for(self._progressed(position, until_committed))
-                    available, finished, error = self.written, self.finished, self.error
-                    committed, verified = self.committed, self.verified
-                if error is not None:
-                    raise FetchFailed(f"fetch of {self.digest} failed: {error}") from error
-                while position < available:
-                    chunk = file.read(min(available - position, _READ_CHUNK))
-                    if not chunk:
-                        raise FetchFailed(f"spool file of {self.digest} ended early")
-                    position += len(chunk)
-                    yield chunk
-                if verified and not until_committed and position == available:
-                    return
-                if finished:
-                    if not committed:
-                        raise FetchFailed(f"fetch of {self.digest} was not committed")
-                    return
+        try:
+            file = store.open(self.digest)
+        except FileNotFoundError:
+            raise FetchFailed(f"blob {self.digest} left the store before it was read") from None
+        yield from _read_file(file)
 
 
 class RemoteFetch:
@@ -537,11 +572,10 @@ class BlobFetcher:
             raise
         try:
             _publish(lock_fd, {"size": stream.size})
-            fetch.update(
-                spool_path=staged.spool_path,
+            fetch.staged(
+                staged.spool_path,
                 size=stream.size,
                 upstream_status=None if peer else stream.status,
-                started=True,
             )
             written = self._download(fetch, stream, staged, opener)
             # Every byte hashes to the digest: readers may finish before the commit.

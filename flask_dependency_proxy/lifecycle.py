@@ -67,7 +67,8 @@ _LEASE_TTL = dt.timedelta(minutes=15)
 #: How often each process's scheduler looks whether a cleanup is due.
 _SCHEDULER_POLL_SECONDS = 300.0
 #: A staging file nobody wrote to for this long belongs to a fetch that died with its
-#: process (a live fetch writes at least every read timeout).
+#: process, unless its digest's fetch lock is held: a live fetch may pause writing for
+#: longer (a slow upstream, the upload of a large blob's rest at the commit).
 _STALE_STAGING = dt.timedelta(hours=1)
 #: Digests looked up in the database per query while sweeping the store.
 _SWEEP_CHUNK = 500

@@ -377,9 +377,10 @@ class S3Store:
         return size
 
     def remove_stale_staging(self, older_than: dt.datetime) -> int:
-        """Remove stale local spool files and abort the multipart uploads of fetches
-        killed before ``older_than`` (started before it, no part uploaded since)."""
-        removed = remove_stale_spool_files(self.spool_root, older_than)
+        """Remove stale local spool files (but those of fetches still running here) and
+        abort the multipart uploads of fetches killed before ``older_than`` (started
+        before it, no part uploaded since)."""
+        removed = remove_stale_spool_files(self.spool_root, older_than, self._locks)
         limit = older_than.replace(tzinfo=dt.UTC)
         folder = f"{self.prefix}blobs/"
         try:

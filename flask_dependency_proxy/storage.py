@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import fcntl
 import os
 import re
 import stat as _stat
@@ -25,6 +26,8 @@ _TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<
 FOLDER_MODE = 0o750
 FILE_MODE = 0o640
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_SPOOL_SUFFIX = ".partial"
+_LOCK_SUFFIX = ".lock"
 
 
 class FilesystemStore:
@@ -201,7 +204,7 @@ class FilesystemStore:
         return size
 
     def remove_stale_staging(self, older_than: dt.datetime) -> int:
-        return remove_stale_spool_files(self.spool_root, older_than)
+        return remove_stale_spool_files(self.spool_root, older_than, self._locks)
 
 
 class StagedFile:
@@ -287,13 +290,13 @@ class SpoolFile:
 def spool_name(digest: str) -> str:
     """The spool file's name of a digest being fetched (one per digest, every store)."""
     algorithm, hex_digest = digest.split(":", 1)
-    return f"{algorithm}-{hex_digest}.partial"
+    return f"{algorithm}-{hex_digest}{_SPOOL_SUFFIX}"
 
 
 def lock_name(digest: str) -> str:
     """The name of the lock file that elects a digest's fetching process."""
     algorithm, hex_digest = digest.split(":", 1)
-    return f"{algorithm}-{hex_digest}.lock"
+    return f"{algorithm}-{hex_digest}{_LOCK_SUFFIX}"
 
 
 def create_spool_file(path: str) -> t.BinaryIO:
@@ -310,20 +313,50 @@ def create_spool_file(path: str) -> t.BinaryIO:
         raise StorageError.from_os_error(exc, path) from exc
 
 
-def remove_stale_spool_files(folder: str, older_than: dt.datetime) -> int:
+def remove_stale_spool_files(folder: str, older_than: dt.datetime, locks: str) -> int:
     """Delete spool files no fetch has written to since ``older_than`` (left by a process
-    that was killed mid-fetch); returns how many."""
+    that was killed mid-fetch); returns how many.
+
+    A file whose digest's lock (in the folder ``locks``) is held belongs to a live fetch
+    however old it looks: an upstream that sends slowly, or a commit that uploads the
+    rest of a large blob to object storage, can leave it unwritten for longer, and the
+    commit reads or renames it by its name. It is kept.
+    """
     removed = 0
     limit = _epoch(older_than)
     for name in _listdir(folder):
         path = os.path.join(folder, name)
         try:
-            if os.stat(path).st_mtime < limit:
-                os.unlink(path)
-                removed += 1
+            if os.stat(path).st_mtime >= limit:
+                continue
+            if name.endswith(_SPOOL_SUFFIX) and lock_is_held(
+                os.path.join(locks, name.removesuffix(_SPOOL_SUFFIX) + _LOCK_SUFFIX)
+            ):
+                continue
+            os.unlink(path)
+            removed += 1
         except FileNotFoundError:
             continue
     return removed
+
+
+def lock_is_held(path: str) -> bool:
+    """Whether a process holds the lock file at ``path`` (a fetch runs), without
+    creating it. Probed with a shared lock, released at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+    except OSError:
+        # None (no fetch since the last one ended), or not a file we made.
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
 
 
 def make_folder(path: str) -> None:

@@ -565,3 +565,83 @@ def test_a_row_deleted_by_cleanup_while_a_pull_claims_it_is_recorded_again(
         assert deleted == [1]
         assert lf.rows(table, 1) == [(digest, Status.DEFAULT)]
         metadata.session.remove()
+
+
+def _in_another_session(app: Flask, work: t.Callable[[Lifecycle], object]) -> None:
+    """Run ``work`` on the life cycle from another thread (its own session), as an
+    operator's command or another worker would, and wait for it."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                work(Lifecycle.for_app(app))
+            except BaseException as exc:  # noqa: B036 - reported to the test below
+                failures.append(exc)
+            finally:
+                state(app).metadata.session.remove()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and not failures, failures
+
+
+@pytest.mark.parametrize("purged", ["between_read_and_write", "after_write"])
+@pytest.mark.parametrize("kind", ["manifest", "blob"])
+def test_a_pull_saved_while_purge_and_cleanup_run_is_answered(
+    make_app: t.Callable[..., Flask], kind: str, purged: str
+) -> None:
+    """A pull saves what upstream gave it (a tag's new digest, a blob's row) while the
+    group is purged and cleaned up. The pull is answered either way; the group keeps the
+    row only when the pull's write came after the purge (a pull that completes after a
+    purge caches again), never when the purge came after the write."""
+    app = make_app()
+    metadata = state(None).metadata
+    old, new = b'{"tag": "old"}', b'{"tag": "new"}'
+    table: t.Any = CachedManifest if kind == "manifest" else CachedBlob
+
+    def pull(content: bytes) -> t.Any:
+        if kind == "blob":
+            return metadata.record_blob(1, lf.sha256(content), len(content))
+        return metadata.save_manifest(
+            1, "img", "1", digest=lf.sha256(content), media_type=lf.OCI_MANIFEST, content=content
+        )
+
+    pull(new if kind == "blob" else old)
+    metadata.session.remove()
+    pulling = threading.get_ident()
+    steps: list[str] = []
+
+    def purge(lifecycle: Lifecycle) -> None:
+        lifecycle.purge(1, force=True)
+
+    @sa.event.listens_for(metadata.session, "before_flush")
+    def purge_underneath(session: t.Any, context: t.Any, instances: t.Any) -> None:
+        if threading.get_ident() == pulling and purged == "between_read_and_write" and not steps:
+            steps.append("purged")
+            _in_another_session(app, purge)
+
+    @sa.event.listens_for(metadata.session, "after_commit")
+    def clean_up_after(session: t.Any) -> None:
+        if threading.get_ident() != pulling or "cleaned" in steps:
+            return
+        if purged == "after_write":
+            steps.append("purged")
+            _in_another_session(app, purge)
+        steps.append("cleaned")
+        _in_another_session(app, lambda lifecycle: lifecycle.cleanup())
+
+    try:
+        record = pull(new)
+    finally:
+        sa.event.remove(metadata.session, "before_flush", purge_underneath)
+        sa.event.remove(metadata.session, "after_commit", clean_up_after)
+    assert steps == ["purged", "cleaned"]
+    kept = [(lf.sha256(new), Status.DEFAULT)] if purged == "between_read_and_write" else []
+    assert lf.rows(table, 1) == kept
+    if kind == "manifest":
+        assert (record.digest, record.content) == (lf.sha256(new), new)
+        # What the pull answered stays usable: bookkeeping on a deleted row is a no-op.
+        metadata.mark_checked(record)
+    metadata.session.remove()

@@ -200,7 +200,14 @@ def blob(name: str, digest: str) -> Response:
     except FileNotFoundError:
         # Cleanup removed the file between the lookup and the open: fetch it again.
         result = _find_blob(group, path, digest)
-        response = _blob_response(result)
+        try:
+            response = _blob_response(result)
+        except FileNotFoundError as exc:
+            # Removed again (a cleanup without a grace period, in a loop): the client
+            # retries, as after any outage.
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE, "the blob was removed while it was served; retry"
+            ) from exc
     requestlog.note_blob(group.id, result.outcome, result.size)
     if result.upstream_status is not None:
         # The blob GET ran in the fetch's own thread, outside this request.

@@ -15,6 +15,7 @@ import typing as t
 import sqlalchemy as sa
 from flask import has_app_context
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..database import DatabaseGuard
@@ -65,6 +66,17 @@ def _manifest_record(row: CachedManifest) -> ManifestRecord:
         last_read_at=row.last_read_at,
         upstream=row.upstream,
     )
+
+
+def _write_status_anyway(row: CachedManifest | CachedBlob) -> None:
+    """Make the next flush write the row's status even when it was read as served.
+
+    A purge may mark the row between the pull's read and its write; the ORM writes only
+    what changed since the read, which would leave the row marked and cleanup would
+    delete what a pull completing after the purge just cached. Written, it brings the
+    row back (cleanup's ``DELETE`` repeats the status condition).
+    """
+    flag_modified(row, "status")
 
 
 class CacheMetadata:
@@ -230,14 +242,19 @@ class CacheMetadata:
                 row.created_at = now
             for key, value in values.items():
                 setattr(row, key, value)
+            _write_status_anyway(row)
             try:
+                self.session.flush()
+                # Taken before the commit: a purge and cleanup may delete the row right
+                # after it, and the pull is answered all the same.
+                record = _manifest_record(row)
                 self.session.commit()
             except _LOST_RACE:
                 # Another worker inserted the same tag at the same moment (update theirs),
                 # or cleanup deleted the row just read (insert it again).
                 self.session.rollback()
                 continue
-            return _manifest_record(row)
+            return record
         raise RuntimeError(f"could not save manifest {image}:{tag or digest}")
 
     def image_upstream(self, group_id: int, image: str) -> tuple[bool, str | None]:
@@ -327,6 +344,7 @@ class CacheMetadata:
                 if row.status != Status.DEFAULT:
                     row.created_at = now
                 row.status = Status.DEFAULT
+                _write_status_anyway(row)
                 row.size = size
                 row.last_read_at = now
             try:

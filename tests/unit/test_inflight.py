@@ -4,6 +4,7 @@ a store without room."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flask_dependency_proxy.blobstore import BlobStore
 from flask_dependency_proxy.inflight import (
     BlobFetcher,
     FetchFailed,
@@ -25,6 +27,8 @@ from flask_dependency_proxy.inflight import (
     _try_lock,
     _unlock,
 )
+from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.s3_store import S3Store
 from flask_dependency_proxy.storage import FilesystemStore, StorageError
 
 
@@ -204,6 +208,72 @@ def test_small_wrong_blob_fails_before_its_first_byte(tmp_path: Path) -> None:
     assert failed.value.reason == "digest_mismatch"
 
 
+def _store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    """The filesystem store, or the object store on the session's SeaweedFS."""
+    if kind == "filesystem":
+        return FilesystemStore(str(tmp_path))
+    seaweedfs = request.getfixturevalue("seaweedfs")
+    return S3Store(
+        seaweedfs.client,
+        seaweedfs.new_bucket(),
+        "cache",
+        str(tmp_path / "local"),
+        endpoint_url=seaweedfs.endpoint,
+        part_bytes=5 * 1024 * 1024,
+    )
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A client joins a fetch; before it reads a byte, the fetch commits and a cleanup
+    without a grace period sets the blob aside (no row claims it yet, or a purge just
+    dropped the row). The client still gets the bytes the fetch verified for it."""
+    store = _store(kind, tmp_path, request)
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 400
+    digest = _digest(data)
+    fetch = fetcher.fetch(digest, lambda offset: FakeStream(data, offset))
+    assert isinstance(fetch, LocalFetch)
+    _wait(lambda: fetcher.in_flight() == 0, timeout=30)
+    assert store.set_aside(digest, utcnow())
+    assert store.size(digest) is None
+    assert not os.path.exists(store.spool_path(digest))
+
+    assert b"".join(fetch.follow(store)) == data
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_cleanup_keeps_the_spool_file_of_a_live_fetch_however_old_it_looks(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A fetch holds its digest's lock while it runs, and its spool file may go unwritten
+    for longer than cleanup's threshold (a slow upstream, a long upload at the commit).
+    Cleanup removes only what killed fetches left: the live fetch still commits."""
+    store = _store(kind, tmp_path, request)
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 400
+    digest = _digest(data)
+    end = threading.Event()
+    fetch = fetcher.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert fetch is not None
+    _wait(lambda: fetch.written == len(data))  # type: ignore[attr-defined]
+    live, dead = store.spool_path(digest), store.spool_path(_digest(b"killed"))
+    Path(dead).write_bytes(b"what a killed fetch left")
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (live, dead):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert store.remove_stale_staging(utcnow() - dt.timedelta(hours=1)) == 1
+
+    assert os.path.exists(live) and not os.path.exists(dead)
+    end.set()
+    assert b"".join(fetch.follow(store)) == data
+    _wait(lambda: fetcher.in_flight() == 0, timeout=30)
+    assert store.size(digest) == len(data)
+
+
 @pytest.mark.parametrize("outcome", ["commit", "digest_mismatch", "storage"])
 def test_follower_in_another_process_is_held_back_and_learns_the_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
@@ -240,7 +310,8 @@ def test_follower_in_another_process_is_held_back_and_learns_the_outcome(
     if outcome == "commit":
         assert reader.error is None
         assert bytes(reader.received) == data
-        # Recorded from a thread once the holder's lock is released, not before the end.
+        # A follower that had every verified byte before the commit records the blob
+        # from a thread once the commit is done.
         _wait(lambda: committed == [len(data)])
     else:
         assert isinstance(reader.error, FetchFailed)
