@@ -502,15 +502,22 @@ class PullThroughCache:
             self._record_blob(group_id, digest, size)
             return self._stored(digest, size)
 
-        fetch = self._call_upstream(
-            lambda: self._fetch_blob(candidates, digest), ErrorCode.BLOB_UNKNOWN
-        )
-        if fetch is None:  # committed by another request meanwhile (and confirmed)
+        for _ in range(_FETCH_ATTEMPTS):
+            fetch = self._call_upstream(
+                lambda: self._fetch_blob(candidates, digest), ErrorCode.BLOB_UNKNOWN
+            )
+            if fetch is not None:
+                break
+            # Committed by another request meanwhile (and confirmed) ...
             size = self.store.size(digest)
-            if size is None:
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN)
-            self._record_blob(group_id, digest, size)
-            return self._stored(digest, size)
+            if size is not None:
+                self._record_blob(group_id, digest, size)
+                return self._stored(digest, size)
+            # ... and already taken away again by cleanup: fetch it once more.
+        else:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE, "the blob was removed while it was fetched; try again"
+            )
         fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
         return BlobResult(
             digest=digest,

@@ -205,8 +205,6 @@ def test_purging_two_groups_without_a_grace_period_never_answers_500(
     cycles, set_aside = map(int, loop.stdout.split()[-2:])
     print(f"{cycles} cycles, {pulls[0]} pulls, {set_aside} files set aside: {failures}")
     assert cycles >= 5 and pulls[0] >= 20 and set_aside > 0, (cycles, pulls[0], set_aside)
-    # Only 500s and wrong bytes fail the test: besides retryable 503s, a blob GET can
-    # still answer 404 when a fetch reports the blob committed and cleanup took it
-    # before it is served (cache.get_blob; not the subject of this test).
-    errors = [f for f in failures if " 500 " in f or "wrong bytes" in f]
+    # A race with a purge may answer a retryable 503, never anything else.
+    errors = [f for f in failures if " 503 " not in f]
     assert not errors, f"{len(failures)} failures in {pulls[0]} pulls: {errors[:10]}"
