@@ -1,7 +1,7 @@
 """A group-scoped pull-through cache for container images, as a Flask extension."""
 
 from ._state import state
-from .ci import ci_variables
+from .auth.ci import ci_variables
 from .config import ConfigError
 from .extension import DependencyProxy
 from .host import AuthFailure, Group, HostAdapter, Principal, PrincipalKind

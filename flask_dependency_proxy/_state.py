@@ -12,16 +12,16 @@ import typing as t
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .access import AccessControl
-    from .blobstore import BlobStore
-    from .cache import PullThroughCache
+    from .auth.access import AccessControl
+    from .auth.tokens import TokenIssuer
+    from .cache.pull_through import PullThroughCache
     from .config import ProxyConfig
-    from .database import DatabaseGuard
     from .host import HostAdapter
     from .metrics import Metrics
+    from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
-    from .tokens import TokenIssuer
-    from .upstreams import UpstreamSet
+    from .stores.base import BlobStore
+    from .upstream.routing import UpstreamSet
 
 #: The key under ``app.extensions``.
 EXTENSION_KEY = "dependency_proxy"

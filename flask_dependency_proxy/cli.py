@@ -13,9 +13,9 @@ from flask.cli import AppGroup
 from ._state import state
 
 if t.TYPE_CHECKING:
+    from .cache.warm import Outcome, Plan
     from .migrations import Upgrade
     from .models.admin import CacheAdmin
-    from .warm import Outcome, Plan
 
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
@@ -170,7 +170,7 @@ def cleanup() -> None:
     Safe to run while pulls are served, and to repeat; run it from cron, e.g. hourly:
     ``17 * * * * cd /srv/app && flask --app app dependency-proxy cleanup``.
     """
-    from .lifecycle import CleanupBusy, Lifecycle
+    from .admin.lifecycle import CleanupBusy, Lifecycle
 
     try:
         report = Lifecycle.for_app().cleanup()
@@ -273,7 +273,7 @@ def warm(
     a CI rush, the way a pull of each would, with one upstream GET per blob however many
     pulls ask for it meanwhile. Exits non-zero, naming them, when some could not be warmed.
     """
-    from .warm import Warmer, WarmError, parse_platform, parse_target
+    from .cache.warm import Warmer, WarmError, parse_platform, parse_target
 
     texts = list(images)
     if from_file is not None:
@@ -378,7 +378,7 @@ def _human_size(size: int) -> str:
 @click.option("--force", is_flag=True, help="Ignore the cooldown between two purges.")
 def purge(full_path: str, force: bool) -> None:
     """Schedule a group's whole cache for deletion (as the page's "Clear cache")."""
-    from .lifecycle import Lifecycle, PurgeTooSoon
+    from .admin.lifecycle import Lifecycle, PurgeTooSoon
 
     group_id = _group_id(full_path)
     try:

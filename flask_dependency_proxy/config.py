@@ -13,8 +13,8 @@ import re
 import typing as t
 from urllib.parse import urlsplit
 
-from .credentials import parse_keys
-from .upstreams import DOCKER_HUB_URL, UpstreamEntry, docker_hub_entry
+from .upstream.credentials import parse_keys
+from .upstream.routing import DOCKER_HUB_URL, UpstreamEntry, docker_hub_entry
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -10,25 +10,25 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from ._state import EXTENSION_KEY, ProxyState, state
-from .access import AccessControl
+from .auth.access import AccessControl
+from .auth.throttle import LoginThrottle
+from .auth.tokens import TokenIssuer
+from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
-from .cache import PullThroughCache
+from .cache.pull_through import PullThroughCache
+from .cache.quota import QuotaPolicy
 from .config import ENV_PREFIX, ProxyConfig, load_config
-from .coordination import FetchLeases, FleetSource, FleetTokens, PeerTokens
-from .credentials import CredentialCipher
+from .fetch.fetcher import BlobFetcher
+from .fetch.fleet import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .host import HostAdapter
-from .hostcsrf import exempt_from_host_csrf
-from .inflight import BlobFetcher
 from .metrics import Metrics, metrics_for
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
-from .quota import QuotaPolicy
-from .stores import open_store
-from .throttle import LoginThrottle
-from .tokencache import SharedTokenFiles, TokenShare
-from .tokens import TokenIssuer
-from .upstream import CircuitBreaker, UpstreamClient, requests_session
-from .upstreams import UpstreamEntry, UpstreamSet
+from .stores.backends import open_store
+from .upstream.client import CircuitBreaker, UpstreamClient, requests_session
+from .upstream.credentials import CredentialCipher
+from .upstream.routing import UpstreamEntry, UpstreamSet
+from .upstream.token_cache import SharedTokenFiles, TokenShare
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -179,7 +179,7 @@ class DependencyProxy:
             app, [bp for name, bp in app.blueprints.items() if name.startswith("dependency_proxy_")]
         )
         if config.cleanup_scheduler:
-            from .lifecycle import CleanupScheduler
+            from .admin.lifecycle import CleanupScheduler
 
             scheduler = CleanupScheduler(app, config.cleanup_interval_seconds)
             scheduler.install()

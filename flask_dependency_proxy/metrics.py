@@ -19,7 +19,7 @@ import os
 import typing as t
 
 if t.TYPE_CHECKING:
-    from .lifecycle import CleanupReport
+    from .admin.lifecycle import CleanupReport
 
 #: The exposition format's content type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -212,7 +212,7 @@ def test_tampered_and_foreign_tokens_are_refused(setup: Setup) -> None:
         assert response.status_code == 401
         assert response.get_json()["errors"][0]["code"] == "UNAUTHORIZED"
 
-    from flask_dependency_proxy.tokens import TokenIssuer
+    from flask_dependency_proxy.auth.tokens import TokenIssuer
 
     foreign, _ = TokenIssuer(["another-secret"], ttl_seconds=900).issue("user:1")
     assert _manifest(client, "org/team", foreign).status_code == 401

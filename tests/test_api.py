@@ -28,7 +28,7 @@ from flask_dependency_proxy.models.tables import (
     Lease,
     Status,
 )
-from flask_dependency_proxy.reference import ProxyPath
+from flask_dependency_proxy.oci.reference import ProxyPath
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import World, build_world, dispose, login, make_app
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.access import SWITCH_RECHECK_SECONDS
+from flask_dependency_proxy.auth.access import SWITCH_RECHECK_SECONDS
 from tests.support import images, seed
 from tests.support.platform import Platform
 from tests.support.registry import Registry

@@ -41,7 +41,7 @@ USER = seed.ALICE
 CLEANUP_LATER = """
 import datetime as dt, sys
 from examples.platform import create_app
-from flask_dependency_proxy.lifecycle import Lifecycle
+from flask_dependency_proxy.admin.lifecycle import Lifecycle
 hours = float(sys.argv[1])
 app = create_app()
 with app.app_context():

@@ -11,7 +11,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from flask_dependency_proxy.usage import FLUSH_SECONDS
+from flask_dependency_proxy.cache.usage import FLUSH_SECONDS
 from tests.support import images, seed
 from tests.support.platform import Platform
 from tests.support.registry import Registry

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.coordination import (
+from flask_dependency_proxy.fetch.fleet import (
     PEER_BLOB_PATH,
     FetchLeases,
     FleetSource,

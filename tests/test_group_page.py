@@ -16,7 +16,8 @@ from flask.testing import FlaskClient
 
 from examples.platform.models import db
 from flask_dependency_proxy import state
-from flask_dependency_proxy.lifecycle import Lifecycle
+from flask_dependency_proxy.admin.lifecycle import Lifecycle
+from flask_dependency_proxy.cache.usage import DayCounts
 from flask_dependency_proxy.models.admin import image_size
 from flask_dependency_proxy.models.tables import (
     CachedBlob,
@@ -26,7 +27,6 @@ from flask_dependency_proxy.models.tables import (
     utcnow,
 )
 from flask_dependency_proxy.models.usage import write_usage
-from flask_dependency_proxy.usage import DayCounts
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import login
 from tests.test_api import API, Env, env, shared_env  # noqa: F401

@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.blobstore import LocalFile
-from flask_dependency_proxy.lifecycle import (
+from flask_dependency_proxy.admin.lifecycle import (
     CLEANUP_LEASE,
     CleanupBusy,
     CleanupReport,
@@ -28,7 +27,8 @@ from flask_dependency_proxy.lifecycle import (
 )
 from flask_dependency_proxy.models.admin import CacheAdmin
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, LoginFailure, Status
-from flask_dependency_proxy.reference import ProxyPath
+from flask_dependency_proxy.oci.reference import ProxyPath
+from flask_dependency_proxy.stores.base import LocalFile
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import build_world
 from tests.support import images

@@ -1,4 +1,4 @@
-"""One suite every :class:`~flask_dependency_proxy.blobstore.BlobStore` passes: the
+"""One suite every :class:`~flask_dependency_proxy.stores.base.BlobStore` passes: the
 filesystem store, the object store (against a real SeaweedFS, redirecting and
 streaming hits) and the in-memory store the unit tests use.
 
@@ -13,7 +13,7 @@ What the rest of the package relies on, whatever keeps the blobs:
 - sweeping: listing, set aside, restore (a newer copy wins), delete for good, and the
   spool files a killed fetch left.
 
-Ranges are not part of the Protocol: a :class:`~flask_dependency_proxy.blobstore.LocalFile`
+Ranges are not part of the Protocol: a :class:`~flask_dependency_proxy.stores.base.LocalFile`
 is sent by the web server, which answers them."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.blobstore import (
+from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.stores.base import (
     BlobLocation,
     BlobStore,
     ByteStream,
@@ -38,8 +39,7 @@ from flask_dependency_proxy.blobstore import (
     Redirect,
     StagedBlob,
 )
-from flask_dependency_proxy.models.tables import utcnow
-from flask_dependency_proxy.storage import FilesystemStore
+from flask_dependency_proxy.stores.filesystem import FilesystemStore
 from tests.support.memorystore import MemoryStore
 
 if t.TYPE_CHECKING:
@@ -70,7 +70,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
         return FilesystemStore(str(tmp_path / "store"))
     if request.param == "memory":
         return MemoryStore(str(tmp_path / "local"))
-    from flask_dependency_proxy.s3_store import S3Store
+    from flask_dependency_proxy.stores.s3 import S3Store
 
     seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
     return S3Store(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.tokencache import SharedTokenFiles
-from flask_dependency_proxy.upstream import (
+from flask_dependency_proxy.upstream.client import (
     UpstreamClient,
     UpstreamNotFound,
     parse_challenge,
 )
+from flask_dependency_proxy.upstream.token_cache import SharedTokenFiles
 from tests.support import images
 from tests.support.registry import Registry
 

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy import upstream as upstream_module
-from flask_dependency_proxy.upstream import (
+from flask_dependency_proxy.upstream.client import (
     AddressRule,
     UpstreamClient,
     UpstreamDown,
@@ -33,6 +32,7 @@ from flask_dependency_proxy.upstream import (
     UpstreamRefused,
     address_class,
 )
+from flask_dependency_proxy.upstream import client as upstream_module
 from tests.support import seed
 from tests.support.httpserver import BackgroundServer
 
@@ -336,7 +336,7 @@ def test_low_rate_limit_is_kept_and_logged(
     )
     servers.append(upstream)
     client = UpstreamClient(upstream.url)
-    with caplog.at_level(logging.WARNING, logger="flask_dependency_proxy.upstream"):
+    with caplog.at_level(logging.WARNING, logger="flask_dependency_proxy.upstream.client"):
         client.head_manifest("library/x", "latest")
     assert (client.rate_limit_remaining, client.rate_limit_limit) == (3, 100)
     assert "3 pulls left of 100" in caplog.text

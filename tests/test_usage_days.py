@@ -7,9 +7,9 @@ import datetime as dt
 
 from flask import Flask
 
-from flask_dependency_proxy.cache import Outcome
+from flask_dependency_proxy.cache.pull_through import Outcome
+from flask_dependency_proxy.cache.usage import DayCounts, UsageBuffer
 from flask_dependency_proxy.models.usage import read_usage, write_usage
-from flask_dependency_proxy.usage import DayCounts, UsageBuffer
 
 DAY = dt.date(2026, 12, 6)
 

@@ -31,7 +31,7 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.throttle import LoginRefused, LoginThrottle
+from flask_dependency_proxy.auth.throttle import LoginRefused, LoginThrottle
 
 from .models import User, get_by_id
 from .services import verify_password

@@ -11,9 +11,9 @@ from werkzeug.exceptions import SecurityError
 from werkzeug.wsgi import ClosingIterator
 
 from .._state import state
-from ..blobstore import StorageError
-from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
-from ..errors import ErrorCode, RegistryError, storage_unavailable
+from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
+from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
+from ..stores.base import StorageError
 
 log = logging.getLogger("flask_dependency_proxy")
 

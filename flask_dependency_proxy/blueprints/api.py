@@ -47,9 +47,10 @@ from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from .._state import state
-from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
+from ..admin.lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.usage_chart import UsageSummary
+from ..cache.quota import MAX_GROUP_LIMIT_BYTES
 from ..host import AuthFailure, Group, Principal
-from ..lifecycle import Lifecycle, PurgeTooSoon
 from ..models.admin import (
     DEFAULT_PER_PAGE,
     MAX_CLEANUP_DAYS,
@@ -65,13 +66,12 @@ from ..models.admin import (
     Settings,
     valid_search,
 )
+from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ..models.quota import QuotaRecords
 from ..models.tables import Status, utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..models.usage import read_usage
-from ..quota import MAX_GROUP_LIMIT_BYTES
-from ..reference import GROUP_PATH_RE, is_valid_image_name
-from ..usage_chart import UsageSummary
+from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
 from . import _group_upstreams as group_upstreams
 from ._bodies import bound_body
 from .pages import CSRF_HEADER, csrf_valid, image_prefix

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 
 from .._state import state
-from ..blobstore import StorageError
 from ..metrics import CONTENT_TYPE
+from ..stores.base import StorageError
 
 log = logging.getLogger("flask_dependency_proxy")
 

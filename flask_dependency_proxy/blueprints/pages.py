@@ -54,8 +54,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from .._state import state
-from ..database import RETRY_AFTER_SECONDS, DatabaseUnavailable
-from ..lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.usage_chart import UsageSummary
+from ..cache.quota import exact_size, parse_size
 from ..models.admin import (
     DEFAULT_PER_PAGE,
     MAX_CLEANUP_DAYS,
@@ -66,13 +67,12 @@ from ..models.admin import (
     human_size,
     valid_search,
 )
+from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.quota import QuotaRecords
 from ..models.tables import utcnow
 from ..models.upstreams import UpstreamListError, check_order, credential_problem
 from ..models.usage import read_usage
-from ..quota import exact_size, parse_size
-from ..reference import GROUP_PATH_RE, is_valid_image_name
-from ..usage_chart import UsageSummary
+from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
 from . import _group_upstreams as group_upstreams
 from ._bodies import bound_body
 from ._registry_http import external_url

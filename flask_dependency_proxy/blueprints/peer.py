@@ -20,10 +20,10 @@ import typing as t
 from flask import Blueprint, Response, abort, request
 
 from .._state import state
-from ..blobstore import StorageError
-from ..coordination import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
-from ..reference import is_digest
-from ..upstream import UpstreamError
+from ..fetch.fleet import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
+from ..oci.reference import is_digest
+from ..stores.base import StorageError
+from ..upstream.client import UpstreamError
 
 bp = Blueprint("dependency_proxy_peer", __name__)
 

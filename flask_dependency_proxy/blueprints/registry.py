@@ -18,15 +18,14 @@ from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
 from .._state import state
-from ..blobstore import ByteStream, LocalFile, Redirect, StorageError
-from ..cache import BlobResult
-from ..database import DatabaseUnavailable
-from ..digits import ascii_int
-from ..errors import ErrorCode, RegistryError, storage_unavailable
+from ..cache.pull_through import BlobResult
+from ..cache.quota import blob_too_large
+from ..fetch.fetcher import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
-from ..inflight import BlobTooLarge, FetchFailed
-from ..quota import blob_too_large
-from ..reference import (
+from ..models.database import DatabaseUnavailable
+from ..oci.digits import ascii_int
+from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
+from ..oci.reference import (
     ProxyPath,
     is_valid_tag,
     merge_accept,
@@ -34,6 +33,7 @@ from ..reference import (
     validate_digest,
     validate_reference,
 )
+from ..stores.base import ByteStream, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
 from ._registry_http import (
     add_api_version,

@@ -25,10 +25,10 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .._state import ProxyState, state
-from ..database import DatabaseUnavailable
-from ..errors import ErrorCode, RegistryError
-from ..reference import parse_proxy_path
-from ..tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
+from ..auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
+from ..models.database import DatabaseUnavailable
+from ..oci.errors import ErrorCode, RegistryError
+from ..oci.reference import parse_proxy_path
 from . import _requestlog as requestlog
 from ._bodies import bound_body
 from ._registry_http import (

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
-from ..database import DatabaseGuard
+from .database import DatabaseGuard
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status, utcnow
 
 if t.TYPE_CHECKING:

@@ -23,7 +23,7 @@ import typing as t
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from ..credentials import CredentialCipher, CredentialError
+from ..upstream.credentials import CredentialCipher, CredentialError
 from .tables import GroupUpstreamRow, utcnow
 
 if t.TYPE_CHECKING:

@@ -8,7 +8,7 @@ import typing as t
 
 import sqlalchemy as sa
 
-from ..usage import DayCounts, Key
+from ..cache.usage import DayCounts, Key
 from .tables import UsageDay
 
 if t.TYPE_CHECKING:

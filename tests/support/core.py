@@ -1,6 +1,6 @@
 """The cache's core built in the test process, without the web layer: a real
-:class:`~flask_dependency_proxy.cache.PullThroughCache`, its real
-:class:`~flask_dependency_proxy.inflight.BlobFetcher` and
+:class:`~flask_dependency_proxy.cache.pull_through.PullThroughCache`, its real
+:class:`~flask_dependency_proxy.fetch.fetcher.BlobFetcher` and
 :class:`~flask_dependency_proxy.models.repository.CacheMetadata` on a SQLite file, an
 in-memory blob store and fake upstream clients.
 
@@ -22,15 +22,15 @@ from pathlib import Path
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_dependency_proxy.cache import PullThroughCache
-from flask_dependency_proxy.inflight import BlobFetcher
-from flask_dependency_proxy.lifecycle import Lifecycle
+from flask_dependency_proxy.admin.lifecycle import Lifecycle
+from flask_dependency_proxy.cache.pull_through import PullThroughCache
+from flask_dependency_proxy.cache.quota import QuotaPolicy
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.models.admin import CacheAdmin
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
 from flask_dependency_proxy.models.tables import utcnow
-from flask_dependency_proxy.quota import QuotaPolicy
-from flask_dependency_proxy.upstreams import InstanceOrder
+from flask_dependency_proxy.upstream.routing import InstanceOrder
 
 from .fakeupstream import FakeRegistry, upstream_set
 from .memorystore import MemoryStore

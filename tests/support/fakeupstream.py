@@ -2,9 +2,9 @@
 
 :class:`FakeRegistry` holds one upstream's manifests, tags and blobs in dictionaries and
 counts every call its clients get; :class:`FakeRegistryClient` answers the calls the
-cache makes of an :class:`~flask_dependency_proxy.upstream.UpstreamClient` with the
+cache makes of an :class:`~flask_dependency_proxy.upstream.client.UpstreamClient` with the
 same results and the same errors. :func:`upstream_set` puts fakes behind a real
-:class:`~flask_dependency_proxy.upstreams.UpstreamSet`, so routing, candidates and
+:class:`~flask_dependency_proxy.upstream.routing.UpstreamSet`, so routing, candidates and
 sticky upstreams are the package's own.
 
 What the real client guarantees, the fake keeps: a manifest returned by ``get_manifest``
@@ -25,8 +25,8 @@ import json
 import threading
 import typing as t
 
-from flask_dependency_proxy.reference import MEDIA_TYPE_OCI_MANIFEST
-from flask_dependency_proxy.upstream import (
+from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST
+from flask_dependency_proxy.upstream.client import (
     CircuitBreaker,
     Manifest,
     ManifestHead,
@@ -38,7 +38,7 @@ from flask_dependency_proxy.upstream import (
     UpstreamNotFound,
     UpstreamRateLimited,
 )
-from flask_dependency_proxy.upstreams import UpstreamEntry, UpstreamSet
+from flask_dependency_proxy.upstream.routing import UpstreamEntry, UpstreamSet
 
 #: Bytes per chunk of a blob stream.
 CHUNK = 4096
@@ -305,7 +305,7 @@ class FakeRegistryClient:
 
 
 class FakeBlobStream:
-    """An open blob download, as :class:`~flask_dependency_proxy.upstream.BlobStream`:
+    """An open blob download, as :class:`~flask_dependency_proxy.upstream.client.BlobStream`:
     a resumed one (``offset``) answers ``206`` with the rest of the bytes."""
 
     def __init__(self, data: bytes, offset: int = 0) -> None:

@@ -1,11 +1,11 @@
-"""A :class:`~flask_dependency_proxy.blobstore.BlobStore` that keeps committed blobs in
+"""A :class:`~flask_dependency_proxy.stores.base.BlobStore` that keeps committed blobs in
 memory, for tests of the cache and the life cycle that need no disk layout and no
 object store.
 
 Like every store it stages a blob being fetched in a local spool file (the fetcher's
 followers read that file as it grows, and its lock files elect the fetching process),
 so it needs a folder for those; committed and set-aside blobs live in dictionaries.
-Hits are served as :class:`~flask_dependency_proxy.blobstore.ByteStream`, the way a
+Hits are served as :class:`~flask_dependency_proxy.stores.base.ByteStream`, the way a
 store clients cannot reach is served.
 
 Stricter than the real stores where that catches a caller's mistake: a commit whose
@@ -24,7 +24,7 @@ import threading
 import time
 import typing as t
 
-from flask_dependency_proxy.blobstore import ByteStream, StorageError
+from flask_dependency_proxy.stores.base import ByteStream, StorageError
 
 #: Bytes per chunk of a streamed hit.
 CHUNK = 64 * 1024

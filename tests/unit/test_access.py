@@ -7,14 +7,14 @@ import typing as t
 import pytest
 import sqlalchemy.exc as sa_exc
 
-from flask_dependency_proxy.access import (
+from flask_dependency_proxy.auth.access import (
     DENIAL_RECHECK_SECONDS,
     SWITCH_RECHECK_SECONDS,
     AccessControl,
 )
-from flask_dependency_proxy.database import DatabaseUnavailable
-from flask_dependency_proxy.errors import RegistryError
 from flask_dependency_proxy.host import Group, Principal, PrincipalKind
+from flask_dependency_proxy.models.database import DatabaseUnavailable
+from flask_dependency_proxy.oci.errors import RegistryError
 
 ALICE = Principal(kind=PrincipalKind.USER, subject="user:1", username="alice")
 TEAM = Group(id=7, full_path="team")

@@ -11,17 +11,17 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy import orm
 
-from flask_dependency_proxy.credentials import (
-    CredentialCipher,
-    CredentialError,
-    derive_key,
-    parse_keys,
-)
 from flask_dependency_proxy.models.tables import GroupUpstreamRow, metadata
 from flask_dependency_proxy.models.upstreams import (
     GroupUpstream,
     GroupUpstreamRecords,
     UpstreamListError,
+)
+from flask_dependency_proxy.upstream.credentials import (
+    CredentialCipher,
+    CredentialError,
+    derive_key,
+    parse_keys,
 )
 
 SECRET = "hunter2-upstream-password"

@@ -1,4 +1,4 @@
-"""Database phases (:mod:`flask_dependency_proxy.database`): what counts as an outage,
+"""Database phases (:mod:`flask_dependency_proxy.models.database`): what counts as an outage,
 how a phase ends, the deadline, and how failures are remembered."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sqlalchemy.exc as sa_exc
 from flask import Flask
 from sqlalchemy.util import is_exit_exception
 
-from flask_dependency_proxy import database
-from flask_dependency_proxy.database import (
+from flask_dependency_proxy.models import database
+from flask_dependency_proxy.models.database import (
     DatabaseGuard,
     DatabaseUnavailable,
     DeadlineExceeded,

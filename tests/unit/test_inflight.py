@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.blobstore import BlobStore
-from flask_dependency_proxy.inflight import (
+from flask_dependency_proxy.fetch.fetcher import (
     BlobFetcher,
     FetchFailed,
     LocalFetch,
@@ -28,8 +27,9 @@ from flask_dependency_proxy.inflight import (
     _unlock,
 )
 from flask_dependency_proxy.models.tables import utcnow
-from flask_dependency_proxy.s3_store import S3Store
-from flask_dependency_proxy.storage import FilesystemStore, StorageError
+from flask_dependency_proxy.stores.base import BlobStore
+from flask_dependency_proxy.stores.filesystem import FilesystemStore, StorageError
+from flask_dependency_proxy.stores.s3 import S3Store
 
 
 class FakeStream:
@@ -223,7 +223,7 @@ def _store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlobSto
     )
 
 
-@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+@pytest.mark.parametrize("kind", ["filesystem", pytest.param("s3", marks=pytest.mark.process)])
 def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it(
     tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
@@ -244,7 +244,7 @@ def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it
     assert b"".join(fetch.follow(store)) == data
 
 
-@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+@pytest.mark.parametrize("kind", ["filesystem", pytest.param("s3", marks=pytest.mark.process)])
 def test_cleanup_keeps_the_spool_file_of_a_live_fetch_however_old_it_looks(
     tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
@@ -460,7 +460,7 @@ def test_write_that_fails_aborts_the_fetch_without_retrying_upstream(
     digest = _digest(data)
     staging = store.spool_path(digest)
     monkeypatch.setattr(
-        "flask_dependency_proxy.storage.create_spool_file",
+        "flask_dependency_proxy.stores.filesystem.create_spool_file",
         lambda path: FailingFile(path, 2500),
     )
     opened: list[int] = []
@@ -471,7 +471,7 @@ def test_write_that_fails_aborts_the_fetch_without_retrying_upstream(
 
     fetch = fetcher.fetch(digest, open_upstream)
     assert fetch is not None
-    with caplog.at_level(logging.ERROR, logger="flask_dependency_proxy.inflight"):
+    with caplog.at_level(logging.ERROR, logger="flask_dependency_proxy.fetch.fetcher"):
         with pytest.raises(FetchFailed) as failed:
             b"".join(fetch.follow(store))
         _wait(lambda: fetcher.in_flight() == 0)

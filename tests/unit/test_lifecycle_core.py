@@ -1,4 +1,4 @@
-"""The cache's life cycle (:class:`~flask_dependency_proxy.lifecycle.Lifecycle`) on the
+"""The cache's life cycle (:class:`~flask_dependency_proxy.admin.lifecycle.Lifecycle`) on the
 core alone: purge and its cooldown, cleanup policies, deletion of one image, and the two
 steps by which a blob no row references leaves the store (set aside, then deleted or put
 back), with the life cycle's clock moved instead of waiting.
@@ -16,11 +16,11 @@ import typing as t
 
 import pytest
 
-from flask_dependency_proxy.cache import Outcome
-from flask_dependency_proxy.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
+from flask_dependency_proxy.admin.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
+from flask_dependency_proxy.cache.pull_through import Outcome
 from flask_dependency_proxy.models.admin import CacheAdmin
 from flask_dependency_proxy.models.tables import utcnow
-from flask_dependency_proxy.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
+from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
 from tests.support.core import Core
 
 GROUP = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_dependency_proxy.coordination import (
+from flask_dependency_proxy.fetch.fleet import (
     PEER_CLOCK_SKEW_SECONDS,
     PEER_TOKEN_SECONDS,
     InvalidPeerToken,
@@ -103,7 +103,7 @@ def test_malformed_and_tampered_tokens_are_refused(token: str) -> None:
 
 
 def test_a_token_from_another_use_of_the_secret_key_is_refused() -> None:
-    from flask_dependency_proxy.tokens import TokenIssuer
+    from flask_dependency_proxy.auth.tokens import TokenIssuer
 
     registry_token, _ = TokenIssuer(["fleet"], ttl_seconds=900).issue("user:1")
 

@@ -1,5 +1,6 @@
-"""The pull-through rules of :class:`~flask_dependency_proxy.cache.PullThroughCache`, on
-the core alone: when a tag is asked upstream (a HEAD, and a GET only for a new digest),
+"""The pull-through rules of
+:class:`~flask_dependency_proxy.cache.pull_through.PullThroughCache`, on the core alone:
+when a tag is asked upstream (a HEAD, and a GET only for a new digest),
 what is served while upstream cannot answer, digests and blobs served without asking,
 one fetch per blob, group size limits, and how each answer is counted (its outcome).
 
@@ -13,13 +14,13 @@ import typing as t
 
 import pytest
 
-from flask_dependency_proxy.blobstore import ByteStream
-from flask_dependency_proxy.cache import BlobResult, Outcome
-from flask_dependency_proxy.errors import ErrorCode, RegistryError
-from flask_dependency_proxy.inflight import FetchFailed
+from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
+from flask_dependency_proxy.cache.quota import QuotaPolicy
+from flask_dependency_proxy.fetch.fetcher import FetchFailed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
-from flask_dependency_proxy.quota import QuotaPolicy
-from flask_dependency_proxy.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
+from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
+from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
+from flask_dependency_proxy.stores.base import ByteStream
 from tests.support.core import Core
 from tests.support.fakeupstream import Failure, FakeRegistry
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flask_dependency_proxy.errors import ErrorCode, RegistryError
-from flask_dependency_proxy.reference import (
+from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
+from flask_dependency_proxy.oci.reference import (
     MEDIA_TYPE_DOCKER_LIST,
     MEDIA_TYPE_DOCKER_MANIFEST,
     MEDIA_TYPE_OCI_INDEX,

@@ -1,6 +1,6 @@
 """A group gets a blob it does not hold on its own route's word: the fetch a request
 follows, with an in-memory upstream per route (which digests it serves to whom), a
-real :class:`~flask_dependency_proxy.inflight.BlobFetcher` and a store on disk."""
+real :class:`~flask_dependency_proxy.fetch.fetcher.BlobFetcher` and a store on disk."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.cache import PullThroughCache, _Confirmations, route_key
-from flask_dependency_proxy.inflight import BlobFetcher
-from flask_dependency_proxy.storage import FilesystemStore
-from flask_dependency_proxy.upstream import UpstreamError, UpstreamNotFound
-from flask_dependency_proxy.upstreams import Candidate
+from flask_dependency_proxy.cache.pull_through import PullThroughCache, _Confirmations, route_key
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher
+from flask_dependency_proxy.stores.filesystem import FilesystemStore
+from flask_dependency_proxy.upstream.client import UpstreamError, UpstreamNotFound
+from flask_dependency_proxy.upstream.routing import Candidate
 
 DATA = bytes(range(256)) * 400
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()

@@ -20,8 +20,8 @@ from flask_sqlalchemy import SQLAlchemy
 
 from examples.platform.host import PlatformHost
 from flask_dependency_proxy import ConfigError, DependencyProxy, state
-from flask_dependency_proxy.blobstore import ByteStream, Redirect, StorageError
-from flask_dependency_proxy.s3_store import S3Store
+from flask_dependency_proxy.stores.base import ByteStream, Redirect, StorageError
+from flask_dependency_proxy.stores.s3 import S3Store
 from tests.support.processes import free_port
 from tests.support.seaweedfs import SeaweedFS
 

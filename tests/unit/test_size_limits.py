@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.inflight import BlobFetcher, BlobTooLarge, FetchFailed
-from flask_dependency_proxy.quota import (
+from flask_dependency_proxy.cache.quota import (
     MAX_GROUP_LIMIT_BYTES,
     exact_size,
     manifest_blobs,
     parse_size,
 )
-from flask_dependency_proxy.storage import FilesystemStore
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher, BlobTooLarge, FetchFailed
+from flask_dependency_proxy.stores.filesystem import FilesystemStore
 
 
 class UnsizedStream:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.inflight import BlobFetcher
-from flask_dependency_proxy.storage import FilesystemStore, StorageError
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher
+from flask_dependency_proxy.stores.filesystem import FilesystemStore, StorageError
 
 
 class _Stream:

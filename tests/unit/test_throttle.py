@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from flask_dependency_proxy.access import AccessControl
-from flask_dependency_proxy.errors import RegistryError
+from flask_dependency_proxy.auth.access import AccessControl
+from flask_dependency_proxy.auth.throttle import LoginRefused, LoginThrottle
 from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
 from flask_dependency_proxy.models.tables import LoginFailure, metadata
-from flask_dependency_proxy.throttle import LoginRefused, LoginThrottle
+from flask_dependency_proxy.oci.errors import RegistryError
 
 PAIR_LIMIT = 3
 ADDRESS_LIMIT = 5
@@ -134,7 +134,7 @@ def test_limits_can_be_turned_off(session: orm.Session, clock: Clock) -> None:
 def test_reaching_a_limit_logs_one_line_without_the_username(
     throttle: LoginThrottle, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flask_dependency_proxy.throttle")
+    caplog.set_level(logging.WARNING, logger="flask_dependency_proxy.auth.throttle")
     fail(throttle, "pasted-secret", A, PAIR_LIMIT)
     for number in range(ADDRESS_LIMIT - PAIR_LIMIT):
         fail(throttle, f"guess{number}", A)

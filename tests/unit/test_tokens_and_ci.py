@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flask_dependency_proxy import ci_variables
-from flask_dependency_proxy.tokens import InvalidToken, TokenIssuer
+from flask_dependency_proxy.auth.tokens import InvalidToken, TokenIssuer
 
 
 class Clock:

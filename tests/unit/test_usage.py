@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from flask_dependency_proxy.cache import Outcome
-from flask_dependency_proxy.usage import DayCounts, Key, UsageBuffer
+from flask_dependency_proxy.cache.pull_through import Outcome
+from flask_dependency_proxy.cache.usage import DayCounts, Key, UsageBuffer
 
 DAY = dt.date(2026, 12, 6)
 

@@ -24,7 +24,7 @@ import dataclasses
 import threading
 import typing as t
 
-from .upstream import CircuitBreaker, UpstreamClient, credential_id
+from .client import CircuitBreaker, UpstreamClient, credential_id
 
 #: The registry Docker Hub's images are pulled from.
 DOCKER_HUB_URL = "https://registry-1.docker.io"

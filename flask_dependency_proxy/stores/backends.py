@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .blobstore import BlobStore
-from .config import ConfigError, ProxyConfig
-from .storage import FilesystemStore
+from ..config import ConfigError, ProxyConfig
+from .base import BlobStore
+from .filesystem import FilesystemStore
 
 
 def open_store(config: ProxyConfig) -> BlobStore:
@@ -15,7 +15,7 @@ def open_store(config: ProxyConfig) -> BlobStore:
     if config.storage_url is None:
         return FilesystemStore(config.storage_path)
     try:
-        from .s3_store import S3Store
+        from .s3 import S3Store
     except ImportError as exc:
         if exc.name not in {"boto3", "botocore"}:
             raise

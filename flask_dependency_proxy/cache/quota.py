@@ -24,9 +24,9 @@ import logging
 import re
 import typing as t
 
-from .errors import ErrorCode, RegistryError
-from .models.admin import human_size, index_children
-from .models.quota import QuotaRecords
+from ..models.admin import human_size, index_children
+from ..models.quota import QuotaRecords
+from ..oci.errors import ErrorCode, RegistryError
 
 log = logging.getLogger(__name__)
 

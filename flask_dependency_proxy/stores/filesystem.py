@@ -19,7 +19,7 @@ import re
 import stat as _stat
 import typing as t
 
-from .blobstore import LocalFile, StorageError
+from .base import LocalFile, StorageError
 
 _DIGEST_FILE = re.compile(r"(?:[a-f0-9]{64}|[a-f0-9]{128})")
 _TRASH_NAME = re.compile(r"(?P<algorithm>sha256|sha512)-(?P<hex>[a-f0-9]+)\.(?P<stamp>[0-9]{1,18})")

@@ -24,12 +24,13 @@ import typing as t
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from .models.tables import LoginFailure, utcnow
+from ..models.tables import LoginFailure, utcnow
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session, scoped_session
 
-log = logging.getLogger(__name__)
+#: The logger the README documents for refused logins (named before this module moved).
+log = logging.getLogger("flask_dependency_proxy.throttle")
 
 #: Longest part of a username that goes into a key.
 _MAX_USERNAME = 256

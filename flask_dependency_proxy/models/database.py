@@ -46,7 +46,7 @@ import typing as t
 import sqlalchemy.exc as sa_exc
 from flask import g, has_app_context
 
-from .blocking import gevent_patched
+from ..blocking import gevent_patched
 
 log = logging.getLogger(__name__)
 

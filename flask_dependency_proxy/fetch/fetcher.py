@@ -36,14 +36,14 @@ import weakref
 import requests
 import urllib3.exceptions
 
-from .blobstore import BlobStore, StagedBlob, StorageError
-from .blocking import Pending, in_background, off_the_loop
-from .metrics import Metrics
+from ..blocking import Pending, in_background, off_the_loop
+from ..metrics import Metrics
+from ..stores.base import BlobStore, StagedBlob, StorageError
 
 if t.TYPE_CHECKING:
-    from .coordination import FleetSource
-from .storage import open_for_reading, open_lock_file
-from .upstream import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
+    from .fleet import FleetSource
+from ..stores.filesystem import open_for_reading, open_lock_file
+from ..upstream.client import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 

@@ -47,15 +47,15 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
-from .digits import ascii_int
-from .metrics import Metrics
-from .reference import (
+from ..metrics import Metrics
+from ..oci.digits import ascii_int
+from ..oci.reference import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_BYTES,
     UPSTREAM_MANIFEST_ACCEPT,
     is_tag,
 )
-from .tokencache import TokenShare
+from .token_cache import TokenShare
 
 log = logging.getLogger(__name__)
 

@@ -59,10 +59,10 @@ import botocore.exceptions  # type: ignore[import-untyped]
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
-from .blobstore import ByteStream, Redirect, StorageError
-from .blocking import off_the_loop
-from .config import ProxyConfig
-from .storage import (
+from ..blocking import off_the_loop
+from ..config import ProxyConfig
+from .base import ByteStream, Redirect, StorageError
+from .filesystem import (
     SpoolFile,
     lock_name,
     make_folder,

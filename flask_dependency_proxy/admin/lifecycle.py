@@ -46,15 +46,15 @@ import threading
 import typing as t
 import uuid
 
-from .blobstore import BlobStore
-from .metrics import Metrics
-from .models.admin import CacheAdmin, human_size
-from .models.tables import CachedBlob, CachedManifest, utcnow
+from ..metrics import Metrics
+from ..models.admin import CacheAdmin, human_size
+from ..models.tables import CachedBlob, CachedManifest, utcnow
+from ..stores.base import BlobStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .config import ProxyConfig
+    from ..config import ProxyConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Lifecycle:
     @classmethod
     def for_app(cls, app: Flask | None = None, *, clock: Clock = utcnow) -> Lifecycle:
         """The life cycle of ``app`` (the current app when ``None``)."""
-        from ._state import state
+        from .._state import state
 
         proxy = state(app)
         return cls.from_config(
@@ -407,7 +407,7 @@ class CleanupScheduler:
                 try:
                     return Lifecycle.for_app(self.app).run_if_due(self.interval)
                 finally:
-                    from ._state import state
+                    from .._state import state
 
                     state(self.app).metadata.release()
         except Exception:

@@ -35,10 +35,10 @@ import requests
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from .digits import ascii_int
-from .models.tables import FetchLease, UpstreamToken, utcnow
-from .tokencache import SharedTokenFiles, hashed_key
-from .upstream import BlobStream, UpstreamError
+from ..models.tables import FetchLease, UpstreamToken, utcnow
+from ..oci.digits import ascii_int
+from ..upstream.client import BlobStream, UpstreamError
+from ..upstream.token_cache import SharedTokenFiles, hashed_key
 
 log = logging.getLogger(__name__)
 

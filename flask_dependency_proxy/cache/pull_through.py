@@ -35,16 +35,14 @@ import threading
 import time
 import typing as t
 
-from .blobstore import BlobLocation, BlobStore, ByteStream, StorageError
-from .database import DatabaseUnavailable
-from .errors import ErrorCode, RegistryError, storage_unavailable
-from .inflight import BlobFetcher, BlobTooLarge, Fetch, UpstreamSizeError
-from .models.quota import QuotaRecords
-from .models.repository import CacheMetadata, ManifestRecord
-from .models.tables import utcnow
-from .models.usage import write_usage
-from .quota import QuotaPolicy, Quotas, blob_too_large
-from .reference import (
+from ..fetch.fetcher import BlobFetcher, BlobTooLarge, Fetch, UpstreamSizeError
+from ..models.database import DatabaseUnavailable
+from ..models.quota import QuotaRecords
+from ..models.repository import CacheMetadata, ManifestRecord
+from ..models.tables import utcnow
+from ..models.usage import write_usage
+from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
+from ..oci.reference import (
     MEDIA_TYPE_DOCKER_LIST,
     ProxyPath,
     accepts,
@@ -52,7 +50,8 @@ from .reference import (
     is_digest,
     is_valid_tag,
 )
-from .upstream import (
+from ..stores.base import BlobLocation, BlobStore, ByteStream, StorageError
+from ..upstream.client import (
     BlobStream,
     TagPage,
     UpstreamDigestMismatch,
@@ -62,7 +61,8 @@ from .upstream import (
     _SingleFlight,
     credential_id,
 )
-from .upstreams import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
+from ..upstream.routing import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
+from .quota import QuotaPolicy, Quotas, blob_too_large
 from .usage import UsageBuffer
 
 log = logging.getLogger(__name__)

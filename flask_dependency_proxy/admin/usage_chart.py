@@ -16,8 +16,8 @@ import typing as t
 
 from markupsafe import Markup, escape
 
-from .models.admin import human_size
-from .usage import DayCounts
+from ..cache.usage import DayCounts
+from ..models.admin import human_size
 
 #: Size of the drawing, in SVG user units (it scales to its container's width).
 WIDTH = 640

@@ -15,11 +15,10 @@ import dataclasses
 import json
 import typing as t
 
-from .blobstore import StorageError
-from .database import DatabaseUnavailable
-from .errors import RegistryError
-from .inflight import FetchFailed
-from .reference import (
+from ..fetch.fetcher import FetchFailed
+from ..models.database import DatabaseUnavailable
+from ..oci.errors import RegistryError
+from ..oci.reference import (
     MANIFEST_MEDIA_TYPES,
     MEDIA_TYPE_DOCKER_LIST,
     MEDIA_TYPE_OCI_INDEX,
@@ -29,10 +28,11 @@ from .reference import (
     parse_proxy_path,
     validate_digest,
 )
-from .upstream import UpstreamError
+from ..stores.base import StorageError
+from ..upstream.client import UpstreamError
 
 if t.TYPE_CHECKING:
-    from .cache import PullThroughCache
+    from .pull_through import PullThroughCache
 
 _INDEX_TYPES = (MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_LIST)
 

@@ -17,14 +17,14 @@ import threading
 import time
 import typing as t
 
-from .database import DatabaseGuard, DatabaseUnavailable
-from .errors import ErrorCode, RegistryError
-from .host import AuthFailure, Group, HostAdapter, Principal, TokenAuthenticator
+from ..host import AuthFailure, Group, HostAdapter, Principal, TokenAuthenticator
+from ..models.database import DatabaseGuard, DatabaseUnavailable
+from ..oci.errors import ErrorCode, RegistryError
 from .throttle import LoginRefused, LoginThrottle
 from .tokens import InvalidToken, TokenIssuer
 
 if t.TYPE_CHECKING:
-    from .models.repository import CacheMetadata
+    from ..models.repository import CacheMetadata
 
 _Entry = tuple[float, t.Any]
 

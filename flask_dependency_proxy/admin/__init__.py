@@ -1,0 +1,4 @@
+"""Use cases that the group pages, the REST API and the CLI share, and the life cycle of
+cached content (:mod:`.lifecycle`: purge, cleanup policy, deletion of rows and files)
+with what the cache saved a group (:mod:`.usage_chart`).
+"""
