@@ -55,6 +55,11 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     assert 'href="upstreams.html"' in clients
     assert "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX" in clients
     assert "DEPENDENCY_PROXY_UPSTREAMS" in (tmp_path / "html" / "upstreams.html").read_text()
+    # The architecture page names every folder of the package.
+    architecture = (tmp_path / "html" / "architecture.html").read_text()
+    package = ROOT / "flask_dependency_proxy"
+    folders = sorted(p.parent.name for p in package.glob("*/__init__.py"))
+    assert folders and all(f"{folder}/" in architecture for folder in folders), folders
 
 
 def _readme_extension() -> t.Any:
