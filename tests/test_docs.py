@@ -4,6 +4,7 @@ README link the docs cannot follow fails the suite."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from sphinx.pycode import ModuleAnalyzer
+
+from flask_dependency_proxy.config import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +64,15 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     package = ROOT / "flask_dependency_proxy"
     folders = sorted(p.parent.name for p in package.glob("*/__init__.py"))
     assert folders and all(f"{folder}/" in architecture for folder in folders), folders
+
+
+def test_every_configuration_key_has_a_doc_comment_and_a_default_it_accepts() -> None:
+    comments = ModuleAnalyzer.for_module(keys.__name__).find_attr_docs()
+    for field in dataclasses.fields(keys.ProxyConfig):
+        assert comments.get(("ProxyConfig", field.name)), f"{field.name} has no #: comment"
+        default = field.metadata["default"]
+        if default is not None:  # None: unset, or filled in by load_config (STORAGE_PATH)
+            field.metadata["parse"](keys.env_key(field), default)
 
 
 def _readme_extension() -> t.Any:

@@ -1,6 +1,6 @@
 """``.. dependency-proxy-config::``: every configuration key with its default and the
-``#:`` comment above it in ``flask_dependency_proxy/config.py``, so the documentation
-cannot drift from the code."""
+``#:`` comment above its field of ``ProxyConfig`` in ``flask_dependency_proxy/config/keys.py``,
+so the documentation cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -12,23 +12,20 @@ from sphinx.application import Sphinx
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.docutils import SphinxDirective
 
-from flask_dependency_proxy import config
+from flask_dependency_proxy.config import keys
 
 
 class ConfigTable(SphinxDirective):
     def run(self) -> list[nodes.Node]:
-        comments = ModuleAnalyzer.for_module(config.__name__).find_attr_docs()
+        comments = ModuleAnalyzer.for_module(keys.__name__).find_attr_docs()
         entries = nodes.definition_list()
-        for field in dataclasses.fields(config.ProxyConfig):
-            name = field.name.upper()
-            if not hasattr(config, name):
-                continue
-            lines = comments.get(("", name))
+        for field in dataclasses.fields(keys.ProxyConfig):
+            lines = comments.get(("ProxyConfig", field.name))
             if not lines:
-                raise self.error(f"config.{name} has no #: comment to document it")
+                raise self.error(f"ProxyConfig.{field.name} has no #: comment to document it")
             term = nodes.term()
-            term += nodes.literal(text=f"{config.ENV_PREFIX}{name}")
-            term += nodes.Text(f" = {getattr(config, name)!r}")
+            term += nodes.literal(text=keys.env_key(field))
+            term += nodes.Text(f" = {field.metadata['default']!r}")
             definition = nodes.definition()
             self.state.nested_parse(StringList(list(lines)), self.content_offset, definition)
             item = nodes.definition_list_item()
