@@ -25,10 +25,12 @@ from .metrics import Metrics, metrics_for
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
-from .upstream.client import CircuitBreaker, UpstreamClient, requests_session
+from .upstream.breaker import CircuitBreaker
+from .upstream.client import UpstreamClient
 from .upstream.credentials import CredentialCipher
 from .upstream.routing import UpstreamEntry, UpstreamSet
 from .upstream.token_cache import SharedTokenFiles, TokenShare
+from .upstream.transport import requests_session
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.upstream.client import (
-    UpstreamClient,
-    UpstreamNotFound,
-    parse_challenge,
-)
+from flask_dependency_proxy.upstream.bearer import parse_challenge
+from flask_dependency_proxy.upstream.client import UpstreamClient
+from flask_dependency_proxy.upstream.errors import UpstreamNotFound
 from flask_dependency_proxy.upstream.token_cache import SharedTokenFiles
 from tests.support import images
 from tests.support.registry import Registry

@@ -23,16 +23,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.upstream.client import (
-    AddressRule,
-    UpstreamClient,
+from flask_dependency_proxy.upstream import address as address_module
+from flask_dependency_proxy.upstream.address import AddressRule, address_class
+from flask_dependency_proxy.upstream.breaker import retry_after_seconds
+from flask_dependency_proxy.upstream.client import UpstreamClient
+from flask_dependency_proxy.upstream.errors import (
     UpstreamDown,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRefused,
-    address_class,
 )
-from flask_dependency_proxy.upstream import client as upstream_module
 from tests.support import seed
 from tests.support.httpserver import BackgroundServer
 
@@ -203,7 +203,7 @@ def test_answer_from_an_address_the_check_did_not_see_is_refused(
     internal = Recording(lambda h: reply(h, 200, b"internal secret"))
     upstream = Recording(lambda h: reply(h, 307, headers={"Location": f"{internal.url}/x"}))
     servers += [internal, upstream]
-    monkeypatch.setattr(upstream_module, "resolve", lambda host: ["93.184.216.34"])
+    monkeypatch.setattr(address_module, "resolve", lambda host: ["93.184.216.34"])
     client = UpstreamClient(upstream.url, retries=0)
     with pytest.raises(UpstreamRefused, match="loopback"):
         client.open_blob("library/x", digest_of(b"x"))
@@ -336,7 +336,7 @@ def test_low_rate_limit_is_kept_and_logged(
     )
     servers.append(upstream)
     client = UpstreamClient(upstream.url)
-    with caplog.at_level(logging.WARNING, logger="flask_dependency_proxy.upstream.client"):
+    with caplog.at_level(logging.WARNING, logger="flask_dependency_proxy.upstream.transport"):
         client.head_manifest("library/x", "latest")
     assert (client.rate_limit_remaining, client.rate_limit_limit) == (3, 100)
     assert "3 pulls left of 100" in caplog.text
@@ -468,5 +468,5 @@ def test_non_ascii_digits_from_upstream_are_not_numbers(servers: list[Recording]
     with pytest.raises(UpstreamError) as refused:
         client.head_manifest("library/x", "latest")
     assert refused.value.status == 429
-    assert upstream_module.retry_after_seconds("²", now=0.0) is None
-    assert upstream_module.retry_after_seconds("12", now=0.0) == 12.0
+    assert retry_after_seconds("²", now=0.0) is None
+    assert retry_after_seconds("12", now=0.0) == 12.0

@@ -23,7 +23,7 @@ from .._state import state
 from ..fetch.fleet import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
 from ..oci.reference import is_digest
 from ..stores.base import StorageError
-from ..upstream.client import UpstreamError
+from ..upstream.errors import UpstreamError
 
 bp = Blueprint("dependency_proxy_peer", __name__)
 

@@ -51,17 +51,16 @@ from ..oci.reference import (
     is_valid_tag,
 )
 from ..stores.base import BlobLocation, BlobStore, ByteStream, StorageError
-from ..upstream.client import (
-    BlobStream,
-    TagPage,
+from ..upstream.credentials import credential_id
+from ..upstream.errors import (
     UpstreamDigestMismatch,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
-    _SingleFlight,
-    credential_id,
 )
+from ..upstream.registry import BlobStream, TagPage
 from ..upstream.routing import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
+from ..upstream.single_flight import SingleFlight
 from .quota import QuotaPolicy, Quotas, blob_too_large
 from .usage import UsageBuffer
 
@@ -109,7 +108,7 @@ class _RecentBlobs:
 
 
 #: What decides whether an upstream serves a digest to a group: the entry, its URL, the
-#: repository there and the credential used (by :func:`~.upstream.credential_id`, as
+#: repository there and the credential used (by :func:`~.upstream.credentials.credential_id`, as
 #: the upstream clients themselves are told apart).
 RouteKey = tuple[str, str, str, str]
 
@@ -144,7 +143,7 @@ class _Confirmations:
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
-        self._single_flight = _SingleFlight()
+        self._single_flight = SingleFlight()
 
     def add(self, key: RouteKey, digest: str) -> None:
         """Remember that the route ``key`` serves ``digest``."""

@@ -29,7 +29,7 @@ from ..oci.reference import (
     validate_digest,
 )
 from ..stores.base import StorageError
-from ..upstream.client import UpstreamError
+from ..upstream.errors import UpstreamError
 
 if t.TYPE_CHECKING:
     from .pull_through import PullThroughCache

@@ -43,7 +43,8 @@ from ..stores.base import BlobStore, StagedBlob, StorageError
 if t.TYPE_CHECKING:
     from .fleet import FleetSource
 from ..stores.filesystem import open_for_reading, open_lock_file
-from ..upstream.client import BlobStream, UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
+from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
+from ..upstream.registry import BlobStream
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,9 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from ..models.tables import FetchLease, UpstreamToken, utcnow
 from ..oci.digits import ascii_int
-from ..upstream.client import BlobStream, UpstreamError
+from ..upstream.client import BlobResponse
+from ..upstream.errors import UpstreamError
+from ..upstream.registry import BlobStream
 from ..upstream.token_cache import SharedTokenFiles, hashed_key
 
 log = logging.getLogger(__name__)
@@ -377,7 +379,7 @@ class FleetSource:
         if response.status_code != 200:
             response.close()
             raise UpstreamError(f"peer {peer_url} answered {response.status_code} for {digest}")
-        return BlobStream(response, _PEER_CHUNK, offset)
+        return BlobResponse(response, _PEER_CHUNK, offset)
 
 
 class FleetOpener:

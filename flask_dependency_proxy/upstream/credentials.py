@@ -10,6 +10,9 @@ key) and then dropping the old one. Keys derived from ``SECRET_KEY`` and its fal
 stay readable behind the configured keys, so moving from the derived key to keys of
 one's own is the same rotation.
 
+:func:`credential_id` tells credentials apart in cache keys (tokens, clients, confirmed
+routes) without carrying the password.
+
 Knows nothing of Flask or the database. Nothing here puts a secret or a key into an
 exception, a log line or a ``repr``.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import typing as t
 
@@ -27,6 +31,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 #: HKDF ``info``: binds the derived key to this one use of ``SECRET_KEY``.
 HKDF_INFO = b"flask-dependency-proxy/upstream-credentials/v1"
+
+
+def credential_id(credentials: tuple[str, str] | None) -> str:
+    """Tells credentials apart in a cache key without carrying the password."""
+    if credentials is None:
+        return ""
+    username, password = credentials
+    return f"{username}:{hashlib.sha256(password.encode()).hexdigest()[:32]}"
 
 
 class CredentialError(Exception):

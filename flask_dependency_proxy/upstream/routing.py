@@ -13,7 +13,8 @@ A name reaches an upstream one of two ways:
   a different registry because the first one is down).
 
 Knows nothing of Flask, the database or storage: the group's list comes in as data.
-There is one :class:`~.upstream.UpstreamClient` per entry and credential, so tokens,
+There is one client (a :class:`~.registry.RegistryClient`, the HTTP
+:class:`~.client.UpstreamClient` in an application) per entry and credential, so tokens,
 rate limits and the ``Retry-After`` of one credential stay its own; the circuit breaker
 (connection failures) is shared by an entry's clients.
 """
@@ -24,7 +25,9 @@ import dataclasses
 import threading
 import typing as t
 
-from .client import CircuitBreaker, UpstreamClient, credential_id
+from .breaker import CircuitBreaker
+from .credentials import credential_id
+from .registry import RegistryClient
 
 #: The registry Docker Hub's images are pulled from.
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -137,7 +140,7 @@ class Candidate:
 
     name: str
     repository: str
-    client: UpstreamClient
+    client: RegistryClient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +177,7 @@ class UpstreamStatus:
 
 
 ClientFactory = t.Callable[
-    [UpstreamEntry, "tuple[str, str] | None", CircuitBreaker], UpstreamClient
+    [UpstreamEntry, "tuple[str, str] | None", CircuitBreaker], RegistryClient
 ]
 
 
@@ -200,7 +203,7 @@ class UpstreamSet:
         self._by_host = {host: entry for entry in entries for host in entry.hosts}
         self._make_client = make_client
         self._breakers = {entry.name: make_breaker() for entry in entries}
-        self._clients: dict[tuple[str, str], UpstreamClient] = {}
+        self._clients: dict[tuple[str, str], RegistryClient] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -215,7 +218,7 @@ class UpstreamSet:
     def default(self) -> UpstreamEntry:
         return next(iter(self._entries.values()))
 
-    def client(self, name: str, credentials: tuple[str, str] | None = None) -> UpstreamClient:
+    def client(self, name: str, credentials: tuple[str, str] | None = None) -> RegistryClient:
         """The client of upstream ``name`` for a group's own ``credentials``, or for the
         instance credential when ``None``."""
         entry = self._entries[name]

@@ -1,9 +1,10 @@
 """A fake upstream registry client, for tests of the pull-through rules without a process.
 
 :class:`FakeRegistry` holds one upstream's manifests, tags and blobs in dictionaries and
-counts every call its clients get; :class:`FakeRegistryClient` answers the calls the
-cache makes of an :class:`~flask_dependency_proxy.upstream.client.UpstreamClient` with the
-same results and the same errors. :func:`upstream_set` puts fakes behind a real
+counts every call its clients get; :class:`FakeRegistryClient` is a
+:class:`~flask_dependency_proxy.upstream.registry.RegistryClient` (the type checker holds
+it to that Protocol) that answers the calls the cache makes with the same results and the
+same errors as the real client. :func:`upstream_set` puts fakes behind a real
 :class:`~flask_dependency_proxy.upstream.routing.UpstreamSet`, so routing, candidates and
 sticky upstreams are the package's own.
 
@@ -26,17 +27,19 @@ import threading
 import typing as t
 
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST
-from flask_dependency_proxy.upstream.client import (
-    CircuitBreaker,
-    Manifest,
-    ManifestHead,
-    TagPage,
-    UpstreamClient,
+from flask_dependency_proxy.upstream.breaker import CircuitBreaker
+from flask_dependency_proxy.upstream.errors import (
     UpstreamDigestMismatch,
     UpstreamDown,
     UpstreamError,
     UpstreamNotFound,
     UpstreamRateLimited,
+)
+from flask_dependency_proxy.upstream.registry import (
+    Manifest,
+    ManifestHead,
+    RegistryClient,
+    TagPage,
 )
 from flask_dependency_proxy.upstream.routing import UpstreamEntry, UpstreamSet
 
@@ -305,7 +308,7 @@ class FakeRegistryClient:
 
 
 class FakeBlobStream:
-    """An open blob download, as :class:`~flask_dependency_proxy.upstream.client.BlobStream`:
+    """An open blob download, a :class:`~flask_dependency_proxy.upstream.registry.BlobStream`:
     a resumed one (``offset``) answers ``206`` with the rest of the bytes."""
 
     def __init__(self, data: bytes, offset: int = 0) -> None:
@@ -336,8 +339,8 @@ def upstream_set(*registries: FakeRegistry) -> UpstreamSet:
 
     def client(
         entry: UpstreamEntry, credentials: tuple[str, str] | None, breaker: CircuitBreaker
-    ) -> UpstreamClient:
-        return t.cast(UpstreamClient, by_name[entry.name].client(credentials))
+    ) -> RegistryClient:
+        return by_name[entry.name].client(credentials)
 
     return UpstreamSet(entries, client, lambda: CircuitBreaker(3, 5.0))
 

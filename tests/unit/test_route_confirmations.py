@@ -14,7 +14,7 @@ import pytest
 from flask_dependency_proxy.cache.pull_through import PullThroughCache, _Confirmations, route_key
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.stores.filesystem import FilesystemStore
-from flask_dependency_proxy.upstream.client import UpstreamError, UpstreamNotFound
+from flask_dependency_proxy.upstream.errors import UpstreamError, UpstreamNotFound
 from flask_dependency_proxy.upstream.routing import Candidate
 
 DATA = bytes(range(256)) * 400
