@@ -12,6 +12,7 @@ import typing as t
 if t.TYPE_CHECKING:
     from flask import Flask
 
+    from .admin.groups import GroupAdmin
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
@@ -44,6 +45,8 @@ class ProxyState:
     cache: PullThroughCache
     #: Where every component reports what it counts (a no-op without metrics).
     metrics: Metrics
+    #: The group use cases the pages, the REST API and the CLI share.
+    group_admin: GroupAdmin
 
 
 def state(app: Flask | None) -> ProxyState:

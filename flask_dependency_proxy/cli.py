@@ -13,9 +13,9 @@ from flask.cli import AppGroup
 from ._state import state
 
 if t.TYPE_CHECKING:
+    from .admin.groups import GroupAdmin
     from .cache.warm import Outcome, Plan
     from .migrations import Upgrade
-    from .models.admin import CacheAdmin
 
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
@@ -143,9 +143,7 @@ def db_check() -> None:
 @click.argument("full_path")
 def enable(full_path: str) -> None:
     """Switch the proxy on for a group."""
-    proxy = state(None)
-    proxy.metadata.set_group_enabled(_group_id(full_path), True)
-    proxy.access.forget()
+    state(None).group_admin.set_enabled(_group_id(full_path), True)
     click.echo(f"Dependency proxy enabled for {full_path}.")
 
 
@@ -153,9 +151,7 @@ def enable(full_path: str) -> None:
 @click.argument("full_path")
 def disable(full_path: str) -> None:
     """Switch the proxy off for a group (its cache is kept)."""
-    proxy = state(None)
-    proxy.metadata.set_group_enabled(_group_id(full_path), False)
-    proxy.access.forget()
+    state(None).group_admin.set_enabled(_group_id(full_path), False)
     click.echo(f"Dependency proxy disabled for {full_path}.")
 
 
@@ -184,10 +180,10 @@ def cleanup() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 def stats(full_path: str | None, as_json: bool) -> None:
     """Print counts and sizes of one group's cache, or of every group's."""
-    from .models.admin import CacheAdmin, GroupStats, human_size
+    from .models.stats import GroupStats, human_size
 
     proxy = state(None)
-    admin = CacheAdmin(lambda: proxy.metadata.session)
+    admin = proxy.group_admin
     if as_json:
         click.echo(json.dumps(_stats_document(admin, full_path), indent=2))
         return
@@ -220,7 +216,7 @@ def stats(full_path: str | None, as_json: bool) -> None:
     click.echo(f"Blobs in {proxy.store.describe()}: {files}, {human_size(size)}.")
 
 
-def _stats_document(admin: CacheAdmin, full_path: str | None) -> dict[str, t.Any]:
+def _stats_document(admin: GroupAdmin, full_path: str | None) -> dict[str, t.Any]:
     """``stats --json``: every group's (or one group's) figures and the store's."""
     proxy = state(None)
     if full_path is not None:
@@ -288,7 +284,7 @@ def warm(
         raise click.BadParameter(str(exc)) from None
     proxy = state(None)
     group_id = _group_id(full_path)
-    if not proxy.metadata.group_enabled(group_id, proxy.config.group_default_enabled):
+    if not proxy.group_admin.enabled(group_id):
         raise click.ClickException(
             f"The dependency proxy is off for {full_path}: enable it first"
             f" (flask dependency-proxy enable {full_path})."
@@ -368,7 +364,7 @@ class _TerminalProgress:
 
 
 def _human_size(size: int) -> str:
-    from .models.admin import human_size
+    from .models.stats import human_size
 
     return human_size(size)
 
@@ -378,11 +374,11 @@ def _human_size(size: int) -> str:
 @click.option("--force", is_flag=True, help="Ignore the cooldown between two purges.")
 def purge(full_path: str, force: bool) -> None:
     """Schedule a group's whole cache for deletion (as the page's "Clear cache")."""
-    from .admin.lifecycle import Lifecycle, PurgeTooSoon
+    from .admin.lifecycle import PurgeTooSoon
 
     group_id = _group_id(full_path)
     try:
-        result = Lifecycle.for_app().purge(group_id, force=force)
+        result = state(None).group_admin.purge(group_id, force=force)
     except PurgeTooSoon as exc:
         raise click.ClickException(f"Not purged: {exc} (or pass --force).") from None
     click.echo(
@@ -402,9 +398,7 @@ def rotate_credentials() -> None:
     it), run this, then drop the old keys. Credentials no configured key decrypts are
     named (group and upstream) and left as they are; the command then fails.
     """
-    from .models.upstreams import GroupUpstreamRecords
-
-    result = GroupUpstreamRecords.for_app().rotate_all()
+    result = state(None).group_admin.rotate_credentials()
     click.echo(f"Re-encrypted {result.rotated} group upstream credentials with the newest key.")
     if result.unreadable:
         proxy = state(None)

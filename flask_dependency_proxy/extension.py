@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from ._state import EXTENSION_KEY, ProxyState, state
+from .admin.groups import GroupAdmin
+from .admin.lifecycle import Lifecycle
 from .auth.access import AccessControl
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer
@@ -22,6 +24,7 @@ from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
+from .models.group_settings import GroupSettingsRecords
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
@@ -113,13 +116,14 @@ class DependencyProxy:
             fleet=_fleet(app, self.db, config, [secret, *fallbacks]),
             metrics=metrics,
         )
+        group_upstreams = GroupUpstreamRecords(
+            lambda: metadata.session,
+            CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
+        )
         cache = PullThroughCache(
             store=store,
             upstreams=upstreams,
-            group_upstreams=GroupUpstreamRecords(
-                lambda: metadata.session,
-                CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
-            ),
+            group_upstreams=group_upstreams,
             metadata=metadata,
             fetcher=fetcher,
             tag_check_interval=config.tag_check_interval,
@@ -142,6 +146,18 @@ class DependencyProxy:
             group_default_enabled=config.group_default_enabled,
             database=metadata.database,
         )
+        lifecycle = Lifecycle.from_config(config, lambda: metadata.session, store, metrics=metrics)
+        group_admin = GroupAdmin(
+            lambda: metadata.session,
+            settings=GroupSettingsRecords(
+                lambda: metadata.session, default_enabled=config.group_default_enabled
+            ),
+            group_upstreams=group_upstreams,
+            upstreams=upstreams,
+            lifecycle=lifecycle,
+            access=access,
+            quota_policy=config.quota_policy,
+        )
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -153,6 +169,7 @@ class DependencyProxy:
             upstreams=upstreams,
             cache=cache,
             metrics=metrics,
+            group_admin=group_admin,
         )
 
         from .blueprints import registry, token

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.models.admin import human_size
+from flask_dependency_proxy.models.stats import human_size
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo
 from tests.support.databases import Databases

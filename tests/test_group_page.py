@@ -18,7 +18,7 @@ from examples.platform.models import db
 from flask_dependency_proxy import state
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.usage import DayCounts
-from flask_dependency_proxy.models.admin import image_size
+from flask_dependency_proxy.models.documents import image_size
 from flask_dependency_proxy.models.tables import (
     CachedBlob,
     CachedManifest,

@@ -25,7 +25,8 @@ from flask_dependency_proxy.admin.lifecycle import (
     Lifecycle,
     PurgeTooSoon,
 )
-from flask_dependency_proxy.models.admin import CacheAdmin
+from flask_dependency_proxy.models.cleanup import CleanupRecords
+from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, LoginFailure, Status
 from flask_dependency_proxy.oci.reference import ProxyPath
 from flask_dependency_proxy.stores.base import LocalFile
@@ -84,10 +85,16 @@ def on_disk(digest: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and hex_ in p.name]
 
 
+def _settings() -> GroupSettingsRecords:
+    return GroupSettingsRecords(lambda: state(None).metadata.session, default_enabled=False)
+
+
+def _cleanup_records() -> CleanupRecords:
+    return CleanupRecords(lambda: state(None).metadata.session, _settings())
+
+
 def set_policy(group_id: int, days: int, enabled: bool = True) -> None:
-    CacheAdmin(lambda: state(None).metadata.session).update_settings(
-        group_id, False, lf.utcnow(), cleanup_enabled=enabled, cleanup_days=days
-    )
+    _settings().update(group_id, lf.utcnow(), cleanup_enabled=enabled, cleanup_days=days)
 
 
 # -- policy ---------------------------------------------------------------------------------------
@@ -249,7 +256,7 @@ def test_one_cleanup_at_a_time_and_scheduled_runs_are_spaced(
     make_app: t.Callable[..., Flask], clock: lf.Clock
 ) -> None:
     make_app()
-    admin = CacheAdmin(lambda: state(None).metadata.session)
+    admin = _cleanup_records()
     assert admin.acquire_lease(CLEANUP_LEASE, "another host", clock(), _minutes(15))
     with pytest.raises(CleanupBusy):
         lifecycle(clock).cleanup()
@@ -470,7 +477,7 @@ def test_set_aside_file_comes_back_when_a_pull_of_another_group_claims_it(
 
 def test_leases_are_one_row_per_name(make_app: t.Callable[..., Flask], clock: lf.Clock) -> None:
     make_app()
-    admin = CacheAdmin(lambda: state(None).metadata.session)
+    admin = _cleanup_records()
     assert admin.acquire_lease("job", "a", clock(), _minutes(1))
     assert not admin.acquire_lease("job", "b", clock(), _minutes(1))
     admin.release_lease("job", "a", clock(), finished=False)

@@ -17,7 +17,7 @@ from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from examples.platform import services
-from flask_dependency_proxy.models.admin import human_size
+from flask_dependency_proxy.models.stats import human_size
 from tests.platform_fixtures import csrf_from, login
 from tests.support import checks, images, seed
 from tests.support.clients import Skopeo

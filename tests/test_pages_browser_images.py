@@ -13,7 +13,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 
 from flask_dependency_proxy.cache.usage import FLUSH_SECONDS
-from flask_dependency_proxy.models.admin import human_size
+from flask_dependency_proxy.models.stats import human_size
 from tests.support import checks, images
 from tests.support.clients import Skopeo
 from tests.support.platform import PlatformFactory

@@ -47,7 +47,9 @@ import typing as t
 import uuid
 
 from ..metrics import Metrics
-from ..models.admin import CacheAdmin, human_size
+from ..models.cleanup import CleanupRecords
+from ..models.group_settings import GroupSettingsRecords
+from ..models.stats import human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
 from ..stores.base import BlobStore
 
@@ -156,17 +158,16 @@ class CleanupReport:
 class Lifecycle:
     """Purge and cleanup for one application.
 
-    :param admin: the queries.
+    :param records: the queries.
     :param files: the blob store.
     :param clock: naive UTC now; tests pass one they control.
     """
 
     def __init__(
         self,
-        admin: CacheAdmin,
+        records: CleanupRecords,
         files: BlobStore,
         *,
-        group_default_enabled: bool,
         purge_cooldown_seconds: float,
         batch_size: int,
         file_grace_seconds: float,
@@ -174,10 +175,9 @@ class Lifecycle:
         clock: Clock = utcnow,
         metrics: Metrics | None = None,
     ) -> None:
-        self.admin = admin
+        self.records = records
         self.metrics = metrics or Metrics()
         self.files = files
-        self.group_default_enabled = group_default_enabled
         self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
         self.batch_size = batch_size
         self.file_grace = dt.timedelta(seconds=file_grace_seconds)
@@ -208,10 +208,10 @@ class Lifecycle:
         clock: Clock = utcnow,
         metrics: Metrics | None = None,
     ) -> Lifecycle:
+        settings = GroupSettingsRecords(session, default_enabled=config.group_default_enabled)
         return cls(
-            CacheAdmin(session),
+            CleanupRecords(session, settings),
             store,
-            group_default_enabled=config.group_default_enabled,
             purge_cooldown_seconds=config.purge_cooldown_seconds,
             batch_size=config.cleanup_batch_size,
             file_grace_seconds=config.cleanup_file_grace_seconds,
@@ -230,9 +230,7 @@ class Lifecycle:
         """
         now = self.clock()
         cooldown = dt.timedelta(0) if force else self.purge_cooldown
-        done, previous, manifests, blobs = self.admin.claim_purge(
-            group_id, self.group_default_enabled, now, cooldown
-        )
+        done, previous, manifests, blobs = self.records.claim_purge(group_id, now, cooldown)
         if not done:
             purged_at = previous or now
             raise PurgeTooSoon(purged_at, purged_at + self.purge_cooldown, now)
@@ -244,7 +242,7 @@ class Lifecycle:
 
         :return: ``None`` if the group has no manifest of ``image`` still served.
         """
-        marked = self.admin.mark_image(group_id, image)
+        marked = self.records.mark_image(group_id, image)
         if marked is None:
             return None
         log.info("deleted image %s of group %s: %s manifests, %s blobs", image, group_id, *marked)
@@ -258,24 +256,24 @@ class Lifecycle:
         :raises CleanupBusy: another cleanup is running.
         """
         holder = _holder()
-        if not self.admin.acquire_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL):
+        if not self.records.acquire_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL):
             raise CleanupBusy("another cleanup is running; try again when it is done")
         try:
             return self._run(holder)
         finally:
-            self.admin.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+            self.records.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
 
     def run_if_due(self, interval: dt.timedelta) -> CleanupReport | None:
         """Run a cleanup unless one ran less than ``interval`` ago or is running."""
         holder = _holder()
-        if not self.admin.acquire_lease(
+        if not self.records.acquire_lease(
             CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL, min_interval=interval
         ):
             return None
         try:
             return self._run(holder)
         finally:
-            self.admin.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+            self.records.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
 
     def _run(self, holder: str) -> CleanupReport:
         try:
@@ -290,15 +288,17 @@ class Lifecycle:
         report = CleanupReport()
 
         def renew() -> None:
-            self.admin.renew_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL)
+            self.records.renew_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL)
 
-        report.manifests_marked, report.blobs_marked = self.admin.mark_expired(self.clock())
-        report.manifests_deleted = self.admin.delete_marked(CachedManifest, self.batch_size, renew)
-        report.blobs_deleted = self.admin.delete_marked(CachedBlob, self.batch_size, renew)
+        report.manifests_marked, report.blobs_marked = self.records.mark_expired(self.clock())
+        report.manifests_deleted = self.records.delete_marked(
+            CachedManifest, self.batch_size, renew
+        )
+        report.blobs_deleted = self.records.delete_marked(CachedBlob, self.batch_size, renew)
         self._sweep(report, renew)
         self._empty_trash(report)
         report.staging_removed = self.files.remove_stale_staging(self.clock() - _STALE_STAGING)
-        report.login_failures_forgotten = self.admin.forget_login_failures(
+        report.login_failures_forgotten = self.records.forget_login_failures(
             self.clock() - self.login_failure_window
         )
         log.info("dependency proxy cleanup: %s", report.summary())
@@ -317,7 +317,7 @@ class Lifecycle:
             self._sweep_chunk(chunk, report)
 
     def _sweep_chunk(self, chunk: list[tuple[str, float]], report: CleanupReport) -> None:
-        referenced = self.admin.referenced([digest for digest, _ in chunk])
+        referenced = self.records.referenced([digest for digest, _ in chunk])
         now = self.clock()
         committed_before = _epoch(now - self.file_grace)
         for digest, mtime in chunk:
@@ -340,7 +340,7 @@ class Lifecycle:
         ]
         for start in range(0, len(due), _SWEEP_CHUNK):
             chunk = due[start : start + _SWEEP_CHUNK]
-            referenced = self.admin.referenced({digest for digest, _ in chunk})
+            referenced = self.records.referenced({digest for digest, _ in chunk})
             for digest, path in chunk:
                 if digest in referenced:
                     if self.files.restore(digest, path):

@@ -17,7 +17,7 @@ import typing as t
 from markupsafe import Markup, escape
 
 from ..cache.usage import DayCounts
-from ..models.admin import human_size
+from ..models.stats import human_size
 
 #: Size of the drawing, in SVG user units (it scales to its container's width).
 WIDTH = 640

@@ -22,9 +22,9 @@ import math
 import typing as t
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from ..models.tables import LoginFailure, utcnow
+from ..models.transaction import LostRace, commit_retrying
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session, scoped_session
@@ -162,7 +162,8 @@ class LoginThrottle:
         """Add one failure to a key's window (a new window once it ended); the new count."""
         session = self._session()
         now = self._clock()
-        for _attempt in range(2):
+
+        def write() -> int:
             row = session.get(LoginFailure, key, populate_existing=True)
             if row is None:
                 session.add(LoginFailure(key=key, failures=1, window_started_at=now))
@@ -175,16 +176,13 @@ class LoginThrottle:
                     .where(LoginFailure.key == key)
                     .values(failures=LoginFailure.failures + 1)
                 )
-            try:
-                # Read back inside the same transaction: the row is locked by the write,
-                # so concurrent failures each see a count of their own.
-                session.flush()
-                count = session.scalar(
-                    sa.select(LoginFailure.failures).where(LoginFailure.key == key)
-                )
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                continue
+            # Read back inside the same transaction: the row is locked by the write, so
+            # concurrent failures each see a count of their own.
+            session.flush()
+            count = session.scalar(sa.select(LoginFailure.failures).where(LoginFailure.key == key))
             return int(count or 0)
-        return 0
+
+        try:
+            return commit_retrying(session, write, what="a failed login")
+        except LostRace:
+            return 0

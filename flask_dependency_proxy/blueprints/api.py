@@ -30,7 +30,9 @@ default). Answers and errors are JSON; errors carry a ``message``.
   own credential for that upstream (encrypted; never answered back);
   ``DELETE upstreams/<name>/credentials`` forgets it (204).
 
-While the database is unavailable every endpoint answers 503 with ``Retry-After``
+The endpoints parse the request, call :class:`~..admin.groups.GroupAdmin` (``group_admin``
+of the app's state) and render its answer as JSON. While the database is unavailable
+every endpoint answers 503 with ``Retry-After``
 within ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`..database`).
 """
 
@@ -47,32 +49,26 @@ from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from .._state import state
-from ..admin.lifecycle import Lifecycle, PurgeTooSoon
-from ..admin.usage_chart import UsageSummary
+from ..admin.groups import GroupAdmin, UpstreamView
+from ..admin.lifecycle import PurgeTooSoon
 from ..cache.quota import MAX_GROUP_LIMIT_BYTES
 from ..host import AuthFailure, Group, Principal
-from ..models.admin import (
+from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
+from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS, Settings
+from ..models.listings import (
     DEFAULT_PER_PAGE,
-    MAX_CLEANUP_DAYS,
     MAX_PER_PAGE,
     MAX_SEARCH_LENGTH,
-    MIN_CLEANUP_DAYS,
     ORDER_BY,
     SORTS,
     BlobItem,
-    CacheAdmin,
     ManifestItem,
     Page,
-    Settings,
     valid_search,
 )
-from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
-from ..models.quota import QuotaRecords
-from ..models.tables import Status, utcnow
-from ..models.upstreams import UpstreamListError, check_order, credential_problem
-from ..models.usage import read_usage
+from ..models.tables import Status
+from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
-from . import _group_upstreams as group_upstreams
 from ._bodies import bound_body
 from .pages import CSRF_HEADER, csrf_valid, image_prefix
 
@@ -252,7 +248,7 @@ def _time(moment: dt.datetime | None) -> str | None:
 
 
 def _settings_body(group: Group, settings: Settings) -> dict[str, t.Any]:
-    quota = QuotaRecords(lambda: state(None).metadata.session)
+    quota = _admin().quota(group.id)
     return {
         "group_id": group.id,
         "group_full_path": group.full_path,
@@ -261,9 +257,9 @@ def _settings_body(group: Group, settings: Settings) -> dict[str, t.Any]:
         "cleanup_policy": {"enabled": settings.cleanup_enabled, "days": settings.cleanup_days},
         "cache_cleared_at": _time(settings.purged_at),
         "quota": {
-            "limit_bytes": quota.limit(group.id),
-            "used_bytes": quota.usage(group.id),
-            "policy": state(None).config.quota_policy,
+            "limit_bytes": quota.limit,
+            "used_bytes": quota.used,
+            "policy": quota.policy,
         },
     }
 
@@ -296,9 +292,8 @@ def _blob_body(item: BlobItem) -> dict[str, t.Any]:
     }
 
 
-def _admin() -> CacheAdmin:
-    proxy = state(None)
-    return CacheAdmin(lambda: proxy.metadata.session)
+def _admin() -> GroupAdmin:
+    return state(None).group_admin
 
 
 # -- pagination -----------------------------------------------------------------------------------
@@ -479,7 +474,7 @@ def cache(group_ref: str) -> Response:
     _methods("DELETE")
     group = _group(group_ref)
     try:
-        result = Lifecycle.for_app().purge(group.id)
+        result = _admin().purge(group.id)
     except PurgeTooSoon as exc:
         raise ApiError(
             409,
@@ -503,22 +498,12 @@ def settings(group_ref: str) -> Response:
     with proxy.database.phase("API settings"):
         group = _group(group_ref)
         if request.method != "PUT":
-            current = admin.settings(group.id, proxy.config.group_default_enabled)
-            return _json(_settings_body(group, current))
+            return _json(_settings_body(group, admin.settings(group.id)))
     # The body is read between two phases: a slow client holds no connection.
     changes = _parse_settings(_json_body())
     with proxy.database.phase("API settings update"):
-        if "size_limit" in changes:
-            QuotaRecords(lambda: proxy.metadata.session).set_limit(
-                group.id, changes.pop("size_limit"), proxy.config.group_default_enabled, utcnow()
-            )
-        if changes:
-            admin.update_settings(group.id, proxy.config.group_default_enabled, utcnow(), **changes)
-        updated = admin.settings(group.id, proxy.config.group_default_enabled)
-        body = _settings_body(group, updated)
-    if "enabled" in changes:
-        proxy.access.forget()
-    return _json(body)
+        updated = admin.update_settings(group.id, **changes)
+        return _json(_settings_body(group, updated))
 
 
 @bp.route(f"{_ROUTE}/manifests", methods=_ALL_METHODS)
@@ -527,7 +512,7 @@ def manifests(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)
     page, per_page = _page_args()
-    listing = _admin().list_manifests(group.id, page, per_page, **_listing_args())
+    listing = _admin().manifests(group.id, page, per_page, **_listing_args())
     return _paginated(listing, [_manifest_body(item) for item in listing.items])
 
 
@@ -540,7 +525,7 @@ def image(group_ref: str, image: str) -> Response:
     if not is_valid_image_name(image):
         problem = "is not a valid image name"
         raise ApiError(400, f"400 Bad request - image {problem}", errors={"image": problem})
-    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    deleted = _admin().delete_image(group.id, image)
     if deleted is None:
         raise ApiError(404, "404 Image Not Found")
     return _json(
@@ -560,11 +545,7 @@ def usage(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)
     days = _positive_int("days", 30, 366)
-    today = dt.datetime.now(dt.UTC).date()
-    since = today - dt.timedelta(days=days - 1)
-    summary = UsageSummary.build(
-        read_usage(state(None).metadata.session, group.id, since), today, days
-    )
+    summary = _admin().usage(group.id, days)
     return _json(
         {
             "days": [
@@ -586,14 +567,14 @@ def blobs(group_ref: str) -> Response:
     _methods("GET")
     group = _group(group_ref)
     page, per_page = _page_args()
-    listing = _admin().list_blobs(group.id, page, per_page)
+    listing = _admin().blobs(group.id, page, per_page)
     return _paginated(listing, [_blob_body(item) for item in listing.items])
 
 
 # -- upstreams ------------------------------------------------------------------------------------
 
 
-def _upstream_body(view: group_upstreams.UpstreamView) -> dict[str, t.Any]:
+def _upstream_body(view: UpstreamView) -> dict[str, t.Any]:
     return {
         "name": view.name,
         "url": view.url,
@@ -612,7 +593,7 @@ def _upstream_body(view: group_upstreams.UpstreamView) -> dict[str, t.Any]:
 
 
 def _upstreams_body(group: Group) -> dict[str, t.Any]:
-    view = group_upstreams.group_view(group.id)
+    view = _admin().upstreams(group.id)
     return {
         "group_id": group.id,
         "custom_order": view.custom_order,
@@ -632,27 +613,20 @@ def _fields(data: t.Any, allowed: tuple[str, ...]) -> dict[str, t.Any]:
     return data
 
 
-def _parse_order(data: t.Any, instance: list[str]) -> list[str] | None:
+def _parse_order(data: t.Any) -> list[str] | None:
+    """``{"order": [names]}`` or ``{"order": null}``; which names are allowed is
+    :meth:`~..admin.groups.GroupAdmin.set_upstream_order`'s to say."""
     order = _fields(data, ("order",))["order"]
-    if order is None:
-        return None
-    problem = None
-    if not isinstance(order, list) or not all(isinstance(name, str) for name in order):
+    if order is not None and (
+        not isinstance(order, list) or not all(isinstance(name, str) for name in order)
+    ):
         problem = "must be a list of upstream names, or null for the instance's list"
-    else:
-        try:
-            check_order(order, instance)
-        except UpstreamListError as exc:
-            problem = str(exc)
-    if problem is not None:
-        raise ApiError(400, f"400 Bad request - order {problem}", errors={"order": problem})
-    return t.cast(list[str], order)
+        raise _invalid("order", problem, prefix="order ")
+    return t.cast("list[str] | None", order)
 
 
-def _upstream_name(name: str, instance: list[str]) -> str:
-    if not group_upstreams.UPSTREAM_NAME.fullmatch(name) or name not in instance:
-        raise ApiError(404, "404 Upstream Not Found")
-    return name
+def _invalid(field: str, problem: str, *, prefix: str = "") -> ApiError:
+    return ApiError(400, f"400 Bad request - {prefix}{problem}", errors={field: problem})
 
 
 @bp.route(f"{_ROUTE}/upstreams", methods=_ALL_METHODS)
@@ -663,10 +637,12 @@ def upstreams(group_ref: str) -> Response:
         group = _group(group_ref)
         if request.method != "PUT":
             return _json(_upstreams_body(group))
-    instance = group_upstreams.instance_names()
-    order = _parse_order(_json_body(), instance)
+    order = _parse_order(_json_body())
     with proxy.database.phase("API upstreams update"):
-        group_upstreams.records().set_order(group.id, order, instance_names=instance)
+        try:
+            _admin().set_upstream_order(group.id, order)
+        except UpstreamListError as exc:
+            raise _invalid("order", str(exc), prefix="order ") from None
         return _json(_upstreams_body(group))
 
 
@@ -674,23 +650,22 @@ def upstreams(group_ref: str) -> Response:
 def upstream_credentials(group_ref: str, name: str) -> Response:
     _methods("PUT", "DELETE")
     proxy = state(None)
-    instance = group_upstreams.instance_names()
+    admin = _admin()
     with proxy.database.phase("API upstream credentials"):
         group = _group(group_ref)
-        name = _upstream_name(name, instance)
+        if not admin.is_upstream(name):
+            raise ApiError(404, "404 Upstream Not Found")
         if request.method == "DELETE":
-            group_upstreams.records().clear_credentials(group.id, name)
+            admin.clear_credentials(group.id, name)
             return Response(status=204, headers={"Cache-Control": "no-store"})
     data = _fields(_json_body(), ("username", "password"))
-    problem = credential_problem(data["username"], data["password"])
-    if problem is not None:
-        field = "username" if "username" in problem else "password"
-        raise ApiError(400, f"400 Bad request - {problem}", errors={field: problem})
     with proxy.database.phase("API upstream credentials update"):
-        group_upstreams.records().set_credentials(
-            group.id, name, data["username"], data["password"], instance_names=instance
-        )
-        view = group_upstreams.group_view(group.id).find(name)
+        try:
+            admin.set_credentials(group.id, name, data["username"], data["password"])
+        except UpstreamListError as exc:
+            problem = str(exc)
+            raise _invalid("username" if "username" in problem else "password", problem) from None
+        view = admin.upstreams(group.id).find(name)
     assert view is not None
     return _json(_upstream_body(view))
 

@@ -14,16 +14,18 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
 ``max_days``, ``quota`` (:class:`QuotaView`), ``upstreams``
-(:class:`~._group_upstreams.GroupUpstreamsView`, never a secret) and ``usage``
-(:class:`~..usage_chart.UsageSummary`, the last 30 days) and ``list_query``
+(:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
+(:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
 (``order_by``, ``sort``, ``search`` of the list); ``clear.html`` gets ``stats`` and
 ``cooldown``; ``delete_image.html`` gets ``image`` and its ``tags``. Flashed messages
 use the categories ``info`` and ``error``. Credentials typed into the page are never
 shown back, and never flashed.
 
-Each view runs as one database phase (:mod:`..database`). While the database is
-unavailable the pages answer a plain 503 page (not the host's base template, which may
-need the database itself) with ``Retry-After``.
+The views parse the form, call :class:`~..admin.groups.GroupAdmin` (``group_admin`` of
+the app's state) and render its answer. Each view runs as one database phase
+(:mod:`..models.database`). While the database is unavailable the pages answer a plain
+503 page (not the host's base template, which may need the database itself) with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -54,32 +56,22 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from .._state import state
-from ..admin.lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.lifecycle import PurgeTooSoon
 from ..admin.usage_chart import UsageSummary
 from ..cache.quota import exact_size, parse_size
-from ..models.admin import (
-    DEFAULT_PER_PAGE,
-    MAX_CLEANUP_DAYS,
-    MIN_CLEANUP_DAYS,
-    ORDER_BY,
-    SORTS,
-    CacheAdmin,
-    human_size,
-    valid_search,
-)
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
-from ..models.quota import QuotaRecords
-from ..models.tables import utcnow
-from ..models.upstreams import UpstreamListError, check_order, credential_problem
-from ..models.usage import read_usage
+from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
+from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, valid_search
+from ..models.stats import human_size
+from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
-from . import _group_upstreams as group_upstreams
 from ._bodies import bound_body
 from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
+    from ..admin.groups import GroupAdmin
     from ..host import Group
 
 bp = Blueprint("dependency_proxy_pages", __name__, template_folder="../templates")
@@ -300,9 +292,8 @@ def _to_login(login_view: str | None) -> ResponseReturnValue:
     return redirect(f"{target}{separator}{urlencode({'next': request.full_path.rstrip('?')})}")
 
 
-def _admin() -> CacheAdmin:
-    proxy = state(None)
-    return CacheAdmin(lambda: proxy.metadata.session)
+def _admin() -> GroupAdmin:
+    return state(None).group_admin
 
 
 def _back(group: Group) -> ResponseReturnValue:
@@ -328,14 +319,13 @@ def _render(template: str, group: Group, **context: t.Any) -> str:
 @bp.get(_PAGE)
 @_for_admins
 def show(group: Group) -> ResponseReturnValue:
-    proxy = state(None)
     admin = _admin()
     page = request.args.get("page", "1")
     number = int(page) if _NUMBER.fullmatch(page) and 0 < int(page) <= _MAX_PAGE else 1
-    settings = admin.settings(group.id, proxy.config.group_default_enabled)
+    settings = admin.settings(group.id)
     stats = admin.stats(group.id)
     query = listing_query()
-    listing = admin.list_manifests(
+    listing = admin.manifests(
         group.id,
         number,
         DEFAULT_PER_PAGE,
@@ -343,8 +333,7 @@ def show(group: Group) -> ResponseReturnValue:
         sort=query["sort"],
         search=query["search"] or None,
     )
-    records = QuotaRecords(lambda: proxy.metadata.session)
-    quota = QuotaView(records.limit(group.id), records.usage(group.id), proxy.config.quota_policy)
+    quota = admin.quota(group.id)
     return _render(
         "dependency_proxy/group.html",
         group,
@@ -354,8 +343,8 @@ def show(group: Group) -> ResponseReturnValue:
         prefix=image_prefix(group),
         min_days=MIN_CLEANUP_DAYS,
         max_days=MAX_CLEANUP_DAYS,
-        quota=quota,
-        upstreams=group_upstreams.group_view(group.id),
+        quota=QuotaView(quota.limit, quota.used, quota.policy),
+        upstreams=admin.upstreams(group.id),
         usage=usage_summary(group.id),
         list_query=query,
     )
@@ -375,10 +364,7 @@ def listing_query() -> dict[str, str]:
 
 def usage_summary(group_id: int) -> UsageSummary:
     """The group's last ``USAGE_DAYS`` days, the figures the usage API answers."""
-    today = dt.datetime.now(dt.UTC).date()
-    since = today - dt.timedelta(days=USAGE_DAYS - 1)
-    stored = read_usage(state(None).metadata.session, group_id, since)
-    return UsageSummary.build(stored, today, USAGE_DAYS)
+    return _admin().usage(group_id, USAGE_DAYS)
 
 
 @bp.post(f"{_PAGE}/settings")
@@ -388,11 +374,7 @@ def update_settings(group: Group) -> ResponseReturnValue:
     if value not in ("0", "1"):
         flash("Choose whether the Dependency Proxy is on or off.", "error")
         return _back(group)
-    proxy = state(None)
-    _admin().update_settings(
-        group.id, proxy.config.group_default_enabled, utcnow(), enabled=value == "1"
-    )
-    proxy.access.forget()
+    _admin().set_enabled(group.id, value == "1")
     done = "enabled" if value == "1" else "disabled"
     flash(f"Dependency Proxy {done} for {group.full_path}.", "info")
     return _back(group)
@@ -409,13 +391,7 @@ def update_cleanup_policy(group: Group) -> ResponseReturnValue:
         )
         return _back(group)
     days = int(raw_days)
-    _admin().update_settings(
-        group.id,
-        state(None).config.group_default_enabled,
-        utcnow(),
-        cleanup_enabled=enabled,
-        cleanup_days=days,
-    )
+    _admin().set_cleanup_policy(group.id, enabled, days)
     if enabled:
         flash(f"Cleanup policy saved: items not pulled for {days} days are deleted.", "info")
     else:
@@ -436,10 +412,7 @@ def update_quota(group: Group) -> ResponseReturnValue:
             "error",
         )
         return _back(group)
-    proxy = state(None)
-    QuotaRecords(lambda: proxy.metadata.session).set_limit(
-        group.id, limit, proxy.config.group_default_enabled, utcnow()
-    )
+    _admin().set_limit(group.id, limit)
     if limit is None:
         flash("Size limit removed: the group may cache any amount.", "info")
     else:
@@ -460,7 +433,7 @@ def clear(group: Group) -> ResponseReturnValue:
             cooldown=format_duration(cooldown) if cooldown else None,
         )
     try:
-        result = Lifecycle.for_app().purge(group.id)
+        result = _admin().purge(group.id)
     except PurgeTooSoon as exc:
         flash(f"Not cleared: {exc}.", "error")
         return _back(group)
@@ -483,7 +456,7 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
         if not tags:
             abort(404)
         return _render("dependency_proxy/delete_image.html", group, image=image, tags=tags)
-    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    deleted = _admin().delete_image(group.id, image)
     if deleted is None:
         flash(f"Not deleted: {image} is not cached.", "error")
         return _back(group)
@@ -500,10 +473,10 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
 def update_upstreams(group: Group) -> ResponseReturnValue:
     """Narrow and reorder the group's upstreams (checked ones, by their order number), or
     go back to every upstream of the instance in its order."""
-    instance = group_upstreams.instance_names()
-    records = group_upstreams.records()
+    admin = _admin()
+    instance = admin.instance_upstreams()
     if request.form.get("action") == "reset":
-        records.set_order(group.id, None, instance_names=instance)
+        admin.set_upstream_order(group.id, None)
         flash("The group uses every upstream of the instance, in the instance's order.", "info")
         return _back(group)
     chosen = set(request.form.getlist("use"))
@@ -518,11 +491,10 @@ def update_upstreams(group: Group) -> ResponseReturnValue:
         ranked.append((int(raw) if raw else len(instance) + 1, index, name))
     order = [name for _position, _index, name in sorted(ranked)]
     try:
-        check_order(order, instance)
+        admin.set_upstream_order(group.id, order)
     except UpstreamListError as exc:
         flash(f"Upstreams not saved: {exc}.", "error")
         return _back(group)
-    records.set_order(group.id, order, instance_names=instance)
     flash(f"Upstreams saved: {', '.join(order)}, in this order.", "info")
     return _back(group)
 
@@ -532,22 +504,21 @@ def update_upstreams(group: Group) -> ResponseReturnValue:
 def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
     """Keep (``action=save``) or forget (``action=clear``) the group's own credential
     for one upstream."""
-    instance = group_upstreams.instance_names()
-    if not group_upstreams.UPSTREAM_NAME.fullmatch(name) or name not in instance:
+    admin = _admin()
+    if not admin.is_upstream(name):
         abort(404)
-    records = group_upstreams.records()
     if request.form.get("action") == "clear":
-        if records.clear_credentials(group.id, name):
+        if admin.clear_credentials(group.id, name):
             flash(f"Credentials for {name} removed: the instance's are used.", "info")
         else:
             flash(f"{name} had no credentials of this group.", "info")
         return _back(group)
     username = request.form.get("username", "")
     password = request.form.get("password", "")
-    problem = credential_problem(username, password)
-    if problem is not None:
+    try:
+        admin.set_credentials(group.id, name, username, password)
+    except UpstreamListError as problem:
         flash(f"Credentials for {name} not saved: {problem}.", "error")
         return _back(group)
-    records.set_credentials(group.id, name, username, password, instance_names=instance)
     flash(f"Credentials for {name} saved.", "info")
     return _back(group)

@@ -24,8 +24,9 @@ import logging
 import re
 import typing as t
 
-from ..models.admin import human_size, index_children
+from ..models.documents import index_children
 from ..models.quota import QuotaRecords
+from ..models.stats import human_size
 from ..oci.errors import ErrorCode, RegistryError
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
 """A group's size limit and what counts against it, in the host's database.
 
+The limit is one of the group's settings (:mod:`.group_settings` writes it); it is read
+here, on the pull path.
+
 Usage is the bytes of the group's manifests and blobs that are served (status
 default), summed over the group's rows through the ``group_id`` indexes: a read of
 one group's index range, never a scan of the tables, and never a counter that purge,
@@ -14,9 +17,7 @@ import heapq
 import typing as t
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
-from .admin import DEFAULT_CLEANUP_DAYS
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status
 
 if t.TYPE_CHECKING:
@@ -49,31 +50,6 @@ class QuotaRecords:
             sa.select(GroupSettings.size_limit_bytes).where(GroupSettings.group_id == group_id)
         ).scalar_one_or_none()
         return None if value is None else int(value)
-
-    def set_limit(
-        self, group_id: int, limit: int | None, default_enabled: bool, now: dt.datetime
-    ) -> None:
-        """Set (or, with ``None``, lift) the group's size limit and commit."""
-        for _attempt in range(2):
-            row = self.session.get(GroupSettings, group_id)
-            if row is None:
-                row = GroupSettings(
-                    group_id=group_id,
-                    enabled=default_enabled,
-                    cleanup_enabled=False,
-                    cleanup_days=DEFAULT_CLEANUP_DAYS,
-                )
-                self.session.add(row)
-            row.size_limit_bytes = limit
-            row.updated_at = now
-            try:
-                self.session.commit()
-            except IntegrityError:
-                # Another request created the group's row at the same moment.
-                self.session.rollback()
-                continue
-            return
-        raise RuntimeError(f"could not save the size limit of group {group_id}")
 
     def usage(self, group_id: int) -> int:
         """Bytes of the group's served manifests and blobs."""

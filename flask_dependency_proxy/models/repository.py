@@ -14,12 +14,11 @@ import typing as t
 
 import sqlalchemy as sa
 from flask import has_app_context
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
-from sqlalchemy.orm.exc import StaleDataError
 
 from .database import DatabaseGuard
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status, utcnow
+from .transaction import LOST_RACE, LostRace, commit_retrying
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -27,9 +26,6 @@ if t.TYPE_CHECKING:
 
     from ..migrations import Upgrade
 
-#: A write that raced another transaction on the same row: the row read was deleted
-#: meanwhile (cleanup), or the row about to be inserted was inserted meanwhile.
-_LOST_RACE = (IntegrityError, StaleDataError)
 #: Buffered last-read times are written when this many seconds passed since the last write.
 _READ_FLUSH_SECONDS = 5.0
 #: Buffered last-read times kept while the database cannot take them.
@@ -155,15 +151,6 @@ class CacheMetadata:
         ).scalar_one_or_none()
         return default if enabled is None else bool(enabled)
 
-    def set_group_enabled(self, group_id: int, enabled: bool) -> None:
-        settings = self.session.get(GroupSettings, group_id)
-        if settings is None:
-            settings = GroupSettings(group_id=group_id)
-            self.session.add(settings)
-        settings.enabled = enabled
-        settings.updated_at = utcnow()
-        self.session.commit()
-
     # -- manifests --------------------------------------------------------------------
 
     def find_tag(self, group_id: int, image: str, tag: str) -> ManifestRecord | None:
@@ -217,23 +204,26 @@ class CacheMetadata:
             "checked_at": now,
             "last_read_at": now,
         }
-        for _attempt in range(3):
-            if tag is None:
-                query = (
-                    sa.select(CachedManifest)
-                    .where(
-                        CachedManifest.group_id == group_id,
-                        CachedManifest.image == image,
-                        CachedManifest.digest == digest,
-                    )
-                    .limit(1)
-                )
-            else:
-                query = sa.select(CachedManifest).where(
+        if tag is None:
+            query = (
+                sa.select(CachedManifest)
+                .where(
                     CachedManifest.group_id == group_id,
                     CachedManifest.image == image,
-                    CachedManifest.tag == tag,
+                    CachedManifest.digest == digest,
                 )
+                .limit(1)
+            )
+        else:
+            query = sa.select(CachedManifest).where(
+                CachedManifest.group_id == group_id,
+                CachedManifest.image == image,
+                CachedManifest.tag == tag,
+            )
+
+        def write() -> ManifestRecord:
+            # Read afresh on a retry: another worker inserted the same tag at the same
+            # moment (update theirs), or cleanup deleted the row just read (insert it again).
             row = self.session.execute(query).scalar_one_or_none()
             if row is None:
                 row = CachedManifest(group_id=group_id, image=image, tag=tag, created_at=now)
@@ -243,19 +233,18 @@ class CacheMetadata:
             for key, value in values.items():
                 setattr(row, key, value)
             _write_status_anyway(row)
-            try:
-                self.session.flush()
-                # Taken before the commit: a purge and cleanup may delete the row right
-                # after it, and the pull is answered all the same.
-                record = _manifest_record(row)
-                self.session.commit()
-            except _LOST_RACE:
-                # Another worker inserted the same tag at the same moment (update theirs),
-                # or cleanup deleted the row just read (insert it again).
-                self.session.rollback()
-                continue
-            return record
-        raise RuntimeError(f"could not save manifest {image}:{tag or digest}")
+            self.session.flush()
+            # Taken before the commit: a purge and cleanup may delete the row right
+            # after it, and the pull is answered all the same.
+            return _manifest_record(row)
+
+        return commit_retrying(
+            self.session,
+            write,
+            what=f"manifest {image}:{tag or digest}",
+            attempts=3,
+            lost=LOST_RACE,
+        )
 
     def image_upstream(self, group_id: int, image: str) -> tuple[bool, str | None]:
         """Whether the group holds a manifest of the image, and the upstream that served
@@ -324,7 +313,8 @@ class CacheMetadata:
 
     def _upsert_blob(self, group_id: int, digest: str, size: int) -> None:
         now = utcnow()
-        for _attempt in range(3):
+
+        def write() -> None:
             row = self.session.execute(
                 sa.select(CachedBlob).where(
                     CachedBlob.group_id == group_id, CachedBlob.digest == digest
@@ -347,11 +337,13 @@ class CacheMetadata:
                 _write_status_anyway(row)
                 row.size = size
                 row.last_read_at = now
-            try:
-                self.session.commit()
-                return
-            except _LOST_RACE:
-                self.session.rollback()
+
+        try:
+            commit_retrying(self.session, write, what=f"blob {digest}", attempts=3, lost=LOST_RACE)
+        except LostRace:
+            # Three losses in a row: the file stays committed and the pull is answered;
+            # without its row, the group's next pull of the digest records it again.
+            pass
 
     # -- last-read times ----------------------------------------------------------------
 

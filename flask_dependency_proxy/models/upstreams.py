@@ -21,10 +21,10 @@ import logging
 import typing as t
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from ..upstream.credentials import CredentialCipher, CredentialError
 from .tables import GroupUpstreamRow, utcnow
+from .transaction import commit_retrying
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -323,16 +323,9 @@ class GroupUpstreamRecords:
             self.session.commit()
 
     def _commit(self, change: t.Callable[[], None], group_id: int) -> None:
-        for _attempt in range(2):
-            change()
-            try:
-                self.session.commit()
-            except IntegrityError:
-                # Another request added one of the group's rows at the same moment.
-                self.session.rollback()
-                continue
-            return
-        raise RuntimeError(f"could not save the upstreams of group {group_id}")
+        # A retry runs ``change`` again: another request may have added one of the
+        # group's rows at the same moment.
+        commit_retrying(self.session, change, what=f"the upstreams of group {group_id}")
 
 
 def credential_problem(username: t.Any, password: t.Any) -> str | None:

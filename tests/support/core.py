@@ -26,7 +26,8 @@ from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
-from flask_dependency_proxy.models.admin import CacheAdmin
+from flask_dependency_proxy.models.cleanup import CleanupRecords
+from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
 from flask_dependency_proxy.models.tables import utcnow
@@ -99,20 +100,26 @@ class Core:
     ) -> Lifecycle:
         """The life cycle over this core's database and store, on its clock."""
         return Lifecycle(
-            CacheAdmin(lambda: self.metadata.session),
+            self.cleanup_records(),
             self.store,
-            group_default_enabled=True,
             purge_cooldown_seconds=purge_cooldown_seconds,
             batch_size=batch_size,
             file_grace_seconds=file_grace_seconds,
             clock=self.clock,
         )
 
+    def group_settings(self) -> GroupSettingsRecords:
+        """The groups' settings, groups on by default."""
+        return GroupSettingsRecords(lambda: self.metadata.session, default_enabled=True)
+
+    def cleanup_records(self) -> CleanupRecords:
+        return CleanupRecords(lambda: self.metadata.session, self.group_settings())
+
     def quota_records(self) -> QuotaRecords:
         return QuotaRecords(lambda: self.metadata.session)
 
     def set_limit(self, group_id: int, limit: int | None) -> None:
-        self.quota_records().set_limit(group_id, limit, True, utcnow())
+        self.group_settings().update(group_id, utcnow(), size_limit=limit)
         self.metadata.release()
 
     def settle(self, timeout: float = 5.0) -> None:

@@ -18,7 +18,6 @@ import pytest
 
 from flask_dependency_proxy.admin.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
 from flask_dependency_proxy.cache.pull_through import Outcome
-from flask_dependency_proxy.models.admin import CacheAdmin
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
 from tests.support.core import Core
@@ -50,10 +49,6 @@ def _blobs_of(core: Core, digest: str, image: str) -> tuple[str, ...]:
     _media_type, content = core.upstream.manifests[image][digest]
     document = json.loads(content)
     return (document["config"]["digest"], *(layer["digest"] for layer in document["layers"]))
-
-
-def _admin(core: Core) -> CacheAdmin:
-    return CacheAdmin(lambda: core.metadata.session)
 
 
 def test_purge_stops_serving_and_cleanup_removes_rows_then_files_after_the_grace(
@@ -118,7 +113,7 @@ def test_a_cleanup_policy_removes_what_the_group_did_not_pull_for_its_days(
     image = core.upstream.push_image(IMAGE, "latest")
     _pull(core, GROUP, "latest")
     _pull(core, OTHER_GROUP, "latest")
-    _admin(core).update_settings(GROUP, True, utcnow(), cleanup_enabled=True, cleanup_days=7)
+    core.group_settings().update(GROUP, utcnow(), cleanup_enabled=True, cleanup_days=7)
     lifecycle = core.lifecycle(file_grace_seconds=GRACE)
 
     core.clock.advance(days=6)
@@ -185,14 +180,14 @@ def test_a_set_aside_blob_a_row_claims_again_is_put_back(make_core: MakeCore) ->
 def test_a_cleanup_waits_for_the_one_that_holds_the_lease(make_core: MakeCore) -> None:
     core = make_core()
     lifecycle = core.lifecycle()
-    admin = _admin(core)
-    assert admin.acquire_lease(CLEANUP_LEASE, "elsewhere", core.clock(), dt.timedelta(minutes=15))
+    records = core.cleanup_records()
+    assert records.acquire_lease(CLEANUP_LEASE, "elsewhere", core.clock(), dt.timedelta(minutes=15))
 
     with pytest.raises(CleanupBusy):
         lifecycle.cleanup()
     assert lifecycle.run_if_due(dt.timedelta(0)) is None
 
-    admin.release_lease(CLEANUP_LEASE, "elsewhere", core.clock(), finished=True)
+    records.release_lease(CLEANUP_LEASE, "elsewhere", core.clock(), finished=True)
     assert lifecycle.cleanup().manifests_deleted == 0
 
 
