@@ -283,7 +283,7 @@ class Lifecycle:
         except Exception:
             self.metrics.cleanup_ran(None, failed=True)
             raise
-        self.metrics.cleanup_ran(report)
+        self.metrics.cleanup_ran(report.removed_counts())
         return report
 
     def _cleanup(self, holder: str) -> CleanupReport:
