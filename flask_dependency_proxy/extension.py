@@ -196,7 +196,9 @@ class DependencyProxy:
     def create_all(self) -> None:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
-        state(None).metadata.create_all()
+        from .migrations import upgrade
+
+        upgrade(engine=self.db.engine)
 
 
 def _warn_about_unread_environment(app: Flask) -> None:

@@ -26,6 +26,7 @@ from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
+from flask_dependency_proxy.migrations import upgrade
 from flask_dependency_proxy.models.admin import CacheAdmin
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
@@ -67,7 +68,7 @@ def migrated_database(path: Path) -> Path:
     """An SQLite file with the extension's tables, built by its migrations."""
     app, db = _app(path)
     with app.app_context():
-        CacheMetadata(app, db, read_granularity_seconds=0).create_all()
+        upgrade(engine=db.engine)
         db.engine.dispose()
     return path
 
