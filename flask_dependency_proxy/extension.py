@@ -16,12 +16,13 @@ from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
 from .cache.pull_through import PullThroughCache
-from .cache.quota import QuotaPolicy
+from .cache.quota import QuotaPolicy, Quotas
 from .config import ENV_PREFIX, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
+from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
@@ -120,10 +121,14 @@ class DependencyProxy:
             ),
             metadata=metadata,
             fetcher=fetcher,
+            quotas=Quotas(
+                QuotaRecords(lambda: metadata.session),
+                policy=QuotaPolicy(config.quota_policy),
+                max_blob_size=config.max_blob_size,
+                flush_reads=lambda: metadata.flush_reads(force=True),
+            ),
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
-            max_blob_size=config.max_blob_size,
-            quota_policy=QuotaPolicy(config.quota_policy),
         )
         throttle = LoginThrottle(
             lambda: self.db.session,

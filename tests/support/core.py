@@ -24,7 +24,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
-from flask_dependency_proxy.cache.quota import QuotaPolicy
+from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
 from flask_dependency_proxy.models.admin import CacheAdmin
@@ -156,10 +156,14 @@ def build_core(
         group_upstreams=InstanceOrder(),
         metadata=metadata,
         fetcher=fetcher,
+        quotas=Quotas(
+            QuotaRecords(lambda: metadata.session),
+            policy=quota_policy,
+            max_blob_size=max_blob_size,
+            flush_reads=lambda: metadata.flush_reads(force=True),
+        ),
         tag_check_interval=tag_check_interval,
         serve_stale_on_not_found=serve_stale_on_not_found,
-        max_blob_size=max_blob_size,
-        quota_policy=quota_policy,
         clock=clock,
     )
     return Core(
