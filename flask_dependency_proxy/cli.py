@@ -179,10 +179,10 @@ def cleanup() -> None:
     Safe to run while pulls are served, and to repeat; run it from cron, e.g. hourly:
     ``17 * * * * cd /srv/app && flask --app app dependency-proxy cleanup``.
     """
-    from .admin.lifecycle import CleanupBusy, Lifecycle
+    from .admin.lifecycle import CleanupBusy
 
     try:
-        report = Lifecycle.for_app().cleanup()
+        report = state(None).lifecycle.cleanup()
     except CleanupBusy as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
@@ -387,11 +387,11 @@ def _human_size(size: int) -> str:
 @click.option("--force", is_flag=True, help="Ignore the cooldown between two purges.")
 def purge(full_path: str, force: bool) -> None:
     """Schedule a group's whole cache for deletion (as the page's "Clear cache")."""
-    from .admin.lifecycle import Lifecycle, PurgeTooSoon
+    from .admin.lifecycle import PurgeTooSoon
 
     group_id = _group_id(full_path)
     try:
-        result = Lifecycle.for_app().purge(group_id, force=force)
+        result = state(None).lifecycle.purge(group_id, force=force)
     except PurgeTooSoon as exc:
         raise click.ClickException(f"Not purged: {exc} (or pass --force).") from None
     click.echo(
@@ -411,9 +411,7 @@ def rotate_credentials() -> None:
     it), run this, then drop the old keys. Credentials no configured key decrypts are
     named (group and upstream) and left as they are; the command then fails.
     """
-    from .models.upstreams import GroupUpstreamRecords
-
-    result = GroupUpstreamRecords.for_app().rotate_all()
+    result = state(None).group_upstreams.rotate_all()
     click.echo(f"Re-encrypted {result.rotated} group upstream credentials with the newest key.")
     if result.unreadable:
         proxy = state(None)

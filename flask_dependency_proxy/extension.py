@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from ._state import EXTENSION_KEY, ProxyState, state
+from .admin.lifecycle import CleanupScheduler, Lifecycle
 from .auth.access import AccessControl
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer
@@ -112,13 +113,14 @@ class DependencyProxy:
             fleet=_fleet(app, self.db, config, [secret, *fallbacks]),
             metrics=metrics,
         )
+        group_upstreams = GroupUpstreamRecords(
+            lambda: metadata.session,
+            CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
+        )
         cache = PullThroughCache(
             store=store,
             upstreams=upstreams,
-            group_upstreams=GroupUpstreamRecords(
-                lambda: metadata.session,
-                CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
-            ),
+            group_upstreams=group_upstreams,
             metadata=metadata,
             fetcher=fetcher,
             quotas=Quotas(
@@ -145,6 +147,12 @@ class DependencyProxy:
             group_default_enabled=config.group_default_enabled,
             database=metadata.database,
         )
+        lifecycle = Lifecycle.from_config(config, lambda: metadata.session, store, metrics=metrics)
+        scheduler = None
+        if config.cleanup_scheduler:
+            scheduler = CleanupScheduler(
+                app, lifecycle, config.cleanup_interval_seconds, release=metadata.release
+            )
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -154,8 +162,11 @@ class DependencyProxy:
             issuer=issuer,
             store=store,
             upstreams=upstreams,
+            group_upstreams=group_upstreams,
             cache=cache,
+            lifecycle=lifecycle,
             metrics=metrics,
+            scheduler=scheduler,
         )
 
         from .blueprints import registry, token
@@ -183,12 +194,8 @@ class DependencyProxy:
         exempt_from_host_csrf(
             app, [bp for name, bp in app.blueprints.items() if name.startswith("dependency_proxy_")]
         )
-        if config.cleanup_scheduler:
-            from .admin.lifecycle import CleanupScheduler
-
-            scheduler = CleanupScheduler(app, config.cleanup_interval_seconds)
+        if scheduler is not None:
             scheduler.install()
-            app.extensions[f"{EXTENSION_KEY}.scheduler"] = scheduler
         # --
         app.cli.add_command(cli)
         log.info(

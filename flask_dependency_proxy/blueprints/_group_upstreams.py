@@ -56,7 +56,7 @@ class GroupUpstreamsView:
 
 
 def records() -> GroupUpstreamRecords:
-    return GroupUpstreamRecords.for_app()
+    return state(None).group_upstreams
 
 
 def instance_names() -> list[str]:

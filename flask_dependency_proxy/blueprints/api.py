@@ -47,7 +47,7 @@ from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from .._state import state
-from ..admin.lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.lifecycle import PurgeTooSoon
 from ..admin.usage_chart import UsageSummary
 from ..cache.quota import MAX_GROUP_LIMIT_BYTES
 from ..host import AuthFailure, Group, Principal
@@ -479,7 +479,7 @@ def cache(group_ref: str) -> Response:
     _methods("DELETE")
     group = _group(group_ref)
     try:
-        result = Lifecycle.for_app().purge(group.id)
+        result = state(None).lifecycle.purge(group.id)
     except PurgeTooSoon as exc:
         raise ApiError(
             409,
@@ -540,7 +540,7 @@ def image(group_ref: str, image: str) -> Response:
     if not is_valid_image_name(image):
         problem = "is not a valid image name"
         raise ApiError(400, f"400 Bad request - image {problem}", errors={"image": problem})
-    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    deleted = state(None).lifecycle.delete_image(group.id, image)
     if deleted is None:
         raise ApiError(404, "404 Image Not Found")
     return _json(

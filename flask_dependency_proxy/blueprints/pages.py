@@ -54,7 +54,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from .._state import state
-from ..admin.lifecycle import Lifecycle, PurgeTooSoon
+from ..admin.lifecycle import PurgeTooSoon
 from ..admin.usage_chart import UsageSummary
 from ..cache.quota import exact_size, parse_size
 from ..models.admin import (
@@ -460,7 +460,7 @@ def clear(group: Group) -> ResponseReturnValue:
             cooldown=format_duration(cooldown) if cooldown else None,
         )
     try:
-        result = Lifecycle.for_app().purge(group.id)
+        result = state(None).lifecycle.purge(group.id)
     except PurgeTooSoon as exc:
         flash(f"Not cleared: {exc}.", "error")
         return _back(group)
@@ -483,7 +483,7 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
         if not tags:
             abort(404)
         return _render("dependency_proxy/delete_image.html", group, image=image, tags=tags)
-    deleted = Lifecycle.for_app().delete_image(group.id, image)
+    deleted = state(None).lifecycle.delete_image(group.id, image)
     if deleted is None:
         flash(f"Not deleted: {image} is not cached.", "error")
         return _back(group)
