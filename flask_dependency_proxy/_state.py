@@ -1,7 +1,9 @@
 """Where the extension keeps its per-application state: a leaf module.
 
-Blueprints, the CLI and cleanup find the wiring through :func:`state` without importing
-the composition root (:mod:`.extension`).
+:mod:`.extension` builds every long-lived object once and keeps them here. Blueprints
+and the CLI, where a request or a command starts, find them through :func:`state`
+without importing the composition root; every module below them is handed what it
+needs, and never calls :func:`state` (the import rule in ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from .admin.groups import GroupAdmin
+    from .admin.lifecycle import CleanupScheduler, Lifecycle
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
@@ -21,6 +24,7 @@ if t.TYPE_CHECKING:
     from .metrics import Metrics
     from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
+    from .models.upstreams import GroupUpstreamRecords
     from .stores.base import BlobStore
     from .upstream.routing import UpstreamSet
 
@@ -42,11 +46,17 @@ class ProxyState:
     store: BlobStore
     #: The instance's upstream registries (their clients and what they last answered).
     upstreams: UpstreamSet
+    #: Each group's order of those upstreams and its own credentials for them.
+    group_upstreams: GroupUpstreamRecords
     cache: PullThroughCache
+    #: Purge, image deletion and cleanup.
+    lifecycle: Lifecycle
     #: Where every component reports what it counts (a no-op without metrics).
     metrics: Metrics
     #: The group use cases the pages, the REST API and the CLI share.
     group_admin: GroupAdmin
+    #: Runs cleanup from the web processes (``DEPENDENCY_PROXY_CLEANUP_SCHEDULER``).
+    scheduler: CleanupScheduler | None = None
 
 
 def state(app: Flask | None) -> ProxyState:

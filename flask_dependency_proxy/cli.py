@@ -13,6 +13,8 @@ from flask.cli import AppGroup
 from ._state import state
 
 if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from .admin.groups import GroupAdmin
     from .cache.warm import Outcome, Plan
     from .migrations import Upgrade
@@ -31,8 +33,10 @@ def _group_id(full_path: str) -> int:
 def init_db() -> None:
     """Create the extension's tables in the host's database, or bring them to the newest
     revision (safe to repeat; the same as ``db upgrade``)."""
+    from .migrations import upgrade
+
     with _migration_errors():
-        _echo_upgrade(state(None).metadata.create_all())
+        _echo_upgrade(upgrade(engine=_engine()))
 
 
 # -- schema migrations -----------------------------------------------------------------------
@@ -43,6 +47,11 @@ db_cli = AppGroup(
     " after them, e.g. after `flask db upgrade`).",
 )
 cli.add_command(db_cli)
+
+
+def _engine() -> sa.Engine:
+    """The host's engine, which holds the extension's tables."""
+    return state(None).metadata.engine
 
 
 @contextlib.contextmanager
@@ -80,7 +89,7 @@ def db_upgrade(revision: str) -> None:
     from .migrations import upgrade
 
     with _migration_errors():
-        _echo_upgrade(upgrade(revision))
+        _echo_upgrade(upgrade(revision, engine=_engine()))
 
 
 @db_cli.command("downgrade")
@@ -90,7 +99,7 @@ def db_downgrade(revision: str) -> None:
     from .migrations import downgrade
 
     with _migration_errors():
-        now = downgrade(revision)
+        now = downgrade(revision, engine=_engine())
     click.echo(f"Dependency proxy tables downgraded to revision {now or 'base (no tables)'}.")
 
 
@@ -99,10 +108,10 @@ def db_current() -> None:
     """Print the revision the database records for the extension's tables."""
     from .migrations import current, has_unversioned_tables, head
 
-    revision = current()
+    revision = current(engine=_engine())
     if revision is not None:
         click.echo(f"{revision} (head)" if revision == head() else revision)
-    elif has_unversioned_tables():
+    elif has_unversioned_tables(engine=_engine()):
         click.echo(
             "none: the tables were made before migrations existed;"
             " run `flask dependency-proxy db upgrade`."
@@ -118,7 +127,7 @@ def db_stamp(revision: str) -> None:
     from .migrations import stamp
 
     with _migration_errors():
-        now = stamp(revision)
+        now = stamp(revision, engine=_engine())
     click.echo(f"Dependency proxy tables recorded at revision {now or 'base'}.")
 
 
@@ -127,7 +136,7 @@ def db_check() -> None:
     """Exit with status 1 when the extension's tables differ from its models."""
     from .migrations import differences
 
-    found = differences()
+    found = differences(engine=_engine())
     if not found:
         click.echo("Dependency proxy tables match the models.")
         return
@@ -166,10 +175,10 @@ def cleanup() -> None:
     Safe to run while pulls are served, and to repeat; run it from cron, e.g. hourly:
     ``17 * * * * cd /srv/app && flask --app app dependency-proxy cleanup``.
     """
-    from .admin.lifecycle import CleanupBusy, Lifecycle
+    from .admin.lifecycle import CleanupBusy
 
     try:
-        report = Lifecycle.for_app().cleanup()
+        report = state(None).lifecycle.cleanup()
     except CleanupBusy as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

@@ -11,20 +11,21 @@ import sqlalchemy as sa
 
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
-from .admin.lifecycle import Lifecycle
+from .admin.lifecycle import CleanupScheduler, Lifecycle
 from .auth.access import AccessControl
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
 from .cache.pull_through import PullThroughCache
-from .cache.quota import QuotaPolicy
+from .cache.quota import QuotaPolicy, Quotas
 from .config import ENV_PREFIX, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FetchLeases, FleetSource, FleetTokens, PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
 from .models.group_settings import GroupSettingsRecords
+from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
@@ -126,10 +127,14 @@ class DependencyProxy:
             group_upstreams=group_upstreams,
             metadata=metadata,
             fetcher=fetcher,
+            quotas=Quotas(
+                QuotaRecords(lambda: metadata.session),
+                policy=QuotaPolicy(config.quota_policy),
+                max_blob_size=config.max_blob_size,
+                flush_reads=lambda: metadata.flush_reads(force=True),
+            ),
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
-            max_blob_size=config.max_blob_size,
-            quota_policy=QuotaPolicy(config.quota_policy),
         )
         throttle = LoginThrottle(
             lambda: self.db.session,
@@ -158,6 +163,11 @@ class DependencyProxy:
             access=access,
             quota_policy=config.quota_policy,
         )
+        scheduler = None
+        if config.cleanup_scheduler:
+            scheduler = CleanupScheduler(
+                app, lifecycle, config.cleanup_interval_seconds, release=metadata.release
+            )
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -167,9 +177,12 @@ class DependencyProxy:
             issuer=issuer,
             store=store,
             upstreams=upstreams,
+            group_upstreams=group_upstreams,
             cache=cache,
+            lifecycle=lifecycle,
             metrics=metrics,
             group_admin=group_admin,
+            scheduler=scheduler,
         )
 
         from .blueprints import registry, token
@@ -197,12 +210,8 @@ class DependencyProxy:
         exempt_from_host_csrf(
             app, [bp for name, bp in app.blueprints.items() if name.startswith("dependency_proxy_")]
         )
-        if config.cleanup_scheduler:
-            from .admin.lifecycle import CleanupScheduler
-
-            scheduler = CleanupScheduler(app, config.cleanup_interval_seconds)
+        if scheduler is not None:
             scheduler.install()
-            app.extensions[f"{EXTENSION_KEY}.scheduler"] = scheduler
         # --
         app.cli.add_command(cli)
         log.info(
@@ -215,7 +224,9 @@ class DependencyProxy:
     def create_all(self) -> None:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
-        state(None).metadata.create_all()
+        from .migrations import upgrade
+
+        upgrade(engine=self.db.engine)
 
 
 def _warn_about_unread_environment(app: Flask) -> None:

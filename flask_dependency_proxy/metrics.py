@@ -18,9 +18,6 @@ import contextlib
 import os
 import typing as t
 
-if t.TYPE_CHECKING:
-    from .admin.lifecycle import CleanupReport
-
 #: The exposition format's content type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,8 +50,9 @@ class Metrics:
         """Brackets one upstream blob fetch that this process runs."""
         yield
 
-    def cleanup_ran(self, report: CleanupReport | None, *, failed: bool = False) -> None:
-        """A cleanup finished (``None``: another process held the cleanup lease)."""
+    def cleanup_ran(self, removed: t.Mapping[str, int] | None, *, failed: bool = False) -> None:
+        """A cleanup finished, having removed these counts by kind (rows, files, bytes);
+        ``None``: another process held the cleanup lease, or it ``failed``."""
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
@@ -181,15 +179,15 @@ class PrometheusMetrics(Metrics):
         finally:
             self._in_flight.dec()
 
-    def cleanup_ran(self, report: CleanupReport | None, *, failed: bool = False) -> None:
+    def cleanup_ran(self, removed: t.Mapping[str, int] | None, *, failed: bool = False) -> None:
         if failed:
             self._cleanups.labels("failed").inc()
             return
-        if report is None:
+        if removed is None:
             self._cleanups.labels("busy").inc()
             return
         self._cleanups.labels("done").inc()
-        for what, count in report.removed_counts().items():
+        for what, count in removed.items():
             if count:
                 self._removed.labels(what).inc(count)
 

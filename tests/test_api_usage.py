@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.cache.usage import DayCounts
-from flask_dependency_proxy.models.usage import write_usage
+from flask_dependency_proxy.models.usage import DayCounts, write_usage
 from tests.test_api import API, Env, env, shared_env  # noqa: F401
 
 

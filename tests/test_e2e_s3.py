@@ -41,12 +41,12 @@ USER = seed.ALICE
 CLEANUP_LATER = """
 import datetime as dt, sys
 from examples.platform import create_app
-from flask_dependency_proxy.admin.lifecycle import Lifecycle
+from flask_dependency_proxy import state
 hours = float(sys.argv[1])
 app = create_app()
 with app.app_context():
     later = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=hours)
-    print(Lifecycle.for_app(app, clock=later).cleanup().summary())
+    print(state(app).lifecycle.with_clock(later).cleanup().summary())
 """
 
 

@@ -16,8 +16,6 @@ from flask.testing import FlaskClient
 
 from examples.platform.models import db
 from flask_dependency_proxy import state
-from flask_dependency_proxy.admin.lifecycle import Lifecycle
-from flask_dependency_proxy.cache.usage import DayCounts
 from flask_dependency_proxy.models.documents import image_size
 from flask_dependency_proxy.models.tables import (
     CachedBlob,
@@ -26,7 +24,7 @@ from flask_dependency_proxy.models.tables import (
     UsageDay,
     utcnow,
 )
-from flask_dependency_proxy.models.usage import write_usage
+from flask_dependency_proxy.models.usage import DayCounts, write_usage
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import login
 from tests.test_api import API, Env, env, shared_env  # noqa: F401
@@ -237,7 +235,7 @@ def test_api_deletes_one_image_and_the_blobs_only_it_uses(env: Env) -> None:  # 
     assert client.delete(url, headers=env.auth()).status_code == 404
 
     # Cleanup deletes the rows; the file ``other`` still references stays.
-    report = Lifecycle.for_app().cleanup()
+    report = state(None).lifecycle.cleanup()
     assert (report.manifests_deleted, report.blobs_deleted) == (3, 1)
     assert state(None).store.size(digests["own"]) is not None
 

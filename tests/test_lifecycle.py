@@ -75,7 +75,7 @@ def make_app(app_factory: t.Callable[..., Flask]) -> t.Iterator[t.Callable[..., 
 
 
 def lifecycle(clock: lf.Clock) -> Lifecycle:
-    return Lifecycle.for_app(clock=clock)
+    return state(None).lifecycle.with_clock(clock)
 
 
 def on_disk(digest: str) -> list[Path]:
@@ -276,7 +276,8 @@ def test_scheduler_runs_cleanup_in_the_web_process(make_app: t.Callable[..., Fla
     app = make_app(
         DEPENDENCY_PROXY_CLEANUP_SCHEDULER=True, DEPENDENCY_PROXY_CLEANUP_INTERVAL_SECONDS=1
     )
-    scheduler = app.extensions["dependency_proxy.scheduler"]
+    scheduler = state(app).scheduler
+    assert scheduler is not None
     lf.add_manifest(1, "alpine", "3", status=Status.PENDING_DESTRUCTION)
     try:
         # The thread starts with the first request the process serves.
@@ -288,7 +289,7 @@ def test_scheduler_runs_cleanup_in_the_web_process(make_app: t.Callable[..., Fla
 
 def test_scheduler_is_off_by_default(make_app: t.Callable[..., Flask]) -> None:
     app = make_app()
-    assert "dependency_proxy.scheduler" not in app.extensions
+    assert state(app).scheduler is None
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -354,8 +355,8 @@ def _race_cleanup_into_record_blob(
     def racing(group_id: int, digest: str, size: int) -> None:
         with app.app_context():
             try:
-                Lifecycle.for_app(app, clock=clock).purge(purge_group, force=True)
-                seen.append(Lifecycle.for_app(app, clock=clock).cleanup())
+                state(app).lifecycle.with_clock(clock).purge(purge_group, force=True)
+                seen.append(state(app).lifecycle.with_clock(clock).cleanup())
             finally:
                 state(app).metadata.session.remove()
         original(group_id, digest, size)
@@ -549,7 +550,7 @@ def test_a_row_deleted_by_cleanup_while_a_pull_claims_it_is_recorded_again(
                 1, "img", "1", digest=digest, media_type=lf.OCI_MANIFEST, content=b"{}"
             )
             table = CachedManifest
-        Lifecycle.for_app(app).purge(1, force=True)
+        state(app).lifecycle.purge(1, force=True)
         metadata.session.remove()
         engine = metadata.session.get_bind()
         deleted = []
@@ -582,7 +583,7 @@ def _in_another_session(app: Flask, work: t.Callable[[Lifecycle], object]) -> No
     def run() -> None:
         with app.app_context():
             try:
-                work(Lifecycle.for_app(app))
+                work(state(app).lifecycle)
             except BaseException as exc:  # noqa: B036 - reported to the test below
                 failures.append(exc)
             finally:

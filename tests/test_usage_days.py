@@ -8,8 +8,8 @@ import datetime as dt
 from flask import Flask
 
 from flask_dependency_proxy.cache.pull_through import Outcome
-from flask_dependency_proxy.cache.usage import DayCounts, UsageBuffer
-from flask_dependency_proxy.models.usage import read_usage, write_usage
+from flask_dependency_proxy.cache.usage import UsageBuffer
+from flask_dependency_proxy.models.usage import DayCounts, read_usage, write_usage
 
 DAY = dt.date(2026, 12, 6)
 

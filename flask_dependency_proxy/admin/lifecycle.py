@@ -36,6 +36,7 @@ the next one. A lease in the database keeps two cleanups from running at once.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -156,7 +157,8 @@ class CleanupReport:
 
 
 class Lifecycle:
-    """Purge and cleanup for one application.
+    """Purge and cleanup for one application, built once by the extension (its
+    ``ProxyState.lifecycle``); it keeps no state between calls, so threads share it.
 
     :param records: the queries.
     :param files: the blob store.
@@ -185,20 +187,6 @@ class Lifecycle:
         self.clock = clock
 
     @classmethod
-    def for_app(cls, app: Flask | None = None, *, clock: Clock = utcnow) -> Lifecycle:
-        """The life cycle of ``app`` (the current app when ``None``)."""
-        from .._state import state
-
-        proxy = state(app)
-        return cls.from_config(
-            proxy.config,
-            lambda: proxy.metadata.session,
-            proxy.store,
-            clock=clock,
-            metrics=proxy.metrics,
-        )
-
-    @classmethod
     def from_config(
         cls,
         config: ProxyConfig,
@@ -219,6 +207,12 @@ class Lifecycle:
             clock=clock,
             metrics=metrics,
         )
+
+    def with_clock(self, clock: Clock) -> Lifecycle:
+        """The same life cycle reading ``clock`` (a cleanup run as if later, in tests)."""
+        moved = copy.copy(self)
+        moved.clock = clock
+        return moved
 
     # -- purge ---------------------------------------------------------------------------
 
@@ -281,7 +275,7 @@ class Lifecycle:
         except Exception:
             self.metrics.cleanup_ran(None, failed=True)
             raise
-        self.metrics.cleanup_ran(report)
+        self.metrics.cleanup_ran(report.removed_counts())
         return report
 
     def _cleanup(self, holder: str) -> CleanupReport:
@@ -360,10 +354,22 @@ class CleanupScheduler:
     one of them run per interval, whichever host it is on. The thread starts with the
     first request a process serves, so it also runs in workers forked after the app
     was created.
+
+    :param lifecycle: the application's life cycle.
+    :param release: ends the thread's database session after each poll.
     """
 
-    def __init__(self, app: Flask, interval_seconds: float) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        lifecycle: Lifecycle,
+        interval_seconds: float,
+        *,
+        release: t.Callable[[], None],
+    ) -> None:
         self.app = app
+        self.lifecycle = lifecycle
+        self._release = release
         self.interval = dt.timedelta(seconds=interval_seconds)
         self._poll = min(interval_seconds, _SCHEDULER_POLL_SECONDS)
         self._pid: int | None = None
@@ -405,11 +411,9 @@ class CleanupScheduler:
         try:
             with self.app.app_context():
                 try:
-                    return Lifecycle.for_app(self.app).run_if_due(self.interval)
+                    return self.lifecycle.run_if_due(self.interval)
                 finally:
-                    from .._state import state
-
-                    state(self.app).metadata.release()
+                    self._release()
         except Exception:
             log.exception("scheduled dependency proxy cleanup failed")
             return None

@@ -16,8 +16,8 @@ import typing as t
 
 from markupsafe import Markup, escape
 
-from ..cache.usage import DayCounts
 from ..models.stats import human_size
+from ..models.usage import DayCounts
 
 #: Size of the drawing, in SVG user units (it scales to its container's width).
 WIDTH = 640

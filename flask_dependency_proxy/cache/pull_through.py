@@ -37,7 +37,6 @@ import typing as t
 
 from ..fetch.fetcher import BlobFetcher, BlobTooLarge, Fetch, UpstreamSizeError
 from ..models.database import DatabaseUnavailable
-from ..models.quota import QuotaRecords
 from ..models.repository import CacheMetadata, ManifestRecord
 from ..models.tables import utcnow
 from ..models.usage import write_usage
@@ -61,7 +60,7 @@ from ..upstream.errors import (
 from ..upstream.registry import BlobStream, TagPage
 from ..upstream.routing import Candidate, GroupUpstreamSource, Route, UnknownRegistry, UpstreamSet
 from ..upstream.single_flight import SingleFlight
-from .quota import QuotaPolicy, Quotas, blob_too_large
+from .quota import Quotas, blob_too_large
 from .usage import UsageBuffer
 
 log = logging.getLogger(__name__)
@@ -262,8 +261,7 @@ class PullThroughCache:
 
     :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
     :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
-    :param max_blob_size: largest blob fetched, in bytes; ``0`` sets no limit.
-    :param quota_policy: what new content does to a group over its size limit.
+    :param quotas: the size checks (largest blob, each group's limit and its policy).
     """
 
     def __init__(
@@ -274,10 +272,9 @@ class PullThroughCache:
         group_upstreams: GroupUpstreamSource,
         metadata: CacheMetadata,
         fetcher: BlobFetcher,
+        quotas: Quotas,
         tag_check_interval: float = 0,
         serve_stale_on_not_found: bool = False,
-        max_blob_size: int = 0,
-        quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
         clock: t.Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -297,12 +294,7 @@ class PullThroughCache:
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
         self.usage = UsageBuffer()
         self._bookkeeping_failed = False
-        self.quotas = Quotas(
-            QuotaRecords(lambda: metadata.session),
-            policy=quota_policy,
-            max_blob_size=max_blob_size,
-            flush_reads=lambda: metadata.flush_reads(force=True),
-        )
+        self.quotas = quotas
 
     # -- manifests -----------------------------------------------------------------
 

@@ -10,11 +10,12 @@ This module knows no Flask, SQL or HTTP.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import threading
 import time
 import typing as t
+
+from ..models.usage import DayCounts, Key
 
 #: Seconds between two flushes of one process's buffer.
 FLUSH_SECONDS = 10.0
@@ -25,23 +26,6 @@ class _Outcome(t.Protocol):
     def from_cache(self) -> bool: ...
 
 
-@dataclasses.dataclass
-class DayCounts:
-    """The counters of one group on one UTC day."""
-
-    pulls_cached: int = 0
-    pulls_upstream: int = 0
-    bytes_cached: int = 0
-    bytes_upstream: int = 0
-
-    def add(self, other: DayCounts) -> None:
-        self.pulls_cached += other.pulls_cached
-        self.pulls_upstream += other.pulls_upstream
-        self.bytes_cached += other.bytes_cached
-        self.bytes_upstream += other.bytes_upstream
-
-
-Key = tuple[int, dt.date]
 Writer = t.Callable[[dict[Key, DayCounts]], object]
 
 

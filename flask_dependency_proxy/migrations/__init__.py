@@ -3,13 +3,13 @@
 The revisions in ``versions/`` record themselves in their own version table,
 :data:`VERSION_TABLE`, so a host's Alembic or Flask-Migrate history never meets them.
 Alembic is configured here, in code: adopters need no ``alembic.ini``. Every function runs
-on the engine of the host's Flask-SQLAlchemy object that the extension was given (the
-current app's, unless ``engine`` is passed), in one transaction.
+on the engine it is given (the host's Flask-SQLAlchemy engine, which holds the extension's
+tables), in one transaction; nothing here looks up an application.
 
 From a deploy step, inside an app context::
 
     from flask_dependency_proxy import migrations
-    migrations.upgrade()
+    migrations.upgrade(engine=db.engine)
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def exclude_proxy_tables(
     return type_ != "table" or not (name and name.startswith(TABLE_PREFIX))
 
 
-def upgrade(revision: str = "head", *, engine: sa.Engine | None = None) -> Upgrade:
+def upgrade(revision: str = "head", *, engine: sa.Engine) -> Upgrade:
     """Bring the extension's tables to ``revision`` (the newest by default).
 
     Safe to repeat. An empty database gets every table. Tables made by ``init-db`` before
@@ -95,7 +95,7 @@ def upgrade(revision: str = "head", *, engine: sa.Engine | None = None) -> Upgra
     :raises MigrationError: some of the extension's tables exist, but not all of the
         baseline's, and no revision is recorded.
     """
-    with _engine(engine).begin() as connection:
+    with engine.begin() as connection:
         _one_at_a_time(connection)
         config = _config(connection)
         adopted = _adopt_unversioned(connection, config)
@@ -104,32 +104,32 @@ def upgrade(revision: str = "head", *, engine: sa.Engine | None = None) -> Upgra
         return Upgrade(before=before, after=_current(connection), adopted=adopted)
 
 
-def downgrade(revision: str, *, engine: sa.Engine | None = None) -> str | None:
+def downgrade(revision: str, *, engine: sa.Engine) -> str | None:
     """Take the extension's tables back to ``revision``; ``"base"`` drops them all.
 
     :returns: the revision the database is at now.
     """
-    with _engine(engine).begin() as connection:
+    with engine.begin() as connection:
         _one_at_a_time(connection)
         command.downgrade(_config(connection), revision)
         return _current(connection)
 
 
-def stamp(revision: str, *, engine: sa.Engine | None = None) -> str | None:
+def stamp(revision: str, *, engine: sa.Engine) -> str | None:
     """Record ``revision`` as the database's without running anything (for tables that
     are known to be at that revision already).
 
     :returns: the revision recorded.
     """
-    with _engine(engine).begin() as connection:
+    with engine.begin() as connection:
         _one_at_a_time(connection)
         command.stamp(_config(connection), revision)
         return _current(connection)
 
 
-def current(*, engine: sa.Engine | None = None) -> str | None:
+def current(*, engine: sa.Engine) -> str | None:
     """The revision the database records, ``None`` when it records none."""
-    with _engine(engine).connect() as connection:
+    with engine.connect() as connection:
         return _current(connection)
 
 
@@ -143,18 +143,18 @@ def head() -> str:
     return heads[0]
 
 
-def has_unversioned_tables(*, engine: sa.Engine | None = None) -> bool:
+def has_unversioned_tables(*, engine: sa.Engine) -> bool:
     """Whether the extension's tables exist with no revision recorded (made by an
     ``init-db`` older than migrations)."""
-    with _engine(engine).connect() as connection:
+    with engine.connect() as connection:
         names = set(sa.inspect(connection).get_table_names())
     return VERSION_TABLE not in names and bool(names & BASELINE_TABLES)
 
 
-def differences(*, engine: sa.Engine | None = None) -> list[t.Any]:
+def differences(*, engine: sa.Engine) -> list[t.Any]:
     """How the extension's tables in the database differ from its models (Alembic's
     autogenerate diffs; empty when they match)."""
-    with _engine(engine).connect() as connection:
+    with engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
             opts={"version_table": VERSION_TABLE, "include_name": is_proxy_table},
@@ -163,14 +163,6 @@ def differences(*, engine: sa.Engine | None = None) -> list[t.Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _engine(engine: sa.Engine | None) -> sa.Engine:
-    if engine is not None:
-        return engine
-    from .._state import state
-
-    return state(None).metadata.engine
 
 
 def _one_at_a_time(connection: sa.Connection) -> None:

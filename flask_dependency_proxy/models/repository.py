@@ -24,7 +24,6 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
-    from ..migrations import Upgrade
 
 #: Buffered last-read times are written when this many seconds passed since the last write.
 _READ_FLUSH_SECONDS = 5.0
@@ -117,14 +116,6 @@ class CacheMetadata:
     def engine(self) -> sa.Engine:
         """The host's engine, on which the extension's migrations run."""
         return self._db.engine
-
-    def create_all(self) -> Upgrade:
-        """Bring the extension's tables in the host's database to the newest revision,
-        through the migrations, so a new database is built the way existing ones are
-        upgraded (harmless to repeat; see :func:`..migrations.upgrade`)."""
-        from ..migrations import upgrade
-
-        return upgrade(engine=self.engine)
 
     def release(self) -> None:
         """End the session: its connection goes back to the pool, no transaction stays open."""

@@ -27,7 +27,6 @@ from .tables import GroupUpstreamRow, utcnow
 from .transaction import commit_retrying
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,8 @@ class RotationResult:
 
 
 class GroupUpstreamRecords:
-    """The queries, run through the host's session.
+    """The queries, run through the host's session; built once by the extension (its
+    ``ProxyState.group_upstreams``).
 
     :param session: returns the session to use (the host's ``db.session``).
     :param cipher: encrypts and decrypts the groups' credentials.
@@ -98,21 +98,6 @@ class GroupUpstreamRecords:
     def __init__(self, session: t.Callable[[], Session], cipher: CredentialCipher) -> None:
         self._session = session
         self._cipher = cipher
-
-    @classmethod
-    def for_app(cls, app: Flask | None = None) -> GroupUpstreamRecords:
-        """The records of ``app`` (the current app when ``None``): the host's session,
-        the keys of ``DEPENDENCY_PROXY_CREDENTIAL_KEYS`` or derived from ``SECRET_KEY``
-        and ``SECRET_KEY_FALLBACKS``."""
-        from flask import current_app
-
-        from .._state import state
-
-        proxy = state(app)
-        config = (app or current_app).config
-        secrets = [config["SECRET_KEY"], *(config.get("SECRET_KEY_FALLBACKS") or [])]
-        cipher = CredentialCipher.from_secrets(secrets, proxy.config.credential_keys)
-        return cls(lambda: proxy.metadata.session, cipher)
 
     @property
     def session(self) -> Session:

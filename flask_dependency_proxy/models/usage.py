@@ -1,20 +1,44 @@
 """Rows of ``dependency_proxy_usage_days``: a batch of counters written in one upsert,
-and a group's days read back for its page and the API."""
+and a group's days read back for its page and the API.
+
+The value types (:class:`DayCounts`, :data:`Key`) live here, below the in-memory buffer
+that counts them (:mod:`..cache.usage`) and the chart that draws them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import typing as t
 
 import sqlalchemy as sa
 
-from ..cache.usage import DayCounts, Key
 from .tables import UsageDay
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 _COLUMNS = ("pulls_cached", "pulls_upstream", "bytes_cached", "bytes_upstream")
+
+
+@dataclasses.dataclass
+class DayCounts:
+    """The counters of one group on one UTC day."""
+
+    pulls_cached: int = 0
+    pulls_upstream: int = 0
+    bytes_cached: int = 0
+    bytes_upstream: int = 0
+
+    def add(self, other: DayCounts) -> None:
+        self.pulls_cached += other.pulls_cached
+        self.pulls_upstream += other.pulls_upstream
+        self.bytes_cached += other.bytes_cached
+        self.bytes_upstream += other.bytes_upstream
+
+
+#: A group and a UTC day.
+Key = tuple[int, dt.date]
 
 
 def _insert_for(session: Session) -> t.Any:

@@ -24,8 +24,9 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
-from flask_dependency_proxy.cache.quota import QuotaPolicy
+from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
+from flask_dependency_proxy.migrations import upgrade
 from flask_dependency_proxy.models.cleanup import CleanupRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
@@ -68,7 +69,7 @@ def migrated_database(path: Path) -> Path:
     """An SQLite file with the extension's tables, built by its migrations."""
     app, db = _app(path)
     with app.app_context():
-        CacheMetadata(app, db, read_granularity_seconds=0).create_all()
+        upgrade(engine=db.engine)
         db.engine.dispose()
     return path
 
@@ -162,10 +163,14 @@ def build_core(
         group_upstreams=InstanceOrder(),
         metadata=metadata,
         fetcher=fetcher,
+        quotas=Quotas(
+            QuotaRecords(lambda: metadata.session),
+            policy=quota_policy,
+            max_blob_size=max_blob_size,
+            flush_reads=lambda: metadata.flush_reads(force=True),
+        ),
         tag_check_interval=tag_check_interval,
         serve_stale_on_not_found=serve_stale_on_not_found,
-        max_blob_size=max_blob_size,
-        quota_policy=quota_policy,
         clock=clock,
     )
     return Core(

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from flask_dependency_proxy.cache.pull_through import Outcome
-from flask_dependency_proxy.cache.usage import DayCounts, Key, UsageBuffer
+from flask_dependency_proxy.cache.usage import UsageBuffer
+from flask_dependency_proxy.models.usage import DayCounts, Key
 
 DAY = dt.date(2026, 12, 6)
 

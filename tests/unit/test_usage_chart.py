@@ -6,7 +6,7 @@ import datetime as dt
 import xml.etree.ElementTree as ElementTree
 
 from flask_dependency_proxy.admin.usage_chart import UsageSummary
-from flask_dependency_proxy.cache.usage import DayCounts
+from flask_dependency_proxy.models.usage import DayCounts
 
 SVG = "{http://www.w3.org/2000/svg}"
 TODAY = dt.date(2026, 12, 6)
