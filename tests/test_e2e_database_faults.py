@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -343,10 +344,13 @@ def _assert_outage(probe: Probe, uncached_digest: str, bound: float) -> None:
     # A load balancer takes the host out of rotation; liveness stays fine.
     response = probe.get("ready", f"{faults.platform.url}/-/dependency_proxy/ready")
     assert response.status_code == 503, response.text
-    assert response.json()["checks"] == {
-        "database": "the database check failed (the log says why)",
-        "storage": "ok",
-    }
+    checks = response.json()["checks"]
+    # A stopped database fails the check; a hung one does not answer in time.
+    assert checks["storage"] == "ok", checks
+    assert re.fullmatch(
+        r"the database check failed \(the log says why\)|no answer within [0-9.]+ s",
+        checks["database"],
+    ), checks
     # Nothing of the error: not the server's address, port, user or database name.
     answered = response.text
     assert str(faults.cluster.port) not in answered, answered
