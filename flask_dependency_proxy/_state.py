@@ -20,7 +20,7 @@ if t.TYPE_CHECKING:
     from .metrics import Metrics
     from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
-    from .stores.base import BlobStore
+    from .stores.base import StoreBackend
     from .upstream.routing import UpstreamSet
 
 #: The key under ``app.extensions``.
@@ -38,7 +38,7 @@ class ProxyState:
     database: DatabaseGuard
     access: AccessControl
     issuer: TokenIssuer
-    store: BlobStore
+    store: StoreBackend
     #: The instance's upstream registries (their clients and what they last answered).
     upstreams: UpstreamSet
     cache: PullThroughCache

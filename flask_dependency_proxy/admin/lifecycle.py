@@ -49,7 +49,7 @@ import uuid
 from ..metrics import Metrics
 from ..models.admin import CacheAdmin, human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
-from ..stores.base import BlobStore
+from ..stores.base import StoreJanitor
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -157,14 +157,14 @@ class Lifecycle:
     """Purge and cleanup for one application.
 
     :param admin: the queries.
-    :param files: the blob store.
+    :param files: the blob store's sweeping face.
     :param clock: naive UTC now; tests pass one they control.
     """
 
     def __init__(
         self,
         admin: CacheAdmin,
-        files: BlobStore,
+        files: StoreJanitor,
         *,
         group_default_enabled: bool,
         purge_cooldown_seconds: float,
@@ -203,7 +203,7 @@ class Lifecycle:
         cls,
         config: ProxyConfig,
         session: t.Callable[[], t.Any],
-        store: BlobStore,
+        store: StoreJanitor,
         *,
         clock: Clock = utcnow,
         metrics: Metrics | None = None,

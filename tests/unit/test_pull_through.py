@@ -16,11 +16,11 @@ import pytest
 
 from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
 from flask_dependency_proxy.cache.quota import QuotaPolicy
-from flask_dependency_proxy.fetch.fetcher import FetchFailed
+from flask_dependency_proxy.fetch.errors import FetchFailed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
 from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
-from flask_dependency_proxy.stores.base import ByteStream
+from flask_dependency_proxy.stores.base import ByteStream, Following
 from tests.support.core import Core
 from tests.support.fakeupstream import Failure, FakeRegistry
 
@@ -35,8 +35,8 @@ MakeCore = t.Callable[..., Core]
 
 def _bytes(result: BlobResult) -> bytes:
     """What a client of this blob answer receives."""
-    if result.stream is not None:
-        return b"".join(result.stream)
+    if isinstance(result.location, Following):
+        return b"".join(result.location.chunks)
     assert isinstance(result.location, ByteStream)
     return b"".join(result.location.open())
 
@@ -304,9 +304,9 @@ def test_a_blob_with_wrong_bytes_breaks_the_transfer_and_is_not_stored(
     core.upstream.fail(Failure.WRONG_DIGEST, only=["blob"])
 
     miss = core.cache.get_blob(GROUP, PATH, digest)
-    assert miss.stream is not None
+    assert isinstance(miss.location, Following)
     with pytest.raises(FetchFailed) as raised:
-        b"".join(miss.stream)
+        b"".join(miss.location.chunks)
     assert raised.value.reason == "digest_mismatch"
     core.settle()
 
@@ -485,7 +485,7 @@ def test_a_blob_over_the_instance_limit_is_refused_before_a_download(
         core.cache.get_manifest(GROUP, PATH, "fat", ACCEPT)
     assert raised.value.code is ErrorCode.DENIED
     with pytest.raises(RegistryError) as raised:
-        b"".join(core.cache.get_blob(GROUP, PATH, image.layers[0]).stream or ())
+        _bytes(core.cache.get_blob(GROUP, PATH, image.layers[0]))
     assert raised.value.code is ErrorCode.DENIED
     core.settle()
     assert core.store.size(image.layers[0]) is None
