@@ -399,6 +399,79 @@ def test_a_blob_gone_from_the_store_is_fetched_again(make_core: MakeCore) -> Non
     assert core.upstream.count("GET", "blob") == 2
 
 
+@pytest.mark.parametrize("same_worker", [True, False])
+def test_a_blob_committed_while_a_request_looked_is_served_on_the_fetchers_word(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch, same_worker: bool
+) -> None:
+    """A fetch commits the blob between a request's lookup and its own fetch: the
+    fetcher answers that it is committed, and the cache serves it from the store without
+    asking again, unless the route's confirmation took a round trip upstream (then the
+    fetcher is asked once more: a cleanup may have taken the blob meanwhile)."""
+    core = make_core()
+    data = b"raced" * 1000
+    digest = core.upstream.push_blob(IMAGE, data)
+    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    core.settle()
+    if not same_worker:
+        core.cache.confirmations = type(core.cache.confirmations)()
+    asked: list[int | None] = []
+    committed_size = core.fetcher.committed_size
+
+    def looked_too_early(digest: str) -> int | None:
+        size = committed_size(digest) if asked else None
+        asked.append(size)
+        return size
+
+    monkeypatch.setattr(core.fetcher, "committed_size", looked_too_early)
+
+    claimed = core.cache.get_blob(OTHER_GROUP, PATH, digest)
+
+    assert isinstance(claimed.location, ByteStream)
+    assert _bytes(claimed) == data
+    assert asked == ([None] if same_worker else [None, len(data)])
+    assert core.upstream.count("GET", "blob") == 1
+    assert core.metadata.find_blob(OTHER_GROUP, digest) is not None
+
+
+def test_a_blob_committed_and_taken_again_while_its_route_confirmed_it_is_fetched_again(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetcher answers that the blob is committed; while the group's route confirms
+    the digest, a cleanup without a grace period takes it away. The request fetches it
+    once more instead of answering from a store that no longer holds it."""
+    core = make_core()
+    data = b"purged" * 1000
+    digest = core.upstream.push_blob(IMAGE, data)
+    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    core.settle()
+    core.cache.confirmations = type(core.cache.confirmations)()
+    committed_size = core.fetcher.committed_size
+    looked: list[str] = []
+
+    def looked_too_early(digest: str) -> int | None:
+        looked.append(digest)
+        return committed_size(digest) if len(looked) > 1 else None
+
+    confirm = core.cache.confirmations.confirm
+
+    def confirm_then_clean_up(*args: t.Any) -> bool:
+        answered = confirm(*args)
+        core.store.delete(digest)
+        return answered
+
+    monkeypatch.setattr(core.fetcher, "committed_size", looked_too_early)
+    monkeypatch.setattr(core.cache.confirmations, "confirm", confirm_then_clean_up)
+
+    again = core.cache.get_blob(OTHER_GROUP, PATH, digest)
+
+    assert again.outcome is Outcome.MISS
+    assert isinstance(again.location, Following)
+    assert _bytes(again) == data
+    core.settle()
+    assert core.upstream.count("GET", "blob") == 2
+    assert core.store.data(digest) == data
+
+
 # -- limits ----------------------------------------------------------------------------
 
 
