@@ -3,7 +3,7 @@
 Warming goes through the same :class:`~.cache.PullThroughCache` calls as a pull, so it
 follows every rule a pull does: the group's upstreams and credentials, quotas, a tag
 checked with a ``HEAD``, and one upstream GET per blob shared with whatever pulls the
-same blob at the same time (the fetch election of :mod:`.inflight`, across hosts the
+same blob at the same time (the fetch election of :mod:`..fetch.host_lock`, across hosts the
 database lease). What is cached already costs no upstream GET.
 
 Knows nothing of the terminal: progress goes to a :class:`Progress` the caller gives.
