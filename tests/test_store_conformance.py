@@ -1,6 +1,7 @@
-"""One suite every :class:`~flask_dependency_proxy.stores.base.BlobStore` passes: the
-filesystem store, the object store (against a real SeaweedFS, redirecting and
-streaming hits) and the in-memory store the unit tests use.
+"""One suite every store backend passes (:class:`~flask_dependency_proxy.stores.base.StoreBackend`:
+the serving and staging face, and the sweeping face): the filesystem store, the object
+store (against a real SeaweedFS, redirecting and streaming hits) and the in-memory store
+the unit tests use.
 
 What the rest of the package relies on, whatever keeps the blobs:
 

@@ -104,8 +104,8 @@ class BlobFetcher:
                         ).start()
             if local is not None:
                 local.wait_started(self.start_timeout)
-                if local.already_stored and local.size is not None:
-                    return Committed(local.size)
+                if local.already_stored:
+                    return Committed(local.written)
                 return local
             remote = self._remote(digest)
             if remote is not None:
