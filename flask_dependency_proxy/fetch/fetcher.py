@@ -244,7 +244,7 @@ class BlobFetcher:
         try:
             lock.publish(Published(size=stream.size))
             fetch.staged(
-                staged.spool_path,
+                self.store.spool,
                 size=stream.size,
                 upstream_status=None if peer else stream.status,
             )

@@ -24,7 +24,7 @@ import typing as t
 import weakref
 
 from ..stores.base import BlobStore, StorageError
-from ..stores.spool import open_for_reading
+from ..stores.spool import Spool
 from ..upstream.client import UpstreamError
 from .errors import FetchFailed
 from .host_lock import LockWatch
@@ -62,7 +62,6 @@ class LocalFetch:
         self.digest = digest
         self.size: int | None = None
         self.upstream_status: int | None = None
-        self.spool_path: str | None = None
         #: Committed before this fetch started (by a fetch that just ended elsewhere).
         self.already_stored = False
         self.error: BaseException | None = None
@@ -83,8 +82,8 @@ class LocalFetch:
                 setattr(self, key, value)
             self._condition.notify_all()
 
-    def staged(self, spool_path: str, *, size: int | None, upstream_status: int | None) -> None:
-        """Upstream answered and the spool file exists: followers may start.
+    def staged(self, spool: Spool, *, size: int | None, upstream_status: int | None) -> None:
+        """Upstream answered and the digest's spool file exists: followers may start.
 
         The file is opened for reading here, before a byte is in it, and followers read
         through that descriptor, never by its name: between joining the fetch and
@@ -97,13 +96,12 @@ class LocalFetch:
         :raises StorageError: the spool file cannot be opened.
         """
         try:
-            reader = open_for_reading(spool_path)
+            reader = spool.open(self.digest)
         except OSError as exc:
-            raise StorageError.from_os_error(exc, spool_path) from exc
+            raise StorageError.from_os_error(exc, spool.path(self.digest)) from exc
         weakref.finalize(self, reader.close)
         with self._condition:
             self._reader = reader
-            self.spool_path = spool_path
             self.size = size
             self.upstream_status = upstream_status
             self.started = True
