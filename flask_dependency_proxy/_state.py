@@ -25,7 +25,7 @@ if t.TYPE_CHECKING:
     from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
     from .models.upstreams import GroupUpstreamRecords
-    from .stores.base import BlobStore
+    from .stores.base import StoreBackend
     from .upstream.routing import UpstreamSet
 
 #: The key under ``app.extensions``.
@@ -43,7 +43,7 @@ class ProxyState:
     database: DatabaseGuard
     access: AccessControl
     issuer: TokenIssuer
-    store: BlobStore
+    store: StoreBackend
     #: The instance's upstream registries (their clients and what they last answered).
     upstreams: UpstreamSet
     #: Each group's order of those upstreams and its own credentials for them.

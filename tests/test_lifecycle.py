@@ -29,7 +29,7 @@ from flask_dependency_proxy.models.cleanup import CleanupRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, LoginFailure, Status
 from flask_dependency_proxy.oci.reference import ProxyPath
-from flask_dependency_proxy.stores.base import LocalFile
+from flask_dependency_proxy.stores.base import Following, LocalFile
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import build_world
 from tests.support import images
@@ -373,8 +373,8 @@ def _pull_blob(group_id: int, image: str, digest: str) -> bytes | str:
         result = cache.get_blob(group_id, ProxyPath(group_path="g", image=image), digest)
     finally:
         cache.finish_request()
-    if result.stream is not None:
-        return b"".join(result.stream)
+    if isinstance(result.location, Following):
+        return b"".join(result.location.chunks)
     assert isinstance(result.location, LocalFile)
     return result.location.path
 
@@ -496,8 +496,8 @@ def test_cleanup_removes_staging_files_of_fetches_that_died(
 ) -> None:
     make_app()
     store = state(None).store
-    dead = store.spool_path("sha256:" + "d" * 64)
-    live = store.spool_path("sha256:" + "e" * 64)
+    dead = store.spool.path("sha256:" + "d" * 64)
+    live = store.spool.path("sha256:" + "e" * 64)
     for path in (dead, live):
         Path(path).write_bytes(b"partial")
     hour_ago = (clock() - dt.timedelta(hours=1, minutes=1)).replace(tzinfo=dt.UTC).timestamp()

@@ -1,6 +1,7 @@
-"""One suite every :class:`~flask_dependency_proxy.stores.base.BlobStore` passes: the
-filesystem store, the object store (against a real SeaweedFS, redirecting and
-streaming hits) and the in-memory store the unit tests use.
+"""One suite every store backend passes (:class:`~flask_dependency_proxy.stores.base.StoreBackend`:
+the serving and staging face, and the sweeping face): the filesystem store, the object
+store (against a real SeaweedFS, redirecting and streaming hits) and the in-memory store
+the unit tests use.
 
 What the rest of the package relies on, whatever keeps the blobs:
 
@@ -33,11 +34,11 @@ import requests
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.stores.base import (
     BlobLocation,
-    BlobStore,
     ByteStream,
     LocalFile,
     Redirect,
     StagedBlob,
+    StoreBackend,
 )
 from flask_dependency_proxy.stores.filesystem import FilesystemStore
 from tests.support.memorystore import MemoryStore
@@ -65,7 +66,7 @@ def conformance_bucket(seaweedfs: SeaweedFS) -> str:
         pytest.param("s3-stream", marks=pytest.mark.process),
     ]
 )
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
     if request.param == "filesystem":
         return FilesystemStore(str(tmp_path / "store"))
     if request.param == "memory":
@@ -92,7 +93,7 @@ def _write(staged: StagedBlob, data: bytes, chunk: int = 50_000) -> None:
         staged.write(data[start : start + chunk])
 
 
-def _commit(store: BlobStore, data: bytes, algorithm: str = "sha256") -> str:
+def _commit(store: StoreBackend, data: bytes, algorithm: str = "sha256") -> str:
     digest = _digest(data, algorithm)
     staged = store.stage(digest, len(data))
     _write(staged, data)
@@ -115,7 +116,7 @@ def _served(location: BlobLocation) -> bytes:
     raise AssertionError(f"not a BlobLocation: {location!r}")
 
 
-def _gone(store: BlobStore, digest: str) -> None:
+def _gone(store: StoreBackend, digest: str) -> None:
     """Nothing is served under ``digest``."""
     assert store.size(digest) is None
     with pytest.raises(FileNotFoundError):
@@ -127,12 +128,12 @@ def _gone(store: BlobStore, digest: str) -> None:
 
 
 def test_a_staged_blob_is_in_its_spool_file_at_once_and_visible_only_at_commit(
-    store: BlobStore,
+    store: StoreBackend,
 ) -> None:
     digest = _digest(DATA)
     staged = store.stage(digest, len(DATA))
-    assert staged.spool_path == store.spool_path(digest)
-    assert os.path.dirname(staged.spool_path) == store.spool_root
+    assert staged.spool_path == store.spool.path(digest)
+    assert os.path.dirname(staged.spool_path) == store.spool.root
 
     _write(staged, DATA[:1000])
     with open(staged.spool_path, "rb") as follower:
@@ -152,7 +153,7 @@ def test_a_staged_blob_is_in_its_spool_file_at_once_and_visible_only_at_commit(
     assert store.usage() == (1, len(DATA))
 
 
-def test_a_discarded_blob_leaves_nothing(store: BlobStore) -> None:
+def test_a_discarded_blob_leaves_nothing(store: StoreBackend) -> None:
     digest = _digest(DATA)
     staged = store.stage(digest, len(DATA))
     _write(staged, DATA)
@@ -166,7 +167,7 @@ def test_a_discarded_blob_leaves_nothing(store: BlobStore) -> None:
     assert store.remove_stale_staging(utcnow() + dt.timedelta(hours=1)) == 0
 
 
-def test_a_restarted_blob_keeps_only_what_was_written_after(store: BlobStore) -> None:
+def test_a_restarted_blob_keeps_only_what_was_written_after(store: StoreBackend) -> None:
     digest = _digest(DATA)
     staged = store.stage(digest, len(DATA))
     _write(staged, b"bytes upstream sent before it ignored a range")
@@ -177,9 +178,9 @@ def test_a_restarted_blob_keeps_only_what_was_written_after(store: BlobStore) ->
         assert file.read() == DATA
 
 
-def test_staging_replaces_the_spool_file_a_killed_fetch_left(store: BlobStore) -> None:
+def test_staging_replaces_the_spool_file_a_killed_fetch_left(store: StoreBackend) -> None:
     digest = _digest(DATA)
-    with open(store.spool_path(digest), "wb") as left:
+    with open(store.spool.path(digest), "wb") as left:
         left.write(b"half of a blob from a fetch that was killed")
     staged = store.stage(digest, len(DATA))
     _write(staged, DATA)
@@ -188,7 +189,7 @@ def test_staging_replaces_the_spool_file_a_killed_fetch_left(store: BlobStore) -
         assert file.read() == DATA
 
 
-def test_a_blob_of_unknown_size_and_an_empty_blob_commit(store: BlobStore) -> None:
+def test_a_blob_of_unknown_size_and_an_empty_blob_commit(store: StoreBackend) -> None:
     digest = _digest(DATA)
     staged = store.stage(digest, None)
     _write(staged, DATA)
@@ -200,24 +201,24 @@ def test_a_blob_of_unknown_size_and_an_empty_blob_commit(store: BlobStore) -> No
     assert _served(store.locate(empty, 0)) == b""
 
 
-def test_sha512_digests_are_stored_and_listed(store: BlobStore) -> None:
+def test_sha512_digests_are_stored_and_listed(store: StoreBackend) -> None:
     digest = _commit(store, DATA, "sha512")
     assert store.size(digest) == len(DATA)
     assert digest in dict(store.committed())
     assert _served(store.locate(digest, len(DATA))) == DATA
 
 
-def test_a_commit_again_keeps_the_same_bytes(store: BlobStore) -> None:
+def test_a_commit_again_keeps_the_same_bytes(store: StoreBackend) -> None:
     """Two hosts may fetch and commit the same digest: the second commit is harmless."""
     digest = _commit(store, DATA)
     assert _commit(store, DATA) == digest
     assert store.usage() == (1, len(DATA))
 
 
-def test_each_digest_has_its_own_lock_file_that_can_be_locked(store: BlobStore) -> None:
+def test_each_digest_has_its_own_lock_file_that_can_be_locked(store: StoreBackend) -> None:
     first, second = _digest(b"one"), _digest(b"two")
-    assert store.lock_path(first) != store.lock_path(second)
-    fd = os.open(store.lock_path(first), os.O_RDWR | os.O_CREAT, 0o600)
+    assert store.spool.lock_path(first) != store.spool.lock_path(second)
+    fd = os.open(store.spool.lock_path(first), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
@@ -227,7 +228,7 @@ def test_each_digest_has_its_own_lock_file_that_can_be_locked(store: BlobStore) 
 # -- serving ---------------------------------------------------------------------------
 
 
-def test_a_missing_blob_is_none_or_file_not_found(store: BlobStore) -> None:
+def test_a_missing_blob_is_none_or_file_not_found(store: StoreBackend) -> None:
     digest = _digest(b"never stored")
     _gone(store, digest)
     assert store.delete(digest) is False
@@ -236,7 +237,7 @@ def test_a_missing_blob_is_none_or_file_not_found(store: BlobStore) -> None:
 
 
 def test_a_deleted_blob_is_gone_and_its_location_fails_with_file_not_found(
-    store: BlobStore,
+    store: StoreBackend,
 ) -> None:
     digest = _commit(store, DATA)
     location = store.locate(digest, len(DATA))
@@ -255,7 +256,7 @@ def test_a_deleted_blob_is_gone_and_its_location_fails_with_file_not_found(
             assert requests.get(url, timeout=10).status_code == 404
 
 
-def test_a_healthy_store_passes_its_check(store: BlobStore) -> None:
+def test_a_healthy_store_passes_its_check(store: StoreBackend) -> None:
     store.check()
     free = store.free_bytes()
     assert free is None or free > 0
@@ -265,7 +266,7 @@ def test_a_healthy_store_passes_its_check(store: BlobStore) -> None:
 # -- sweeping --------------------------------------------------------------------------
 
 
-def test_committed_lists_every_blob_with_its_commit_time(store: BlobStore) -> None:
+def test_committed_lists_every_blob_with_its_commit_time(store: StoreBackend) -> None:
     before = time.time() - 60
     digests = {_commit(store, DATA), _commit(store, b"small")}
     listed = dict(store.committed())
@@ -274,7 +275,7 @@ def test_committed_lists_every_blob_with_its_commit_time(store: BlobStore) -> No
     assert store.usage() == (2, len(DATA) + len(b"small"))
 
 
-def test_a_set_aside_blob_is_not_served_and_can_be_put_back(store: BlobStore) -> None:
+def test_a_set_aside_blob_is_not_served_and_can_be_put_back(store: StoreBackend) -> None:
     digest = _commit(store, DATA)
     stamp = dt.datetime(2030, 1, 2, 3, 4, 5, 678000)
 
@@ -290,7 +291,7 @@ def test_a_set_aside_blob_is_not_served_and_can_be_put_back(store: BlobStore) ->
     assert store.set_aside(_digest(b"not stored"), stamp) is False
 
 
-def test_a_set_aside_blob_is_deleted_for_good(store: BlobStore) -> None:
+def test_a_set_aside_blob_is_deleted_for_good(store: StoreBackend) -> None:
     digest = _commit(store, DATA)
     store.set_aside(digest, utcnow())
     [(_digest_, _when, handle)] = list(store.set_aside_blobs())
@@ -303,7 +304,7 @@ def test_a_set_aside_blob_is_deleted_for_good(store: BlobStore) -> None:
     assert store.restore(digest, handle) is False
 
 
-def test_a_copy_committed_meanwhile_wins_over_a_restore(store: BlobStore) -> None:
+def test_a_copy_committed_meanwhile_wins_over_a_restore(store: StoreBackend) -> None:
     digest = _commit(store, DATA)
     store.set_aside(digest, utcnow())
     [(_digest_, _when, handle)] = list(store.set_aside_blobs())
@@ -316,9 +317,9 @@ def test_a_copy_committed_meanwhile_wins_over_a_restore(store: BlobStore) -> Non
         assert file.read() == DATA
 
 
-def test_stale_spool_files_are_removed_and_fresh_ones_kept(store: BlobStore) -> None:
-    stale = store.spool_path(_digest(b"killed fetch"))
-    fresh = store.spool_path(_digest(b"running fetch"))
+def test_stale_spool_files_are_removed_and_fresh_ones_kept(store: StoreBackend) -> None:
+    stale = store.spool.path(_digest(b"killed fetch"))
+    fresh = store.spool.path(_digest(b"running fetch"))
     for path in (stale, fresh):
         with open(path, "wb") as file:
             file.write(b"part of a blob")

@@ -52,7 +52,7 @@ from ..models.cleanup import CleanupRecords
 from ..models.group_settings import GroupSettingsRecords
 from ..models.stats import human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
-from ..stores.base import BlobStore
+from ..stores.base import StoreJanitor
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -161,14 +161,14 @@ class Lifecycle:
     ``ProxyState.lifecycle``); it keeps no state between calls, so threads share it.
 
     :param records: the queries.
-    :param files: the blob store.
+    :param files: the blob store's sweeping face.
     :param clock: naive UTC now; tests pass one they control.
     """
 
     def __init__(
         self,
         records: CleanupRecords,
-        files: BlobStore,
+        files: StoreJanitor,
         *,
         purge_cooldown_seconds: float,
         batch_size: int,
@@ -191,7 +191,7 @@ class Lifecycle:
         cls,
         config: ProxyConfig,
         session: t.Callable[[], t.Any],
-        store: BlobStore,
+        store: StoreJanitor,
         *,
         clock: Clock = utcnow,
         metrics: Metrics | None = None,

@@ -20,7 +20,7 @@ from werkzeug.wsgi import FileWrapper
 from .._state import state
 from ..cache.pull_through import BlobResult
 from ..cache.quota import blob_too_large
-from ..fetch.fetcher import BlobTooLarge, FetchFailed
+from ..fetch.errors import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
 from ..models.database import DatabaseUnavailable
 from ..oci.digits import ascii_int
@@ -33,7 +33,7 @@ from ..oci.reference import (
     validate_digest,
     validate_reference,
 )
-from ..stores.base import ByteStream, LocalFile, Redirect, StorageError
+from ..stores.base import ByteStream, Following, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
 from ._registry_http import (
     add_api_version,
@@ -252,37 +252,39 @@ def _find_blob(group: Group, path: ProxyPath, digest: str) -> BlobResult:
 
 
 def _blob_response(result: BlobResult) -> Response:
-    location = result.location
     accel_prefix = state(None).config.x_accel_redirect_prefix
-    if isinstance(location, LocalFile) and accel_prefix is not None:
-        # nginx serves the file (sendfile, ranges) from an internal location.
-        response = Response(b"", mimetype="application/octet-stream")
-        response.headers["X-Accel-Redirect"] = accel_prefix + location.relative
-    elif isinstance(location, LocalFile):
-        response = _send_blob_file(location.path)
-    elif isinstance(location, Redirect):
-        # Clients fetch the bytes from the object store (a presigned URL), as they
-        # do from Docker Hub's CDN; the URL grants this one blob for a short time.
-        response = Response(b"", status=307, mimetype="application/octet-stream")
-        response.headers["Location"] = location.url
-        response.headers["Cache-Control"] = "no-store"
-    elif isinstance(location, ByteStream):
-        response = Response(
-            _opened(location), mimetype="application/octet-stream", direct_passthrough=True
-        )
-        response.headers["Content-Length"] = str(location.size)
-    elif result.stream is not None:
-        response = Response(
-            _primed(result.stream, result.digest),
-            mimetype="application/octet-stream",
-            direct_passthrough=True,
-        )
-        if result.size is not None:
-            response.headers["Content-Length"] = str(result.size)
-    else:
-        response = Response(b"", mimetype="application/octet-stream")
-        if result.size is not None:
-            response.headers["Content-Length"] = str(result.size)
+    match result.location:
+        case LocalFile(relative=relative) if accel_prefix is not None:
+            # nginx serves the file (sendfile, ranges) from an internal location.
+            response = Response(b"", mimetype="application/octet-stream")
+            response.headers["X-Accel-Redirect"] = accel_prefix + relative
+        case LocalFile(path=path):
+            response = _send_blob_file(path)
+        case Redirect(url=url):
+            # Clients fetch the bytes from the object store (a presigned URL), as they
+            # do from Docker Hub's CDN; the URL grants this one blob for a short time.
+            response = Response(b"", status=307, mimetype="application/octet-stream")
+            response.headers["Location"] = url
+            response.headers["Cache-Control"] = "no-store"
+        case ByteStream() as stored:
+            response = Response(
+                _opened(stored), mimetype="application/octet-stream", direct_passthrough=True
+            )
+            response.headers["Content-Length"] = str(stored.size)
+        case Following(size=size, chunks=chunks):
+            # A miss: the bytes of the fetch, as they arrive and are verified.
+            response = Response(
+                _primed(chunks, result.digest),
+                mimetype="application/octet-stream",
+                direct_passthrough=True,
+            )
+            if size is not None:
+                response.headers["Content-Length"] = str(size)
+        case None:
+            # A HEAD: the size alone.
+            response = Response(b"", mimetype="application/octet-stream")
+            if result.size is not None:
+                response.headers["Content-Length"] = str(result.size)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
     return response

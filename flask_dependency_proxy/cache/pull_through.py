@@ -35,7 +35,9 @@ import threading
 import time
 import typing as t
 
-from ..fetch.fetcher import BlobFetcher, BlobTooLarge, Fetch, UpstreamSizeError
+from ..fetch.errors import BlobTooLarge, UpstreamSizeError
+from ..fetch.fetcher import BlobFetcher, Committed
+from ..fetch.following import Fetch
 from ..models.database import DatabaseUnavailable
 from ..models.repository import CacheMetadata, ManifestRecord
 from ..models.tables import utcnow
@@ -49,7 +51,7 @@ from ..oci.reference import (
     is_digest,
     is_valid_tag,
 )
-from ..stores.base import BlobLocation, BlobStore, ByteStream, StorageError
+from ..stores.base import BlobLocation, BlobStore, ByteStream, Following, StorageError
 from ..upstream.credentials import credential_id
 from ..upstream.errors import (
     UpstreamDigestMismatch,
@@ -166,16 +168,17 @@ class _Confirmations:
                 del self._until[(key, digest)]
         return False
 
-    def confirm(self, candidates: t.Sequence[Candidate], digest: str) -> None:
+    def confirm(self, candidates: t.Sequence[Candidate], digest: str) -> bool:
         """Make sure one of ``candidates`` serves ``digest``: remembered, or a ``HEAD``
-        down the list (shared by concurrent callers with the same list).
+        down the list (shared by concurrent callers with the same list). ``True`` when
+        it was not remembered: the answer took a round trip upstream.
 
         :raises UpstreamNotFound: none of them serves it.
         :raises UpstreamError: the route could not answer.
         """
         keys = tuple(route_key(candidate) for candidate in candidates)
         if self.confirmed(keys, digest):
-            return
+            return False
 
         def ask() -> None:
             if self.confirmed(keys, digest):
@@ -186,6 +189,7 @@ class _Confirmations:
             self.add(route_key(source), digest)
 
         self._single_flight.do((keys, digest), ask)
+        return True
 
 
 class _Unreadable:
@@ -244,13 +248,12 @@ class ManifestResult:
 
 @dataclasses.dataclass(frozen=True)
 class BlobResult:
-    """Where a committed blob is served from (``location``), or the bytes of a fetch in
-    progress (``stream``); neither for a ``HEAD``."""
+    """How the blob reaches the client (``location``: a committed blob, or the fetch a
+    miss follows); ``None`` for a ``HEAD``."""
 
     digest: str
     size: int | None
     location: BlobLocation | None = None
-    stream: t.Iterator[bytes] | None = None
     outcome: Outcome = Outcome.HIT
     #: Upstream's answer to the blob GET this request's fetch made, if it made one.
     upstream_status: int | None = None
@@ -480,7 +483,7 @@ class PullThroughCache:
         if size is not None:
             return self._stored(digest, size)
 
-        size = self.store.size(digest)
+        size = self.fetcher.committed_size(digest)
         with self.database.phase("checking the quota"):
             self.quotas.admit_blob(group_id, digest, size)
             candidates = self._image_candidates(group_id, path)
@@ -494,16 +497,16 @@ class PullThroughCache:
             return self._stored(digest, size)
 
         for _ in range(_FETCH_ATTEMPTS):
-            fetch = self._call_upstream(
+            found = self._call_upstream(
                 lambda: self._fetch_blob(candidates, digest), ErrorCode.BLOB_UNKNOWN
             )
-            if fetch is not None:
+            if isinstance(found, Committed):
+                # Committed by another request meanwhile (and confirmed) ...
+                self._record_blob(group_id, digest, found.size)
+                return self._stored(digest, found.size)
+            if found is not None:
+                fetch = found
                 break
-            # Committed by another request meanwhile (and confirmed) ...
-            size = self.store.size(digest)
-            if size is not None:
-                self._record_blob(group_id, digest, size)
-                return self._stored(digest, size)
             # ... and already taken away again by cleanup: fetch it once more.
         else:
             raise RegistryError(
@@ -513,14 +516,20 @@ class PullThroughCache:
         return BlobResult(
             digest=digest,
             size=fetch.size,
-            stream=fetch.follow(self.store, until_committed=until_committed),
+            location=Following(
+                fetch.size, fetch.follow(self.store, until_committed=until_committed)
+            ),
             outcome=Outcome.MISS,
             upstream_status=fetch.upstream_status,
         )
 
-    def _fetch_blob(self, candidates: t.Sequence[Candidate], digest: str) -> Fetch | None:
-        """The fetch of ``digest`` that the group may follow, or ``None`` when the blob
-        was committed meanwhile; either way on the word of the group's own route.
+    def _fetch_blob(
+        self, candidates: t.Sequence[Candidate], digest: str
+    ) -> Fetch | Committed | None:
+        """The fetch of ``digest`` that the group may follow, or :class:`Committed` when
+        the blob was committed meanwhile; either way on the word of the group's own
+        route. ``None`` when it was committed and is gone again: cleanup took it while
+        the route confirmed it.
 
         Only a fetch this request started with its own opener asked that route; any
         other (one running in this or another process, one whose bytes come from another
@@ -544,8 +553,12 @@ class PullThroughCache:
                 # The failed fetch is being cleared away: give it a moment.
                 time.sleep(0.02 * (attempt + 1))
                 continue
-            if not opener.opened:
-                self.confirmations.confirm(candidates, digest)
+            if not opener.opened and self.confirmations.confirm(candidates, digest):
+                if isinstance(fetch, Committed):
+                    # The route answered after a round trip upstream, time enough for
+                    # a cleanup to take the blob: the fetcher says whether it is still in.
+                    size = self.fetcher.committed_size(digest)
+                    return None if size is None else Committed(size)
             return fetch
         raise UpstreamError(f"the fetches of {digest} this request joined kept failing")
 
@@ -600,7 +613,7 @@ class PullThroughCache:
             with self.database.phase("reading a blob", has_fallback=known):
                 record = self.metadata.find_blob(group_id, digest)
         except DatabaseUnavailable:
-            size = self.store.size(digest) if known else None
+            size = self.fetcher.committed_size(digest) if known else None
             if size is None:
                 raise
             log.info("database unavailable; serving %s to group %s from memory", digest, group_id)
@@ -609,7 +622,7 @@ class PullThroughCache:
             return None
         if digest in self._unreadable:
             # Found gone when it was opened: the store decides, not the row.
-            size = self.store.size(digest)
+            size = self.fetcher.committed_size(digest)
             if size is not None:
                 self._unreadable.discard(digest)
         else:

@@ -3,7 +3,7 @@
 Warming goes through the same :class:`~.cache.PullThroughCache` calls as a pull, so it
 follows every rule a pull does: the group's upstreams and credentials, quotas, a tag
 checked with a ``HEAD``, and one upstream GET per blob shared with whatever pulls the
-same blob at the same time (the fetch election of :mod:`.inflight`, across hosts the
+same blob at the same time (the fetch election of :mod:`..fetch.host_lock`, across hosts the
 database lease). What is cached already costs no upstream GET.
 
 Knows nothing of the terminal: progress goes to a :class:`Progress` the caller gives.
@@ -15,7 +15,7 @@ import dataclasses
 import json
 import typing as t
 
-from ..fetch.fetcher import FetchFailed
+from ..fetch.errors import FetchFailed
 from ..models.database import DatabaseUnavailable
 from ..oci.errors import RegistryError
 from ..oci.reference import (
@@ -28,7 +28,7 @@ from ..oci.reference import (
     parse_proxy_path,
     validate_digest,
 )
-from ..stores.base import StorageError
+from ..stores.base import Following, StorageError
 from ..upstream.errors import UpstreamError
 
 if t.TYPE_CHECKING:
@@ -261,17 +261,18 @@ class Warmer:
                 )
             finally:
                 self.cache.finish_request()
-            if result.stream is None:
+            if not isinstance(result.location, Following):
                 cached += 1
                 progress.advance(plan, blob.size)
                 continue
+            chunks = result.location.chunks
             received = 0
             try:
-                for chunk in result.stream:
+                for chunk in chunks:
                     received += len(chunk)
                     progress.advance(plan, len(chunk))
             finally:
-                close = getattr(result.stream, "close", None)
+                close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
             if received != blob.size:

@@ -1,6 +1,6 @@
 """One upstream fetch per blob across the hosts that share the database.
 
-Within a host, the lock files of :mod:`.inflight` elect the one process that fetches a
+Within a host, the lock files of :mod:`.host_lock` elect the one process that fetches a
 digest. That process then claims the digest's row in ``dependency_proxy_fetch_leases``
 (:class:`FetchLeases`): the first host to claim it fetches from upstream; every other
 host streams the bytes from the fetching host's peer route (:mod:`.blueprints.peer`)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..config import ConfigError, ProxyConfig
-from .base import BlobStore
+from .base import StoreBackend
 from .filesystem import FilesystemStore
 
 
-def open_store(config: ProxyConfig) -> BlobStore:
+def open_store(config: ProxyConfig) -> StoreBackend:
     """The filesystem store at ``STORAGE_PATH``, or the object store ``STORAGE_URL`` names.
 
     :raises ConfigError: object storage is configured but its extra is not installed.

@@ -1,15 +1,23 @@
 """The blob-store seam: what the cache, the fetcher, cleanup and the CLI need of a store.
 
 A store keeps bytes by digest and nothing else: no database, no upstream, no HTTP.
-Two implementations ship: :class:`~.storage.FilesystemStore` (the embedded default) and
-:class:`~.s3_store.S3Store` (S3-compatible object storage). Each new backend is one
-module implementing :class:`BlobStore`.
+Two implementations ship: :class:`~.filesystem.FilesystemStore` (the embedded default)
+and :class:`~.s3.S3Store` (S3-compatible object storage). Each new backend is one
+module implementing :class:`StoreBackend`, that is both faces of a store:
+
+- :class:`BlobStore`, what serving and fetching need: sizes, locations and bytes of
+  committed blobs, and staging a blob being fetched;
+- :class:`StoreJanitor`, what only the life cycle (and the CLI's figures) need: listing,
+  setting aside, restoring and deleting committed blobs, and removing what killed
+  fetches left.
 
 Every store, whatever keeps its committed blobs, stages a blob being fetched in a
-local *spool* file (:class:`StagedBlob`): clients of the fetching host follow that file
-as it grows, and only a verified digest is committed (a rename on a filesystem, the
-completion of a multipart upload on S3). A hit is answered from a
-:data:`BlobLocation`, which the registry view turns into a response.
+host-local *spool* file (:class:`StagedBlob`, in the store's :class:`~.spool.Spool`):
+clients of the fetching host follow that file as it grows, and only a verified digest is
+committed (a rename on a filesystem, the completion of a multipart upload on S3). A
+blob is answered from a :data:`BlobLocation`, which the registry view turns into a
+response: where a committed blob is (:data:`StoredLocation`), or the bytes of the fetch
+a miss follows (:class:`Following`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import dataclasses
 import datetime as dt
 import errno as _errno
 import typing as t
+
+if t.TYPE_CHECKING:
+    from .spool import Spool
 
 
 class StorageError(Exception):
@@ -72,7 +83,20 @@ class ByteStream:
     open: t.Callable[[], t.Iterator[bytes]]
 
 
-BlobLocation = LocalFile | Redirect | ByteStream
+@dataclasses.dataclass(frozen=True)
+class Following:
+    """A blob being fetched: the bytes of the fetch in progress, the end held back until
+    the digest is verified (a failure raises from the iterator, cutting the body short)."""
+
+    #: The size upstream announced, ``None`` when it announced none.
+    size: int | None
+    chunks: t.Iterator[bytes]
+
+
+#: Where a committed blob is served from (:meth:`BlobStore.locate`).
+StoredLocation = LocalFile | Redirect | ByteStream
+#: How a blob reaches the client: from the store, or following its fetch.
+BlobLocation = StoredLocation | Following
 
 
 class StagedBlob(t.Protocol):
@@ -96,13 +120,14 @@ class StagedBlob(t.Protocol):
 
 
 class BlobStore(t.Protocol):
-    """Content-addressed blobs: staged locally, committed atomically, served by location.
+    """Content-addressed blobs as serving and fetching see them: staged locally,
+    committed atomically, served by location.
 
-    Digests handed to a store are validated already (:mod:`.reference`).
+    Digests handed to a store are validated already (:mod:`..oci.reference`).
     """
 
-    #: Local folder of spool and lock files (on every host, whatever the store).
-    spool_root: str
+    #: The host-local spool and lock files of fetches (on every host, whatever the store).
+    spool: Spool
 
     def describe(self) -> str:
         """Where the blobs are, for logs and the CLI (no credentials)."""
@@ -116,7 +141,7 @@ class BlobStore(t.Protocol):
         file). A remote store trusts the record: a missing object shows when it is
         opened (``FileNotFoundError``), or, behind a redirect, at the client."""
 
-    def locate(self, digest: str, size: int) -> BlobLocation:
+    def locate(self, digest: str, size: int) -> StoredLocation:
         """How a hit of a committed blob of ``size`` bytes is served; no request to a
         remote store."""
 
@@ -124,21 +149,14 @@ class BlobStore(t.Protocol):
         """A committed blob for reading; raises ``FileNotFoundError`` when it is gone."""
 
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedBlob:
-        """Start writing a blob whose fetch this process was elected to run. A spool
-        file a killed fetch left is replaced. With ``upload=False`` a store that copies
-        the bytes elsewhere (object storage) does so only at commit, not while they
-        arrive (for bytes followed from another host, which usually commits them
-        itself).
+        """Start writing a blob whose fetch this process was elected to run, in the
+        spool file :meth:`Spool.path <.spool.Spool.path>` names. A spool file a killed
+        fetch left is replaced. With ``upload=False`` a store that copies the bytes
+        elsewhere (object storage) does so only at commit, not while they arrive (for
+        bytes followed from another host, which usually commits them itself).
 
         :raises StorageError: when the blob cannot be staged.
         """
-
-    def spool_path(self, digest: str) -> str:
-        """The local spool file of a digest being fetched (one name per digest)."""
-
-    def lock_path(self, digest: str) -> str:
-        """A local file whose ``flock`` elects the one process of this host that fetches
-        a digest."""
 
     def free_bytes(self) -> int | None:
         """Bytes the store can still take, ``None`` when it sets no limit we can see."""
@@ -149,16 +167,19 @@ class BlobStore(t.Protocol):
         :raises StorageError: naming what failed.
         """
 
-    def delete(self, digest: str) -> bool:
-        """Remove a committed blob at once (tests, repair); ``False`` when absent."""
 
-    # -- what cleanup needs ------------------------------------------------------------
+class StoreJanitor(t.Protocol):
+    """Committed blobs as cleanup sees them: listed, set aside for a grace period, put
+    back or deleted; and what killed fetches left behind."""
 
     def committed(self) -> t.Iterator[tuple[str, float]]:
         """``(digest, commit time in seconds since the epoch)`` of every committed blob."""
 
     def usage(self) -> tuple[int, int]:
         """Number and total bytes of committed blobs."""
+
+    def delete(self, digest: str) -> bool:
+        """Remove a committed blob at once (tests, repair); ``False`` when absent."""
 
     def set_aside(self, digest: str, stamp: dt.datetime) -> bool:
         """Stop serving a committed blob but keep it for the grace period (moved to the
@@ -177,3 +198,9 @@ class BlobStore(t.Protocol):
     def remove_stale_staging(self, older_than: dt.datetime) -> int:
         """Remove what fetches killed before ``older_than`` left behind (spool files,
         unfinished uploads); how many."""
+
+
+class StoreBackend(BlobStore, StoreJanitor, t.Protocol):
+    """A whole store, both faces: what a backend implements and the composition root
+    opens (:func:`~.backends.open_store`); the cache and the fetcher get its
+    :class:`BlobStore` face, the life cycle its :class:`StoreJanitor` face."""

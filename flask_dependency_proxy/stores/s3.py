@@ -1,4 +1,4 @@
-"""The object-storage blob store (:class:`~.blobstore.BlobStore`): S3 and compatible
+"""The object-storage blob store (:class:`~.base.StoreBackend`): S3 and compatible
 servers (MinIO, SeaweedFS, Ceph, GCS's S3 API) through boto3.
 
 Knows objects, keys and digests; nothing of the database, the upstream or HTTP.
@@ -62,14 +62,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from ..blocking import off_the_loop
 from ..config import ProxyConfig
 from .base import ByteStream, Redirect, StorageError
-from .filesystem import (
-    SpoolFile,
-    lock_name,
-    make_folder,
-    open_for_reading,
-    remove_stale_spool_files,
-    spool_name,
-)
+from .spool import Spool, SpoolFile, open_for_reading
 
 #: Smallest part uploaded while a blob arrives (S3's own minimum is 5 MiB).
 MIN_PART_BYTES = 8 * 1024 * 1024
@@ -132,11 +125,7 @@ class S3Store:
         self.part_bytes = part_bytes
         self._body_check: str | None = None
         self._body_check_lock = threading.Lock()
-        root = os.path.abspath(local_root)
-        self.spool_root = os.path.join(root, "staging")
-        self._locks = os.path.join(root, "locks")
-        for folder in (root, self.spool_root, self._locks):
-            make_folder(folder)
+        self.spool = Spool(local_root)
 
     @classmethod
     def from_config(cls, config: ProxyConfig) -> S3Store:
@@ -245,14 +234,8 @@ class S3Store:
             raise _storage_error("read", key, exc) from exc
         return t.cast(t.BinaryIO, answer["Body"])
 
-    def spool_path(self, digest: str) -> str:
-        return os.path.join(self.spool_root, spool_name(digest))
-
-    def lock_path(self, digest: str) -> str:
-        return os.path.join(self._locks, lock_name(digest))
-
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> StagedObject:
-        spool = SpoolFile(self.spool_path(digest))
+        spool = self.spool.create(digest)
         return StagedObject(self, digest, spool, self.part_size(size), upload=upload)
 
     def part_size(self, size: int | None) -> int:
@@ -297,8 +280,7 @@ class S3Store:
         return MD5
 
     def check(self) -> None:
-        if not os.access(self.spool_root, os.R_OK | os.W_OK | os.X_OK):
-            raise StorageError("spool folder is missing or not writable", path=self.spool_root)
+        self.spool.check()
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
@@ -306,11 +288,7 @@ class S3Store:
 
     def free_bytes(self) -> int | None:
         """Free space of the local spool folder: the object store sets no limit we see."""
-        try:
-            stats = os.statvfs(self.spool_root)
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, self.spool_root) from exc
-        return stats.f_bavail * stats.f_frsize
+        return self.spool.free_bytes()
 
     def delete(self, digest: str) -> bool:
         key = self.key(digest)
@@ -380,7 +358,7 @@ class S3Store:
         """Remove stale local spool files (but those of fetches still running here) and
         abort the multipart uploads of fetches killed before ``older_than`` (started
         before it, no part uploaded since)."""
-        removed = remove_stale_spool_files(self.spool_root, older_than, self._locks)
+        removed = self.spool.remove_stale(older_than)
         limit = older_than.replace(tzinfo=dt.UTC)
         folder = f"{self.prefix}blobs/"
         try:

@@ -1,10 +1,11 @@
-"""A :class:`~flask_dependency_proxy.stores.base.BlobStore` that keeps committed blobs in
-memory, for tests of the cache and the life cycle that need no disk layout and no
-object store.
+"""A :class:`~flask_dependency_proxy.stores.base.StoreBackend` (both faces of a store) that
+keeps committed blobs in memory, for tests of the cache and the life cycle that need no
+disk layout and no object store.
 
-Like every store it stages a blob being fetched in a local spool file (the fetcher's
-followers read that file as it grows, and its lock files elect the fetching process),
-so it needs a folder for those; committed and set-aside blobs live in dictionaries.
+Like every store it stages a blob being fetched in a local spool file of its
+:class:`~flask_dependency_proxy.stores.spool.Spool` (the fetcher's followers read that
+file as it grows, and its lock files elect the fetching process), so it needs a folder
+for those; committed and set-aside blobs live in dictionaries.
 Hits are served as :class:`~flask_dependency_proxy.stores.base.ByteStream`, the way a
 store clients cannot reach is served.
 
@@ -25,6 +26,7 @@ import time
 import typing as t
 
 from flask_dependency_proxy.stores.base import ByteStream, StorageError
+from flask_dependency_proxy.stores.spool import Spool
 
 #: Bytes per chunk of a streamed hit.
 CHUNK = 64 * 1024
@@ -57,11 +59,7 @@ class MemoryStore:
         clock: t.Callable[[], float] = time.time,
         free: int | None = None,
     ) -> None:
-        root = os.path.abspath(local_root)
-        self.spool_root = os.path.join(root, "staging")
-        self._locks = os.path.join(root, "locks")
-        for folder in (self.spool_root, self._locks):
-            os.makedirs(folder, exist_ok=True)
+        self.spool = Spool(local_root)
         self.clock = clock
         self.free = free
         self._blobs: dict[str, _Blob] = {}
@@ -110,25 +108,17 @@ class MemoryStore:
 
     # -- staging -------------------------------------------------------------------------
 
-    def spool_path(self, digest: str) -> str:
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self.spool_root, f"{algorithm}-{hex_digest}.partial")
-
-    def lock_path(self, digest: str) -> str:
-        algorithm, hex_digest = digest.split(":", 1)
-        return os.path.join(self._locks, f"{algorithm}-{hex_digest}.lock")
-
     def stage(self, digest: str, size: int | None, *, upload: bool = True) -> MemoryStaged:
         if self.broken:
-            raise StorageError(self.broken, path=self.spool_path(digest))
-        return MemoryStaged(self, digest, self.spool_path(digest))
+            raise StorageError(self.broken, path=self.spool.path(digest))
+        return MemoryStaged(self, digest, self.spool.path(digest))
 
     def free_bytes(self) -> int | None:
         return self.free
 
     def check(self) -> None:
         if self.broken:
-            raise StorageError(self.broken, path=self.spool_root)
+            raise StorageError(self.broken, path=self.spool.root)
 
     def delete(self, digest: str) -> bool:
         with self._lock:
@@ -185,17 +175,7 @@ class MemoryStore:
         return None if entry is None else len(entry[2].data)
 
     def remove_stale_staging(self, older_than: dt.datetime) -> int:
-        limit = older_than.replace(tzinfo=dt.UTC).timestamp()
-        removed = 0
-        for name in os.listdir(self.spool_root):
-            path = os.path.join(self.spool_root, name)
-            try:
-                if os.stat(path).st_mtime < limit:
-                    os.unlink(path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return self.spool.remove_stale(older_than)
 
 
 class MemoryStaged:

@@ -17,15 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.fetch.fetcher import (
-    BlobFetcher,
-    FetchFailed,
-    LocalFetch,
-    RemoteFetch,
-    UpstreamSizeError,
-    _try_lock,
-    _unlock,
-)
+from flask_dependency_proxy.fetch.errors import FetchFailed, UpstreamSizeError
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher, Committed
+from flask_dependency_proxy.fetch.following import LocalFetch, RemoteFetch
+from flask_dependency_proxy.fetch.host_lock import HostLock
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.stores.base import BlobStore
 from flask_dependency_proxy.stores.filesystem import FilesystemStore, StorageError
@@ -97,7 +92,7 @@ def test_followers_share_one_fetch_and_the_commit(tmp_path: Path) -> None:
     assert store.size(digest) == len(data)
     assert recorded == [len(data)]
     # Once committed, there is nothing left to fetch.
-    assert fetcher.fetch(digest, open_upstream) is None
+    assert fetcher.fetch(digest, open_upstream) == Committed(len(data))
 
 
 def test_wrong_bytes_are_never_committed(tmp_path: Path) -> None:
@@ -239,7 +234,7 @@ def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it
     _wait(lambda: fetcher.in_flight() == 0, timeout=30)
     assert store.set_aside(digest, utcnow())
     assert store.size(digest) is None
-    assert not os.path.exists(store.spool_path(digest))
+    assert not os.path.exists(store.spool.path(digest))
 
     assert b"".join(fetch.follow(store)) == data
 
@@ -259,7 +254,7 @@ def test_cleanup_keeps_the_spool_file_of_a_live_fetch_however_old_it_looks(
     fetch = fetcher.fetch(digest, lambda offset: GatedEnd(data, end))
     assert fetch is not None
     _wait(lambda: fetch.written == len(data))  # type: ignore[attr-defined]
-    live, dead = store.spool_path(digest), store.spool_path(_digest(b"killed"))
+    live, dead = store.spool.path(digest), store.spool.path(_digest(b"killed"))
     Path(dead).write_bytes(b"what a killed fetch left")
     two_hours_ago = time.time() - 2 * 3600
     for path in (live, dead):
@@ -327,12 +322,11 @@ def test_remote_follower_does_not_take_another_fetchs_file_for_its_own(tmp_path:
     store = FilesystemStore(str(tmp_path))
     data = b"a" * 1_500_000
     digest = _digest(b"b" * len(data))
-    lock_path = store.lock_path(digest)
-    lock_fd = _try_lock(lock_path)
-    assert lock_fd is not None
+    lock = HostLock.acquire(store.spool, digest)
+    assert lock is not None
     staged = store.stage(digest, len(data))
     staged.write(data)
-    remote = RemoteFetch(digest, len(data), lock_path)
+    remote = RemoteFetch(digest, len(data))
     reader = Reader(remote.follow(store))
     _wait(lambda: len(reader.received) > 0)
 
@@ -341,7 +335,7 @@ def test_remote_follower_does_not_take_another_fetchs_file_for_its_own(tmp_path:
     os.makedirs(os.path.dirname(final))
     with open(final, "wb") as later:
         later.write(b"b" * len(data))
-    _unlock(lock_path, lock_fd)
+    lock.release()
 
     assert reader.done.wait(5)
     assert isinstance(reader.error, FetchFailed)
@@ -411,7 +405,7 @@ def test_blob_larger_than_the_free_space_is_refused_before_it_starts(
     with pytest.raises(StorageError) as refused:
         fetcher.fetch(_digest(data), open_upstream)
     assert refused.value.errno == errno.ENOSPC
-    assert refused.value.path == store.spool_root
+    assert refused.value.path == store.spool.root
     assert list((tmp_path / "staging").iterdir()) == []
     assert fetcher.in_flight() == 0
 
@@ -458,9 +452,9 @@ def test_write_that_fails_aborts_the_fetch_without_retrying_upstream(
     fetcher = BlobFetcher(store, resume_attempts=3)
     data = bytes(range(256)) * 20
     digest = _digest(data)
-    staging = store.spool_path(digest)
+    staging = store.spool.path(digest)
     monkeypatch.setattr(
-        "flask_dependency_proxy.stores.filesystem.create_spool_file",
+        "flask_dependency_proxy.stores.spool.create_spool_file",
         lambda path: FailingFile(path, 2500),
     )
     opened: list[int] = []

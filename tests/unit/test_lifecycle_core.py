@@ -17,9 +17,10 @@ import typing as t
 import pytest
 
 from flask_dependency_proxy.admin.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
-from flask_dependency_proxy.cache.pull_through import Outcome
+from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
+from flask_dependency_proxy.stores.base import ByteStream, Following
 from tests.support.core import Core
 
 GROUP = 1
@@ -36,13 +37,19 @@ def _pull(core: Core, group_id: int, tag: str, path: ProxyPath = PATH) -> None:
     """Pull a tag and every blob of its image for a group, as a client does."""
     result = core.cache.get_manifest(group_id, path, tag, ACCEPT)
     for digest in _blobs_of(core, result.digest, path.image):
-        blob = core.cache.get_blob(group_id, path, digest)
-        assert blob.stream is not None or blob.location is not None
-        if blob.stream is not None:
-            b"".join(blob.stream)
-        else:
-            b"".join(blob.location.open())  # type: ignore[union-attr]
+        _drain(core.cache.get_blob(group_id, path, digest))
     core.settle()
+
+
+def _drain(blob: BlobResult) -> None:
+    """Read a blob answer to its end, as a client does."""
+    match blob.location:
+        case Following(chunks=chunks):
+            b"".join(chunks)
+        case ByteStream(open=open_blob):
+            b"".join(open_blob())
+        case other:
+            raise AssertionError(f"not served by the in-memory store: {other!r}")
 
 
 def _blobs_of(core: Core, digest: str, image: str) -> tuple[str, ...]:
@@ -158,7 +165,7 @@ def test_a_set_aside_blob_a_row_claims_again_is_put_back(make_core: MakeCore) ->
     core = make_core()
     data = b"claimed again" * 100
     digest = core.upstream.push_blob(IMAGE, data)
-    b"".join(core.cache.get_blob(GROUP, PATH, digest).stream or ())
+    _drain(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     lifecycle = core.lifecycle(file_grace_seconds=GRACE)
     lifecycle.purge(GROUP)
@@ -194,12 +201,12 @@ def test_a_cleanup_waits_for_the_one_that_holds_the_lease(make_core: MakeCore) -
 def test_cleanup_removes_spool_files_a_killed_fetch_left(make_core: MakeCore) -> None:
     core = make_core()
     digest = "sha256:" + "ab" * 32
-    left = core.store.spool_path(digest)
+    left = core.store.spool.path(digest)
     with open(left, "wb") as file:
         file.write(b"half a blob")
     two_hours_ago = time.time() - 7200
     os.utime(left, (two_hours_ago, two_hours_ago))
-    fresh = core.store.spool_path("sha256:" + "cd" * 32)
+    fresh = core.store.spool.path("sha256:" + "cd" * 32)
     with open(fresh, "wb") as file:
         file.write(b"a fetch in progress")
 

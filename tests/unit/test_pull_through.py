@@ -16,11 +16,11 @@ import pytest
 
 from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
 from flask_dependency_proxy.cache.quota import QuotaPolicy
-from flask_dependency_proxy.fetch.fetcher import FetchFailed
+from flask_dependency_proxy.fetch.errors import FetchFailed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
 from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
-from flask_dependency_proxy.stores.base import ByteStream
+from flask_dependency_proxy.stores.base import ByteStream, Following
 from tests.support.core import Core
 from tests.support.fakeupstream import Failure, FakeRegistry
 
@@ -35,8 +35,8 @@ MakeCore = t.Callable[..., Core]
 
 def _bytes(result: BlobResult) -> bytes:
     """What a client of this blob answer receives."""
-    if result.stream is not None:
-        return b"".join(result.stream)
+    if isinstance(result.location, Following):
+        return b"".join(result.location.chunks)
     assert isinstance(result.location, ByteStream)
     return b"".join(result.location.open())
 
@@ -304,9 +304,9 @@ def test_a_blob_with_wrong_bytes_breaks_the_transfer_and_is_not_stored(
     core.upstream.fail(Failure.WRONG_DIGEST, only=["blob"])
 
     miss = core.cache.get_blob(GROUP, PATH, digest)
-    assert miss.stream is not None
+    assert isinstance(miss.location, Following)
     with pytest.raises(FetchFailed) as raised:
-        b"".join(miss.stream)
+        b"".join(miss.location.chunks)
     assert raised.value.reason == "digest_mismatch"
     core.settle()
 
@@ -399,6 +399,79 @@ def test_a_blob_gone_from_the_store_is_fetched_again(make_core: MakeCore) -> Non
     assert core.upstream.count("GET", "blob") == 2
 
 
+@pytest.mark.parametrize("same_worker", [True, False])
+def test_a_blob_committed_while_a_request_looked_is_served_on_the_fetchers_word(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch, same_worker: bool
+) -> None:
+    """A fetch commits the blob between a request's lookup and its own fetch: the
+    fetcher answers that it is committed, and the cache serves it from the store without
+    asking again, unless the route's confirmation took a round trip upstream (then the
+    fetcher is asked once more: a cleanup may have taken the blob meanwhile)."""
+    core = make_core()
+    data = b"raced" * 1000
+    digest = core.upstream.push_blob(IMAGE, data)
+    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    core.settle()
+    if not same_worker:
+        core.cache.confirmations = type(core.cache.confirmations)()
+    asked: list[int | None] = []
+    committed_size = core.fetcher.committed_size
+
+    def looked_too_early(digest: str) -> int | None:
+        size = committed_size(digest) if asked else None
+        asked.append(size)
+        return size
+
+    monkeypatch.setattr(core.fetcher, "committed_size", looked_too_early)
+
+    claimed = core.cache.get_blob(OTHER_GROUP, PATH, digest)
+
+    assert isinstance(claimed.location, ByteStream)
+    assert _bytes(claimed) == data
+    assert asked == ([None] if same_worker else [None, len(data)])
+    assert core.upstream.count("GET", "blob") == 1
+    assert core.metadata.find_blob(OTHER_GROUP, digest) is not None
+
+
+def test_a_blob_committed_and_taken_again_while_its_route_confirmed_it_is_fetched_again(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetcher answers that the blob is committed; while the group's route confirms
+    the digest, a cleanup without a grace period takes it away. The request fetches it
+    once more instead of answering from a store that no longer holds it."""
+    core = make_core()
+    data = b"purged" * 1000
+    digest = core.upstream.push_blob(IMAGE, data)
+    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    core.settle()
+    core.cache.confirmations = type(core.cache.confirmations)()
+    committed_size = core.fetcher.committed_size
+    looked: list[str] = []
+
+    def looked_too_early(digest: str) -> int | None:
+        looked.append(digest)
+        return committed_size(digest) if len(looked) > 1 else None
+
+    confirm = core.cache.confirmations.confirm
+
+    def confirm_then_clean_up(*args: t.Any) -> bool:
+        answered = confirm(*args)
+        core.store.delete(digest)
+        return answered
+
+    monkeypatch.setattr(core.fetcher, "committed_size", looked_too_early)
+    monkeypatch.setattr(core.cache.confirmations, "confirm", confirm_then_clean_up)
+
+    again = core.cache.get_blob(OTHER_GROUP, PATH, digest)
+
+    assert again.outcome is Outcome.MISS
+    assert isinstance(again.location, Following)
+    assert _bytes(again) == data
+    core.settle()
+    assert core.upstream.count("GET", "blob") == 2
+    assert core.store.data(digest) == data
+
+
 # -- limits ----------------------------------------------------------------------------
 
 
@@ -485,7 +558,7 @@ def test_a_blob_over_the_instance_limit_is_refused_before_a_download(
         core.cache.get_manifest(GROUP, PATH, "fat", ACCEPT)
     assert raised.value.code is ErrorCode.DENIED
     with pytest.raises(RegistryError) as raised:
-        b"".join(core.cache.get_blob(GROUP, PATH, image.layers[0]).stream or ())
+        _bytes(core.cache.get_blob(GROUP, PATH, image.layers[0]))
     assert raised.value.code is ErrorCode.DENIED
     core.settle()
     assert core.store.size(image.layers[0]) is None

@@ -16,7 +16,8 @@ from flask_dependency_proxy.cache.quota import (
     manifest_blobs,
     parse_size,
 )
-from flask_dependency_proxy.fetch.fetcher import BlobFetcher, BlobTooLarge, FetchFailed
+from flask_dependency_proxy.fetch.errors import BlobTooLarge, FetchFailed
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.stores.filesystem import FilesystemStore
 
 

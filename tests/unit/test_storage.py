@@ -79,7 +79,7 @@ def test_a_link_planted_as_the_staging_file_is_replaced_not_written_through(
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     data = b"blob bytes" * 500
-    os.symlink(victim, store.spool_path(_digest(data)))
+    os.symlink(victim, store.spool.path(_digest(data)))
 
     assert _fetch(store, data) == data
 
@@ -113,7 +113,7 @@ def test_a_link_planted_as_the_lock_file_refuses_the_fetch(tmp_path: Path) -> No
     target = tmp_path / "target"
     target.write_bytes(b"")
     data = b"locked out" * 100
-    os.symlink(target, store.lock_path(_digest(data)))
+    os.symlink(target, store.spool.lock_path(_digest(data)))
 
     with pytest.raises(StorageError) as raised:
         BlobFetcher(store).fetch(_digest(data), lambda offset: _Stream(data, offset))  # type: ignore[arg-type, return-value]
