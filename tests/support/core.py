@@ -23,7 +23,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
-from flask_dependency_proxy.cache.pull_through import PullThroughCache
+from flask_dependency_proxy.cache.pull_through import BlobResult, PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
@@ -32,6 +32,7 @@ from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
 from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.stores.base import ByteStream, Following
 from flask_dependency_proxy.upstream.routing import InstanceOrder
 
 from .fakeupstream import FakeRegistry, upstream_set
@@ -183,3 +184,13 @@ def build_core(
         cache=cache,
         clock=clock,
     )
+
+
+def received(result: BlobResult) -> bytes:
+    """What a client of a blob answer receives: a fetch it follows, or the stored blob."""
+    match result.location:
+        case Following(chunks=chunks):
+            return b"".join(chunks)
+        case ByteStream(open=open_blob):
+            return b"".join(open_blob())
+    raise AssertionError(f"not a blob the core streams: {result.location!r}")

@@ -26,7 +26,7 @@ from flask_dependency_proxy.models.tables import GroupSettings, GroupUpstreamRow
 from flask_dependency_proxy.models.upstreams import GroupUpstreamRecords, UpstreamListError
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
 from flask_dependency_proxy.upstream.credentials import CredentialCipher
-from tests.support.core import Core
+from tests.support.core import Core, received
 from tests.support.fakeupstream import FakeRegistry
 
 GROUP = 1
@@ -76,11 +76,7 @@ def _pull(core: Core, group_id: int, tag: str, image: str = IMAGE) -> None:
     _media_type, content = core.upstream.manifests[image][result.digest]
     document = json.loads(content)
     for digest in (document["config"]["digest"], *(d["digest"] for d in document["layers"])):
-        blob = core.cache.get_blob(group_id, path, digest)
-        if blob.stream is not None:
-            b"".join(blob.stream)
-        else:
-            b"".join(blob.location.open())  # type: ignore[union-attr]
+        received(core.cache.get_blob(group_id, path, digest))
     core.settle()
 
 

@@ -17,11 +17,10 @@ import typing as t
 import pytest
 
 from flask_dependency_proxy.admin.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
-from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
+from flask_dependency_proxy.cache.pull_through import Outcome
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
-from flask_dependency_proxy.stores.base import ByteStream, Following
-from tests.support.core import Core
+from tests.support.core import Core, received
 
 GROUP = 1
 OTHER_GROUP = 2
@@ -37,19 +36,8 @@ def _pull(core: Core, group_id: int, tag: str, path: ProxyPath = PATH) -> None:
     """Pull a tag and every blob of its image for a group, as a client does."""
     result = core.cache.get_manifest(group_id, path, tag, ACCEPT)
     for digest in _blobs_of(core, result.digest, path.image):
-        _drain(core.cache.get_blob(group_id, path, digest))
+        received(core.cache.get_blob(group_id, path, digest))
     core.settle()
-
-
-def _drain(blob: BlobResult) -> None:
-    """Read a blob answer to its end, as a client does."""
-    match blob.location:
-        case Following(chunks=chunks):
-            b"".join(chunks)
-        case ByteStream(open=open_blob):
-            b"".join(open_blob())
-        case other:
-            raise AssertionError(f"not served by the in-memory store: {other!r}")
 
 
 def _blobs_of(core: Core, digest: str, image: str) -> tuple[str, ...]:
@@ -165,7 +153,7 @@ def test_a_set_aside_blob_a_row_claims_again_is_put_back(make_core: MakeCore) ->
     core = make_core()
     data = b"claimed again" * 100
     digest = core.upstream.push_blob(IMAGE, data)
-    _drain(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     lifecycle = core.lifecycle(file_grace_seconds=GRACE)
     lifecycle.purge(GROUP)

@@ -14,14 +14,14 @@ import typing as t
 
 import pytest
 
-from flask_dependency_proxy.cache.pull_through import BlobResult, Outcome
+from flask_dependency_proxy.cache.pull_through import Outcome
 from flask_dependency_proxy.cache.quota import QuotaPolicy
 from flask_dependency_proxy.fetch.errors import FetchFailed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
 from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
 from flask_dependency_proxy.stores.base import ByteStream, Following
-from tests.support.core import Core
+from tests.support.core import Core, received
 from tests.support.fakeupstream import Failure, FakeRegistry
 
 GROUP = 1
@@ -31,14 +31,6 @@ PATH = ProxyPath("acme", IMAGE)
 ACCEPT = (MEDIA_TYPE_OCI_MANIFEST,)
 
 MakeCore = t.Callable[..., Core]
-
-
-def _bytes(result: BlobResult) -> bytes:
-    """What a client of this blob answer receives."""
-    if isinstance(result.location, Following):
-        return b"".join(result.location.chunks)
-    assert isinstance(result.location, ByteStream)
-    return b"".join(result.location.open())
 
 
 def _statuses(core: Core, table: type[CachedManifest] | type[CachedBlob]) -> list[Status]:
@@ -282,13 +274,13 @@ def test_a_blob_is_fetched_once_then_served_from_the_store(make_core: MakeCore) 
 
     miss = core.cache.get_blob(GROUP, PATH, digest)
     assert (miss.outcome, miss.size, miss.upstream_status) == (Outcome.MISS, len(data), 200)
-    assert _bytes(miss) == data
+    assert received(miss) == data
     core.settle()
 
     hit = core.cache.get_blob(GROUP, PATH, digest)
     assert (hit.outcome, hit.size) == (Outcome.HIT, len(data))
     assert isinstance(hit.location, ByteStream)
-    assert _bytes(hit) == data
+    assert received(hit) == data
     assert core.upstream.count("GET", "blob") == 1
     assert core.store.commits == [digest]
     assert core.cache.head_blob(GROUP, PATH, digest) == len(data)
@@ -313,7 +305,7 @@ def test_a_blob_with_wrong_bytes_breaks_the_transfer_and_is_not_stored(
     assert core.store.size(digest) is None
     assert core.metadata.find_blob(GROUP, digest) is None
     core.upstream.recover()
-    assert _bytes(core.cache.get_blob(GROUP, PATH, digest)) == data
+    assert received(core.cache.get_blob(GROUP, PATH, digest)) == data
 
 
 @pytest.mark.parametrize(
@@ -346,14 +338,14 @@ def test_a_blob_another_group_cached_is_claimed_on_its_route_s_word_without_a_do
     core = make_core()
     data = b"shared layer" * 100
     digest = core.upstream.push_blob(IMAGE, data)
-    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     if not same_worker:
         core.cache.confirmations = type(core.cache.confirmations)()
 
     claimed = core.cache.get_blob(OTHER_GROUP, PATH, digest)
 
-    assert _bytes(claimed) == data
+    assert received(claimed) == data
     heads = 0 if same_worker else 1
     assert (core.upstream.count("GET", "blob"), core.upstream.count("HEAD", "blob")) == (1, heads)
     assert core.metadata.find_blob(OTHER_GROUP, digest) is not None
@@ -366,7 +358,7 @@ def test_a_blob_another_group_cached_is_not_served_when_upstream_does_not_have_i
     the store must not leak one group's blobs to another."""
     core = make_core()
     digest = core.upstream.push_blob(IMAGE, b"private layer")
-    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
 
     with pytest.raises(RegistryError) as raised:
@@ -388,14 +380,14 @@ def test_a_blob_gone_from_the_store_is_fetched_again(make_core: MakeCore) -> Non
     core = make_core()
     data = b"lost" * 1000
     digest = core.upstream.push_blob(IMAGE, data)
-    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     core.store.delete(digest)
 
     again = core.cache.get_blob(GROUP, PATH, digest)
 
     assert again.outcome is Outcome.MISS
-    assert _bytes(again) == data
+    assert received(again) == data
     assert core.upstream.count("GET", "blob") == 2
 
 
@@ -410,7 +402,7 @@ def test_a_blob_committed_while_a_request_looked_is_served_on_the_fetchers_word(
     core = make_core()
     data = b"raced" * 1000
     digest = core.upstream.push_blob(IMAGE, data)
-    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     if not same_worker:
         core.cache.confirmations = type(core.cache.confirmations)()
@@ -427,7 +419,7 @@ def test_a_blob_committed_while_a_request_looked_is_served_on_the_fetchers_word(
     claimed = core.cache.get_blob(OTHER_GROUP, PATH, digest)
 
     assert isinstance(claimed.location, ByteStream)
-    assert _bytes(claimed) == data
+    assert received(claimed) == data
     assert asked == ([None] if same_worker else [None, len(data)])
     assert core.upstream.count("GET", "blob") == 1
     assert core.metadata.find_blob(OTHER_GROUP, digest) is not None
@@ -442,7 +434,7 @@ def test_a_blob_committed_and_taken_again_while_its_route_confirmed_it_is_fetche
     core = make_core()
     data = b"purged" * 1000
     digest = core.upstream.push_blob(IMAGE, data)
-    _bytes(core.cache.get_blob(GROUP, PATH, digest))
+    received(core.cache.get_blob(GROUP, PATH, digest))
     core.settle()
     core.cache.confirmations = type(core.cache.confirmations)()
     committed_size = core.fetcher.committed_size
@@ -466,7 +458,7 @@ def test_a_blob_committed_and_taken_again_while_its_route_confirmed_it_is_fetche
 
     assert again.outcome is Outcome.MISS
     assert isinstance(again.location, Following)
-    assert _bytes(again) == data
+    assert received(again) == data
     core.settle()
     assert core.upstream.count("GET", "blob") == 2
     assert core.store.data(digest) == data
@@ -483,7 +475,7 @@ def test_a_group_over_its_limit_is_refused_new_content_and_keeps_its_cache(
     big = core.upstream.push_image(IMAGE, "big", [b"b" * 5000])
     core.cache.get_manifest(GROUP, PATH, "small", ACCEPT)
     for blob in small.blobs:
-        _bytes(core.cache.get_blob(GROUP, PATH, blob))
+        received(core.cache.get_blob(GROUP, PATH, blob))
     core.settle()
     core.set_limit(GROUP, core.quota_records().usage(GROUP) - 1)
 
@@ -496,7 +488,7 @@ def test_a_group_over_its_limit_is_refused_new_content_and_keeps_its_cache(
     assert core.upstream.count("GET", "blob") == len(small.blobs), "refused before a download"
 
     assert core.cache.get_manifest(GROUP, PATH, "small", ACCEPT).digest == small.digest
-    assert _bytes(core.cache.get_blob(GROUP, PATH, small.layers[0])) == b"s" * 100
+    assert received(core.cache.get_blob(GROUP, PATH, small.layers[0])) == b"s" * 100
     # Another group has no limit.
     assert core.cache.get_manifest(OTHER_GROUP, PATH, "big", ACCEPT).outcome is Outcome.MISS
 
@@ -509,7 +501,7 @@ def test_a_blob_of_unknown_size_is_admitted_while_the_group_is_under_its_limit(
     core = make_core(quota_policy=QuotaPolicy.REFUSE)
     digest = core.upstream.push_blob(IMAGE, b"z" * 5000)
     core.set_limit(GROUP, 1000)
-    assert _bytes(core.cache.get_blob(GROUP, PATH, digest)) == b"z" * 5000
+    assert received(core.cache.get_blob(GROUP, PATH, digest)) == b"z" * 5000
 
 
 def test_a_group_over_its_limit_evicts_its_least_recently_pulled_content(
@@ -520,13 +512,13 @@ def test_a_group_over_its_limit_evicts_its_least_recently_pulled_content(
     new = core.upstream.push_image(IMAGE, "new", [b"n" * 1500])
     core.cache.get_manifest(GROUP, PATH, "old", ACCEPT)
     for blob in old.blobs:
-        _bytes(core.cache.get_blob(GROUP, PATH, blob))
+        received(core.cache.get_blob(GROUP, PATH, blob))
     core.settle()
     core.set_limit(GROUP, 3000)
 
     pulled = core.cache.get_manifest(GROUP, PATH, "new", ACCEPT)
     for blob in new.blobs:
-        _bytes(core.cache.get_blob(GROUP, PATH, blob))
+        received(core.cache.get_blob(GROUP, PATH, blob))
     core.settle()
 
     assert pulled.outcome is Outcome.MISS
@@ -558,7 +550,7 @@ def test_a_blob_over_the_instance_limit_is_refused_before_a_download(
         core.cache.get_manifest(GROUP, PATH, "fat", ACCEPT)
     assert raised.value.code is ErrorCode.DENIED
     with pytest.raises(RegistryError) as raised:
-        _bytes(core.cache.get_blob(GROUP, PATH, image.layers[0]))
+        received(core.cache.get_blob(GROUP, PATH, image.layers[0]))
     assert raised.value.code is ErrorCode.DENIED
     core.settle()
     assert core.store.size(image.layers[0]) is None
@@ -580,7 +572,7 @@ def test_an_image_sticks_to_the_upstream_that_served_it(make_core: MakeCore) -> 
 
     first.forget_calls()
     core.cache.get_manifest(GROUP, PATH, "latest", ACCEPT)
-    _bytes(core.cache.get_blob(GROUP, PATH, image.layers[0]))
+    received(core.cache.get_blob(GROUP, PATH, image.layers[0]))
     assert first.calls == [], "refreshes and blobs go back where the image came from"
 
 
