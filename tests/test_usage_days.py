@@ -7,7 +7,7 @@ import datetime as dt
 
 from flask import Flask
 
-from flask_dependency_proxy.cache.pull_through import Outcome
+from flask_dependency_proxy.cache.results import Outcome
 from flask_dependency_proxy.cache.usage import UsageBuffer
 from flask_dependency_proxy.models.usage import DayCounts, read_usage, write_usage
 

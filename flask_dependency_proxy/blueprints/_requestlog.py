@@ -23,7 +23,7 @@ from .._state import state
 from ._registry_http import after_body
 
 if t.TYPE_CHECKING:
-    from ..cache.pull_through import Outcome
+    from ..cache.results import Outcome
 
 request_log = logging.getLogger("flask_dependency_proxy.requests")
 

@@ -18,8 +18,8 @@ from werkzeug.utils import send_file
 from werkzeug.wsgi import FileWrapper
 
 from .._state import state
-from ..cache.pull_through import BlobResult
 from ..cache.quota import blob_too_large
+from ..cache.results import BlobResult
 from ..fetch.errors import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
 from ..models.database import DatabaseUnavailable

@@ -23,8 +23,9 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
-from flask_dependency_proxy.cache.pull_through import BlobResult, PullThroughCache
+from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
+from flask_dependency_proxy.cache.results import BlobResult
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
 from flask_dependency_proxy.models.cleanup import CleanupRecords

@@ -17,7 +17,7 @@ import typing as t
 import pytest
 
 from flask_dependency_proxy.admin.lifecycle import CLEANUP_LEASE, CleanupBusy, PurgeTooSoon
-from flask_dependency_proxy.cache.pull_through import Outcome
+from flask_dependency_proxy.cache.results import Outcome
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
 from tests.support.core import Core, received

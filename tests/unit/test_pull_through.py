@@ -14,8 +14,8 @@ import typing as t
 
 import pytest
 
-from flask_dependency_proxy.cache.pull_through import Outcome
 from flask_dependency_proxy.cache.quota import QuotaPolicy
+from flask_dependency_proxy.cache.results import Outcome
 from flask_dependency_proxy.fetch.errors import FetchFailed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
 from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError

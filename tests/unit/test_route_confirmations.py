@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.cache.pull_through import PullThroughCache, _Confirmations, route_key
+from flask_dependency_proxy.cache.confirmations import Confirmations, route_key
+from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.stores.filesystem import FilesystemStore
 from flask_dependency_proxy.upstream.errors import UpstreamError, UpstreamNotFound
@@ -92,7 +93,7 @@ def _cache(tmp_path: Path) -> PullThroughCache:
     worker's confirmations (a new worker on the same store each time)."""
     cache = object.__new__(PullThroughCache)
     cache.fetcher = BlobFetcher(FilesystemStore(str(tmp_path)), start_timeout=10)
-    cache.confirmations = _Confirmations()
+    cache.confirmations = Confirmations()
     return cache
 
 
@@ -173,7 +174,7 @@ def test_a_herd_of_one_route_asks_no_head(tmp_path: Path) -> None:
 
 
 def test_concurrent_confirmations_of_one_route_share_one_head() -> None:
-    confirmations = _Confirmations()
+    confirmations = Confirmations()
     slow = threading.Event()
     route = FakeClient({DIGEST: DATA})
     head = route.head_blob
@@ -199,7 +200,7 @@ def test_concurrent_confirmations_of_one_route_share_one_head() -> None:
 
 def test_a_refusal_is_not_remembered_and_a_confirmation_expires() -> None:
     now = [0.0]
-    confirmations = _Confirmations(seconds=60, clock=lambda: now[0])
+    confirmations = Confirmations(seconds=60, clock=lambda: now[0])
     route = FakeClient({})
     with pytest.raises(UpstreamNotFound):
         confirmations.confirm(_candidates(route), DIGEST)

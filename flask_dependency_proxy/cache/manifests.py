@@ -1,0 +1,241 @@
+"""The pull-through rules for manifests and tags.
+
+- Tags go upstream first with a HEAD (free of Docker Hub's pull quota); only a changed
+  digest costs a GET. An unreachable upstream falls back to the cached copy; a tag
+  upstream deleted is kept only with ``serve_stale_on_not_found``.
+- A tag's HEAD is skipped for ``tag_check_interval`` after it was last checked.
+- Manifests by digest are immutable: served locally once cached.
+- A client is given a manifest in a media type it accepts, the way distribution
+  negotiates (:meth:`ManifestCache.get_manifest`).
+- Database reads and writes run in short phases that end before upstream is asked.
+- A new manifest passes the size checks of :mod:`.quota` first; cached content is
+  always served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import typing as t
+
+from ..models.database import DatabaseGuard
+from ..models.repository import CacheMetadata, ManifestRecord
+from ..oci.errors import ErrorCode, RegistryError
+from ..oci.reference import (
+    MEDIA_TYPE_DOCKER_LIST,
+    ProxyPath,
+    accepts,
+    default_platform_manifest,
+    is_digest,
+    is_valid_tag,
+)
+from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
+from ..upstream.registry import TagPage
+from .quota import Quotas
+from .results import ManifestResult, Outcome
+from .routes import ImageRoutes, call_upstream, first_that_has, translate, unavailable
+
+log = logging.getLogger(__name__)
+
+
+class ManifestCache:
+    """Manifests and tags of one application's pull-through cache.
+
+    :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
+    :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
+    """
+
+    def __init__(
+        self,
+        *,
+        routes: ImageRoutes,
+        metadata: CacheMetadata,
+        quotas: Quotas,
+        tag_check_interval: float,
+        serve_stale_on_not_found: bool,
+        clock: t.Callable[[], dt.datetime],
+    ) -> None:
+        self.routes = routes
+        self.metadata = metadata
+        self.database: DatabaseGuard = metadata.database
+        self.quotas = quotas
+        self.tag_check_interval = dt.timedelta(seconds=tag_check_interval)
+        self.serve_stale_on_not_found = serve_stale_on_not_found
+        self._clock = clock
+
+    def get_manifest(
+        self, group_id: int, path: ProxyPath, reference: str, accept: t.Sequence[str] = ()
+    ) -> ManifestResult:
+        """The manifest for a tag or digest, from the cache or upstream, in a media type
+        the client accepts (``accept``: its merged ``Accept`` list), the way distribution
+        negotiates: a Docker manifest list asked for by tag by a client that cannot take
+        one gives its ``linux/amd64`` manifest; any other type the client did not ask for
+        is ``404 MANIFEST_UNKNOWN``.
+        """
+        result = self._manifest(group_id, path, reference)
+        if accepts(list(accept), result.media_type):
+            return result
+        if result.media_type == MEDIA_TYPE_DOCKER_LIST and not is_digest(reference):
+            child = default_platform_manifest(result.content)
+            if child is not None:
+                chosen = self._manifest(group_id, path, child)
+                if accepts(list(accept), chosen.media_type):
+                    if result.stale:
+                        return dataclasses.replace(chosen, outcome=Outcome.STALE)
+                    return chosen
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"manifest is {result.media_type}, which the Accept header does not allow",
+            {"reference": reference},
+        )
+
+    def _manifest(self, group_id: int, path: ProxyPath, reference: str) -> ManifestResult:
+        if is_digest(reference):
+            return self._manifest_by_digest(group_id, path, reference)
+        return self._manifest_by_tag(group_id, path, reference)
+
+    def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
+        """One page of upstream's tags for the image; while upstream cannot answer, the
+        tags the group has cached (``stale``).
+
+        :raises RegistryError: ``NAME_UNKNOWN`` when no upstream knows the image,
+            ``UNAVAILABLE`` or ``TOOMANYREQUESTS`` when upstream cannot answer and the
+            group has no tags of the image.
+        """
+        with self.database.phase("reading the image's upstream"):
+            candidates = self.routes.image_candidates(group_id, path)
+        try:
+            page, _ = first_that_has(
+                candidates, lambda c: c.client.list_tags(c.repository, n, last)
+            )
+        except UpstreamError as exc:
+            if isinstance(exc, UpstreamNotFound):
+                raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": path.image}) from exc
+            with self.database.phase("reading cached tags"):
+                cached = self.metadata.cached_tags(group_id, path.image)
+            if not cached:
+                raise unavailable(exc) from exc
+            log.warning("upstream failed for tags of %s (%s); serving cached tags", path.image, exc)
+            page = TagPage(tags=tuple(cached), next_last=None, stale=True)
+        # Registries that do not paginate (distribution 2.8) send every tag, in no
+        # particular order: the page is cut here, in the spec's lexical order.
+        tags = sorted(
+            tag for tag in page.tags if is_valid_tag(tag) and (last is None or tag > last)
+        )
+        if n is not None and len(tags) > n:
+            return TagPage(
+                tags=tuple(tags[:n]), next_last=tags[n - 1] if n else None, stale=page.stale
+            )
+        return TagPage(
+            tags=tuple(tags), next_last=page.next_last if tags else None, stale=page.stale
+        )
+
+    def _manifest_by_digest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
+        with self.database.phase("reading a manifest"):
+            cached = self.metadata.find_digest(group_id, path.image, digest)
+            if cached is None:
+                candidates = self.routes.image_candidates(group_id, path)
+        if cached is not None:
+            self.metadata.touch_manifest(cached)
+            return _result(cached)
+        manifest, source = call_upstream(
+            lambda: first_that_has(
+                candidates, lambda c: c.client.get_manifest(c.repository, digest)
+            ),
+            ErrorCode.MANIFEST_UNKNOWN,
+        )
+        with self.database.phase("saving a manifest"):
+            self.quotas.admit_manifest(group_id, manifest.digest, manifest.content)
+            record = self.metadata.save_manifest(
+                group_id,
+                path.image,
+                None,
+                digest=manifest.digest,
+                media_type=manifest.media_type,
+                content=manifest.content,
+                upstream=source.name,
+            )
+        return _result(record, Outcome.MISS)
+
+    def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
+        with self.database.phase("reading a tag"):
+            cached = self.metadata.find_tag(group_id, path.image, tag)
+            # A check time ahead of this clock (another host's clock, or this one stepped
+            # back) is not trusted: it would skip the HEAD for as long as they disagree.
+            fresh = cached is not None and (
+                dt.timedelta(0) <= self._clock() - cached.checked_at < self.tag_check_interval
+            )
+            if not fresh:
+                route = self.routes.route(group_id, path)
+        if cached is not None and fresh:
+            self.metadata.touch_manifest(cached)
+            return _result(cached)
+        # A cached tag is checked where it came from; a new one goes down the list.
+        candidates = (
+            route.candidates if cached is None else route.sticky(self.routes.source_of(cached))
+        )
+        try:
+            head, source = first_that_has(
+                candidates, lambda c: c.client.head_manifest(c.repository, tag)
+            )
+        except UpstreamNotFound:
+            if cached is not None and self.serve_stale_on_not_found:
+                log.warning(
+                    "upstream no longer has %s:%s; serving the cached copy", path.image, tag
+                )
+                return _result(cached, Outcome.STALE)
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, detail={"name": path.image, "tag": tag}
+            ) from None
+        except UpstreamError as exc:
+            if cached is not None:
+                log.warning(
+                    "upstream failed for %s:%s (%s); serving the cached copy", path.image, tag, exc
+                )
+                return _result(cached, Outcome.STALE)
+            raise unavailable(exc) from exc
+
+        if cached is not None and cached.digest == head.digest:
+            if self.tag_check_interval:
+                with self.database.phase("marking a tag checked"):
+                    self.metadata.mark_checked(cached)
+            self.metadata.touch_manifest(cached)
+            return _result(cached, Outcome.REVALIDATED)
+
+        # The tag is new or moved. A manifest this group already holds by digest
+        # (pulled by digest earlier) needs no GET.
+        with self.database.phase("reading a manifest"):
+            known = self.metadata.find_digest(group_id, path.image, head.digest)
+        outcome = Outcome.REVALIDATED
+        if known is not None:
+            digest, media_type, content = known.digest, known.media_type, known.content
+        else:
+            outcome = Outcome.MISS
+            try:
+                # By the digest the HEAD announced: a tag that moves meanwhile cannot
+                # hand over a manifest that was never checked against it.
+                manifest = source.client.get_manifest(source.repository, head.digest)
+            except UpstreamError as exc:
+                if cached is not None and not isinstance(exc, UpstreamDigestMismatch):
+                    return _result(cached, Outcome.STALE)
+                raise translate(exc, ErrorCode.MANIFEST_UNKNOWN) from exc
+            digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
+        with self.database.phase("saving a manifest"):
+            self.quotas.admit_manifest(group_id, digest, content)
+            record = self.metadata.save_manifest(
+                group_id,
+                path.image,
+                tag,
+                digest=digest,
+                media_type=media_type,
+                content=content,
+                upstream=source.name,
+            )
+        return _result(record, outcome)
+
+
+def _result(record: ManifestRecord, outcome: Outcome = Outcome.HIT) -> ManifestResult:
+    return ManifestResult(
+        digest=record.digest, media_type=record.media_type, content=record.content, outcome=outcome
+    )
