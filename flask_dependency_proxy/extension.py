@@ -21,7 +21,10 @@ from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
 from .config import ENV_PREFIX, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
-from .fetch.fleet import FetchLeases, FleetSource, FleetTokens, PeerTokens
+from .fetch.fleet import FleetSource
+from .fetch.fleet_tokens import FleetTokens
+from .fetch.leases import FetchLeases
+from .fetch.peer_tokens import PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
 from .models.group_settings import GroupSettingsRecords

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_dependency_proxy.fetch.fleet import PEER_BLOB_PATH, PeerTokens
+from flask_dependency_proxy.fetch.peer_tokens import PEER_BLOB_PATH, PeerTokens
 from tests.support import checks, images, seed
 from tests.support.addresses import client_at
 from tests.support.clients import Skopeo, describe

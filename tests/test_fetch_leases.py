@@ -14,12 +14,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.fetch.fleet import (
-    PEER_BLOB_PATH,
-    FetchLeases,
-    FleetSource,
-    PeerTokens,
-)
+from flask_dependency_proxy.fetch.fleet import FleetSource
+from flask_dependency_proxy.fetch.leases import FetchLeases
+from flask_dependency_proxy.fetch.peer_tokens import PEER_BLOB_PATH, PeerTokens
 from flask_dependency_proxy.models.tables import utcnow
 from tests.support.httpserver import BackgroundServer
 

@@ -20,7 +20,7 @@ import typing as t
 from flask import Blueprint, Response, abort, request
 
 from .._state import state
-from ..fetch.fleet import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
+from ..fetch.peer_tokens import PEER_BLOB_PATH, InvalidPeerToken, comes_from, parse_offset
 from ..oci.reference import is_digest
 from ..stores.base import StorageError
 from ..upstream.errors import UpstreamError

@@ -5,7 +5,7 @@ Each worker has its own :class:`~.client.UpstreamClient`; without a shared cache
 every worker would ask the upstream's token realm for its own token per repository.
 Tokens are kept in small files (mode 0600) next to the blob store, and an exclusive
 ``flock`` per key makes one process fetch while the others wait and then read its token.
-With ``PEER_URL`` set, :class:`~.fetch.fleet.FleetTokens` also keeps them in the
+With ``PEER_URL`` set, :class:`~.fetch.fleet_tokens.FleetTokens` also keeps them in the
 database, where the other hosts find them.
 """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_dependency_proxy.fetch.fleet import (
+from flask_dependency_proxy.fetch.peer_tokens import (
     PEER_CLOCK_SKEW_SECONDS,
     PEER_TOKEN_SECONDS,
     InvalidPeerToken,
