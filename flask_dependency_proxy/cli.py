@@ -221,8 +221,8 @@ def stats(full_path: str | None, as_json: bool) -> None:
         click.echo(line(label, numbers))
     if not every:
         click.echo("No group has anything cached.")
-    files, size = proxy.store.usage()
-    click.echo(f"Blobs in {proxy.store.describe()}: {files}, {human_size(size)}.")
+    store = admin.store_usage()
+    click.echo(f"Blobs in {store.location}: {store.blobs}, {human_size(store.size)}.")
 
 
 def _stats_document(admin: GroupAdmin, full_path: str | None) -> dict[str, t.Any]:
@@ -251,8 +251,8 @@ def _stats_document(admin: GroupAdmin, full_path: str | None) -> dict[str, t.Any
         )
     document: dict[str, t.Any] = {"groups": groups}
     if full_path is None:
-        files, size = proxy.store.usage()
-        document["store"] = {"location": proxy.store.describe(), "blobs": files, "size": size}
+        store = admin.store_usage()
+        document["store"] = {"location": store.location, "blobs": store.blobs, "size": store.size}
     return document
 
 
@@ -278,7 +278,8 @@ def warm(
     a CI rush, the way a pull of each would, with one upstream GET per blob however many
     pulls ask for it meanwhile. Exits non-zero, naming them, when some could not be warmed.
     """
-    from .cache.warm import Warmer, WarmError, parse_platform, parse_target
+    from .admin.groups import ProxyDisabled
+    from .cache.warm import WarmError, parse_platform, parse_target
 
     texts = list(images)
     if from_file is not None:
@@ -291,16 +292,17 @@ def warm(
         wanted = [parse_platform(text) for text in platforms]
     except WarmError as exc:
         raise click.BadParameter(str(exc)) from None
-    proxy = state(None)
     group_id = _group_id(full_path)
-    if not proxy.group_admin.enabled(group_id):
+    try:
+        with _TerminalProgress() as progress:
+            outcomes = state(None).group_admin.warm(
+                group_id, full_path.strip("/").lower(), targets, progress, platforms=wanted
+            )
+    except ProxyDisabled:
         raise click.ClickException(
             f"The dependency proxy is off for {full_path}: enable it first"
             f" (flask dependency-proxy enable {full_path})."
-        )
-    warmer = Warmer(proxy.cache, group_id, full_path.strip("/").lower(), wanted)
-    with _TerminalProgress() as progress:
-        outcomes = warmer.warm(targets, progress)
+        ) from None
     failed = [outcome for outcome in outcomes if outcome.error]
     fetched = sum(outcome.fetched_bytes for outcome in outcomes)
     click.echo(

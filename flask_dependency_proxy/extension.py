@@ -163,6 +163,8 @@ class DependencyProxy:
             group_upstreams=group_upstreams,
             upstreams=upstreams,
             lifecycle=lifecycle,
+            cache=cache,
+            store=store,
             access=access,
             quota_policy=config.quota_policy,
         )

@@ -1,7 +1,7 @@
 """What an administrator does with a group's proxy, whether from its page, the REST API
 or the command line: settings (on/off, cleanup policy, size limit), listings and
-counts, deletion (the whole cache or one image), and the group's upstreams (order and
-own credentials).
+counts (and what the store holds in all), deletion (the whole cache or one image),
+warming images into the cache, and the group's upstreams (order and own credentials).
 
 :class:`GroupAdmin` is the one place these use cases live, so the three surfaces only
 parse their input, call it and render its answer. It also owns what a change must
@@ -21,6 +21,7 @@ import re
 import typing as t
 
 from ..cache.quota import MAX_GROUP_LIMIT_BYTES
+from ..cache.warm import Warmer
 from ..models.group_settings import KEEP, Keep
 from ..models.listings import ORDER_BY, SORTS, CacheListings
 from ..models.quota import QuotaRecords
@@ -32,6 +33,8 @@ from .usage_chart import UsageSummary
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from ..cache.pull_through import PullThroughCache
+    from ..cache.warm import Outcome, Progress, Target
     from ..models.group_settings import GroupSettingsRecords, Settings
     from ..models.listings import BlobItem, ManifestItem, Page
     from ..models.stats import GroupStats
@@ -49,6 +52,33 @@ class RemembersAccess(t.Protocol):
     (:class:`~..auth.access.AccessControl`)."""
 
     def forget(self) -> None: ...
+
+
+class HoldsBlobs(t.Protocol):
+    """What the counts ask of the blob store (:class:`~..stores.base.BlobStore` and its
+    :class:`~..stores.base.StoreJanitor` face)."""
+
+    def describe(self) -> str: ...
+
+    def usage(self) -> tuple[int, int]: ...
+
+
+class ProxyDisabled(Exception):
+    """The group's proxy is off: nothing is warmed into its cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreUsage:
+    """What the blob store holds for every group together.
+
+    :param location: where (a directory, a bucket), as the store describes itself.
+    :param blobs: files.
+    :param size: bytes.
+    """
+
+    location: str
+    blobs: int
+    size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +141,8 @@ class GroupAdmin:
     :param group_upstreams: the groups' upstream order and own credentials.
     :param upstreams: the instance's upstreams (their names, URLs, what was last seen).
     :param lifecycle: purge and deletion of one image.
+    :param cache: the pull-through cache a warm-up fills, the way pulls do.
+    :param store: the blob store, for its totals.
     :param access: forgets its answers when a group's proxy is switched on or off.
     :param quota_policy: ``evict`` or ``refuse``, shown beside a group's limit.
     :param clock: naive UTC now (the last day of usage windows).
@@ -124,6 +156,8 @@ class GroupAdmin:
         group_upstreams: GroupUpstreamRecords,
         upstreams: UpstreamSet,
         lifecycle: Lifecycle,
+        cache: PullThroughCache,
+        store: HoldsBlobs,
         access: RemembersAccess,
         quota_policy: str,
         clock: t.Callable[[], dt.datetime] = utcnow,
@@ -133,6 +167,8 @@ class GroupAdmin:
         self._group_upstreams = group_upstreams
         self._upstreams = upstreams
         self._lifecycle = lifecycle
+        self._cache = cache
+        self._store = store
         self._access = access
         self._quota_policy = quota_policy
         self._clock = clock
@@ -228,11 +264,35 @@ class GroupAdmin:
         """Tags of the image's served manifests; empty when the group has no such image."""
         return self._listings.image_tags(group_id, image)
 
+    def store_usage(self) -> StoreUsage:
+        """Blob files in the store and their bytes, every group's together."""
+        blobs, size = self._store.usage()
+        return StoreUsage(self._store.describe(), blobs, size)
+
     def usage(self, group_id: int, days: int) -> UsageSummary:
         """What the cache saved the group over the last ``days`` UTC days, today included."""
         today = self._clock().date()
         since = today - dt.timedelta(days=days - 1)
         return UsageSummary.build(read_usage(self._session(), group_id, since), today, days)
+
+    def warm(
+        self,
+        group_id: int,
+        group_path: str,
+        targets: t.Sequence[Target],
+        progress: Progress,
+        *,
+        platforms: t.Collection[tuple[str, ...]] = (),
+    ) -> list[Outcome]:
+        """Fetch ``targets`` into the group's cache as pulls of them would (see
+        :mod:`..cache.warm`); an image that fails comes back with its ``error``.
+
+        :param platforms: the entries of an index to warm; empty: every one.
+        :raises ProxyDisabled: the group's proxy is off.
+        """
+        if not self.enabled(group_id):
+            raise ProxyDisabled(group_path)
+        return Warmer(self._cache, group_id, group_path, platforms).warm(targets, progress)
 
     # -- deletion ----------------------------------------------------------------------------
 

@@ -34,7 +34,6 @@ import dataclasses
 import datetime as dt
 import functools
 import hmac
-import re
 import secrets
 import typing as t
 from urllib.parse import urlencode, urlsplit
@@ -58,7 +57,7 @@ from werkzeug.routing import BuildError
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
 from ..admin.usage_chart import UsageSummary
-from ..cache.quota import exact_size, parse_size
+from ..cache.quota import exact_size
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
 from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, valid_search
@@ -66,6 +65,14 @@ from ..models.stats import human_size
 from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
 from ._bodies import bound_body
+from ._group_input import (
+    CLEANUP_DAYS,
+    InvalidInput,
+    WholeNumber,
+    credential_from_form,
+    size_limit_from_text,
+    upstream_order_from_form,
+)
 from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
@@ -86,7 +93,6 @@ PREFIX_SUFFIX = "dependency_proxy/containers"
 
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 _MAX_PAGE = 100_000
-_NUMBER = re.compile(r"[0-9]{1,9}")
 #: Days of the usage chart, ending today (UTC).
 USAGE_DAYS = 30
 #: Largest form body read; the pages' forms are a few hundred bytes.
@@ -320,8 +326,7 @@ def _render(template: str, group: Group, **context: t.Any) -> str:
 @_for_admins
 def show(group: Group) -> ResponseReturnValue:
     admin = _admin()
-    page = request.args.get("page", "1")
-    number = int(page) if _NUMBER.fullmatch(page) and 0 < int(page) <= _MAX_PAGE else 1
+    number = WholeNumber(1, _MAX_PAGE).from_text(request.args.get("page", "1")) or 1
     settings = admin.settings(group.id)
     stats = admin.stats(group.id)
     query = listing_query()
@@ -384,13 +389,10 @@ def update_settings(group: Group) -> ResponseReturnValue:
 @_for_admins
 def update_cleanup_policy(group: Group) -> ResponseReturnValue:
     enabled = request.form.get("cleanup_enabled") == "1"
-    raw_days = request.form.get("cleanup_days", "").strip()
-    if not _NUMBER.fullmatch(raw_days) or not MIN_CLEANUP_DAYS <= int(raw_days) <= MAX_CLEANUP_DAYS:
-        flash(
-            f"Days must be a whole number from {MIN_CLEANUP_DAYS} to {MAX_CLEANUP_DAYS}.", "error"
-        )
+    days = CLEANUP_DAYS.from_text(request.form.get("cleanup_days", "").strip())
+    if days is None:
+        flash(f"Days {CLEANUP_DAYS.problem}.", "error")
         return _back(group)
-    days = int(raw_days)
     _admin().set_cleanup_policy(group.id, enabled, days)
     if enabled:
         flash(f"Cleanup policy saved: items not pulled for {days} days are deleted.", "info")
@@ -403,14 +405,10 @@ def update_cleanup_policy(group: Group) -> ResponseReturnValue:
 @_for_admins
 def update_quota(group: Group) -> ResponseReturnValue:
     """Set the group's size limit from a size such as ``20 GiB``; empty lifts it."""
-    raw = request.form.get("size_limit", "").strip()
-    limit = parse_size(raw) if raw else None
-    if raw and limit is None:
-        flash(
-            "The size limit must be a size such as 500 MiB or 20 GiB (bytes, KiB, MiB, GiB"
-            " or TiB; at most 1024 TiB), or empty for no limit.",
-            "error",
-        )
+    try:
+        limit = size_limit_from_text(request.form.get("size_limit", ""))
+    except InvalidInput as exc:
+        flash(f"The size limit {exc.message}.", "error")
         return _back(group)
     _admin().set_limit(group.id, limit)
     if limit is None:
@@ -474,22 +472,16 @@ def update_upstreams(group: Group) -> ResponseReturnValue:
     """Narrow and reorder the group's upstreams (checked ones, by their order number), or
     go back to every upstream of the instance in its order."""
     admin = _admin()
-    instance = admin.instance_upstreams()
     if request.form.get("action") == "reset":
         admin.set_upstream_order(group.id, None)
         flash("The group uses every upstream of the instance, in the instance's order.", "info")
         return _back(group)
-    chosen = set(request.form.getlist("use"))
-    ranked = []
-    for index, name in enumerate(instance):
-        if name not in chosen:
-            continue
-        raw = request.form.get(f"position-{name}", "").strip()
-        if raw and not (_NUMBER.fullmatch(raw) and 1 <= int(raw) <= len(instance)):
-            flash(f"The order of {name} must be a whole number from 1 to {len(instance)}.", "error")
-            return _back(group)
-        ranked.append((int(raw) if raw else len(instance) + 1, index, name))
-    order = [name for _position, _index, name in sorted(ranked)]
+    try:
+        order = upstream_order_from_form(request.form, admin.instance_upstreams())
+    except InvalidInput as exc:
+        for name, problem in exc.errors.items():
+            flash(f"The order of {name} {problem}.", "error")
+        return _back(group)
     try:
         admin.set_upstream_order(group.id, order)
     except UpstreamListError as exc:
@@ -513,8 +505,7 @@ def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
         else:
             flash(f"{name} had no credentials of this group.", "info")
         return _back(group)
-    username = request.form.get("username", "")
-    password = request.form.get("password", "")
+    username, password = credential_from_form(request.form)
     try:
         admin.set_credentials(group.id, name, username, password)
     except UpstreamListError as problem:

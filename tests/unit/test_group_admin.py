@@ -14,9 +14,10 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 
-from flask_dependency_proxy.admin.groups import GroupAdmin
+from flask_dependency_proxy.admin.groups import GroupAdmin, ProxyDisabled
 from flask_dependency_proxy.admin.lifecycle import PurgeTooSoon
 from flask_dependency_proxy.cache.quota import MAX_GROUP_LIMIT_BYTES
+from flask_dependency_proxy.cache.warm import Outcome, Plan, parse_target
 from flask_dependency_proxy.models.group_settings import (
     DEFAULT_CLEANUP_DAYS,
     MAX_CLEANUP_DAYS,
@@ -63,6 +64,8 @@ def _admin(
         ),
         upstreams=core.cache.upstreams,
         lifecycle=core.lifecycle(purge_cooldown_seconds=COOLDOWN),
+        cache=core.cache,
+        store=core.store,
         access=access,
         quota_policy="refuse",
         clock=core.clock,
@@ -246,6 +249,50 @@ def test_listings_and_counts_of_what_the_group_pulled(make_core: MakeCore) -> No
     assert admin.image_tags(OTHER_GROUP, IMAGE) == []
 
 
+class Finished:
+    """A warm-up's progress that keeps only the outcomes it was told of."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def planned(self, plan: Plan) -> None:
+        pass
+
+    def advance(self, plan: Plan, nbytes: int) -> None:
+        pass
+
+    def finished(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+
+def test_warming_fills_a_group_whose_proxy_is_on_and_the_store_counts_it(
+    make_core: MakeCore,
+) -> None:
+    core = make_core()
+    core.upstream.push_image(IMAGE, "latest", [b"a" * 300, b"b" * 500])
+    admin = _admin(core, Access())
+    admin.set_enabled(OTHER_GROUP, False)
+    assert (admin.store_usage().blobs, admin.store_usage().size) == (0, 0)
+
+    with pytest.raises(ProxyDisabled):
+        admin.warm(OTHER_GROUP, "other", [parse_target(IMAGE)], Finished())
+    assert admin.stats(OTHER_GROUP).images == 0 and admin.store_usage().blobs == 0
+
+    progress = Finished()
+    outcomes = admin.warm(GROUP, "acme", [parse_target(IMAGE)], progress)
+    core.settle()
+
+    assert [(o.target.label, o.error, o.fetched) for o in outcomes] == [
+        (f"{IMAGE}:latest", None, 3)
+    ]
+    assert progress.outcomes == outcomes
+    stats = admin.stats(GROUP)
+    assert (stats.images, stats.blobs.count) == (1, 3)
+    usage = admin.store_usage()
+    assert usage.location == core.store.describe()
+    assert usage.blobs == 3 and usage.size == stats.blobs.size
+
+
 def test_deleting_one_image_keeps_the_blobs_another_image_shares(make_core: MakeCore) -> None:
     core = make_core()
     core.upstream.push_image(IMAGE, "latest", [b"shared", b"own"])
@@ -404,6 +451,8 @@ def test_rotation_re_encrypts_what_the_keys_read_and_names_the_rest(
         group_upstreams=both,
         upstreams=core.cache.upstreams,
         lifecycle=core.lifecycle(),
+        cache=core.cache,
+        store=core.store,
         access=Access(),
         quota_policy="evict",
     )
