@@ -17,6 +17,7 @@ import pytest
 from flask_dependency_proxy.cache.quota import QuotaPolicy
 from flask_dependency_proxy.cache.results import Outcome
 from flask_dependency_proxy.fetch.errors import FetchFailed
+from flask_dependency_proxy.fetch.fetcher import Committed
 from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, Status
 from flask_dependency_proxy.oci.errors import ErrorCode, RegistryError
 from flask_dependency_proxy.oci.reference import MEDIA_TYPE_OCI_MANIFEST, ProxyPath
@@ -451,7 +452,16 @@ def test_a_blob_committed_and_taken_again_while_its_route_confirmed_it_is_fetche
         core.store.delete(digest)
         return answered
 
+    fetch = core.fetcher.fetch
+    fetched: list[str] = []
+
+    def committed_meanwhile(digest: str, opener: t.Any) -> t.Any:
+        """The first fetch finds the blob committed by another request."""
+        fetched.append(digest)
+        return Committed(len(data)) if len(fetched) == 1 else fetch(digest, opener)
+
     monkeypatch.setattr(core.fetcher, "committed_size", looked_too_early)
+    monkeypatch.setattr(core.fetcher, "fetch", committed_meanwhile)
     monkeypatch.setattr(core.cache.confirmations, "confirm", confirm_then_clean_up)
 
     again = core.cache.get_blob(OTHER_GROUP, PATH, digest)
