@@ -13,7 +13,7 @@ What the templates get, for hosts that override them: ``base_template``, ``group
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
-``max_days``, ``quota`` (:class:`QuotaView`), ``upstreams``
+``max_days``, ``quota`` (:class:`~._formatting.QuotaView`), ``upstreams``
 (:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
 (:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
 (``order_by``, ``sort``, ``search`` of the list); ``clear.html`` gets ``stats`` and
@@ -30,13 +30,9 @@ the app's state) and render its answer. Each view runs as one database phase
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import functools
-import hmac
-import secrets
 import typing as t
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
@@ -47,10 +43,8 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
-from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
@@ -65,6 +59,8 @@ from ..models.stats import human_size
 from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
 from ._bodies import bound_body
+from ._csrf import CSRF_FIELD, CsrfRejected, csrf_field, csrf_token, csrf_valid
+from ._formatting import QuotaView, format_duration, format_time, image_prefix
 from ._group_input import (
     CLEANUP_DAYS,
     InvalidInput,
@@ -73,7 +69,6 @@ from ._group_input import (
     size_limit_from_text,
     upstream_order_from_form,
 )
-from ._registry_http import external_url
 
 if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
@@ -83,69 +78,12 @@ if t.TYPE_CHECKING:
 
 bp = Blueprint("dependency_proxy_pages", __name__, template_folder="../templates")
 
-#: Where the extension keeps its CSRF token in the session, and the form field name.
-CSRF_SESSION_KEY = "_dependency_proxy_csrf"
-CSRF_FIELD = "dependency_proxy_csrf_token"
-#: The same token, for scripts that call the REST API with the session cookie.
-CSRF_HEADER = "X-CSRF-Token"
-#: The path segment that separates the group from the image in a pull reference.
-PREFIX_SUFFIX = "dependency_proxy/containers"
-
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 _MAX_PAGE = 100_000
 #: Days of the usage chart, ending today (UTC).
 USAGE_DAYS = 30
 #: Largest form body read; the pages' forms are a few hundred bytes.
 MAX_FORM_BYTES = 64 * 1024
-
-
-class CsrfRejected(Exception):
-    """A form came without the session's CSRF token."""
-
-
-@dataclasses.dataclass(frozen=True)
-class QuotaView:
-    """The group's size limit as the page shows it.
-
-    :param limit: bytes, ``None`` for no limit; ``field`` is how the form shows it.
-    :param used: bytes of manifests and blobs the group has cached.
-    :param policy: ``evict`` or ``refuse``, the instance's setting.
-    """
-
-    limit: int | None
-    used: int
-    policy: str
-
-    @property
-    def field(self) -> str:
-        return "" if self.limit is None else exact_size(self.limit)
-
-    @property
-    def percent(self) -> int | None:
-        return None if not self.limit else min(999, self.used * 100 // self.limit)
-
-
-# -- CSRF --------------------------------------------------------------------------------
-
-
-def csrf_token() -> str:
-    """The session's token, created on first use."""
-    token = session.get(CSRF_SESSION_KEY)
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(32)
-        session[CSRF_SESSION_KEY] = token
-    return token
-
-
-def csrf_field() -> Markup:
-    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, csrf_token())
-
-
-def csrf_valid(sent: str | None) -> bool:
-    expected = session.get(CSRF_SESSION_KEY)
-    if not isinstance(expected, str) or not sent:
-        return False
-    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
 # First of the blueprint's hooks: the CSRF check below reads the form, before anyone
@@ -222,25 +160,6 @@ def _database_unavailable(error: DatabaseUnavailable) -> ResponseReturnValue:
 
 
 # -- shared helpers -------------------------------------------------------------------------------
-
-
-def image_prefix(group: Group) -> str:
-    """``host:port/<group>/dependency_proxy/containers``, what clients put before an image."""
-    return f"{urlsplit(external_url()).netloc}/{group.full_path}/{PREFIX_SUFFIX}"
-
-
-def format_time(moment: dt.datetime | None) -> str:
-    return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
-
-
-def format_duration(seconds: float) -> str:
-    """``3600`` → ``"1 hour"``, ``90`` → ``"90 seconds"``."""
-    whole = int(seconds)
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        if whole >= size and whole % size == 0:
-            count = whole // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    return f"{whole} second{'' if whole == 1 else 's'}"
 
 
 def _for_admins(view: t.Callable[..., ResponseReturnValue]) -> t.Callable[..., ResponseReturnValue]:

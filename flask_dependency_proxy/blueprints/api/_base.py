@@ -23,8 +23,8 @@ from ...models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unav
 from ...models.listings import DEFAULT_PER_PAGE, MAX_PER_PAGE
 from ...oci.reference import GROUP_PATH_RE
 from .._bodies import bound_body
+from .._csrf import CSRF_HEADER, csrf_valid
 from .._group_input import InvalidInput, WholeNumber
-from ..pages import CSRF_HEADER, csrf_valid
 
 if t.TYPE_CHECKING:
     from ...admin.groups import GroupAdmin

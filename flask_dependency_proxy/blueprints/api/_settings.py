@@ -7,8 +7,8 @@ import typing as t
 from flask import Response, request
 
 from ..._state import state
+from .._formatting import image_prefix
 from .._group_input import settings_from_json
-from ..pages import image_prefix
 from ._base import ALL_METHODS, ROUTE, admin, bp, group, json_body, json_response, methods, time
 
 if t.TYPE_CHECKING:
