@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from .documents import blob_digests
+from .records import SessionRecords
 from .tables import CachedBlob, CachedManifest, Lease, LoginFailure, Status
 from .transaction import rowcount
 
@@ -27,7 +28,7 @@ if t.TYPE_CHECKING:
 _Table = type[CachedManifest] | type[CachedBlob]
 
 
-class CleanupRecords:
+class CleanupRecords(SessionRecords):
     """The queries, run through the host's session.
 
     :param session: returns the session to use (the host's ``db.session``).
@@ -35,12 +36,8 @@ class CleanupRecords:
     """
 
     def __init__(self, session: t.Callable[[], Session], settings: GroupSettingsRecords) -> None:
-        self._session = session
+        super().__init__(session)
         self.settings = settings
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     # -- login failures ----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import typing as t
 
 import sqlalchemy as sa
 
+from .records import SessionRecords
 from .tables import GroupSettings
 from .transaction import commit_retrying, rowcount
 
@@ -56,7 +57,7 @@ class Settings:
     size_limit: int | None = None
 
 
-class GroupSettingsRecords:
+class GroupSettingsRecords(SessionRecords):
     """Reads and writes of the groups' settings through the host's session.
 
     :param session: returns the session to use (the host's ``db.session``).
@@ -65,12 +66,8 @@ class GroupSettingsRecords:
     """
 
     def __init__(self, session: t.Callable[[], Session], *, default_enabled: bool) -> None:
-        self._session = session
+        super().__init__(session)
         self.default_enabled = default_enabled
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     def get(self, group_id: int) -> Settings:
         row = self.session.get(GroupSettings, group_id)

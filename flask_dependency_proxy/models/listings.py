@@ -20,10 +20,11 @@ import typing as t
 import sqlalchemy as sa
 
 from .documents import image_size, index_children
+from .records import SessionRecords
 from .tables import CachedBlob, CachedManifest, Status
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    pass
 
 #: Page size when none is asked for, and the largest one allowed.
 DEFAULT_PER_PAGE = 20
@@ -109,18 +110,11 @@ def valid_search(search: str) -> bool:
     return len(search) <= MAX_SEARCH_LENGTH and _SEARCH.fullmatch(search) is not None
 
 
-class CacheListings:
+class CacheListings(SessionRecords):
     """The listings, run through the host's session.
 
     :param session: returns the session to use (the host's ``db.session``).
     """
-
-    def __init__(self, session: t.Callable[[], Session]) -> None:
-        self._session = session
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     def image_tags(self, group_id: int, image: str) -> list[str | None]:
         """Tags of the image's served manifests (``None`` for one pulled by digest only);

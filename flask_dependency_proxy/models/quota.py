@@ -18,10 +18,11 @@ import typing as t
 
 import sqlalchemy as sa
 
+from .records import SessionRecords
 from .tables import CachedBlob, CachedManifest, GroupSettings, Status
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    pass
 
 #: Rows read per table and round while choosing what to evict.
 _EVICT_BATCH = 200
@@ -31,18 +32,11 @@ _Table = type[CachedManifest] | type[CachedBlob]
 _TABLES: tuple[_Table, _Table] = (CachedManifest, CachedBlob)
 
 
-class QuotaRecords:
+class QuotaRecords(SessionRecords):
     """Quota queries, run through the host's session.
 
     :param session: returns the session to use (the host's ``db.session``).
     """
-
-    def __init__(self, session: t.Callable[[], Session]) -> None:
-        self._session = session
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     def limit(self, group_id: int) -> int | None:
         """The group's size limit in bytes; ``None`` when it has none."""

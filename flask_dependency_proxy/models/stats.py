@@ -9,10 +9,11 @@ import typing as t
 
 import sqlalchemy as sa
 
+from .records import SessionRecords
 from .tables import CachedBlob, CachedManifest, Status
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,18 +58,11 @@ def human_size(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-class CacheStats:
+class CacheStats(SessionRecords):
     """The counts, run through the host's session.
 
     :param session: returns the session to use (the host's ``db.session``).
     """
-
-    def __init__(self, session: t.Callable[[], Session]) -> None:
-        self._session = session
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     def stats(self, group_id: int) -> GroupStats:
         """Counts and sizes of one group's cache."""

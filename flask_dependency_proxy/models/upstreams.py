@@ -23,6 +23,7 @@ import typing as t
 import sqlalchemy as sa
 
 from ..upstream.credentials import CredentialCipher, CredentialError
+from .records import SessionRecords
 from .tables import GroupUpstreamRow, utcnow
 from .transaction import commit_retrying
 
@@ -87,7 +88,7 @@ class RotationResult:
     unreadable: tuple[tuple[int, str], ...]
 
 
-class GroupUpstreamRecords:
+class GroupUpstreamRecords(SessionRecords):
     """The queries, run through the host's session; built once by the extension (its
     ``ProxyState.group_upstreams``).
 
@@ -96,12 +97,8 @@ class GroupUpstreamRecords:
     """
 
     def __init__(self, session: t.Callable[[], Session], cipher: CredentialCipher) -> None:
-        self._session = session
+        super().__init__(session)
         self._cipher = cipher
-
-    @property
-    def session(self) -> Session:
-        return self._session()
 
     def _rows(self, group_id: int) -> list[GroupUpstreamRow]:
         return list(
