@@ -66,7 +66,8 @@ class ProxyConfig:
     #: and optionally ``hosts`` (registry host names that route an image name there),
     #: ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
     #: (hosts its token realm may be on besides its own) and ``library_prefix`` (Docker
-    #: Hub's ``library``). Groups use them in this order. ``None``: one entry made from
+    #: Hub's ``library``, the default of an entry whose ``hosts`` include ``docker.io``;
+    #: ``null`` for none). Groups use them in this order. ``None``: one entry made from
     #: ``UPSTREAM_URL``, ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``.
     upstreams: tuple[UpstreamEntry, ...] = _key(None, upstream_entries)
     #: Fernet keys, newest first (a list, its JSON text, or comma-separated), that encrypt
