@@ -77,7 +77,9 @@ def test_registry_token_and_peer_answers_carry_no_host_cookie(
     assert slow == ["/users/sign_in", "/groups/shop/-/dependency_proxy", "/api/v4/groups/shop"]
 
 
-def test_it_follows_the_matched_route_and_is_false_outside_a_request(app_factory: t.Callable[..., Flask]) -> None:
+def test_it_follows_the_matched_route_and_is_false_outside_a_request(
+    app_factory: t.Callable[..., Flask],
+) -> None:
     app = app_factory()
     assert is_registry_request() is False
     with app.app_context():
