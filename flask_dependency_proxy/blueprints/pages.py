@@ -9,7 +9,13 @@ to ``DEPENDENCY_PROXY_LOGIN_VIEW``, else to the host's login through Flask-Login
 Forms carry the extension's own CSRF token and work without JavaScript; only the copy
 button needs it.
 
-What the templates get, for hosts that override them: ``base_template``, ``group``
+The pages extend ``proxy_layout``, the wrapper of :mod:`._layout` that adds their style to
+the base template's ``DEPENDENCY_PROXY_HEAD_BLOCK``; every ``<style>`` and ``<script>``
+carries ``csp_nonce``, and nothing has an inline ``style=`` or event handler, so a strict
+Content-Security-Policy holds.
+
+What the templates get, for hosts that override them: ``base_template``,
+``proxy_layout``, ``csp_nonce`` (``None`` without one), ``group``
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
@@ -31,6 +37,7 @@ the app's state) and render its answer. Each view runs as one database phase
 from __future__ import annotations
 
 import functools
+import os
 import typing as t
 from urllib.parse import urlencode
 
@@ -45,8 +52,10 @@ from flask import (
     request,
     url_for,
 )
+from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, FunctionLoader
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
+from werkzeug.utils import cached_property
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
@@ -69,6 +78,7 @@ from ._group_input import (
     size_limit_from_text,
     upstream_order_from_form,
 )
+from ._layout import layout_source, page_context
 
 if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
@@ -76,7 +86,18 @@ if t.TYPE_CHECKING:
     from ..admin.groups import GroupAdmin
     from ..host import Group
 
-bp = Blueprint("dependency_proxy_pages", __name__, template_folder="../templates")
+
+class _PagesBlueprint(Blueprint):
+    """The pages' blueprint: its templates, and the wrappers of :mod:`._layout`."""
+
+    @cached_property
+    def jinja_loader(self) -> BaseLoader | None:
+        assert self.template_folder is not None
+        folder = os.path.join(self.root_path, self.template_folder)
+        return ChoiceLoader([FileSystemLoader(folder), FunctionLoader(layout_source)])
+
+
+bp = _PagesBlueprint("dependency_proxy_pages", __name__, template_folder="../templates")
 
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 _MAX_PAGE = 100_000
@@ -104,7 +125,7 @@ def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
     return (
         render_template(
             "dependency_proxy/error.html",
-            base_template=state(None).config.base_template,
+            **page_context(),
             error_title="Form rejected",
             error_message=(
                 "The form has expired or came from another site. Reload the page and try again."
@@ -228,7 +249,7 @@ def _back(group: Group) -> ResponseReturnValue:
 def _render(template: str, group: Group, **context: t.Any) -> str:
     return render_template(
         template,
-        base_template=state(None).config.base_template,
+        **page_context(),
         group=group,
         proxy_csrf_field=csrf_field,
         proxy_csrf_token=csrf_token,
