@@ -40,9 +40,7 @@ class CaseKeepingHost:
 
     def find_group(self, full_path: str) -> Group | None:
         assert full_path == full_path.lower(), "the extension hands over lowercase paths"
-        return next(
-            (Group(i, p) for i, p in self.groups.items() if p.lower() == full_path), None
-        )
+        return next((Group(i, p) for i, p in self.groups.items() if p.lower() == full_path), None)
 
     def find_group_by_id(self, group_id: int) -> Group | None:
         path = self.groups.get(group_id)

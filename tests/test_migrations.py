@@ -479,7 +479,7 @@ def test_some_but_not_all_old_tables_are_refused_with_what_to_do(
 @pytest.mark.parametrize(
     "args",
     [
-        ("db", "upgrade", "0009"),
+        ("db", "upgrade", "0999"),
         ("db", "downgrade", "nope"),
         ("db", "stamp", "'; DROP TABLE users; --"),
     ],

@@ -36,9 +36,9 @@ if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..auth.group_paths import GroupPaths
-    from ..host import Group
     from ..cache.pull_through import PullThroughCache
     from ..cache.warm import Outcome, Progress, Target
+    from ..host import Group
     from ..models.group_settings import GroupSettingsRecords, Settings
     from ..models.listings import BlobItem, ManifestItem, Page
     from ..models.stats import GroupStats

@@ -53,8 +53,8 @@ from werkzeug.routing import BuildError
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
-from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..admin.usage_chart import UsageSummary
+from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS

@@ -1,7 +1,8 @@
 """What purge and cleanup read and write: marking rows pending destruction (a purge,
-one image, the groups' cleanup policies, a group forgotten), deleting them in batches, which blob digests
-rows still reference, the lease that keeps two cleanups from running at once, and
-failed-login counts whose window has ended.
+one image, the groups' cleanup policies, a group forgotten, whose other rows go at
+once), deleting them in batches, which blob digests rows still reference, the lease
+that keeps two cleanups from running at once, and failed-login counts whose window
+has ended.
 
 A row marked pending destruction is no longer served; cleanup deletes it later, unless
 a pull brought it back meanwhile (every ``DELETE`` repeats the status condition).

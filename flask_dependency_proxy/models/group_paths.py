@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+
 import sqlalchemy as sa
 
 from .records import SessionRecords

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_dependency_proxy.admin.groups import GroupAdmin, ProxyDisabled
-from flask_dependency_proxy.auth.group_paths import GroupPaths
 from flask_dependency_proxy.admin.lifecycle import PurgeTooSoon
+from flask_dependency_proxy.auth.group_paths import GroupPaths
 from flask_dependency_proxy.cache.quota import MAX_GROUP_LIMIT_BYTES
 from flask_dependency_proxy.cache.warm import Outcome, Plan, parse_target
 from flask_dependency_proxy.host import Group
