@@ -249,11 +249,11 @@ class DependencyProxy:
 
         A group whose id now names another path than the one recorded is refused
         until the host calls this (a rename) or :meth:`forget_group` (the id was given
-        to a new group). Call it inside an application context.
+        to a new group). Call it inside an application context. It raises
+        ``GroupPathTaken`` (``flask_dependency_proxy.auth.group_paths``) when another
+        group holds the group's path, compared lowercased.
 
         :raises LookupError: the host has no group with this id.
-        :raises ~flask_dependency_proxy.auth.group_paths.GroupPathTaken: another group
-            holds the group's path, compared lowercased.
         """
         state(None).group_admin.confirm_group(group_id)
 
