@@ -333,7 +333,7 @@ def warm(
         wanted = [parse_platform(text) for text in platforms]
     except WarmError as exc:
         raise click.BadParameter(str(exc)) from None
-    group_id = _group_id(full_path)
+    group_id = _group_id(full_path, claim=True)
     try:
         with _TerminalProgress() as progress:
             outcomes = state(None).group_admin.warm(

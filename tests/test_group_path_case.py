@@ -184,3 +184,11 @@ def test_the_api_scope_is_named_as_the_host_names_it(tmp_path: Path) -> None:
         assert f'scope="{scope}"' in refused.headers["WWW-Authenticate"]
         with app.app_context():
             state(None).metadata.engine.dispose()
+
+
+def test_an_api_scope_name_that_cannot_be_quoted_fails_at_init_app(tmp_path: Path) -> None:
+    class Quoting(CaseKeepingHost):
+        api_scope_name = 'api" realm="elsewhere'
+
+    with pytest.raises(TypeError, match="api_scope_name"):
+        _make(tmp_path, Quoting({}))
