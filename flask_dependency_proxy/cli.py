@@ -22,10 +22,18 @@ if t.TYPE_CHECKING:
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
 
-def _group_id(full_path: str) -> int:
+def _group_id(full_path: str, *, claim: bool = False) -> int:
+    """The id of the group at ``full_path``, checked against the path recorded for it
+    (see :mod:`.auth.group_paths`; ``claim``: about to change its settings)."""
+    from .auth.group_paths import GroupPathProblem
+
     group = state(None).host.find_group(full_path.strip("/").lower())
     if group is None:
         raise click.ClickException(f"No group with full path {full_path!r}.")
+    try:
+        state(None).group_admin.admit(group, claim=claim)
+    except GroupPathProblem as problem:
+        raise click.ClickException(f"Refused: {problem}.") from None
     return group.id
 
 
@@ -152,7 +160,7 @@ def db_check() -> None:
 @click.argument("full_path")
 def enable(full_path: str) -> None:
     """Switch the proxy on for a group."""
-    state(None).group_admin.set_enabled(_group_id(full_path), True)
+    state(None).group_admin.set_enabled(_group_id(full_path, claim=True), True)
     click.echo(f"Dependency proxy enabled for {full_path}.")
 
 
@@ -160,8 +168,41 @@ def enable(full_path: str) -> None:
 @click.argument("full_path")
 def disable(full_path: str) -> None:
     """Switch the proxy off for a group (its cache is kept)."""
-    state(None).group_admin.set_enabled(_group_id(full_path), False)
+    state(None).group_admin.set_enabled(_group_id(full_path, claim=True), False)
     click.echo(f"Dependency proxy disabled for {full_path}.")
+
+
+@cli.command("forget-group")
+@click.argument("group_id", type=click.IntRange(min=0))
+def forget_group(group_id: int) -> None:
+    """Forget the group GROUP_ID, which the host deleted (or whose id it gives to a new
+    group): its cache is scheduled for deletion and its proxy settings, size limit,
+    upstream credentials, usage and recorded path are deleted. What a host runs, or
+    calls ``proxy.forget_group(id)`` for, when it deletes a group."""
+    forgotten = state(None).group_admin.forget_group(group_id)
+    click.echo(
+        f"Forgot group {group_id}: its settings, credentials and usage are deleted;"
+        f" {forgotten.manifests} manifests and {forgotten.blobs} blobs are scheduled for"
+        " deletion (`flask dependency-proxy cleanup` deletes them)."
+    )
+
+
+@cli.command("confirm-group")
+@click.argument("group_id", type=click.IntRange(min=0))
+def confirm_group(group_id: int) -> None:
+    """Confirm that the group GROUP_ID is the group the proxy knew, renamed: record its
+    current path, so it is served again with its settings and cache."""
+    from .admin.groups import GroupNotFound
+    from .auth.group_paths import GroupPathTaken
+
+    try:
+        previous, current = state(None).group_admin.confirm_group(group_id)
+    except (GroupNotFound, GroupPathTaken) as exc:
+        raise click.ClickException(f"Not confirmed: {exc}.") from None
+    if previous is None or previous == current:
+        click.echo(f"Group {group_id} is recorded with the path {current!r}.")
+    else:
+        click.echo(f"Group {group_id} renamed from {previous!r} to {current!r}.")
 
 
 # -- pages, REST API and cache life cycle --------------------------------------------------
@@ -292,7 +333,7 @@ def warm(
         wanted = [parse_platform(text) for text in platforms]
     except WarmError as exc:
         raise click.BadParameter(str(exc)) from None
-    group_id = _group_id(full_path)
+    group_id = _group_id(full_path, claim=True)
     try:
         with _TerminalProgress() as progress:
             outcomes = state(None).group_admin.warm(

@@ -4,6 +4,8 @@
   serves only rows in the default status, so they stop being served at once; the next
   pull asks upstream again (and brings a row back to life if it pulls the same content).
   Another purge of the group within ``PURGE_COOLDOWN_SECONDS`` is refused.
+- **Forgetting a group** (the host deleted it) marks its rows as a purge does, without
+  the cooldown, and deletes the rest of what the extension keeps for it.
 - **Deleting one image** marks the same way: the image's manifests, and the blobs they
   reference that no other manifest of the group still served references. Cleanup then
   deletes them like purged rows, files included (with the grace period below).
@@ -103,6 +105,15 @@ class ImageDeleted:
     """What deleting one image scheduled for deletion."""
 
     image: str
+    manifests: int
+    blobs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupForgotten:
+    """What forgetting a group scheduled for deletion (its other rows are gone)."""
+
+    group_id: int
     manifests: int
     blobs: int
 
@@ -241,6 +252,14 @@ class Lifecycle:
             return None
         log.info("deleted image %s of group %s: %s manifests, %s blobs", image, group_id, *marked)
         return ImageDeleted(image, *marked)
+
+    def forget_group(self, group_id: int) -> GroupForgotten:
+        """Drop everything the extension keeps for a group that is gone: its cache is
+        scheduled for deletion as a purge does (no cooldown; blob files follow through
+        cleanup), its settings, upstream credentials, usage and recorded path deleted."""
+        manifests, blobs = self.records.forget_group(group_id)
+        log.info("forgot group %s: %s manifests, %s blobs", group_id, manifests, blobs)
+        return GroupForgotten(group_id, manifests, blobs)
 
     # -- cleanup -------------------------------------------------------------------------
 

@@ -28,7 +28,10 @@ use the categories ``info`` and ``error``. Credentials typed into the page are n
 shown back, and never flashed.
 
 The views parse the form, call :class:`~..admin.groups.GroupAdmin` (``group_admin`` of
-the app's state) and render its answer. Each view runs as one database phase
+the app's state) and render its answer. A group whose id now names another path than
+the one recorded (:mod:`..auth.group_paths`) gets an error page (409) saying what the
+host calls; saving the settings of a group whose path another group holds (compared
+lowercased) is refused with a flashed error. Each view runs as one database phase
 (:mod:`..models.database`). While the database is unavailable the pages answer a plain
 503 page (not the host's base template, which may need the database itself) with
 ``Retry-After``.
@@ -60,6 +63,7 @@ from werkzeug.utils import cached_property
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
 from ..admin.usage_chart import UsageSummary
+from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
@@ -210,7 +214,36 @@ def _admin_view(
     group = proxy.host.find_group(full_path.lower())
     if group is None or not proxy.host.can_admin(principal, group):
         abort(404)
+    try:
+        _admin().admit(group, claim=getattr(view, "claims_path", False))
+    except GroupMoved as moved:
+        return _error_page("This group's Dependency Proxy is on hold", f"{moved}.", 409)
+    except GroupPathTaken as taken:
+        flash(f"Not saved: {taken}.", "error")
+        return _back(group)
     return view(group, **kwargs)
+
+
+_View = t.TypeVar("_View", bound=t.Callable[..., t.Any])
+
+
+def _claims_path(view: _View) -> _View:
+    """Mark a view that saves the group's settings: it records the group's path, and
+    is refused when another group holds it."""
+    view.claims_path = True  # type: ignore[attr-defined]
+    return view
+
+
+def _error_page(title: str, message: str, status: int) -> ResponseReturnValue:
+    return (
+        render_template(
+            "dependency_proxy/error.html",
+            base_template=state(None).config.base_template,
+            error_title=title,
+            error_message=message,
+        ),
+        status,
+    )
 
 
 def _to_login(login_view: str | None) -> ResponseReturnValue:
@@ -314,6 +347,7 @@ def usage_summary(group_id: int) -> UsageSummary:
 
 @bp.post(f"{_PAGE}/settings")
 @_for_admins
+@_claims_path
 def update_settings(group: Group) -> ResponseReturnValue:
     value = request.form.get("enabled")
     if value not in ("0", "1"):
@@ -327,6 +361,7 @@ def update_settings(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/cleanup_policy")
 @_for_admins
+@_claims_path
 def update_cleanup_policy(group: Group) -> ResponseReturnValue:
     enabled = request.form.get("cleanup_enabled") == "1"
     days = CLEANUP_DAYS.from_text(request.form.get("cleanup_days", "").strip())
@@ -343,6 +378,7 @@ def update_cleanup_policy(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/quota")
 @_for_admins
+@_claims_path
 def update_quota(group: Group) -> ResponseReturnValue:
     """Set the group's size limit from a size such as ``20 GiB``; empty lifts it."""
     try:
@@ -408,6 +444,7 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/upstreams")
 @_for_admins
+@_claims_path
 def update_upstreams(group: Group) -> ResponseReturnValue:
     """Narrow and reorder the group's upstreams (checked ones, by their order number), or
     go back to every upstream of the instance in its order."""
@@ -433,6 +470,7 @@ def update_upstreams(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/upstreams/<name>/credentials")
 @_for_admins
+@_claims_path
 def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
     """Keep (``action=save``) or forget (``action=clear``) the group's own credential
     for one upstream."""

@@ -208,3 +208,24 @@ class UsageDay(Base):
     bytes_cached: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     #: Blob bytes fetched from upstream.
     bytes_upstream: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+class GroupPath(Base):
+    """The path a group id named when the extension first saw it.
+
+    Group ids are the host's; a host may give a deleted group's id to a new group. A
+    group whose id now names another path (compared lowercased) is refused until the
+    host says whether it is the same group renamed (``confirm_group``) or a new one
+    (``forget_group``), so a new group never inherits an old one's settings and cache.
+    """
+
+    __tablename__ = f"{TABLE_PREFIX}group_paths"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    #: As the host's adapter gave it (case kept, for messages).
+    path: orm.Mapped[str] = orm.mapped_column(sa.String(1024))
+    #: Lowercased: what image names use, and what paths are compared by.
+    path_lower: orm.Mapped[str] = orm.mapped_column(sa.String(1024), index=True)
+    recorded_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)

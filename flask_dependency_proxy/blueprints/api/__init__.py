@@ -1,11 +1,15 @@
 """REST API under ``/api/v4/groups/<group>/dependency_proxy/``, for scripts.
 
 ``<group>`` is the group's numeric id or its URL-encoded full path (``org%2Fteam``).
-Requests authenticate with a personal access token that has the ``api`` scope, sent as
+Requests authenticate with a token of the host that has the host's API scope (the
+adapter's ``api_scope_name``, ``api`` by default), sent as
 ``PRIVATE-TOKEN: <token>`` or ``Authorization: Bearer <token>``, or with the web
 session; a session request that changes something also sends the page's CSRF token in
 ``X-CSRF-Token``. Every endpoint is for those who administer the group (owners by
-default). Answers and errors are JSON; errors carry a ``message``.
+default). Answers and errors are JSON; errors carry a ``message``. A group whose id
+now names another path than the one recorded answers 409 on every endpoint, saying
+what the host calls (:mod:`...auth.group_paths`); so does a ``PUT`` of the settings or
+upstreams of a group whose path another group holds (compared lowercased).
 
 - ``DELETE cache``: 202, schedules the group's cache for deletion; 409 within the
   purge cooldown.
