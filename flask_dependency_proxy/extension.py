@@ -13,12 +13,15 @@ import sqlalchemy as sa
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
+from .admin.supply_chain import SupplyChainAdmin
 from .auth.access import AccessControl
 from .auth.group_paths import GroupPaths
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
+from .cache.blocks import BlockList
+from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
 from .config import ENV_PREFIX, ProxyConfig, load_config
@@ -29,6 +32,7 @@ from .fetch.leases import FetchLeases
 from .fetch.peer_tokens import PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
+from .models.blocks import BlockRecords
 from .models.group_paths import GroupPathRecords
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
@@ -128,6 +132,15 @@ class DependencyProxy:
             lambda: metadata.session,
             CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
         )
+        settings = GroupSettingsRecords(
+            lambda: metadata.session, default_enabled=config.group_default_enabled
+        )
+        block_records = BlockRecords(lambda: metadata.session)
+        blocks = BlockList(
+            block_records.active_rules,
+            metadata.database,
+            refresh_seconds=config.block_refresh_seconds,
+        )
         cache = PullThroughCache(
             store=store,
             upstreams=upstreams,
@@ -142,6 +155,10 @@ class DependencyProxy:
             ),
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
+            blocks=blocks,
+            deleted_tags=_deleted_tags(config, settings, block_records, metadata),
+            metrics=metrics,
+            audit_flush_seconds=config.pull_record_flush_seconds,
         )
         throttle = LoginThrottle(
             lambda: self.db.session,
@@ -163,9 +180,7 @@ class DependencyProxy:
         lifecycle = Lifecycle.from_config(config, lambda: metadata.session, store, metrics=metrics)
         group_admin = GroupAdmin(
             lambda: metadata.session,
-            settings=GroupSettingsRecords(
-                lambda: metadata.session, default_enabled=config.group_default_enabled
-            ),
+            settings=settings,
             group_upstreams=group_upstreams,
             upstreams=upstreams,
             lifecycle=lifecycle,
@@ -175,6 +190,12 @@ class DependencyProxy:
             quota_policy=config.quota_policy,
             paths=paths,
             find_group=adapter.find_group_by_id,
+        )
+        supply_chain = SupplyChainAdmin(
+            lambda: metadata.session,
+            settings=settings,
+            blocks=blocks,
+            serve_deleted_tags_default=config.serve_stale_on_upstream_not_found,
         )
         scheduler = None
         if config.cleanup_scheduler:
@@ -195,6 +216,7 @@ class DependencyProxy:
             lifecycle=lifecycle,
             metrics=metrics,
             group_admin=group_admin,
+            supply_chain=supply_chain,
             scheduler=scheduler,
         )
 
@@ -294,6 +316,36 @@ def _warn_about_unread_environment(app: Flask) -> None:
             " (see the README).",
             ", ".join(unread),
         )
+
+
+def _deleted_tags(
+    config: ProxyConfig,
+    settings: GroupSettingsRecords,
+    records: BlockRecords,
+    metadata: CacheMetadata,
+) -> DeletedTags:
+    """Each group's policy for a cached tag upstream deleted, and the record of it."""
+    from .models.blocks import EVENT_UPSTREAM_NOT_FOUND
+    from .models.tables import utcnow
+
+    default = config.serve_stale_on_upstream_not_found
+
+    def serve(group_id: int) -> bool:
+        own = settings.get(group_id).upstream_not_found
+        return default if own is None else own == "serve"
+
+    def record(group_id: int, image: str, tag: str, digest: str, served: bool) -> None:
+        what = "still served from the cache" if served else "no longer served"
+        records.record_event(
+            group_id,
+            EVENT_UPSTREAM_NOT_FOUND,
+            image,
+            tag,
+            f"upstream answered 404 for {image}:{tag} (cached as {digest}): {what}",
+            utcnow(),
+        )
+
+    return DeletedTags(serve, record, metadata.database)
 
 
 def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:

@@ -66,12 +66,18 @@ class Principal:
     :param scopes: the credential's scopes; empty for a password login. The host
         checks them (``AuthFailure.INSUFFICIENT_SCOPE``): the extension keeps them for
         the host's ``can_*`` methods and decides nothing by them, not even the API scope.
+    :param context: optional, what the host wants kept with every pull of this
+        principal in the pull record, e.g. a CI job's ``{"project": "acme/app",
+        "pipeline": "41", "job": "1207"}``. The extension stores it as given (strings,
+        at most 16 keys) and never interprets it; ``project`` is also a filter of the
+        pull record's queries.
     """
 
     kind: PrincipalKind
     subject: str
     username: str
     scopes: frozenset[str] = frozenset()
+    context: t.Mapping[str, str] | None = dataclasses.field(default=None, compare=False, hash=False)
 
 
 class AuthFailure(enum.Enum):

@@ -10,8 +10,9 @@
   reference that no other manifest of the group still served references. Cleanup then
   deletes them like purged rows, files included (with the grace period below).
 - **Cleanup** applies each group's policy (marks rows last read more than N days ago),
-  deletes marked rows in batches, then deletes blob files that no row references, and
-  forgets failed-login counts whose window has ended.
+  deletes marked rows in batches, then deletes blob files that no row references,
+  forgets failed-login counts whose window has ended, and pulls of the pull record
+  older than ``PULL_RECORD_RETENTION_DAYS``.
 
 Blob files are content-addressed and shared by groups, so a file goes only when no
 row of any group, in any status, references its digest. Pulls run meanwhile, and two
@@ -52,6 +53,7 @@ import uuid
 from ..metrics import Metrics
 from ..models.cleanup import CleanupRecords
 from ..models.group_settings import GroupSettingsRecords
+from ..models.pulls import PullRecords
 from ..models.stats import human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
 from ..stores.base import StoreJanitor
@@ -145,6 +147,8 @@ class CleanupReport:
     staging_removed: int = 0
     #: Failed-login counts whose window had ended.
     login_failures_forgotten: int = 0
+    #: Pulls of the pull record older than its retention.
+    pulls_forgotten: int = 0
 
     def summary(self) -> str:
         return (
@@ -187,8 +191,13 @@ class Lifecycle:
         login_failure_window_seconds: float = 300,
         clock: Clock = utcnow,
         metrics: Metrics | None = None,
+        pulls: PullRecords | None = None,
+        pull_retention_days: int = 90,
     ) -> None:
         self.records = records
+        #: The pull record, whose entries older than ``pull_retention_days`` go.
+        self.pulls = pulls
+        self.pull_retention = dt.timedelta(days=pull_retention_days)
         self.metrics = metrics or Metrics()
         self.files = files
         self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
@@ -217,6 +226,8 @@ class Lifecycle:
             login_failure_window_seconds=config.login_failure_window_seconds,
             clock=clock,
             metrics=metrics,
+            pulls=PullRecords(session),
+            pull_retention_days=config.pull_record_retention_days,
         )
 
     def with_clock(self, clock: Clock) -> Lifecycle:
@@ -314,6 +325,10 @@ class Lifecycle:
         report.login_failures_forgotten = self.records.forget_login_failures(
             self.clock() - self.login_failure_window
         )
+        if self.pulls is not None:
+            report.pulls_forgotten = self.pulls.forget_before(
+                self.clock() - self.pull_retention, self.batch_size
+            )
         log.info("dependency proxy cleanup: %s", report.summary())
         return report
 

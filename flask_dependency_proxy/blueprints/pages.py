@@ -22,10 +22,12 @@ What the templates get, for hosts that override them: ``base_template``,
 ``max_days``, ``quota`` (:class:`~._formatting.QuotaView`), ``upstreams``
 (:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
 (:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
-(``order_by``, ``sort``, ``search`` of the list); ``clear.html`` gets ``stats`` and
-``cooldown``; ``delete_image.html`` gets ``image`` and its ``tags``. Flashed messages
-use the categories ``info`` and ``error``. Credentials typed into the page are never
-shown back, and never flashed.
+(``order_by``, ``sort``, ``search`` of the list) and ``controls``
+(:class:`SupplyChainView`: blocks, recent pulls, the deleted-tag policy, events);
+``clear.html`` gets ``stats`` and ``cooldown``; ``delete_image.html`` gets ``image``,
+its ``tags`` and ``pulled`` (:class:`~..models.pulls.PullSummary`, the last 30 days).
+Flashed messages use the categories ``info`` and ``error``. Credentials typed into the
+page are never shown back, and never flashed.
 
 The views parse the form, call :class:`~..admin.groups.GroupAdmin` (``group_admin`` of
 the app's state) and render its answer. A group whose id now names another path than
@@ -39,6 +41,7 @@ lowercased) is refused with a flashed error. Each view runs as one database phas
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import typing as t
@@ -62,12 +65,14 @@ from werkzeug.utils import cached_property
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
+from ..admin.supply_chain import InvalidBlock
 from ..admin.usage_chart import UsageSummary
 from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
-from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, valid_search
+from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, Page, valid_search
+from ..models.pulls import PullEntry, PullFilter
 from ..models.stats import human_size
 from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
@@ -88,7 +93,9 @@ if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from ..admin.groups import GroupAdmin
+    from ..admin.supply_chain import DeletedTagPolicy
     from ..host import Group
+    from ..models.blocks import Block, Event
 
 
 class _PagesBlueprint(Blueprint):
@@ -325,6 +332,7 @@ def show(group: Group) -> ResponseReturnValue:
         upstreams=admin.upstreams(group.id),
         usage=usage_summary(group.id),
         list_query=query,
+        controls=supply_chain_view(group.id),
     )
 
 
@@ -429,7 +437,13 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
         tags = _admin().image_tags(group.id, image)
         if not tags:
             abort(404)
-        return _render("dependency_proxy/delete_image.html", group, image=image, tags=tags)
+        return _render(
+            "dependency_proxy/delete_image.html",
+            group,
+            image=image,
+            tags=tags,
+            pulled=state(None).supply_chain.image_pulls(group.id, image),
+        )
     deleted = _admin().delete_image(group.id, image)
     if deleted is None:
         flash(f"Not deleted: {image} is not cached.", "error")
@@ -490,4 +504,91 @@ def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
         flash(f"Credentials for {name} not saved: {problem}.", "error")
         return _back(group)
     flash(f"Credentials for {name} saved.", "info")
+    return _back(group)
+
+
+# -- supply-chain controls ------------------------------------------------------------------------
+
+#: Pulls shown in the page's "Recent pulls".
+RECENT_PULLS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SupplyChainView:
+    """What ``_supply_chain.html`` shows: ``blocks`` that apply to the group, the latest
+    ``pulls`` (a page), the deleted-tag ``policy`` and the latest ``events``."""
+
+    blocks: list[Block]
+    pulls: Page[PullEntry]
+    policy: DeletedTagPolicy
+    events: list[Event]
+
+
+def supply_chain_view(group_id: int) -> SupplyChainView:
+    controls = state(None).supply_chain
+    return SupplyChainView(
+        blocks=controls.blocks(group_id),
+        pulls=controls.pulls(PullFilter(group_id=group_id), 1, RECENT_PULLS),
+        policy=controls.deleted_tag_policy(group_id),
+        events=controls.events(group_id, 10),
+    )
+
+
+def _username() -> str:
+    principal = state(None).host.current_principal()
+    return principal.username if principal is not None else "unknown"
+
+
+@bp.post(f"{_PAGE}/blocks")
+@_for_admins
+def block(group: Group) -> ResponseReturnValue:
+    """Block a digest, or an image's tags that match a pattern, in this group."""
+    form = {key: request.form.get(key, "").strip() or None for key in _BLOCK_FIELDS}
+    try:
+        created = state(None).supply_chain.block(
+            group.id,
+            digest=form["digest"],
+            image=form["image"],
+            tag_pattern=form["tag_pattern"],
+            reason=form["reason"] or "",
+            by=_username(),
+        )
+    except InvalidBlock as exc:
+        for field, problem in exc.errors.items():
+            flash(f"Not blocked: {field.replace('_', ' ')} {problem}.", "error")
+        return _back(group)
+    pulled = created.pulled
+    projects = f", latest by {', '.join(pulled.projects)}" if pulled.projects else ""
+    flash(
+        f"Blocked {created.block.target}. It was pulled {pulled.count} times in the last"
+        f" 30 days{projects}.",
+        "info",
+    )
+    return _back(group)
+
+
+_BLOCK_FIELDS = ("digest", "image", "tag_pattern", "reason")
+
+
+@bp.post(f"{_PAGE}/blocks/<int:block_id>/unblock")
+@_for_admins
+def unblock(group: Group, block_id: int) -> ResponseReturnValue:
+    lifted = state(None).supply_chain.unblock(block_id, group.id, by=_username())
+    if lifted is None:
+        flash("Not unblocked: this group has no such block.", "error")
+    else:
+        flash(f"Unblocked {lifted.target}.", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/deleted_tags")
+@_for_admins
+def update_deleted_tags(group: Group) -> ResponseReturnValue:
+    """Serve or refuse a cached tag upstream deleted; empty: the instance's default."""
+    policy = request.form.get("policy", "")
+    if policy not in ("serve", "refuse", ""):
+        flash("Choose serve, refuse or the default.", "error")
+        return _back(group)
+    saved = state(None).supply_chain.set_deleted_tag_policy(group.id, policy or None)
+    flash(f"Tags deleted upstream: {saved.effective} (saved).", "info")
     return _back(group)

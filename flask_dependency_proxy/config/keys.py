@@ -236,6 +236,16 @@ class ProxyConfig:
     cleanup_file_grace_seconds: float = _key(600, number(float, 0))
     #: Seconds after a purge during which another purge of the same group answers 409.
     purge_cooldown_seconds: float = _key(3600, number(float, 0))
+    #: Seconds each process trusts the blocked images it loaded before it reads them
+    #: again: how long a block or an unblock made elsewhere takes to reach every worker.
+    block_refresh_seconds: float = _key(5, number(float, 0))
+    #: Keep a record of every manifest pull (who, what, which digest, the host's job
+    #: context), written in batches; see the supply-chain page of the docs.
+    pull_record: bool = _key(True, boolean)
+    #: Days the pull record keeps a pull; cleanup deletes older ones.
+    pull_record_retention_days: int = _key(90, number(int, 1))
+    #: Seconds between two writes of a process's buffered pull record.
+    pull_record_flush_seconds: float = _key(5, number(float, 0))
     # -- quotas --
     #: Largest blob fetched from upstream, in bytes; larger ones are refused (403 ``DENIED``).
     #: The default, 10 GiB, passes the largest layers of common images (CUDA, ML

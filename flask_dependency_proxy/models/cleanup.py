@@ -19,13 +19,16 @@ from sqlalchemy.exc import IntegrityError
 from .documents import blob_digests
 from .records import SessionRecords
 from .tables import (
+    BlockedImage,
     CachedBlob,
     CachedManifest,
+    GroupEvent,
     GroupPath,
     GroupSettings,
     GroupUpstreamRow,
     Lease,
     LoginFailure,
+    PullRecord,
     Status,
     UsageDay,
 )
@@ -82,13 +85,22 @@ class CleanupRecords(SessionRecords):
     def forget_group(self, group_id: int) -> tuple[int, int]:
         """Mark the group's rows pending destruction, as a purge does (without its
         cooldown), and delete its settings (size limit included), upstream order and
-        credentials, usage days and recorded path: one transaction.
+        credentials, usage days, recorded path, its own blocks, events and pull record:
+        one transaction.
 
         :return: ``(manifests marked, blobs marked)``.
         """
         manifests = self._mark(CachedManifest, CachedManifest.group_id == group_id)
         blobs = self._mark(CachedBlob, CachedBlob.group_id == group_id)
-        for table in (GroupSettings, GroupUpstreamRow, UsageDay, GroupPath):
+        for table in (
+            GroupSettings,
+            GroupUpstreamRow,
+            UsageDay,
+            GroupPath,
+            BlockedImage,
+            GroupEvent,
+            PullRecord,
+        ):
             self.session.execute(
                 sa.delete(table)
                 .where(table.group_id == group_id)

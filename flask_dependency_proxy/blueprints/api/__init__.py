@@ -34,13 +34,16 @@ upstreams of a group whose path another group holds (compared lowercased).
 - ``PUT upstreams/<name>/credentials`` ``{"username", "password"}`` keeps the group's
   own credential for that upstream (encrypted; never answered back);
   ``DELETE upstreams/<name>/credentials`` forgets it (204).
+- ``GET``/``POST blocks``, ``DELETE blocks/<id>``, ``GET pulls``, ``GET``/``PUT
+  deleted_tags`` and ``GET events``: the supply-chain controls (:mod:`._supply_chain`).
 
 One blueprint, ``dependency_proxy_api``: :mod:`._base` holds it with what every endpoint
 shares (authentication, the group, errors, JSON, pagination); :mod:`._contents` (cache,
-images, manifests, blobs, usage), :mod:`._settings` and :mod:`._upstreams` add their
-routes to it. The endpoints parse the request (the rules shared with the pages are in
-:mod:`.._group_input`), call :class:`~...admin.groups.GroupAdmin` (``group_admin`` of the
-app's state) and render its answer as JSON. While the database is unavailable every
+images, manifests, blobs, usage), :mod:`._settings`, :mod:`._supply_chain` and
+:mod:`._upstreams` add their routes to it. The endpoints parse the request (the rules
+shared with the pages are in :mod:`.._group_input`), call
+:class:`~...admin.groups.GroupAdmin` (``group_admin`` of the app's state) and render its
+answer as JSON. While the database is unavailable every
 endpoint answers 503 with ``Retry-After`` within
 ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`...models.database`).
 """
@@ -49,13 +52,13 @@ from __future__ import annotations
 
 from flask import Response
 
-from . import _contents, _settings, _upstreams
+from . import _contents, _settings, _supply_chain, _upstreams
 from ._base import ALL_METHODS, ROUTE, ApiError, bp
 
 __all__ = ["bp"]
 
 # The modules above add their routes on import.
-del _contents, _settings, _upstreams
+del _contents, _settings, _supply_chain, _upstreams
 
 
 @bp.route(f"{ROUTE}/<path:rest>", methods=ALL_METHODS)
