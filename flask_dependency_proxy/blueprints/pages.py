@@ -245,7 +245,7 @@ def _error_page(title: str, message: str, status: int) -> ResponseReturnValue:
     return (
         render_template(
             "dependency_proxy/error.html",
-            base_template=state(None).config.base_template,
+            **page_context(),
             error_title=title,
             error_message=message,
         ),
