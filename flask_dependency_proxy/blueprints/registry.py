@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import typing as t
 from urllib.parse import urlencode
 
@@ -26,6 +27,7 @@ from ..models.database import DatabaseUnavailable
 from ..oci.digits import ascii_int
 from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
 from ..oci.reference import (
+    MEDIA_TYPE_OCI_INDEX,
     ProxyPath,
     is_valid_tag,
     merge_accept,
@@ -184,6 +186,43 @@ def _pagination() -> tuple[int | None, str | None]:
     if last is not None and not is_valid_tag(last):
         raise RegistryError(ErrorCode.TAG_INVALID, "last must be a tag", {"last": last[:200]})
     return n, last
+
+
+#: A media type, as ``artifactType`` may name one (RFC 6838's restricted names).
+_MEDIA_TYPE_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+
+
+@bp.route("/v2/<path:name>/referrers/<digest>", methods=_ALL_METHODS)
+def referrers(name: str, digest: str) -> Response:
+    """The OCI referrers of a digest, as an image index, filtered by ``artifactType``
+    (then with ``OCI-Filters-Applied``), from upstream or, while it is down, the cache."""
+    principal = _authenticate(name)
+    _refuse_writes()
+    path = parse_proxy_path(name)
+    validate_digest(digest)
+    artifact_type = request.args.get("artifactType") or None
+    if artifact_type is not None and not _MEDIA_TYPE_RE.fullmatch(artifact_type):
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED,
+            "artifactType must be a media type",
+            {"artifactType": artifact_type[:200]},
+            status=400,
+        )
+    requestlog.note_target(path.group_path, path.image, f"referrers/{digest}")
+    group = state(None).access.authorize_pull(principal, path.group_path)
+    cache = state(None).cache
+    try:
+        found = cache.get_referrers(group.id, path, digest, artifact_type)
+    finally:
+        cache.finish_request()
+    response = Response(found.index(), mimetype=MEDIA_TYPE_OCI_INDEX)
+    if found.filtered:
+        response.headers["OCI-Filters-Applied"] = "artifactType"
+    if found.stale:
+        _mark_stale(response)
+    return response
 
 
 @bp.route("/v2/<path:name>/blobs/<digest>", methods=_ALL_METHODS)

@@ -45,6 +45,7 @@ from ..upstream.routing import Candidate, GroupUpstreamSource, UpstreamSet
 from .confirmations import BlobOpener, Confirmations
 from .manifests import ManifestCache
 from .quota import Quotas
+from .referrers import Referrers, ReferrersCache
 from .results import BlobResult, ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has
 from .usage import UsageBuffer
@@ -93,6 +94,9 @@ class PullThroughCache:
             serve_stale_on_not_found=serve_stale_on_not_found,
             clock=clock,
         )
+        self.referrers = ReferrersCache(
+            routes=self.routes, metadata=metadata, manifests=self.manifests, quotas=quotas
+        )
         self.recent_blobs = RecentBlobs()
         #: Digests the routes of this worker's groups confirmed lately.
         self.confirmations = Confirmations()
@@ -115,6 +119,13 @@ class PullThroughCache:
     def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
         """One page of the image's tags (:meth:`.ManifestCache.list_tags`)."""
         return self.manifests.list_tags(group_id, path, n, last)
+
+    def get_referrers(
+        self, group_id: int, path: ProxyPath, digest: str, artifact_type: str | None = None
+    ) -> Referrers:
+        """The referrers of ``digest``, of ``artifact_type`` only when given
+        (:meth:`.ReferrersCache.get`)."""
+        return self.referrers.get(group_id, path, digest).of_type(artifact_type)
 
     # -- blobs -----------------------------------------------------------------------
 
