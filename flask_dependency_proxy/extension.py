@@ -19,7 +19,8 @@ from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
-from .config import ENV_PREFIX, ProxyConfig, load_config
+from .cache.signing import SignatureGate, load_trust_root
+from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FleetSource
 from .fetch.fleet_tokens import FleetTokens
@@ -30,6 +31,7 @@ from .metrics import Metrics, metrics_for
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
+from .models.signatures import SignatureRecords
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
 from .upstream.breaker import CircuitBreaker
@@ -173,6 +175,7 @@ class DependencyProxy:
             scheduler = CleanupScheduler(
                 app, lifecycle, config.cleanup_interval_seconds, release=metadata.release
             )
+        signatures = _signature_gate(config, metadata, metrics)
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -188,6 +191,7 @@ class DependencyProxy:
             metrics=metrics,
             group_admin=group_admin,
             scheduler=scheduler,
+            signatures=signatures,
         )
 
         from .blueprints import registry, token
@@ -249,6 +253,31 @@ def _warn_about_unread_environment(app: Flask) -> None:
             " (see the README).",
             ", ".join(unread),
         )
+
+
+def _signature_gate(
+    config: ProxyConfig, metadata: CacheMetadata, metrics: Metrics
+) -> SignatureGate:
+    """The groups' signature policies, with the trust roots the admin configured.
+
+    :raises ConfigError: a trust file is not what its key says.
+    """
+    try:
+        roots = load_trust_root(
+            trusted_root=config.signature_trusted_root,
+            roots=config.signature_roots,
+            intermediates=config.signature_intermediates,
+            rekor_keys=config.signature_rekor_keys,
+        )
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"{ENV_PREFIX}SIGNATURE_* trust material: {error}") from error
+    return SignatureGate(
+        records=SignatureRecords(lambda: metadata.session),
+        database=metadata.database,
+        roots=roots,
+        recheck_seconds=config.signature_recheck_seconds,
+        metrics=metrics,
+    )
 
 
 def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:

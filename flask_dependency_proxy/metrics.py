@@ -54,6 +54,10 @@ class Metrics:
         """A cleanup finished, having removed these counts by kind (rows, files, bytes);
         ``None``: another process held the cleanup lease, or it ``failed``."""
 
+    def signature_verdict(self, mode: str, status: str) -> None:
+        """A manifest pull was checked against its group's signature policy (``status``:
+        verified, unsigned, invalid; counted on every pull, warm ones included)."""
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return b""
@@ -142,11 +146,19 @@ class PrometheusMetrics(Metrics):
             "Cleanup runs by result (done, busy: another process ran it, failed).",
             ("result",),
         )
+        self._signatures = counter(
+            "dependency_proxy_signature_checks",
+            "Manifest pulls checked against a signature policy, by mode and verdict.",
+            ("mode", "status"),
+        )
         self._removed = counter(
             "dependency_proxy_cleanup_removed",
             "What cleanup removed: manifest and blob rows, blob files and their bytes.",
             ("what",),
         )
+
+    def signature_verdict(self, mode: str, status: str) -> None:
+        self._signatures.labels(mode, status).inc()
 
     def registry_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.labels(route, method, str(status)).inc()

@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0008"
+HEAD = "0020"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -320,12 +320,15 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
     # What revisions 0002-0008 add: the size-limit column, the usage indexes, the
     # fetch leases, the fleet's upstream tokens, the group upstream lists, the
-    # manifests' upstream column and the usage days.
+    # manifests' upstream column and the usage days; 0020 the signature policies and
+    # verdicts.
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
         "add_column",
         "add_column",
         "add_index",
         "add_index",
+        "add_table",
+        "add_table",
         "add_table",
         "add_table",
         "add_table",

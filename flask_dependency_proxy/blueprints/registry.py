@@ -20,7 +20,8 @@ from werkzeug.wsgi import FileWrapper
 
 from .._state import state
 from ..cache.quota import blob_too_large
-from ..cache.results import BlobResult
+from ..cache.results import BlobResult, ManifestResult
+from ..cache.signing import Decision
 from ..fetch.errors import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
 from ..models.database import DatabaseUnavailable
@@ -35,6 +36,7 @@ from ..oci.reference import (
     validate_digest,
     validate_reference,
 )
+from ..signatures import Status
 from ..stores.base import ByteStream, Following, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
 from ._registry_http import (
@@ -63,6 +65,8 @@ _PULL_METHODS = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Header that marks a manifest served from the cache because upstream failed.
 STALE_HEADER = "X-Dependency-Proxy-Stale"
+#: Header that says what the group's signature policy found for a manifest.
+SIGNATURE_HEADER = "X-Dependency-Proxy-Signature"
 
 
 def _bearer_token() -> str | None:
@@ -122,16 +126,50 @@ def manifest(name: str, reference: str) -> Response:
         result = cache.get_manifest(
             group.id, path, reference, merge_accept(request.headers.getlist("Accept"))
         )
+        signature = _check_signature(group.id, path, reference, result)
     finally:
         cache.finish_request()
     requestlog.note_manifest(group.id, result.outcome)
     response = Response(result.content, mimetype=result.media_type)
+    if signature is not None:
+        _mark_signature(response, signature)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
     response.headers["Content-Length"] = str(len(result.content))
     if result.stale:
         _mark_stale(response)
     return response
+
+
+def _check_signature(
+    group_id: int, path: ProxyPath, reference: str, result: ManifestResult
+) -> Decision | None:
+    """The group's signature policy on this manifest; an ``enforce`` policy refuses one
+    without a valid signature from a trusted signer with ``403 DENIED`` and the reason."""
+    gate = state(None).signatures
+    if gate is None:
+        return None
+    decision = gate.check(state(None).cache, group_id, path, reference, result)
+    if decision is not None and decision.refused:
+        verdict = decision.verdict
+        raise RegistryError(
+            ErrorCode.DENIED,
+            f"the group's signature policy refuses {path.image}@{result.digest}:"
+            f" {verdict.status.value} ({verdict.reason})",
+            {"digest": result.digest, "signature": verdict.status.value},
+        )
+    return decision
+
+
+def _mark_signature(response: Response, decision: Decision) -> None:
+    """What the policy found, for clients and proxies in front: ``verified``,
+    ``unsigned`` or ``invalid`` (served in ``warn`` mode)."""
+    verdict = decision.verdict
+    response.headers[SIGNATURE_HEADER] = verdict.status.value
+    detail = verdict.signer if verdict.status is Status.VERIFIED else verdict.reason
+    if detail:
+        text = detail.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+        response.headers[f"{SIGNATURE_HEADER}-Detail"] = text[:300]
 
 
 def _mark_stale(response: Response) -> None:

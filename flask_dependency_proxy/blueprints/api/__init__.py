@@ -30,6 +30,10 @@ default). Answers and errors are JSON; errors carry a ``message``.
 - ``PUT upstreams/<name>/credentials`` ``{"username", "password"}`` keeps the group's
   own credential for that upstream (encrypted; never answered back);
   ``DELETE upstreams/<name>/credentials`` forgets it (204).
+- ``GET``/``PUT signature_policy``: ``{"mode": "off|warn|enforce", "keys": [{"name",
+  "pem", "images"}], "identities": [{"issuer", "subject", "images"}]}``; ``images`` is
+  an image-name pattern (``*`` for any run of characters) or ``null`` for every image.
+  Answers also carry the ``index_rule`` and how much ``trust`` the instance configured.
 
 One blueprint, ``dependency_proxy_api``: :mod:`._base` holds it with what every endpoint
 shares (authentication, the group, errors, JSON, pagination); :mod:`._contents` (cache,
@@ -45,13 +49,13 @@ from __future__ import annotations
 
 from flask import Response
 
-from . import _contents, _settings, _upstreams
+from . import _contents, _settings, _signatures, _upstreams
 from ._base import ALL_METHODS, ROUTE, ApiError, bp
 
 __all__ = ["bp"]
 
 # The modules above add their routes on import.
-del _contents, _settings, _upstreams
+del _contents, _settings, _signatures, _upstreams
 
 
 @bp.route(f"{ROUTE}/<path:rest>", methods=ALL_METHODS)
