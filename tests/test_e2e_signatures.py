@@ -217,6 +217,20 @@ def test_warn_serves_everything_and_marks_the_unsigned(signed: Signed, alice: Sk
     assert (
         bundled.headers[f"{HEADER}-Detail"] == "cody@soyland.com (https://github.com/login/oauth)"
     )
+    # The manifests API carries each cached manifest's state under the policy.
+    listed = requests.get(
+        f"{signed.platform.url}/api/v4/groups/{GROUP}/dependency_proxy/manifests",
+        headers={"PRIVATE-TOKEN": signed.token},
+        params={"per_page": 100},
+        timeout=30,
+    ).json()
+    states = {(m["image"], m["tag"]): m["signature"] for m in listed}
+    assert states[("e2e/unsigned", "1")]["state"] == "unsigned"
+    assert states[("e2e/bundled", "v1")] == {
+        "state": "verified",
+        "signer": "cody@soyland.com (https://github.com/login/oauth)",
+        "reason": None,
+    }
 
 
 def test_signed_cached_images_verify_and_pull_while_upstream_is_down(

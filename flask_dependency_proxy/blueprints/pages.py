@@ -258,6 +258,12 @@ def show(group: Group) -> ResponseReturnValue:
         search=query["search"] or None,
     )
     quota = admin.quota(group.id)
+    gate = state(None).signatures
+    signatures = (
+        gate.image_states(group.id, [(item.image, item.digest) for item in listing.items])
+        if gate is not None
+        else {}
+    )
     return _render(
         "dependency_proxy/group.html",
         group,
@@ -271,6 +277,7 @@ def show(group: Group) -> ResponseReturnValue:
         upstreams=admin.upstreams(group.id),
         usage=usage_summary(group.id),
         list_query=query,
+        signatures=signatures,
     )
 
 
