@@ -20,6 +20,7 @@ if t.TYPE_CHECKING:
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
+    from .cache.signing import SignatureGate
     from .config import ProxyConfig
     from .host import HostAdapter
     from .metrics import Metrics
@@ -60,6 +61,8 @@ class ProxyState:
     supply_chain: SupplyChainAdmin
     #: Runs cleanup from the web processes (``DEPENDENCY_PROXY_CLEANUP_SCHEDULER``).
     scheduler: CleanupScheduler | None = None
+    #: Each group's signature policy, checked on manifest pulls.
+    signatures: SignatureGate | None = None
 
 
 def state(app: Flask | None) -> ProxyState:

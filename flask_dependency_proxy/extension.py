@@ -24,7 +24,8 @@ from .cache.blocks import BlockList
 from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
-from .config import ENV_PREFIX, ProxyConfig, load_config
+from .cache.signing import SignatureGate, load_trust_root
+from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FleetSource
 from .fetch.fleet_tokens import FleetTokens
@@ -37,6 +38,7 @@ from .models.group_paths import GroupPathRecords
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
+from .models.signatures import SignatureRecords
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
 from .upstream.breaker import CircuitBreaker
@@ -202,6 +204,7 @@ class DependencyProxy:
             scheduler = CleanupScheduler(
                 app, lifecycle, config.cleanup_interval_seconds, release=metadata.release
             )
+        signatures = _signature_gate(config, metadata, metrics)
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -218,6 +221,7 @@ class DependencyProxy:
             group_admin=group_admin,
             supply_chain=supply_chain,
             scheduler=scheduler,
+            signatures=signatures,
         )
 
         from .blueprints import registry, token
@@ -346,6 +350,31 @@ def _deleted_tags(
         )
 
     return DeletedTags(serve, record, metadata.database)
+
+
+def _signature_gate(
+    config: ProxyConfig, metadata: CacheMetadata, metrics: Metrics
+) -> SignatureGate:
+    """The groups' signature policies, with the trust roots the admin configured.
+
+    :raises ConfigError: a trust file is not what its key says.
+    """
+    try:
+        roots = load_trust_root(
+            trusted_root=config.signature_trusted_root,
+            roots=config.signature_roots,
+            intermediates=config.signature_intermediates,
+            rekor_keys=config.signature_rekor_keys,
+        )
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"{ENV_PREFIX}SIGNATURE_* trust material: {error}") from error
+    return SignatureGate(
+        records=SignatureRecords(lambda: metadata.session),
+        database=metadata.database,
+        roots=roots,
+        recheck_seconds=config.signature_recheck_seconds,
+        metrics=metrics,
+    )
 
 
 def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:
