@@ -1,7 +1,9 @@
 """The plain-SQLAlchemy host (``examples/minimal/plain.py``) run for real: set up with its
 own CLI (each command through ``outside_request``, its session otherwise exists only
 within a request), served by gunicorn with the shipped configuration, pulled through
-with skopeo from a real upstream registry."""
+with skopeo from a real upstream registry, and logged in to the way containerd (password
+grant) and docker (refresh token) do. ``scripts/test`` also runs it in its
+lowest-versions lane, on the dependency floors ``setup.cfg`` declares."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support import checks, images
 from tests.support.clients import Skopeo
@@ -84,3 +87,43 @@ def test_skopeo_pulls_through_a_plain_sqlalchemy_host(
     checks.same_as_upstream(target, pushed, upstream)
     # What the pull cached is what the CLI (outside any request) reads back.
     assert "acme: 1 images, 1 manifests" in flask("dependency-proxy", "stats", "acme")
+
+    # containerd's login (the password grant) and docker's (a refresh token): form POSTs.
+    token_url = f"http://127.0.0.1:{port}/jwt/auth"
+    scope = f"repository:acme/dependency_proxy/containers/{repository}:pull"
+    answer = requests.post(
+        token_url,
+        data={
+            "grant_type": "password",
+            "username": "alice",
+            "password": PASSWORD,
+            "service": "dependency_proxy",
+            "scope": scope,
+            "client_id": "containerd-client",
+            "access_type": "offline",
+        },
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    refreshed = requests.post(
+        token_url,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": answer.json()["refresh_token"],
+            "service": "dependency_proxy",
+            "scope": scope,
+            "client_id": "docker",
+        },
+        timeout=30,
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    manifest = requests.get(
+        f"http://127.0.0.1:{port}/v2/acme/dependency_proxy/containers/{repository}/manifests/1.0",
+        headers={
+            "Authorization": f"Bearer {refreshed.json()['access_token']}",
+            "Accept": "application/vnd.oci.image.manifest.v1+json",
+        },
+        timeout=30,
+    )
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.content == pushed.manifest

@@ -73,6 +73,14 @@ def _write_status_anyway(row: CachedManifest | CachedBlob) -> None:
     flag_modified(row, "status")
 
 
+def _forget(session: t.Any, rows: list[t.Any]) -> None:
+    """Take the rows an earlier attempt read out of the session (see ``save_manifest``)."""
+    for row in rows:
+        if row in session:
+            session.expunge(row)
+    rows.clear()
+
+
 class CacheMetadata:
     """Cache metadata of one application.
 
@@ -206,10 +214,17 @@ class CacheMetadata:
                 CachedManifest.tag == tag,
             )
 
+        read: list[CachedManifest] = []
+
         def write() -> ManifestRecord:
             # Read afresh on a retry: another worker inserted the same tag at the same
             # moment (update theirs), or cleanup deleted the row just read (insert it again).
+            # The row a lost attempt read leaves the session first: a new row may get its
+            # id again (SQLite reuses it), which SQLAlchemy 2.0 warns about.
+            _forget(self.session, read)
             row = self.session.execute(query).scalar_one_or_none()
+            if row is not None:
+                read.append(row)
             if row is None:
                 row = CachedManifest(group_id=group_id, image=image, tag=tag, created_at=now)
                 self.session.add(row)
