@@ -132,7 +132,7 @@ class DatabaseBinding:
     ) -> DatabaseBinding:
         """The binding for ``DependencyProxy``'s arguments: ``db=`` or ``session=``.
 
-        :raises TypeError: for neither or both (see :func:`check_arguments`).
+        :raises TypeError: for neither or both (see ``check_arguments``).
         :raises RuntimeError: for a Flask-SQLAlchemy object not registered on ``app``.
         """
         check_arguments(db=db, engine=engine, session=session)
