@@ -24,7 +24,9 @@ _FLOOR = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*>=\s*
 
 
 def _lines(value: str) -> list[str]:
-    return [line.strip() for line in value.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip() for line in value.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def _normal(name: str) -> str:
