@@ -24,6 +24,7 @@ if t.TYPE_CHECKING:
     from .config import ProxyConfig
     from .host import HostAdapter
     from .metrics import Metrics
+    from .models.binding import DatabaseBinding
     from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
     from .models.upstreams import GroupUpstreamRecords
@@ -43,6 +44,8 @@ class ProxyState:
     metadata: CacheMetadata
     #: Database phases (bounded, released, failures answered with 503).
     database: DatabaseGuard
+    #: The host's session and engine, and the context of work outside requests.
+    binding: DatabaseBinding
     access: AccessControl
     issuer: TokenIssuer
     store: StoreBackend
