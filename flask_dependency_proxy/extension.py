@@ -19,6 +19,7 @@ from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
 from .cache.blocks import BlockList
+from .cache.cooldown import CooldownPolicy, Cooldowns
 from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
@@ -39,6 +40,7 @@ from .models.binding import (
     check_arguments,
 )
 from .models.blocks import BlockRecords
+from .models.cooldowns import TagHoldRecords
 from .models.group_paths import GroupPathRecords
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
@@ -192,6 +194,17 @@ class DependencyProxy:
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
             blocks=blocks,
             deleted_tags=_deleted_tags(config, settings, block_records, metadata),
+            cooldowns=Cooldowns(
+                settings.cooldown_rows,
+                TagHoldRecords(lambda: metadata.session),
+                metadata.database,
+                default=CooldownPolicy(
+                    seconds=config.tag_cooldown_hours * 3600,
+                    new_tags=config.tag_cooldown_new_tags,
+                    digest_pulls=config.tag_cooldown_digest_pulls,
+                ),
+                refresh_seconds=config.block_refresh_seconds,
+            ),
             metrics=metrics,
             audit_flush_seconds=config.pull_record_flush_seconds,
         )
@@ -230,6 +243,7 @@ class DependencyProxy:
             lambda: metadata.session,
             settings=settings,
             blocks=blocks,
+            cooldowns=cache.cooldowns,
             serve_deleted_tags_default=config.serve_stale_on_upstream_not_found,
         )
         scheduler = None

@@ -113,7 +113,8 @@ class PrometheusMetrics(Metrics):
         )
         self._outcomes = counter(
             "dependency_proxy_cache_requests",
-            "Manifest and blob GETs by cache outcome (hit, revalidated, miss, stale).",
+            "Manifest and blob GETs by cache outcome (hit, revalidated, miss, stale,"
+            " cooldown-previous: a tag's previous digest while its new one is in cooldown).",
             ("kind", "outcome", *(("group",) if group_labels else ())),
         )
         self._served = counter(
@@ -161,7 +162,7 @@ class PrometheusMetrics(Metrics):
         )
         self._refused = counter(
             "dependency_proxy_pulls_refused",
-            "Manifest pulls refused by a supply-chain control (blocked, refused).",
+            "Manifest pulls refused by a supply-chain control (blocked; refused: in cooldown).",
             ("reason",),
         )
         self._signatures = counter(

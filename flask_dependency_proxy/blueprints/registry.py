@@ -67,6 +67,9 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 STALE_HEADER = "X-Dependency-Proxy-Stale"
 #: Header that says what the group's signature policy found for a manifest.
 SIGNATURE_HEADER = "X-Dependency-Proxy-Signature"
+#: Header that marks a tag's previous manifest, served while upstream's new digest is in
+#: cooldown: ``pending="sha256:..."; release-at="2026-03-01T12:00:00Z"``.
+COOLDOWN_HEADER = "X-Dependency-Proxy-Cooldown"
 
 
 def _bearer_token() -> str | None:
@@ -142,6 +145,11 @@ def manifest(name: str, reference: str) -> Response:
     response.headers["Content-Length"] = str(len(result.content))
     if result.stale:
         _mark_stale(response)
+    if result.pending is not None:
+        release_at = result.pending.release_at.replace(microsecond=0).isoformat() + "Z"
+        response.headers[COOLDOWN_HEADER] = (
+            f'pending="{result.pending.digest}"; release-at="{release_at}"'
+        )
     return response
 
 

@@ -48,6 +48,7 @@ from .audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
 from .audit import PullAudit
 from .blocks import BlockList
 from .confirmations import BlobOpener, Confirmations
+from .cooldown import Cooldowns
 from .manifests import DeletedTags, ManifestCache
 from .quota import Quotas
 from .referrers import Referrers, ReferrersCache
@@ -71,6 +72,7 @@ class PullThroughCache:
     :param quotas: the size checks (largest blob, each group's limit and its policy).
     :param blocks: the blocked images (:mod:`.blocks`); ``None``: none.
     :param deleted_tags: each group's policy for a cached tag upstream deleted.
+    :param cooldowns: the groups' tag cooldowns (:mod:`.cooldown`); ``None``: none.
     :param audit_flush_seconds: how often the pull record is written.
     """
 
@@ -88,6 +90,7 @@ class PullThroughCache:
         clock: t.Callable[[], dt.datetime] = utcnow,
         blocks: BlockList | None = None,
         deleted_tags: DeletedTags | None = None,
+        cooldowns: Cooldowns | None = None,
         metrics: Metrics | None = None,
         audit_flush_seconds: float = AUDIT_FLUSH_SECONDS,
     ) -> None:
@@ -107,8 +110,10 @@ class PullThroughCache:
             clock=clock,
             blocks=blocks,
             deleted_tags=deleted_tags,
+            cooldowns=cooldowns,
         )
         self.blocks = blocks
+        self.cooldowns = cooldowns
         self.metrics = metrics or Metrics()
         #: Who pulled what, written in batches by :meth:`finish_request`.
         self.audit = PullAudit(

@@ -241,6 +241,17 @@ class ProxyConfig:
     #: Seconds each process trusts the blocked images it loaded before it reads them
     #: again: how long a block or an unblock made elsewhere takes to reach every worker.
     block_refresh_seconds: float = _key(5, number(float, 0))
+    #: The instance's tag cooldown, for groups without their own: hours (fractions
+    #: allowed) a tag's new upstream digest waits, counted from when the group's cache
+    #: first saw it, before pulls of the tag get it; they get the previous digest
+    #: meanwhile. ``0`` turns it off. See the supply-chain page of the docs.
+    tag_cooldown_hours: float = _key(0, number(float, 0))
+    #: A brand-new tag (no previous digest) during the cooldown: ``serve`` it at once, or
+    #: ``refuse`` it (403 ``DENIED``) until its digest has waited.
+    tag_cooldown_new_tags: str = _key("serve", choice("serve", "refuse"))
+    #: A pull by digest of a digest still in cooldown: ``allow`` (pinning a digest is a
+    #: deliberate act) or ``refuse``.
+    tag_cooldown_digest_pulls: str = _key("allow", choice("allow", "refuse"))
     #: Keep a record of every manifest pull (who, what, which digest, the host's job
     #: context), written in batches; see the supply-chain page of the docs.
     pull_record: bool = _key(True, boolean)

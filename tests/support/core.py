@@ -26,6 +26,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.blocks import BlockList
+from flask_dependency_proxy.cache.cooldown import CooldownPolicy, Cooldowns
 from flask_dependency_proxy.cache.manifests import DeletedTags
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
@@ -35,6 +36,7 @@ from flask_dependency_proxy.migrations import upgrade
 from flask_dependency_proxy.models.binding import DatabaseBinding
 from flask_dependency_proxy.models.blocks import BlockRecords
 from flask_dependency_proxy.models.cleanup import CleanupRecords
+from flask_dependency_proxy.models.cooldowns import TagHoldRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
@@ -156,9 +158,15 @@ def build_core(
     quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
     block_refresh_seconds: float | None = None,
     deleted_tags: t.Callable[[CacheMetadata], DeletedTags] | None = None,
+    cooldown: CooldownPolicy | None = None,
+    cooldown_refresh_seconds: float = 0,
 ) -> Core:
     """A core on a copy of ``template`` (see :func:`migrated_database`); call inside
-    ``core.app.app_context()``."""
+    ``core.app.app_context()``.
+
+    :param cooldown: the instance's tag cooldown; the groups' own values are read again
+        after ``cooldown_refresh_seconds`` (every pull by default). ``None``: no cooldown.
+    """
     database = directory / "cache.sqlite"
     shutil.copyfile(template, database)
     app, db = _app(database)
@@ -174,6 +182,16 @@ def build_core(
             BlockRecords(lambda: metadata.session).active_rules,
             metadata.database,
             refresh_seconds=block_refresh_seconds,
+        )
+    cooldowns = None
+    if cooldown is not None:
+        settings = GroupSettingsRecords(lambda: metadata.session, default_enabled=True)
+        cooldowns = Cooldowns(
+            settings.cooldown_rows,
+            TagHoldRecords(lambda: metadata.session),
+            metadata.database,
+            default=cooldown,
+            refresh_seconds=cooldown_refresh_seconds,
         )
     cache = PullThroughCache(
         store=store,
@@ -192,6 +210,7 @@ def build_core(
         clock=clock,
         blocks=blocks,
         deleted_tags=None if deleted_tags is None else deleted_tags(metadata),
+        cooldowns=cooldowns,
     )
     return Core(
         app=app,
