@@ -114,5 +114,6 @@ def delete_group(name: str) -> None:
 def create_token(username: str, acls: tuple[str, ...], days: int) -> None:
     """Print a new API token of USERNAME on the last line (it is not shown again)."""
     token, secret = services.create_token(username, list(acls), days)
-    click.echo(f"API token {token.id} of {username} ({token.acls}), expires {token.expires_at:%Y-%m-%d}:")
+    expires = f"{token.expires_at:%Y-%m-%d}"
+    click.echo(f"API token {token.id} of {username} ({token.acls}), expires {expires}:")
     click.echo(secret)
