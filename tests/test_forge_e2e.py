@@ -214,8 +214,8 @@ def test_every_page_of_the_extension_in_chromium_under_the_forges_csp(
     page.click("#dependency-proxy-clear")
     expect(page.locator("h1")).to_contain_text(f"Clear the Dependency Proxy cache of {GROUP}?")
     _styled(page)
-    page.goto(f"{PAGE}/images/library/{unique_name}/delete")
-    expect(page.locator("h1")).to_contain_text(f"Delete library/{unique_name} from")
+    page.goto(f"{PAGE}/images/{unique_name}/delete")
+    expect(page.locator("h1")).to_contain_text(f"Delete {unique_name} from")
     _styled(page)
     # The error page: a form sent without the extension's CSRF token.
     page.goto(PAGE)

@@ -87,8 +87,8 @@ def create_group(name: str, owner: str) -> None:
 @click.argument("username")
 @in_session
 def add_member(name: str, username: str) -> None:
-    services.add_member(name, username)
-    click.echo(f"{username} is a member of {services.group_named(name).name}.")
+    group = services.add_member(name, username)
+    click.echo(f"{username} is a member of {group.name}.")
 
 
 @group_cli.command("delete")

@@ -74,11 +74,12 @@ def create_group(name: str, owner: str) -> Group:
     return group
 
 
-def add_member(name: str, username: str) -> None:
+def add_member(name: str, username: str) -> Group:
     group, user = _group(name), _user(username)
     if not is_member(user, group):
         db().add(Membership(group_id=group.id, user_id=user.id))
         db().commit()
+    return group
 
 
 def delete_group(name: str) -> int:
