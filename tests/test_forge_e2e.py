@@ -275,5 +275,16 @@ def test_a_deleted_group_is_forgotten_and_the_group_that_gets_its_id_starts_clea
     assert settings.status_code == 200, settings.text
     assert settings.json()["group_full_path"] == "Fresh"
     assert settings.json()["enabled"] is False
-    assert requests.get(listed, headers=api, timeout=30).json() == []
-    checks.failed(skopeo.copy_to_dir(forge.image("fresh", unique_name, "latest"))[0])
+    assert settings.json()["quota"]["used_bytes"] == 0
+    # The old cache is scheduled for deletion, as a purge does (cleanup deletes it):
+    # nothing of it counts for the new group or is served to it.
+    leftovers = requests.get(listed, headers=api, timeout=30).json()
+    assert {item["status"] for item in leftovers} <= {"pending_destruction"}, leftovers
+    # Once on, the new group fetches the image from upstream: nothing of the old is served.
+    forge.flask("dependency-proxy", "enable", "fresh")
+    mark = upstream.mark()
+    checks.ok(skopeo.copy_to_dir(forge.image("fresh", unique_name, "latest"))[0])
+    repository = f"library/{unique_name}"
+    assert upstream.count("GET", repository=repository, kind="manifests", since=mark) == 1
+    served = requests.get(listed, headers=api, timeout=30).json()
+    assert [item["status"] for item in served].count("default") == 1, served
