@@ -88,9 +88,10 @@ def delete_group(name: str) -> int:
     group = _group(name)
     group_id = group.id
     db().delete(group)
-    db().flush()
-    proxy().forget_group(group_id)
     db().commit()
+    # Once the deletion is committed. Were this call lost, the extension would refuse
+    # the id's next group until told (it records the path each id names).
+    proxy().forget_group(group_id)
     return group_id
 
 
