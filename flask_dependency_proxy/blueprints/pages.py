@@ -319,6 +319,12 @@ def show(group: Group) -> ResponseReturnValue:
         search=query["search"] or None,
     )
     quota = admin.quota(group.id)
+    gate = state(None).signatures
+    signatures = (
+        gate.image_states(group.id, [(item.image, item.digest) for item in listing.items])
+        if gate is not None
+        else {}
+    )
     return _render(
         "dependency_proxy/group.html",
         group,
@@ -333,6 +339,7 @@ def show(group: Group) -> ResponseReturnValue:
         usage=usage_summary(group.id),
         list_query=query,
         controls=supply_chain_view(group.id),
+        signatures=signatures,
     )
 
 

@@ -50,6 +50,7 @@ from .blocks import BlockList
 from .confirmations import BlobOpener, Confirmations
 from .manifests import DeletedTags, ManifestCache
 from .quota import Quotas
+from .referrers import Referrers, ReferrersCache
 from .results import BlobResult, ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has
 from .usage import UsageBuffer
@@ -114,6 +115,9 @@ class PullThroughCache:
             flush_seconds=audit_flush_seconds,
             on_lost=lambda count: self.metrics.pull_records("lost", count),
         )
+        self.referrers = ReferrersCache(
+            routes=self.routes, metadata=metadata, manifests=self.manifests, quotas=quotas
+        )
         self.recent_blobs = RecentBlobs()
         #: Digests the routes of this worker's groups confirmed lately.
         self.confirmations = Confirmations()
@@ -136,6 +140,13 @@ class PullThroughCache:
     def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
         """One page of the image's tags (:meth:`.ManifestCache.list_tags`)."""
         return self.manifests.list_tags(group_id, path, n, last)
+
+    def get_referrers(
+        self, group_id: int, path: ProxyPath, digest: str, artifact_type: str | None = None
+    ) -> Referrers:
+        """The referrers of ``digest``, of ``artifact_type`` only when given
+        (:meth:`.ReferrersCache.get`)."""
+        return self.referrers.get(group_id, path, digest).of_type(artifact_type)
 
     # -- blobs -----------------------------------------------------------------------
 

@@ -314,3 +314,45 @@ class GroupEvent(Base):
     image: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
     reference: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
     message: orm.Mapped[str] = orm.mapped_column(sa.String(1000))
+
+
+class SignaturePolicyRow(Base):
+    """A group's signature policy: its mode and the signers it trusts (a JSON document,
+    see :mod:`..cache.signing`). A group without a row checks nothing."""
+
+    __tablename__ = f"{TABLE_PREFIX}signature_policies"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    #: ``off``, ``warn`` or ``enforce``.
+    mode: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    document: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class SignatureVerdictRow(Base):
+    """Who signed a digest of a group's image, under one policy (its fingerprint): what a
+    pull found, so the next pull on any worker reads it instead of verifying again."""
+
+    __tablename__ = f"{TABLE_PREFIX}signature_verdicts"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "group_id",
+            "image",
+            "digest",
+            "fingerprint",
+            name=f"uq_{TABLE_PREFIX}signature_verdicts",
+        ),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    fingerprint: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    #: ``Verdict.to_json()``.
+    verdict: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    checked_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)

@@ -4,8 +4,10 @@
 :class:`~flask_dependency_proxy.models.repository.CacheMetadata` on a SQLite file, an
 in-memory blob store and fake upstream clients.
 
-``CacheMetadata`` works through a Flask-SQLAlchemy session, so a bare Flask app carries
-it (no blueprint, no host adapter, no extension): the smallest real setup of the models.
+``CacheMetadata`` works through the host's session (a Flask-SQLAlchemy one here, bound
+by :class:`~flask_dependency_proxy.models.binding.DatabaseBinding`), so a bare Flask app
+carries it (no blueprint, no host adapter, no extension): the smallest real setup of the
+models.
 The tables come from the extension's own migrations, run once into a template file
 (:func:`migrated_database`) that each test copies.
 """
@@ -30,6 +32,7 @@ from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.cache.results import BlobResult
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
+from flask_dependency_proxy.models.binding import DatabaseBinding
 from flask_dependency_proxy.models.blocks import BlockRecords
 from flask_dependency_proxy.models.cleanup import CleanupRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
@@ -162,7 +165,8 @@ def build_core(
     clock = Clock()
     store = MemoryStore(str(directory / "local"), clock=clock.epoch)
     registries = tuple(registries) or (FakeRegistry(),)
-    metadata = CacheMetadata(app, db, read_granularity_seconds=0)
+    binding = DatabaseBinding.from_arguments(app, db=db)
+    metadata = CacheMetadata(binding, read_granularity_seconds=0)
     fetcher = BlobFetcher(store, start_timeout=5, max_blob_size=max_blob_size)
     blocks = None
     if block_refresh_seconds is not None:
