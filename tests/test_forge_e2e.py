@@ -234,7 +234,10 @@ def test_every_page_of_the_extension_in_chromium_under_the_forges_csp(
 
     # The watch works: an inline style attribute is refused and reported.
     page.evaluate("document.body.setAttribute('style', 'color: red')")
-    page.wait_for_timeout(200)
+    for _ in range(50):  # the report arrives through Playwright's event loop
+        if violations:
+            break
+        page.wait_for_timeout(100)
     assert violations and violations[0].startswith("style-src"), violations
     context.close()
 
