@@ -216,14 +216,15 @@ def disable(full_path: str) -> None:
 @click.argument("group_id", type=click.IntRange(min=0))
 def forget_group(group_id: int) -> None:
     """Forget the group GROUP_ID, which the host deleted (or whose id it gives to a new
-    group): its cache is scheduled for deletion and its proxy settings, size limit,
-    upstream credentials, usage and recorded path are deleted. What a host runs, or
-    calls ``proxy.forget_group(id)`` for, when it deletes a group."""
+    group): every row the extension keeps for it (cache, settings, size limit, upstream
+    credentials, usage, recorded path, blocks, pull record, signature policy, tags in
+    cooldown) is deleted; blob files no other group uses go with the next cleanup. What a
+    host runs, or calls ``proxy.forget_group(id)`` for, when it deletes a group."""
     forgotten = state(None).group_admin.forget_group(group_id)
     click.echo(
-        f"Forgot group {group_id}: its settings, credentials and usage are deleted;"
-        f" {forgotten.manifests} manifests and {forgotten.blobs} blobs are scheduled for"
-        " deletion (`flask dependency-proxy cleanup` deletes them)."
+        f"Forgot group {group_id}: its settings, credentials, usage,"
+        f" {forgotten.manifests} cached manifests and {forgotten.blobs} blobs are deleted;"
+        " blob files no other group uses go with the next `flask dependency-proxy cleanup`."
     )
 
 

@@ -315,9 +315,10 @@ class DependencyProxy:
     def forget_group(self, group_id: int) -> None:
         """Forget a group the host deleted: what a host calls when it deletes a group.
 
-        Its cache is scheduled for deletion (blob files follow through cleanup) and its
-        proxy settings, size limit, upstream credentials, usage and recorded path are
-        deleted, so a group that later gets the same id starts afresh. Call it inside
+        Every row the extension keeps for it is deleted: cache, proxy settings, size
+        limit, upstream credentials, usage, recorded path, blocks, pull record, signature
+        policy, tags in cooldown (blob files no other group uses go with the next
+        cleanup), so a group that later gets the same id starts afresh. Call it inside
         an application context; harmless for an id the extension never saw.
         """
         state(None).group_admin.forget_group(group_id)

@@ -127,7 +127,7 @@ def test_policy_deletes_what_was_not_pulled_for_n_days(
     assert report.files_recent == 1 and report.files_deleted == 0
     assert state(None).store.size(old_blob) == len(b"old layer")
 
-    clock.advance(seconds=GRACE + 1)
+    clock.advance(seconds=GRACE + 60)  # past the grace, however slowly the files were written
     report = lifecycle(clock).cleanup()
     assert (report.files_set_aside, report.files_deleted) == (1, 0)
     assert state(None).store.size(old_blob) is None
@@ -167,7 +167,7 @@ def test_blob_file_survives_while_another_group_references_it(
     make_app(DEPENDENCY_PROXY_CLEANUP_FILE_GRACE_SECONDS=0)
     shared = lf.add_blob(1, b"shared layer")
     assert lf.add_blob(2, b"shared layer") == shared
-    clock.advance(seconds=1)  # the file was written after the clock was read
+    clock.advance(seconds=60)  # the file was written after the clock was read, however slowly
     life = lifecycle(clock)
 
     life.purge(1)
@@ -228,7 +228,7 @@ def test_pull_after_purge_brings_the_row_back(
     blob = lf.add_blob(1, b"layer")
     lifecycle(clock).purge(1)
     metadata.record_blob(1, blob, len(b"layer"))
-    clock.advance(seconds=1)
+    clock.advance(seconds=60)
     report = lifecycle(clock).cleanup()
     assert report.blobs_deleted == 0 and report.files_deleted == 0
     assert lf.rows(CachedBlob) == [(blob, Status.DEFAULT)]
@@ -245,7 +245,7 @@ def test_cleanup_deletes_in_batches(make_app: t.Callable[..., Flask], clock: lf.
     for n in range(7):
         lf.add_blob(1, b"layer %d" % n, status=Status.PENDING_DESTRUCTION)
     lf.add_manifest(1, "kept", "1")
-    clock.advance(seconds=1)
+    clock.advance(seconds=60)
     report = lifecycle(clock).cleanup()
     assert (report.manifests_deleted, report.blobs_deleted, report.files_deleted) == (10, 7, 7)
     assert [d for d, _ in lf.rows(CachedManifest)] == [lf.rows(CachedManifest)[0][0]]

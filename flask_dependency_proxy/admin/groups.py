@@ -218,9 +218,9 @@ class GroupAdmin:
         return previous, group.full_path
 
     def forget_group(self, group_id: int) -> GroupForgotten:
-        """The host deleted the group (or is about to give its id to another): schedule
-        its cache for deletion as a purge does, and delete its settings, size limit,
-        upstream credentials, usage and recorded path. Harmless for an unknown id."""
+        """The host deleted the group (or is about to give its id to another): delete
+        every row the extension keeps for it (blob files follow through cleanup).
+        Harmless for an unknown id."""
         forgotten = self._lifecycle.forget_group(group_id)
         self._cache.usage.drop(group_id)
         self._access.forget()

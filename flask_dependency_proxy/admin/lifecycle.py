@@ -113,7 +113,7 @@ class ImageDeleted:
 
 @dataclasses.dataclass(frozen=True)
 class GroupForgotten:
-    """What forgetting a group scheduled for deletion (its other rows are gone)."""
+    """What forgetting a group deleted of its cache (its other rows are gone too)."""
 
     group_id: int
     manifests: int
@@ -265,9 +265,8 @@ class Lifecycle:
         return ImageDeleted(image, *marked)
 
     def forget_group(self, group_id: int) -> GroupForgotten:
-        """Drop everything the extension keeps for a group that is gone: its cache is
-        scheduled for deletion as a purge does (no cooldown; blob files follow through
-        cleanup), its settings, upstream credentials, usage and recorded path deleted."""
+        """Drop everything the extension keeps for a group that is gone: every row,
+        its cache's included; blob files no row references go with the next sweep."""
         manifests, blobs = self.records.forget_group(group_id)
         log.info("forgot group %s: %s manifests, %s blobs", group_id, manifests, blobs)
         return GroupForgotten(group_id, manifests, blobs)

@@ -44,6 +44,22 @@ if t.TYPE_CHECKING:
 
 _Table = type[CachedManifest] | type[CachedBlob]
 
+#: Every table keyed by a group id: what :meth:`CleanupRecords.forget_group` deletes.
+FORGOTTEN_TABLES: tuple[t.Any, ...] = (
+    CachedManifest,
+    CachedBlob,
+    GroupSettings,
+    GroupUpstreamRow,
+    UsageDay,
+    GroupPath,
+    BlockedImage,
+    GroupEvent,
+    PullRecord,
+    SignaturePolicyRow,
+    SignatureVerdictRow,
+    TagCooldown,
+)
+
 
 class CleanupRecords(SessionRecords):
     """The queries, run through the host's session.
@@ -86,34 +102,25 @@ class CleanupRecords(SessionRecords):
         return True, None, manifests, blobs
 
     def forget_group(self, group_id: int) -> tuple[int, int]:
-        """Mark the group's rows pending destruction, as a purge does (without its
-        cooldown), and delete its settings (size limit included), upstream order and
-        credentials, usage days, recorded path, its own blocks, events, pull record,
-        signature policy and verdicts, and tags in cooldown: one transaction.
+        """Delete every row the extension keeps for the group (:data:`FORGOTTEN_TABLES`)
+        in one transaction. The cached manifests and blobs go at once rather than being
+        marked as a purge marks them, so a new group given the same id never lists them;
+        their files, no longer referenced, go with the next cleanup's sweep.
 
-        :return: ``(manifests marked, blobs marked)``.
+        :return: ``(manifests deleted, blobs deleted)``.
         """
-        manifests = self._mark(CachedManifest, CachedManifest.group_id == group_id)
-        blobs = self._mark(CachedBlob, CachedBlob.group_id == group_id)
-        for table in (
-            GroupSettings,
-            GroupUpstreamRow,
-            UsageDay,
-            GroupPath,
-            BlockedImage,
-            GroupEvent,
-            PullRecord,
-            SignaturePolicyRow,
-            SignatureVerdictRow,
-            TagCooldown,
-        ):
-            self.session.execute(
-                sa.delete(table)
-                .where(table.group_id == group_id)
-                .execution_options(synchronize_session=False)
+        deleted = {
+            table: rowcount(
+                self.session.execute(
+                    sa.delete(table)
+                    .where(table.group_id == group_id)
+                    .execution_options(synchronize_session=False)
+                )
             )
+            for table in FORGOTTEN_TABLES
+        }
         self.session.commit()
-        return manifests, blobs
+        return deleted[CachedManifest], deleted[CachedBlob]
 
     def _mark(self, table: _Table, *conditions: sa.ColumnElement[bool]) -> int:
         result = self.session.execute(
