@@ -13,12 +13,17 @@ Upstreams, in the instance's order:
   ``hub`` or ``ghcr`` first), so what they do stays in their own tests.
 
 The platform has one worker, so what it learns of an upstream (a ``Retry-After``, a
-host that is down) is what the next request sees.
+host that is down) is what the next request sees. It also answers as a Docker Hub mirror
+of the group under a second name (``DEPENDENCY_PROXY_MIRROR_HOSTS``), which only the
+module's ``dockerd`` resolves; containerd reaches every registry's images through one
+``_default/hosts.toml`` (its ``?ns=``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import typing as t
 from pathlib import Path
 
@@ -27,7 +32,9 @@ import requests
 
 from tests.support import checks, images, seed
 from tests.support.clients import Podman, Skopeo
+from tests.support.containerd import Containerd
 from tests.support.databases import Databases
+from tests.support.dockerd import Dockerd
 from tests.support.faultproxy import FaultProxy, Reset, Status
 from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
@@ -46,6 +53,11 @@ OTHER_USER = seed.BOB
 STALE_HEADER = "X-Dependency-Proxy-Stale"
 #: Consecutive connection failures after which the platform takes an upstream for down.
 DOWN_AFTER = 2
+#: The platform's second name: a Docker Hub mirror of ``GROUP``.
+MIRROR_HOST = "mirror.example.test"
+#: Docker Hub's key in the docker client's config: the credentials dockerd sends a mirror.
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 class World(t.NamedTuple):
@@ -93,6 +105,7 @@ def world(
             "DEPENDENCY_PROXY_UPSTREAM_DOWN_AFTER_FAILURES": str(DOWN_AFTER),
             "DEPENDENCY_PROXY_UPSTREAM_DOWN_SECONDS": "600",
             "DEPENDENCY_PROXY_UPSTREAM_DOWN_MAX_SECONDS": "600",
+            "DEPENDENCY_PROXY_MIRROR_HOSTS": json.dumps({MIRROR_HOST: GROUP}),
         },
     )
     seed.seed_full(platform)
@@ -338,3 +351,133 @@ def test_a_dead_upstream_is_not_asked_and_its_tags_come_from_the_cache(
     uncached = _manifest(world, image, "2")
     checks.registry_error(uncached, 503, "UNAVAILABLE")
     assert world.dead.requests[mark:] == []
+
+
+# -- one mirror for every registry ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def containerd(
+    module_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory
+) -> t.Iterator[Containerd]:
+    daemon = Containerd(module_processes, tmp_path_factory.mktemp("containerd")).start()
+    yield daemon
+    daemon.process.stop()
+
+
+def _readme_default_hosts_toml(platform: Platform) -> str:
+    """The README's ``_default/hosts.toml`` for containerd, pointed at the live platform."""
+    found = re.search(
+        r"```toml\n(# /etc/containerd/certs\.d/_default/hosts\.toml\n.*?)```",
+        README.read_text(),
+        re.S,
+    )
+    assert found, "the README has no containerd _default/hosts.toml recipe"
+    assert "https://platform.example.com/v2/acme/" in found.group(1), found.group(1)
+    return found.group(1).replace("https://platform.example.com", platform.url)
+
+
+def test_ctr_pulls_two_registries_through_one_default_hosts_toml(
+    world: World, containerd: Containerd, unique_name: str, tmp_path: Path
+) -> None:
+    """containerd names each image's registry in ``?ns=``: ``docker.io`` goes to ``hub``
+    (as ``library/<name>``), ``ghcr.io`` to ``ghcr``, and neither is asked for the other."""
+    on_hub = _push(world.hub, f"library/{unique_name}", "1", f"{unique_name}-ns-hub", tmp_path)
+    on_ghcr = _push(world.ghcr, f"org/{unique_name}", "2", f"{unique_name}-ns-ghcr", tmp_path)
+    hosts_dir = tmp_path / "certs.d"
+    (hosts_dir / "_default").mkdir(parents=True)
+    (hosts_dir / "_default" / "hosts.toml").write_text(_readme_default_hosts_toml(world.platform))
+    hub_mark, ghcr_mark = len(world.hub_proxy.requests), world.ghcr.mark()
+
+    references = {
+        f"docker.io/library/{unique_name}:1": on_hub,
+        f"ghcr.io/org/{unique_name}:2": on_ghcr,
+    }
+    for reference in references:
+        checks.ok(
+            containerd.ctr(
+                "images",
+                "pull",
+                "--hosts-dir",
+                str(hosts_dir),
+                "--snapshotter",
+                "native",
+                "--user",
+                f"{USER.username}:{USER.password}",
+                reference,
+            )
+        )
+
+    check = checks.ok(containerd.ctr("images", "check")).stdout
+    for reference, pushed in references.items():
+        line = next(line for line in check.splitlines() if line.startswith(reference))
+        assert pushed.digest in line and "complete (2/2)" in line, check
+        for digest in pushed.blob_digests:
+            assert world.platform.stored_blobs_for(digest), f"{digest} is not in the cache"
+    hub_asked = [r.path for r in world.hub_proxy.requests[hub_mark:]]
+    assert any(f"/v2/library/{unique_name}/blobs/" in path for path in hub_asked), hub_asked
+    assert not any(f"/org/{unique_name}/" in path for path in hub_asked), hub_asked
+    assert world.ghcr.count("GET", repository=f"org/{unique_name}", kind="blobs", since=ghcr_mark)
+    assert world.ghcr.count(repository=f"library/{unique_name}", since=ghcr_mark) == 0
+
+
+def test_tag_pages_of_an_ns_request_link_with_its_ns(world: World, unique_name: str) -> None:
+    """The next page of ``?ns=ghcr.io`` is ``ghcr``'s too: ``hub``, first in the list,
+    holds the same name with other tags."""
+    repository = f"org/{unique_name}"
+    for registry, tag in ((world.ghcr, "1"), (world.ghcr, "2"), (world.hub, "1"), (world.hub, "5")):
+        _push(registry, repository, tag, f"{unique_name}-{tag}", world.workdir)
+    platform = world.platform
+    headers = platform.bearer(USER.username, USER.password, GROUP, repository)
+    page = requests.get(
+        f"{platform.url}/v2/{platform.repository(GROUP, repository)}/tags/list",
+        params={"ns": "ghcr.io", "n": "1"},
+        headers=headers,
+        timeout=60,
+    )
+    assert page.status_code == 200, page.text
+    assert page.json() == {"name": platform.repository(GROUP, repository), "tags": ["1"]}
+    link = page.headers["Link"]
+    assert link.startswith(f"</v2/{platform.repository(GROUP, repository)}/tags/list?"), link
+    following = requests.get(
+        f"{platform.url}{link[1 : link.index('>')]}", headers=headers, timeout=60
+    )
+    assert following.status_code == 200, following.text
+    assert following.json()["tags"] == ["2"]
+
+
+@pytest.fixture(scope="module")
+def mirror_engine(
+    module_processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, world: World
+) -> t.Iterator[Dockerd]:
+    """A ``dockerd`` whose ``registry-mirrors`` is the platform's mirror name (resolved to
+    127.0.0.1 for this daemon only), holding the platform credential under Docker Hub's
+    key, where docker keeps what it sends a mirror."""
+    daemon = Dockerd(
+        module_processes, tmp_path_factory.mktemp("dockerd"), hosts={MIRROR_HOST: "127.0.0.1"}
+    )
+    daemon.process.argv += ["--registry-mirror", f"http://{MIRROR_HOST}:{world.platform.port}"]
+    daemon.start()
+    secret = base64.b64encode(f"{USER.username}:{USER.password}".encode()).decode()
+    config = {"auths": {DOCKER_HUB_AUTH_KEY: {"auth": secret}}}
+    (daemon.config_dir / "config.json").write_text(json.dumps(config))
+    yield daemon
+    daemon.process.stop()
+
+
+def test_docker_registry_mirror_on_the_mirror_host_name(
+    world: World, mirror_engine: Dockerd, unique_name: str, tmp_path: Path
+) -> None:
+    """``docker pull NAME`` goes to the mirror name with Docker Hub's names
+    (``/v2/library/NAME/...``), served as the group's proxy through ``hub``: no nginx."""
+    pushed = _push(world.hub, f"library/{unique_name}", "latest", f"{unique_name}-m", tmp_path)
+    hub_mark = len(world.hub_proxy.requests)
+
+    checks.ok(mirror_engine.docker("pull", unique_name))
+
+    inspected = json.loads(checks.ok(mirror_engine.docker("image", "inspect", unique_name)).stdout)
+    assert inspected[0]["Id"] == pushed.config_digest
+    for digest in pushed.blob_digests:
+        assert world.platform.stored_blobs_for(digest), f"{digest} is not in the cache"
+    asked = _requests_for(world.hub_proxy, f"library/{unique_name}", hub_mark)
+    assert sum("/blobs/" in r for r in asked) == len(pushed.blob_digests), asked

@@ -14,6 +14,7 @@ from .._state import state
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
 from ..stores.base import StorageError
+from ._names import mirror_base_url
 
 log = logging.getLogger("flask_dependency_proxy")
 
@@ -38,7 +39,11 @@ def external_url() -> str:
 
 
 def challenge(scope: str | None = None) -> str:
-    value = f'Bearer realm="{external_url()}/jwt/auth",service="{SERVICE}"'
+    """The ``WWW-Authenticate`` of a ``401``: the token realm on this app's URL, or on the
+    request's own host name when that is a Docker Hub mirror's (the one name of the
+    app its clients know)."""
+    base = mirror_base_url() or external_url()
+    value = f'Bearer realm="{base}/jwt/auth",service="{SERVICE}"'
     if scope:
         value += f',scope="{scope}"'
     return value

@@ -32,13 +32,13 @@ from ..oci.reference import (
     ProxyPath,
     is_valid_tag,
     merge_accept,
-    parse_proxy_path,
     validate_digest,
     validate_reference,
 )
 from ..signatures import Status
 from ..stores.base import ByteStream, Following, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
+from ._names import pull_scope, requested_image
 from ._registry_http import (
     add_api_version,
     after_body,
@@ -89,17 +89,8 @@ def _authenticate(name: str | None = None) -> Principal:
     except RegistryError as error:
         # The scope tells clients which token to ask for on the retry; a malformed
         # name gets a challenge without one, never the name echoed back.
-        error.headers.setdefault("WWW-Authenticate", challenge(_pull_scope(name)))
+        error.headers.setdefault("WWW-Authenticate", challenge(pull_scope(name)))
         raise
-
-
-def _pull_scope(name: str | None) -> str | None:
-    if name is None:
-        return None
-    try:
-        return f"repository:{parse_proxy_path(name).repository}:pull"
-    except RegistryError:
-        return None
 
 
 def _refuse_writes() -> None:
@@ -120,7 +111,7 @@ def base() -> Response:
 def manifest(name: str, reference: str) -> Response:
     principal = _authenticate(name)
     _refuse_writes()
-    path = parse_proxy_path(name)
+    path = requested_image(name).path
     validate_reference(reference)
     requestlog.note_target(path.group_path, path.image, reference)
     requestlog.note_principal(principal)
@@ -202,7 +193,8 @@ def tags(name: str) -> Response:
     stale, while upstream cannot answer."""
     principal = _authenticate(name)
     _refuse_writes()
-    path = parse_proxy_path(name)
+    requested = requested_image(name)
+    path = requested.path
     n, last = _pagination()
     requestlog.note_target(path.group_path, path.image, "tags/list")
     group = state(None).access.authorize_pull(principal, path.group_path)
@@ -211,13 +203,19 @@ def tags(name: str) -> Response:
         page = cache.list_tags(group.id, path, n, last)
     finally:
         cache.finish_request()
-    body = json.dumps({"name": path.repository, "tags": list(page.tags)})
+    body = json.dumps({"name": requested.repository, "tags": list(page.tags)})
     response = Response(body, mimetype="application/json")
     if page.stale:
         _mark_stale(response)
     if page.next_last is not None:
-        query = urlencode({**({"n": n} if n is not None else {}), "last": page.next_last})
-        response.headers["Link"] = f'</v2/{path.repository}/tags/list?{query}>; rel="next"'
+        query = urlencode(
+            {
+                **({"n": n} if n is not None else {}),
+                "last": page.next_last,
+                **({"ns": requested.ns} if requested.ns else {}),
+            }
+        )
+        response.headers["Link"] = f'</v2/{requested.repository}/tags/list?{query}>; rel="next"'
     return response
 
 
@@ -280,7 +278,7 @@ def referrers(name: str, digest: str) -> Response:
 def blob(name: str, digest: str) -> Response:
     principal = _authenticate(name)
     _refuse_writes()
-    path = parse_proxy_path(name)
+    path = requested_image(name).path
     validate_digest(digest)
     requestlog.note_target(path.group_path, path.image, digest)
     group = state(None).access.authorize_pull(principal, path.group_path)

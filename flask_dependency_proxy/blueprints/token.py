@@ -28,9 +28,9 @@ from .._state import ProxyState, state
 from ..auth.tokens import MAX_TOKEN_LENGTH, InvalidToken, RefreshTokenIssuer
 from ..models.database import DatabaseUnavailable
 from ..oci.errors import ErrorCode, RegistryError
-from ..oci.reference import parse_proxy_path
 from . import _requestlog as requestlog
 from ._bodies import bound_body
+from ._names import scope_group
 from ._registry_http import (
     SERVICE,
     add_api_version,
@@ -196,7 +196,8 @@ def _read_form() -> MultiDict[str, str]:
 
 def _granted_scope(proxy: ProxyState, principal: Principal, requested: list[str]) -> str | None:
     """What of the requested scopes the token grants: ``pull`` on repositories of groups
-    the principal may pull through, nothing else (no ``push``, no catalog). ``None``
+    the principal may pull through (on a mirror host, Docker Hub's names of its group),
+    nothing else (no ``push``, no catalog). ``None``
     when no scope was asked for; an empty string when none was granted.
 
     The answer must not claim more than the token allows (RFC 6749, section 5.1): a
@@ -211,7 +212,7 @@ def _granted_scope(proxy: ProxyState, principal: Principal, requested: list[str]
         if kind != "repository" or "pull" not in actions.split(","):
             continue
         try:
-            proxy.access.authorize_pull(principal, parse_proxy_path(name).group_path)
+            proxy.access.authorize_pull(principal, scope_group(name))
         except RegistryError:
             continue
         scope = f"repository:{name}:pull"

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import typing as t
+from urllib.parse import urlsplit
 
 from ..upstream.routing import DOCKER_HUB_URL, UpstreamEntry
 from .parsers import (
@@ -35,7 +36,7 @@ from .parsers import (
     s3_url,
     text,
 )
-from .upstreams import shorthand_upstream, upstream_entries
+from .upstreams import mirror_hosts, shorthand_upstream, upstream_entries
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -103,6 +104,17 @@ class ProxyConfig:
     #: The URL clients use to reach this application (token realm, image prefix, CI
     #: variables). ``None`` derives it from each request's host.
     external_url: str | None = _key(None, optional(http_url))
+    #: Host names that serve one group each as a Docker Hub mirror, a mapping (or its JSON
+    #: text) from a host name (with an optional port) to a group path, e.g.
+    #: ``{"mirror.example.com": "acme"}``: requests that arrive with that ``Host`` name
+    #: images as Docker Hub does (``/v2/library/alpine/...``) and are served as the group's
+    #: proxy through the upstream entry whose ``hosts`` include ``docker.io``, with the
+    #: token challenge on that host name and the group's access rules. What Docker's
+    #: ``registry-mirrors`` needs (it refuses a mirror URL with a group path in it). Give
+    #: the app each name (DNS, and Flask's ``TRUSTED_HOSTS`` when set); behind a proxy the
+    #: ``Host`` must reach the app (``proxy_set_header Host $host``, or
+    #: ``TRUSTED_PROXIES`` and ``X-Forwarded-Host``). ``None``: none.
+    mirror_hosts: dict[str, str] = _key(None, mirror_hosts)
     #: How many reverse proxies sit in front of the app. With ``n > 0`` the whole WSGI app
     #: is wrapped in Werkzeug's ``ProxyFix``, and the last ``n`` entries of
     #: ``X-Forwarded-For``, ``-Proto`` and ``-Host`` give the client address (the login
@@ -335,6 +347,7 @@ def load_config(app: Flask) -> ProxyConfig:
                 values["upstream_url"], values["upstream_username"], values["upstream_password"]
             ),
         )
+    _check_mirror_hosts(values)
     if values["peer_listener_port"] is not None and values["peer_url"] is None:
         raise ConfigError(
             f"{ENV_PREFIX}PEER_LISTENER_PORT serves the peer route of a fleet: set"
@@ -352,3 +365,24 @@ def load_config(app: Flask) -> ProxyConfig:
             f" {ENV_PREFIX}UPSTREAM_DOWN_SECONDS."
         )
     return ProxyConfig(**values)
+
+
+def _check_mirror_hosts(values: dict[str, t.Any]) -> None:
+    """A mirror host needs the Docker Hub entry, and must not be the app's own name (its
+    group paths would turn into Docker Hub names)."""
+    if not values["mirror_hosts"]:
+        return
+    key = f"{ENV_PREFIX}MIRROR_HOSTS"
+    if not any("docker.io" in entry.hosts for entry in values["upstreams"]):
+        raise ConfigError(
+            f"{key} serves Docker Hub's names: give the upstream entry of Docker Hub"
+            f' "hosts": ["docker.io"] in {ENV_PREFIX}UPSTREAMS.'
+        )
+    if values["external_url"]:
+        own = urlsplit(values["external_url"])
+        for name in (own.netloc.lower(), (own.hostname or "").lower()):
+            if name in values["mirror_hosts"]:
+                raise ConfigError(
+                    f"{key}: {name!r} is the host of {ENV_PREFIX}EXTERNAL_URL; a mirror needs"
+                    " a host name of its own."
+                )

@@ -1,6 +1,7 @@
 """The parse of ``DEPENDENCY_PROXY_UPSTREAMS`` (named upstream entries, checked one
-field at a time) and the one entry its shorthand ``DEPENDENCY_PROXY_UPSTREAM_URL``
-stands for.
+field at a time), the one entry its shorthand ``DEPENDENCY_PROXY_UPSTREAM_URL``
+stands for, and ``DEPENDENCY_PROXY_MIRROR_HOSTS`` (host names that serve a group with
+Docker Hub's names).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import json
 import re
 import typing as t
 
+from ..oci.reference import GROUP_PATH_RE, is_registry_host
 from ..upstream.routing import (
+    DOCKER_HUB_HOSTS,
     DOCKER_HUB_URL,
     UpstreamEntry,
     default_library_prefix,
@@ -124,9 +127,46 @@ def _host_list(key: str, value: t.Any, pattern: re.Pattern[str]) -> tuple[str, .
 
 def shorthand_upstream(url: str, username: str | None, password: str | None) -> UpstreamEntry:
     """The one entry ``UPSTREAM_URL`` stands for: Docker Hub's (``dockerhub``) for its
-    URL, else ``default``, with Docker Hub's ``library/`` rule kept for look-alikes."""
+    URL, else ``default``, a stand-in for Docker Hub (a mirror of it, a look-alike): it
+    keeps Docker Hub's ``library/`` rule and serves Docker Hub's names, so containerd's
+    ``?ns=docker.io`` and ``MIRROR_HOSTS`` reach it."""
     if url == DOCKER_HUB_URL:
         return docker_hub_entry(username=username, password=password)
     return UpstreamEntry(
-        name="default", url=url, username=username, password=password, library_prefix="library"
+        name="default",
+        url=url,
+        hosts=DOCKER_HUB_HOSTS,
+        username=username,
+        password=password,
+        library_prefix="library",
     )
+
+
+def mirror_hosts(key: str, value: t.Any) -> dict[str, str]:
+    """A mapping (or its JSON text) from a lower-case host name, with an optional port,
+    to a group path (folded to lower case, as registry paths are); empty when unset."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key} must be a JSON object: {exc}.") from None
+    if not isinstance(value, t.Mapping):
+        raise ConfigError(
+            f"{key} must be a JSON object mapping host names to group paths, not {value!r}."
+        )
+    parsed: dict[str, str] = {}
+    for host, group in value.items():
+        if not isinstance(host, str) or host != host.lower() or not is_registry_host(host):
+            raise ConfigError(
+                f"{key}: {host!r} is not a lower-case host name (with an optional port, such"
+                " as 'mirror.example.com' or 'mirror.example.com:8443')."
+            )
+        if not isinstance(group, str) or not GROUP_PATH_RE.fullmatch(group):
+            raise ConfigError(
+                f"{key}[{host!r}] must be a group path such as 'acme' or 'acme/team', not"
+                f" {group!r}."
+            )
+        parsed[host] = group.lower()
+    return parsed

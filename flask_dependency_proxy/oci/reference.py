@@ -24,6 +24,16 @@ GROUP_PATH_RE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,254})*"
 )
 
+#: One label of a host name (or one number of an IPv4 address).
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+#: A registry host as containerd names one in ``?ns=``: a DNS name or an IPv4 address, or
+#: an IPv6 address in brackets, with an optional port. Lower case (callers fold case).
+_REGISTRY_HOST_RE = re.compile(
+    rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-f:.]{{2,45}}\])(?::(?P<port>[0-9]{{1,5}}))?"
+)
+#: The longest registry host taken (a DNS name is at most 253 characters, plus a port).
+_MAX_HOST_LENGTH = 260
+
 #: The separator between the group path and the image name in a proxy path.
 PROXY_SEPARATOR = "/dependency_proxy/containers/"
 #: Repository names are limited to this many characters by the distribution spec.
@@ -91,6 +101,18 @@ def parse_proxy_path(name: str) -> ProxyPath:
 def is_valid_image_name(image: str) -> bool:
     """Whether ``image`` is a repository name the registry would accept after the prefix."""
     return len(image) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(image) is not None
+
+
+def is_registry_host(value: str) -> bool:
+    """Whether ``value`` is a lower-case ``host[:port]`` (``docker.io``, ``ghcr.io``,
+    ``registry.internal:5000``, ``[::1]:5000``), as containerd's ``?ns=`` names a registry."""
+    if len(value) > _MAX_HOST_LENGTH:
+        return False
+    match = _REGISTRY_HOST_RE.fullmatch(value)
+    if match is None:
+        return False
+    port = match["port"]
+    return port is None or 0 < int(port) <= 65535
 
 
 def is_digest(reference: str) -> bool:

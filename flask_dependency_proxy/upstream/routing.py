@@ -7,7 +7,9 @@ reordered list its owners keep (``ordered()`` of a :class:`GroupUpstreamSource`)
 A name reaches an upstream one of two ways:
 
 - its first component is a registry host of an entry (``ghcr.io/org/app``): that
-  entry only, for ``org/app``;
+  entry only, for ``org/app``. A name a client gave without its host but with the
+  registry beside it (containerd's ``?ns=ghcr.io``, a Docker Hub mirror's names) is made
+  into one by :meth:`UpstreamSet.qualified`;
 - otherwise the group's ordered list: each entry is asked in turn, a ``404`` moves on to
   the next, an outage stops (the caller answers for it; the name is never served from
   a different registry because the first one is down).
@@ -262,6 +264,21 @@ class UpstreamSet:
             rate_limit_remaining=client.rate_limit_remaining,
             down_until=max(moments) if moments else None,
         )
+
+    def serves(self, host: str) -> bool:
+        """Whether an entry serves the registry ``host``."""
+        return host in self._by_host
+
+    def qualified(self, registry: str, image: str) -> str:
+        """``image`` of the registry ``registry`` as a name that starts with the registry's
+        host, so :meth:`route` sends it to the entry serving that host alone (with the
+        entry's ``library_prefix`` for a one-component name).
+
+        :raises UnknownRegistry: no entry serves ``registry``.
+        """
+        if registry not in self._by_host:
+            raise UnknownRegistry(f"no upstream of this instance serves the registry {registry}")
+        return f"{registry}/{image}"
 
     def route(self, image: str, group_list: t.Sequence[GroupEntry]) -> Route:
         """The upstreams to ask for ``image``, for a group with this ordered list.

@@ -4,6 +4,11 @@
 data, run state and socket under one directory; it starts its own containerd there. The
 client is Debian's ``docker`` next to it, with its own config folder (where ``docker
 login`` writes what it stores). Docker treats 127.0.0.0/8 as an insecure registry.
+
+Host names of its own (``hosts={"mirror.example.test": "127.0.0.1"}``) are given to the
+daemon alone: it runs in a mount namespace of its own (``unshare --mount``, private
+propagation) where a copy of ``/etc/hosts`` with those names is bind-mounted over the
+file; the machine's ``/etc/hosts`` is never touched.
 """
 
 from __future__ import annotations
@@ -33,10 +38,27 @@ def _client_binary() -> str:
     return "docker"
 
 
+def _with_hosts(directory: Path, hosts: t.Mapping[str, str]) -> list[str]:
+    """The argv prefix that starts the daemon with ``hosts`` added to its ``/etc/hosts``
+    (none without them). ``exec`` keeps the daemon's PID the one that was started."""
+    if not hosts:
+        return []
+    copy = directory / "etc-hosts"
+    lines = "".join(f"{address} {name}\n" for name, address in hosts.items())
+    copy.write_text(Path("/etc/hosts").read_text() + "\n" + lines)
+    script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, str(copy)]
+
+
 class Dockerd:
     """``dockerd`` with everything under ``directory``; :meth:`docker` runs the client."""
 
-    def __init__(self, processes: ProcessFactory, directory: Path) -> None:
+    def __init__(
+        self,
+        processes: ProcessFactory,
+        directory: Path,
+        hosts: t.Mapping[str, str] | None = None,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         # Unix socket paths are limited to about 104 bytes: the sockets of dockerd and
@@ -50,6 +72,7 @@ class Dockerd:
         self.process: LiveProcess = processes.create(
             "dockerd",
             [
+                *_with_hosts(directory, hosts or {}),
                 "dockerd",
                 "--iptables=false",
                 "--ip6tables=false",

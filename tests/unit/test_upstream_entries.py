@@ -9,18 +9,28 @@ import typing as t
 import pytest
 
 from flask_dependency_proxy.config import ConfigError
-from flask_dependency_proxy.config.upstreams import upstream_entries
+from flask_dependency_proxy.config.upstreams import shorthand_upstream, upstream_entries
 from flask_dependency_proxy.upstream.breaker import CircuitBreaker
-from flask_dependency_proxy.upstream.routing import InstanceOrder, UpstreamEntry, UpstreamSet
+from flask_dependency_proxy.upstream.routing import (
+    InstanceOrder,
+    UnknownRegistry,
+    UpstreamEntry,
+    UpstreamSet,
+)
 
 KEY = "DEPENDENCY_PROXY_UPSTREAMS"
 
 
-def routes(entries: t.Sequence[UpstreamEntry], image: str) -> list[tuple[str, str]]:
-    """``(upstream, repository there)`` for each upstream asked for ``image``."""
+def routes(
+    entries: t.Sequence[UpstreamEntry], image: str, ns: str | None = None
+) -> list[tuple[str, str]]:
+    """``(upstream, repository there)`` for each upstream asked for ``image``, of the
+    registry ``ns`` when given (containerd's ``?ns=``)."""
     upstreams = UpstreamSet(
         entries, lambda *_: t.cast(t.Any, object()), lambda: CircuitBreaker(3, 5.0)
     )
+    if ns is not None:
+        image = upstreams.qualified(ns, image)
     route = upstreams.route(image, InstanceOrder().ordered(1, upstreams.names()))
     return [(candidate.name, candidate.repository) for candidate in route.candidates]
 
@@ -79,3 +89,31 @@ def test_other_entries_get_no_prefix_and_bad_prefixes_are_refused() -> None:
             KEY,
             {"hub": {"url": "https://m.example.com", "hosts": ["docker.io"], "library_prefix": 5}},
         )
+
+
+def test_a_registry_given_beside_the_name_routes_as_a_host_prefix_does() -> None:
+    entries = upstream_entries(
+        KEY,
+        {
+            "hub": {"url": "https://mirror.example.com", "hosts": ["docker.io"]},
+            "ghcr": {"url": "https://ghcr.io", "hosts": ["ghcr.io"]},
+        },
+    )
+    assert entries is not None
+    assert routes(entries, "library/alpine", ns="docker.io") == [("hub", "library/alpine")]
+    assert routes(entries, "alpine", ns="docker.io") == [("hub", "library/alpine")]
+    # The first component is a name inside the registry, not a host of its own.
+    assert routes(entries, "ghcr.io/org/app", ns="docker.io") == [("hub", "ghcr.io/org/app")]
+    assert routes(entries, "org/app", ns="ghcr.io") == [("ghcr", "org/app")]
+    with pytest.raises(UnknownRegistry, match="quay.io"):
+        routes(entries, "org/app", ns="quay.io")
+
+
+def test_the_one_upstream_shorthand_serves_docker_hubs_names() -> None:
+    """``UPSTREAM_URL`` of a Docker Hub mirror: containerd's ``?ns=docker.io`` reaches it;
+    another registry's does not."""
+    entry = shorthand_upstream("https://hub-mirror.example.com", None, None)
+    assert routes([entry], "library/alpine", ns="docker.io") == [("default", "library/alpine")]
+    assert routes([entry], "alpine") == [("default", "library/alpine")]
+    with pytest.raises(UnknownRegistry, match="ghcr.io"):
+        routes([entry], "org/app", ns="ghcr.io")
