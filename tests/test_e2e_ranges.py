@@ -7,14 +7,13 @@ so that the fetch is still running when the client comes back, and sees one ``GE
 from __future__ import annotations
 
 import hashlib
-import signal
 import subprocess
 import typing as t
 from pathlib import Path
 
 import pytest
 
-from tests.support import images, seed
+from tests.support import curl, images, seed
 from tests.support.faultproxy import FaultProxy, Throttle
 from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import wait_for
@@ -51,57 +50,6 @@ def _blob_url(live: Platform, name: str, digest: str) -> str:
     return f"{live.url}/v2/{live.repository(GROUP, name)}/blobs/{digest}"
 
 
-def _curl(url: str, headers: t.Mapping[str, str], output: Path, *extra: str) -> list[str]:
-    argv = ["curl", "--silent", "--show-error", "--max-time", "120", "--output", str(output)]
-    for key, value in headers.items():
-        argv += ["--header", f"{key}: {value}"]
-    return [*argv, "--dump-header", f"{output}.headers", *extra, url]
-
-
-def _response_headers(output: Path) -> dict[str, str]:
-    lines = Path(f"{output}.headers").read_text(errors="replace").splitlines()
-    found = {"status": lines[0].split()[1]}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        found[key.strip().lower()] = value.strip()
-    return found
-
-
-def cut_then_resume(
-    first_url: str,
-    resume_url: str,
-    headers: t.Mapping[str, str],
-    output: Path,
-    *,
-    fetching: t.Callable[[], bool],
-) -> dict[str, str]:
-    """Download ``first_url`` into ``output`` until ``CUT_BYTES`` are in, kill curl, then
-    ``curl -C -`` the rest from ``resume_url`` (while ``fetching()`` still says the proxy
-    fetches the blob); the resumed answer's headers."""
-    first = subprocess.Popen(_curl(first_url, headers, output), stderr=subprocess.PIPE)
-    try:
-        wait_for(
-            lambda: output.exists() and output.stat().st_size >= CUT_BYTES,
-            timeout=60,
-            interval=0.01,
-            what=f"{CUT_BYTES} bytes of the first transfer",
-        )
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    assert output.stat().st_size < BLOB_BYTES
-    assert fetching(), "the fetch ended before the client resumed: slow the upstream down"
-
-    resumed = subprocess.run(
-        _curl(resume_url, headers, output, "--continue-at", "-"),
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    return _response_headers(output)
-
-
 def test_a_broken_transfer_of_a_cold_blob_is_resumed_while_it_is_fetched(
     live: Platform, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
 ) -> None:
@@ -118,7 +66,9 @@ def test_a_broken_transfer_of_a_cold_blob_is_resumed_while_it_is_fetched(
     def fetching() -> bool:
         return bool(list((live.store_path / "staging").glob("*.partial")))
 
-    answer = cut_then_resume(url, url, headers, output, fetching=fetching)
+    answer = curl.cut_then_resume(
+        url, url, headers, output, cut_at=CUT_BYTES, still_running=fetching
+    )
 
     assert answer["status"] == "206"
     assert answer["accept-ranges"] == "bytes"
@@ -146,29 +96,29 @@ def test_the_first_request_of_a_miss_may_ask_for_a_range(
     mark = upstream.mark()
 
     ranged = subprocess.run(
-        _curl(url, {**headers, "Range": "bytes=1000000-1999999"}, tmp_path / "ranged"),
+        curl.argv(url, {**headers, "Range": "bytes=1000000-1999999"}, tmp_path / "ranged"),
         capture_output=True,
         text=True,
         timeout=60,
     )
     past_end = subprocess.run(
-        _curl(url, {**headers, "Range": f"bytes={len(data)}-"}, tmp_path / "past"),
+        curl.argv(url, {**headers, "Range": f"bytes={len(data)}-"}, tmp_path / "past"),
         capture_output=True,
         text=True,
         timeout=60,
     )
     whole = subprocess.run(
-        _curl(url, headers, tmp_path / "whole"), capture_output=True, text=True, timeout=60
+        curl.argv(url, headers, tmp_path / "whole"), capture_output=True, text=True, timeout=60
     )
 
     assert [ranged.returncode, past_end.returncode, whole.returncode] == [0, 0, 0]
-    answer = _response_headers(tmp_path / "ranged")
+    answer = curl.response_headers(tmp_path / "ranged")
     assert answer["status"] == "206"
     assert answer["content-range"] == f"bytes 1000000-1999999/{len(data)}"
     assert (tmp_path / "ranged").read_bytes() == data[1_000_000:2_000_000]
-    refused = _response_headers(tmp_path / "past")
+    refused = curl.response_headers(tmp_path / "past")
     assert (refused["status"], refused["content-range"]) == ("416", f"bytes */{len(data)}")
-    assert _response_headers(tmp_path / "whole")["status"] == "200"
+    assert curl.response_headers(tmp_path / "whole")["status"] == "200"
     assert (tmp_path / "whole").read_bytes() == data
     # One GET upstream, for the whole blob; the whole answer came from the cache.
     assert upstream.count("GET", kind="blobs", reference=layer, since=mark) == 1

@@ -60,7 +60,9 @@ def cached(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
     staged = proxy.store.stage(DIGEST, len(DATA))
     staged.write(DATA)
     staged.commit()
-    monkeypatch.setattr(proxy.cache, "get_blob", lambda *a, **k: proxy.cache._stored(DIGEST, len(DATA)))
+    monkeypatch.setattr(
+        proxy.cache, "get_blob", lambda *a, **k: proxy.cache._stored(DIGEST, len(DATA))
+    )
     monkeypatch.setattr(proxy.cache, "head_blob", lambda *a, **k: len(DATA))
     return registry
 
@@ -135,7 +137,11 @@ def test_a_range_is_ignored_when_if_range_names_another_blob(cached: Registry) -
 
 @pytest.mark.parametrize(
     ("header", "start", "stop"),
-    [("bytes=2500-", 2500, len(DATA)), ("bytes=100-5099", 100, 5100), ("bytes=-3", len(DATA) - 3, len(DATA))],
+    [
+        ("bytes=2500-", 2500, len(DATA)),
+        ("bytes=100-5099", 100, 5100),
+        ("bytes=-3", len(DATA) - 3, len(DATA)),
+    ],
 )
 def test_a_range_of_a_miss_is_answered_from_its_fetch(
     registry: Registry, monkeypatch: pytest.MonkeyPatch, header: str, start: int, stop: int
@@ -153,7 +159,9 @@ def test_a_range_of_a_miss_is_answered_from_its_fetch(
     assert miss.starts == [start]
 
 
-def test_a_whole_miss_says_it_takes_ranges(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_whole_miss_says_it_takes_ranges(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _missing(registry, monkeypatch, Miss())
     response = registry.app.test_client().get(URL, headers=registry.headers)
 
@@ -162,7 +170,9 @@ def test_a_whole_miss_says_it_takes_ranges(registry: Registry, monkeypatch: pyte
     assert response.headers["Accept-Ranges"] == "bytes"
 
 
-def test_a_range_past_a_miss_s_size_is_416(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_range_past_a_miss_s_size_is_416(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     miss = _missing(registry, monkeypatch, Miss())
     response = registry.app.test_client().get(
         URL, headers={**registry.headers, "Range": f"bytes={len(DATA) + 10}-"}
@@ -178,7 +188,9 @@ def test_a_miss_of_unknown_size_is_answered_whole(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _missing(registry, monkeypatch, Miss(size=None))
-    response = registry.app.test_client().get(URL, headers={**registry.headers, "Range": "bytes=10-"})
+    response = registry.app.test_client().get(
+        URL, headers={**registry.headers, "Range": "bytes=10-"}
+    )
 
     assert response.status_code == 200
     assert response.data == DATA
@@ -198,6 +210,6 @@ def test_a_ranged_miss_whose_fetch_breaks_is_cut_short(
     received = bytearray()
     with pytest.raises(FetchFailed):
         for chunk in response.response:
-            received += chunk
+            received += t.cast(bytes, chunk)
     assert len(received) < len(DATA) - 2000
     assert bytes(received) == DATA[2000 : 2000 + len(received)]

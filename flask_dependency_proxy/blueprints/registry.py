@@ -289,9 +289,7 @@ def _blob_response(result: BlobResult) -> Response:
             if wanted is None:
                 chunks = following.read_from(0)
             else:
-                chunks = limited(
-                    following.read_from(wanted.start), wanted.length, until_end=True
-                )
+                chunks = limited(following.read_from(wanted.start), wanted.length, until_end=True)
             response = _streamed(_primed(chunks, result.digest), size, wanted)
         case None:
             # A HEAD: the size alone.

@@ -174,7 +174,7 @@ class PullThroughCache:
                 self._record_blob(group_id, digest, found.size)
                 return self._stored(digest, found.size)
             if found is not None:
-                fetch = found
+                fetch: Fetch = found
                 break
             # ... and already taken away again by cleanup: fetch it once more.
         else:

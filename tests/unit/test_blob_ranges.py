@@ -49,7 +49,9 @@ def _digest(data: bytes) -> str:
         ("bytes= 10 - 20", 10, 21),
     ],
 )
-def test_one_satisfiable_range_is_answered_with_its_bytes(header: str, start: int, stop: int) -> None:
+def test_one_satisfiable_range_is_answered_with_its_bytes(
+    header: str, start: int, stop: int
+) -> None:
     found = requested_range(header, None, SIZE, ETAG)
     assert found is not None
     assert (found.start, found.stop, found.length) == (start, stop, stop - start)
@@ -212,13 +214,13 @@ def test_a_fetch_is_followed_from_an_offset_in_this_process_and_another(
     _wait(lambda: fetch.written == 50_000)
 
     got: dict[str, bytes] = {}
+
+    def read(name: str, followed: LocalFetch | RemoteFetch) -> None:
+        got[name] = b"".join(followed.follow(store, start=start))
+
     readers = [
-        threading.Thread(
-            target=lambda name=name, f=f: got.__setitem__(  # type: ignore[misc]
-                name, b"".join(f.follow(store, start=start))
-            )
-        )
-        for name, f in (("local", fetch), ("remote", remote))
+        threading.Thread(target=read, args=("local", fetch)),
+        threading.Thread(target=read, args=("remote", remote)),
     ]
     for reader in readers:
         reader.start()
