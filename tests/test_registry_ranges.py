@@ -19,7 +19,7 @@ from flask import Flask
 from flask_dependency_proxy._state import state
 from flask_dependency_proxy.cache.results import BlobResult, Outcome
 from flask_dependency_proxy.fetch.errors import FetchFailed
-from flask_dependency_proxy.stores.base import Following
+from flask_dependency_proxy.stores.base import ByteStream, Following
 from tests.platform_fixtures import build_world, dispose, make_app
 
 DATA = bytes(range(256)) * 40 + b"end"
@@ -130,6 +130,27 @@ def test_a_range_is_ignored_when_if_range_names_another_blob(cached: Registry) -
 
     assert response.status_code == 200
     assert response.data == DATA
+
+
+def test_a_range_of_a_blob_streamed_from_the_object_store(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed by the proxy (an object store clients cannot reach), not redirected."""
+    stored = ByteStream(
+        len(DATA), open=lambda: iter([DATA[n : n + 1000] for n in range(0, len(DATA), 1000)])
+    )
+    result = BlobResult(digest=DIGEST, size=len(DATA), location=stored)
+    monkeypatch.setattr(state(registry.app).cache, "get_blob", lambda *a, **k: result)
+    client = registry.app.test_client()
+    ranged = client.get(URL, headers={**registry.headers, "Range": "bytes=1500-2600"})
+    past = client.get(URL, headers={**registry.headers, "Range": f"bytes={len(DATA)}-"})
+
+    assert ranged.status_code == 206
+    assert ranged.data == DATA[1500:2601]
+    assert ranged.headers["Content-Range"] == f"bytes 1500-2600/{len(DATA)}"
+    assert ranged.headers["Accept-Ranges"] == "bytes"
+    assert past.status_code == 416
+    assert past.headers["Content-Range"] == f"bytes */{len(DATA)}"
 
 
 # -- a miss --------------------------------------------------------------------------------
