@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from flask_dependency_proxy.fetch.peer_tokens import PEER_BLOB_PATH, PeerTokens
-from tests.support import checks, images, seed
+from tests.support import checks, curl, images, seed
 from tests.support.addresses import client_at
 from tests.support.clients import Skopeo, describe
 from tests.support.faultproxy import FaultProxy, Throttle
@@ -38,6 +38,8 @@ GROUP = seed.ACME
 USER = seed.ALICE
 #: A dead host's lease is taken over after this long.
 LEASE_SECONDS = 3
+#: A blob whose transfer breaks a quarter in and is resumed while it is fetched.
+RESUMED_BYTES = 64 * images.MiB
 
 
 class Fleet(t.NamedTuple):
@@ -276,6 +278,37 @@ def test_the_hosts_share_upstream_tokens(
         assert requests.get(url, headers=headers, timeout=30).status_code == 200
 
     assert tokens.count(f"library/{unique_name}", since=mark) == 1
+
+
+def test_a_transfer_broken_on_one_host_is_resumed_on_the_other_while_the_first_fetches(
+    fleet: Fleet, upstream: Registry, faulty: FaultProxy, unique_name: str, tmp_path: Path
+) -> None:
+    """The client's retry lands on host B, which answers the rest (``206``) from its
+    fetch of host A's peer stream: what A fetched already, then what A gets."""
+    pushed = _push(upstream, unique_name, tmp_path, (RESUMED_BYTES,))
+    layer = pushed.layer_digests[0]
+    size = len(upstream.read_blob(layer))
+    headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
+    # Slow enough that host A still fetches (about 8 s) when the client comes back.
+    faulty.add(Throttle(8 * images.MiB), path="/blobs/")
+    mark = upstream.mark()
+    output = tmp_path / "blob"
+
+    answer = curl.cut_then_resume(
+        _blob_url(fleet.a, unique_name, layer),
+        _blob_url(fleet.b, unique_name, layer),
+        headers,
+        output,
+        cut_at=RESUMED_BYTES // 4,
+        still_running=lambda: _spooled(fleet.a) > 0,
+    )
+
+    assert answer["status"] == "206"
+    start = int(answer["content-range"].split()[1].split("-")[0])
+    assert RESUMED_BYTES // 4 <= start < size
+    assert answer["content-range"] == f"bytes {start}-{size - 1}/{size}"
+    assert _sha256(output.read_bytes()) == layer
+    assert upstream.count("GET", kind="blobs", reference=layer, since=mark) == 1
 
 
 def test_a_host_killed_mid_fetch_is_taken_over_and_leaves_nothing_behind(

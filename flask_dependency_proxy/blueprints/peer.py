@@ -7,9 +7,10 @@ names, and a few seconds old at most (:class:`~.coordination.PeerTokens`). The t
 checked before anything in the path or the query is looked at. With
 ``PEER_LISTENER_PORT`` the route answers on that listener only. The bytes come from
 this host's fetch as they arrive (its last chunk only once the blob is verified and
-committed), or from the store once it is committed; a fetch that breaks ends the
-response short, so the reading host never mistakes it for a whole blob (it verifies the
-digest itself as well).
+committed), or from the store once it is committed, from the requested offset on (a
+host resuming a broken stream; the bytes before it are not read); a fetch that breaks
+ends the response short, so the reading host never mistakes it for a whole blob (it
+verifies the digest itself as well).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..fetch.peer_tokens import PEER_BLOB_PATH, InvalidPeerToken, comes_from, pa
 from ..oci.reference import is_digest
 from ..stores.base import StorageError
 from ..upstream.errors import UpstreamError
+from ._ranges import skipped
 
 bp = Blueprint("dependency_proxy_peer", __name__)
 
@@ -63,22 +65,22 @@ def blob(digest: str) -> Response:
     if fetch is not None:
         # The reading host shares the store: it waits for the commit before it decides
         # not to upload the blob itself.
-        chunks = fetch.follow(proxy.store, until_committed=True)
+        chunks = fetch.follow(proxy.store, start=offset, until_committed=True)
         size = fetch.size
     else:
         size = proxy.store.size(digest)
         if size is None:
             abort(404)
+        if offset > size:
+            abort(416)
         try:
             file = proxy.store.open(digest)
         except (FileNotFoundError, StorageError):
             abort(404)
-        chunks = _read(file)
+        chunks = _read(file, offset)
     if size is not None and offset > size:
         abort(416)
-    response = Response(
-        _skip(chunks, offset), mimetype="application/octet-stream", direct_passthrough=True
-    )
+    response = Response(chunks, mimetype="application/octet-stream", direct_passthrough=True)
     if size is not None:
         response.headers["Content-Length"] = str(size - offset)
     return response
@@ -100,17 +102,18 @@ def _connected_from() -> str:
     return _original("REMOTE_ADDR")
 
 
-def _read(file: t.BinaryIO) -> t.Iterator[bytes]:
+def _read(file: t.BinaryIO, offset: int) -> t.Iterator[bytes]:
+    """The committed blob from ``offset`` on (skipped by reading where the store's body
+    cannot seek)."""
     with file:
-        while chunk := file.read(1024 * 1024):
-            yield chunk
+        if file.seekable():
+            file.seek(offset)
+        else:
+            yield from skipped(_chunks(file), offset)
+            return
+        yield from _chunks(file)
 
 
-def _skip(chunks: t.Iterator[bytes], offset: int) -> t.Iterator[bytes]:
-    """The bytes of ``chunks`` from ``offset`` on (read locally, so skipping is cheap)."""
-    for chunk in chunks:
-        if offset >= len(chunk):
-            offset -= len(chunk)
-            continue
-        yield chunk[offset:] if offset else chunk
-        offset = 0
+def _chunks(file: t.BinaryIO) -> t.Iterator[bytes]:
+    while chunk := file.read(1024 * 1024):
+        yield chunk

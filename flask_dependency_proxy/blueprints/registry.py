@@ -39,6 +39,7 @@ from ..signatures import Status
 from ..stores.base import ByteStream, Following, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
 from ._names import pull_scope, requested_image
+from ._ranges import ByteRange, limited, requested_range, skipped
 from ._registry_http import (
     add_api_version,
     after_body,
@@ -296,7 +297,9 @@ def blob(name: str, digest: str) -> Response:
             raise RegistryError(
                 ErrorCode.UNAVAILABLE, "the blob was removed while it was served; retry"
             ) from exc
-    requestlog.note_blob(group.id, result.outcome, result.size)
+    # A range counts the bytes it sends, so a resumed pull is not counted twice.
+    served = response.content_length if response.status_code == 206 else result.size
+    requestlog.note_blob(group.id, result.outcome, served)
     if result.upstream_status is not None:
         # The blob GET ran in the fetch's own thread, outside this request.
         requestlog.note_upstream_status(result.upstream_status)
@@ -340,14 +343,17 @@ def _find_blob(group: Group, path: ProxyPath, digest: str) -> BlobResult:
 
 
 def _blob_response(result: BlobResult) -> Response:
+    """The answer for a blob, whole or the one range the request asks for
+    (:mod:`._ranges`: the same rule however the bytes are sent)."""
     accel_prefix = state(None).config.x_accel_redirect_prefix
+    etag = f'"{result.digest}"'
     match result.location:
         case LocalFile(relative=relative) if accel_prefix is not None:
             # nginx serves the file (sendfile, ranges) from an internal location.
             response = Response(b"", mimetype="application/octet-stream")
             response.headers["X-Accel-Redirect"] = accel_prefix + relative
         case LocalFile(path=path):
-            response = _send_blob_file(path)
+            response = _send_blob_file(path, _wanted_range(result.size, etag))
         case Redirect(url=url):
             # Clients fetch the bytes from the object store (a presigned URL), as they
             # do from Docker Hub's CDN; the URL grants this one blob for a short time.
@@ -355,40 +361,71 @@ def _blob_response(result: BlobResult) -> Response:
             response.headers["Location"] = url
             response.headers["Cache-Control"] = "no-store"
         case ByteStream() as stored:
-            response = Response(
-                _opened(stored), mimetype="application/octet-stream", direct_passthrough=True
-            )
-            response.headers["Content-Length"] = str(stored.size)
-        case Following(size=size, chunks=chunks):
-            # A miss: the bytes of the fetch, as they arrive and are verified.
-            response = Response(
-                _primed(chunks, result.digest),
-                mimetype="application/octet-stream",
-                direct_passthrough=True,
-            )
-            if size is not None:
-                response.headers["Content-Length"] = str(size)
+            wanted = _wanted_range(stored.size, etag)
+            chunks = _opened(stored)
+            if wanted is not None:
+                chunks = limited(skipped(chunks, wanted.start), wanted.length, until_end=False)
+            response = _streamed(chunks, stored.size, wanted)
+        case Following(size=size) as following:
+            # A miss: the bytes of the fetch, as they arrive and are verified; a range
+            # from its first byte on, waiting for the fetch to reach it.
+            wanted = _wanted_range(size, etag)
+            if wanted is None:
+                chunks = following.read_from(0)
+            else:
+                chunks = limited(following.read_from(wanted.start), wanted.length, until_end=True)
+            response = _streamed(_primed(chunks, result.digest), size, wanted)
         case None:
             # A HEAD: the size alone.
             response = Response(b"", mimetype="application/octet-stream")
             if result.size is not None:
                 response.headers["Content-Length"] = str(result.size)
+    if result.size is not None and not isinstance(result.location, Redirect):
+        response.headers["Accept-Ranges"] = "bytes"
     response.headers["Docker-Content-Digest"] = result.digest
-    response.headers["ETag"] = f'"{result.digest}"'
+    response.headers["ETag"] = etag
     return response
 
 
-def _send_blob_file(path: str) -> Response:
+def _wanted_range(size: int | None, etag: str) -> ByteRange | None:
+    """The range of the blob a ``GET`` asks for; ``None``: the whole blob (a ``HEAD``
+    is always answered whole)."""
+    if request.method != "GET":
+        return None
+    return requested_range(
+        request.headers.get("Range"), request.headers.get("If-Range"), size, etag
+    )
+
+
+def _streamed(chunks: t.Iterator[bytes], size: int | None, wanted: ByteRange | None) -> Response:
+    """A blob the proxy sends itself: whole (``200``), or ``wanted`` (``206``)."""
+    response = Response(chunks, mimetype="application/octet-stream", direct_passthrough=True)
+    if wanted is not None:
+        response.status_code = 206
+        response.headers["Content-Range"] = wanted.content_range
+        response.headers["Content-Length"] = str(wanted.length)
+    elif size is not None:
+        response.headers["Content-Length"] = str(size)
+    return response
+
+
+def _send_blob_file(path: str, wanted: ByteRange | None) -> Response:
     """A cached blob, with ``Range`` (206) and conditional requests answered.
 
     By default the file goes out in large chunks rather than through the server's
     ``sendfile``: the client then copies from buffers the worker just wrote, not from the
     page cache, which keeps a CPU-bound client (hashing, unpacking) at full speed.
+
+    :param wanted: the range :func:`._ranges.requested_range` chose; werkzeug cuts it
+        from the file, and sees no ``Range`` when the whole blob was chosen.
     """
-    environ = request.environ
+    environ = dict(request.environ)
+    environ.pop("HTTP_IF_RANGE", None)
+    if wanted is None:
+        environ.pop("HTTP_RANGE", None)
     chunk_size = state(None).config.blob_chunk_size
     if chunk_size:
-        environ = {**environ, "wsgi.file_wrapper": _chunked_file_wrapper(chunk_size)}
+        environ["wsgi.file_wrapper"] = _chunked_file_wrapper(chunk_size)
     return send_file(  # type: ignore[return-value]
         path,
         environ,

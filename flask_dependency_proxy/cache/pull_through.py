@@ -6,7 +6,8 @@ is the cache's one face; manifests and tags follow the rules of :mod:`.manifests
 upstreams asked are chosen by :mod:`.routes`. This module holds the blob rules:
 
 - Blobs are immutable: served locally once cached.
-- A blob miss is fetched once and streamed to every client while it is verified.
+- A blob miss is fetched once and streamed to every client while it is verified, from
+  any offset (a ``Range``) of the bytes fetched so far and then as they arrive.
 - A group gets a blob it does not hold only on its own route's word: its own fetch
   opened it upstream, or a ``HEAD`` with its credential confirmed the digest, before it
   follows anyone's fetch, is served a stored copy or records the blob. What a route
@@ -189,7 +190,7 @@ class PullThroughCache:
                 self._record_blob(group_id, digest, found.size)
                 return self._stored(digest, found.size)
             if found is not None:
-                fetch = found
+                fetch: Fetch = found
                 break
             # ... and already taken away again by cleanup: fetch it once more.
         else:
@@ -197,12 +198,14 @@ class PullThroughCache:
                 ErrorCode.UNAVAILABLE, "the blob was removed while it was fetched; try again"
             )
         fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
+
+        def read_from(start: int) -> t.Iterator[bytes]:
+            return fetch.follow(self.store, start=start, until_committed=until_committed)
+
         return BlobResult(
             digest=digest,
             size=fetch.size,
-            location=Following(
-                fetch.size, fetch.follow(self.store, until_committed=until_committed)
-            ),
+            location=Following(fetch.size, read_from),
             outcome=Outcome.MISS,
             upstream_status=fetch.upstream_status,
         )

@@ -52,7 +52,9 @@ class Fetch(t.Protocol):
 
     def on_commit(self, callback: t.Callable[[int], None]) -> None: ...
 
-    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]: ...
+    def follow(
+        self, store: BlobStore, *, start: int = 0, until_committed: bool = False
+    ) -> t.Iterator[bytes]: ...
 
 
 class LocalFetch:
@@ -140,23 +142,28 @@ class LocalFetch:
             return lambda: self.written > position or self.finished
         return lambda: self.written > position or self.finished or self.verified
 
-    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]:
-        """Yield the blob's bytes as the fetch writes them, the last chunk only once the
-        fetch has verified the digest (and, with ``until_committed``, committed it: what
-        another host that shares the store waits for). A client does not wait for the
-        store's commit, which on object storage is the end of an upload.
+    def follow(
+        self, store: BlobStore, *, start: int = 0, until_committed: bool = False
+    ) -> t.Iterator[bytes]:
+        """Yield the blob's bytes from ``start`` on as the fetch writes them (those
+        before ``start`` are never read: a ranged request, a peer resuming), the last
+        chunk only once the fetch has verified the digest (and, with
+        ``until_committed``, committed it: what another host that shares the store waits
+        for). A client does not wait for the store's commit, which on object storage is
+        the end of an upload.
 
-        :raises FetchFailed: if the fetch breaks; the response must then be aborted so
-            the client sees a truncated transfer, never a wrong blob.
+        :raises FetchFailed: if the fetch breaks, or ends before ``start``; the response
+            must then be aborted so the client sees a truncated transfer, never a wrong
+            blob.
         """
-        return _held_back(self._follow(store, until_committed))
+        return _held_back(self._follow(store, start, until_committed))
 
-    def _follow(self, store: BlobStore, until_committed: bool) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore, start: int, until_committed: bool) -> t.Iterator[bytes]:
         reader = self._reader
         if reader is None:
-            yield from self._stored(store)
+            yield from self._stored(store, start)
             return
-        position = 0
+        position = start
         while True:
             with self._condition:
                 self._condition.wait_for(self._progressed(position, until_committed))
@@ -170,6 +177,8 @@ class LocalFetch:
                     raise FetchFailed(f"spool file of {self.digest} ended early")
                 position += len(chunk)
                 yield chunk
+            if position > available and (verified or finished):
+                raise FetchFailed(f"blob {self.digest} ended before byte {start}")
             if verified and not until_committed and position == available:
                 return
             if finished:
@@ -177,7 +186,7 @@ class LocalFetch:
                     raise FetchFailed(f"fetch of {self.digest} was not committed")
                 return
 
-    def _stored(self, store: BlobStore) -> t.Iterator[bytes]:
+    def _stored(self, store: BlobStore, start: int) -> t.Iterator[bytes]:
         """The outcome of a fetch that staged nothing (it failed before upstream's first
         byte): the committed blob if there is one, else the failure."""
         with self._condition:
@@ -188,7 +197,7 @@ class LocalFetch:
             file = store.open(self.digest)
         except FileNotFoundError:
             raise FetchFailed(f"blob {self.digest} left the store before it was read") from None
-        yield from _read_file(file)
+        yield from _read_file(file, start)
 
 
 class RemoteFetch:
@@ -205,17 +214,19 @@ class RemoteFetch:
         # Run once this reader has seen the whole, committed blob.
         self._on_commit.append(callback)
 
-    def follow(self, store: BlobStore, *, until_committed: bool = False) -> t.Iterator[bytes]:
+    def follow(
+        self, store: BlobStore, *, start: int = 0, until_committed: bool = False
+    ) -> t.Iterator[bytes]:
         """Like :meth:`LocalFetch.follow`, for a fetch that another process runs."""
-        return _held_back(self._follow(store, until_committed))
+        return _held_back(self._follow(store, start, until_committed))
 
-    def _follow(self, store: BlobStore, until_committed: bool) -> t.Iterator[bytes]:
+    def _follow(self, store: BlobStore, start: int, until_committed: bool) -> t.Iterator[bytes]:
         # The lock file of the fetch being followed: held while it runs, and where its
         # holder leaves how it ended (still readable once unlinked).
         lock = LockWatch.open(store.spool, self.digest)
         if lock is None:
             # It has ended already: committed, or failed.
-            yield from self._committed(store)
+            yield from self._committed(store, start)
             return
         with lock:
             try:
@@ -228,10 +239,13 @@ class RemoteFetch:
                     time.sleep(POLL_SECONDS)
                 if lock.state().committed is None:
                     raise self._failed() from lock.failure()
-                yield from self._committed(store)
+                yield from self._committed(store, start)
                 return
             with file:
-                position = 0
+                # Reading past the end of the file waits, like reading at its end, for
+                # the bytes to arrive.
+                file.seek(start)
+                position = start
                 while True:
                     chunk = file.read(_READ_CHUNK)
                     if chunk:
@@ -278,14 +292,14 @@ class RemoteFetch:
         else:
             lock.close()
 
-    def _committed(self, store: BlobStore) -> t.Iterator[bytes]:
+    def _committed(self, store: BlobStore, start: int) -> t.Iterator[bytes]:
         """The committed blob, for a reader that came after the spool file was gone."""
         try:
             file = store.open(self.digest)
         except FileNotFoundError:
             raise self._failed() from None
-        position = 0
-        for chunk in _read_file(file):
+        position = start
+        for chunk in _read_file(file, start):
             position += len(chunk)
             yield chunk
         for callback in self._on_commit:
@@ -308,7 +322,19 @@ def _held_back(chunks: t.Iterator[bytes]) -> t.Iterator[bytes]:
         yield held
 
 
-def _read_file(file: t.BinaryIO) -> t.Iterator[bytes]:
+def _read_file(file: t.BinaryIO, start: int = 0) -> t.Iterator[bytes]:
+    """The bytes of ``file`` from ``start`` on, skipped by reading where it cannot seek
+    (an object store's body).
+
+    :raises FetchFailed: the file ends before ``start``.
+    """
     with file:
+        skip = start
+        if skip and file.seekable():
+            skip -= file.seek(min(start, file.seek(0, os.SEEK_END)))
+        while skip and (chunk := file.read(min(skip, _READ_CHUNK))):
+            skip -= len(chunk)
+        if skip:
+            raise FetchFailed(f"the blob ends before byte {start}")
         while chunk := file.read(_READ_CHUNK):
             yield chunk

@@ -90,7 +90,14 @@ class Following:
 
     #: The size upstream announced, ``None`` when it announced none.
     size: int | None
-    chunks: t.Iterator[bytes]
+    #: The fetch's bytes from an offset on, those fetched already and then as they
+    #: arrive: what a ``Range`` of a miss is answered from.
+    read_from: t.Callable[[int], t.Iterator[bytes]]
+
+    @property
+    def chunks(self) -> t.Iterator[bytes]:
+        """The whole blob."""
+        return self.read_from(0)
 
 
 #: Where a committed blob is served from (:meth:`BlobStore.locate`).
