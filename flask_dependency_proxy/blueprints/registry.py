@@ -250,7 +250,7 @@ def referrers(name: str, digest: str) -> Response:
     (then with ``OCI-Filters-Applied``), from upstream or, while it is down, the cache."""
     principal = _authenticate(name)
     _refuse_writes()
-    path = parse_proxy_path(name)
+    path = requested_image(name).path
     validate_digest(digest)
     artifact_type = request.args.get("artifactType") or None
     if artifact_type is not None and not _MEDIA_TYPE_RE.fullmatch(artifact_type):
