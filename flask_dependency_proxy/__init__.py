@@ -2,6 +2,7 @@
 
 from ._state import state
 from .auth.ci import ci_variables
+from .blueprints import is_registry_request
 from .config import ConfigError
 from .extension import DependencyProxy
 from .host import AuthFailure, Group, HostAdapter, Principal, PrincipalKind
@@ -15,5 +16,6 @@ __all__ = [
     "Principal",
     "PrincipalKind",
     "ci_variables",
+    "is_registry_request",
     "state",
 ]

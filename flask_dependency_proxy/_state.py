@@ -16,6 +16,7 @@ if t.TYPE_CHECKING:
 
     from .admin.groups import GroupAdmin
     from .admin.lifecycle import CleanupScheduler, Lifecycle
+    from .admin.supply_chain import SupplyChainAdmin
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
@@ -55,6 +56,8 @@ class ProxyState:
     metrics: Metrics
     #: The group use cases the pages, the REST API and the CLI share.
     group_admin: GroupAdmin
+    #: Blocked images, the pull record, deleted tags (pages, REST API and CLI).
+    supply_chain: SupplyChainAdmin
     #: Runs cleanup from the web processes (``DEPENDENCY_PROXY_CLEANUP_SCHEDULER``).
     scheduler: CleanupScheduler | None = None
 

@@ -22,10 +22,18 @@ if t.TYPE_CHECKING:
 cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
 
 
-def _group_id(full_path: str) -> int:
+def _group_id(full_path: str, *, claim: bool = False) -> int:
+    """The id of the group at ``full_path``, checked against the path recorded for it
+    (see :mod:`.auth.group_paths`; ``claim``: about to change its settings)."""
+    from .auth.group_paths import GroupPathProblem
+
     group = state(None).host.find_group(full_path.strip("/").lower())
     if group is None:
         raise click.ClickException(f"No group with full path {full_path!r}.")
+    try:
+        state(None).group_admin.admit(group, claim=claim)
+    except GroupPathProblem as problem:
+        raise click.ClickException(f"Refused: {problem}.") from None
     return group.id
 
 
@@ -152,7 +160,7 @@ def db_check() -> None:
 @click.argument("full_path")
 def enable(full_path: str) -> None:
     """Switch the proxy on for a group."""
-    state(None).group_admin.set_enabled(_group_id(full_path), True)
+    state(None).group_admin.set_enabled(_group_id(full_path, claim=True), True)
     click.echo(f"Dependency proxy enabled for {full_path}.")
 
 
@@ -160,8 +168,41 @@ def enable(full_path: str) -> None:
 @click.argument("full_path")
 def disable(full_path: str) -> None:
     """Switch the proxy off for a group (its cache is kept)."""
-    state(None).group_admin.set_enabled(_group_id(full_path), False)
+    state(None).group_admin.set_enabled(_group_id(full_path, claim=True), False)
     click.echo(f"Dependency proxy disabled for {full_path}.")
+
+
+@cli.command("forget-group")
+@click.argument("group_id", type=click.IntRange(min=0))
+def forget_group(group_id: int) -> None:
+    """Forget the group GROUP_ID, which the host deleted (or whose id it gives to a new
+    group): its cache is scheduled for deletion and its proxy settings, size limit,
+    upstream credentials, usage and recorded path are deleted. What a host runs, or
+    calls ``proxy.forget_group(id)`` for, when it deletes a group."""
+    forgotten = state(None).group_admin.forget_group(group_id)
+    click.echo(
+        f"Forgot group {group_id}: its settings, credentials and usage are deleted;"
+        f" {forgotten.manifests} manifests and {forgotten.blobs} blobs are scheduled for"
+        " deletion (`flask dependency-proxy cleanup` deletes them)."
+    )
+
+
+@cli.command("confirm-group")
+@click.argument("group_id", type=click.IntRange(min=0))
+def confirm_group(group_id: int) -> None:
+    """Confirm that the group GROUP_ID is the group the proxy knew, renamed: record its
+    current path, so it is served again with its settings and cache."""
+    from .admin.groups import GroupNotFound
+    from .auth.group_paths import GroupPathTaken
+
+    try:
+        previous, current = state(None).group_admin.confirm_group(group_id)
+    except (GroupNotFound, GroupPathTaken) as exc:
+        raise click.ClickException(f"Not confirmed: {exc}.") from None
+    if previous is None or previous == current:
+        click.echo(f"Group {group_id} is recorded with the path {current!r}.")
+    else:
+        click.echo(f"Group {group_id} renamed from {previous!r} to {current!r}.")
 
 
 # -- pages, REST API and cache life cycle --------------------------------------------------
@@ -292,7 +333,7 @@ def warm(
         wanted = [parse_platform(text) for text in platforms]
     except WarmError as exc:
         raise click.BadParameter(str(exc)) from None
-    group_id = _group_id(full_path)
+    group_id = _group_id(full_path, claim=True)
     try:
         with _TerminalProgress() as progress:
             outcomes = state(None).group_admin.warm(
@@ -421,3 +462,151 @@ def rotate_credentials() -> None:
             f"{len(result.unreadable)} credentials cannot be decrypted with the configured keys;"
             " their owners must set them again (or add the key they were encrypted with)."
         )
+
+
+# -- supply-chain controls -----------------------------------------------------------------
+
+
+def _group_label(group_id: int | None) -> str:
+    if group_id is None:
+        return "every group"
+    group = state(None).host.find_group_by_id(group_id)
+    return group.full_path if group is not None else f"group {group_id}"
+
+
+def _document(record: t.Any) -> dict[str, t.Any]:
+    """A record's fields for ``--json``: times as ISO 8601 UTC."""
+    import datetime as dt
+
+    return {
+        key: f"{value.isoformat(timespec='seconds')}Z" if isinstance(value, dt.datetime) else value
+        for key, value in dataclasses.asdict(record).items()
+    }
+
+
+@cli.command("block")
+@click.argument("target")
+@click.option("--reason", required=True, help="Why: shown to every client the block refuses.")
+@click.option("--group", "full_path", help="Block in this group only (default: every group).")
+@click.option("--by", default="instance administrator", show_default=True, help="Recorded.")
+def block(target: str, reason: str, full_path: str | None, by: str) -> None:
+    """Block TARGET: a manifest digest (``sha256:...``; an index blocks its platform
+    manifests too) or ``IMAGE:TAG_PATTERN`` (``bitnami/redis:7.*``), for every group or
+    one. Prints who pulled it in the last 30 days."""
+    from .admin.supply_chain import InvalidBlock
+
+    group_id = _group_id(full_path) if full_path else None
+    fields: dict[str, str] = {}
+    if target.startswith(("sha256:", "sha512:")):
+        fields["digest"] = target
+    else:
+        image, _, pattern = target.rpartition(":")
+        fields.update(image=image or target, tag_pattern=pattern if image else "")
+    try:
+        created = state(None).supply_chain.block(group_id, reason=reason, by=by, **fields)
+    except InvalidBlock as exc:
+        raise click.BadParameter(str(exc)) from None
+    pulled = created.pulled
+    click.echo(
+        f"Blocked {created.block.target} for {_group_label(group_id)} (block {created.block.id})."
+    )
+    projects = f"; latest projects: {', '.join(pulled.projects)}" if pulled.projects else ""
+    click.echo(f"Pulled {pulled.count} times in the last 30 days{projects}.")
+
+
+@cli.command("unblock")
+@click.argument("block_id", type=int)
+@click.option("--by", default="instance administrator", show_default=True, help="Recorded.")
+def unblock(block_id: int, by: str) -> None:
+    """Lift block BLOCK_ID (the lifting is recorded)."""
+    lifted = state(None).supply_chain.unblock(block_id, None, by=by)
+    if lifted is None:
+        raise click.ClickException(f"No active block {block_id}.")
+    click.echo(f"Unblocked {lifted.target} for {_group_label(lifted.group_id)}.")
+
+
+@cli.command("blocks")
+@click.option("--all", "removed", is_flag=True, help="Lifted blocks too.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+def blocks(removed: bool, as_json: bool) -> None:
+    """List the blocks of every group."""
+    listed = state(None).supply_chain.blocks(None, removed=removed)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{**_document(b), "group": _group_label(b.group_id)} for b in listed], indent=2
+            )
+        )
+        return
+    for item in listed:
+        state_text = (
+            "active"
+            if item.active
+            else f"lifted {item.removed_at:%Y-%m-%d %H:%M} by {item.removed_by}"
+        )
+        click.echo(
+            f"{item.id}\t{item.target}\t{_group_label(item.group_id)}\t{state_text}\t{item.reason}"
+        )
+    if not listed:
+        click.echo("No blocks.")
+
+
+@cli.command("pulls")
+@click.option("--digest", help="Pulls of this manifest digest.")
+@click.option("--image", help="Pulls of this image name.")
+@click.option("--project", help="Pulls by this project (the host's job context).")
+@click.option("--group", "full_path", help="Pulls through this group only.")
+@click.option(
+    "--since", type=click.DateTime(), help="Pulls from this UTC time on (e.g. 2026-03-01)."
+)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+def pulls(
+    digest: str | None,
+    image: str | None,
+    project: str | None,
+    full_path: str | None,
+    since: t.Any,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Who pulled what, across every group (newest first): the question on the day a
+    digest turns out to be compromised."""
+    from .models.pulls import PullFilter
+    from .oci.reference import is_valid_digest
+
+    if digest is not None and not is_valid_digest(digest):
+        raise click.BadParameter("must be sha256:<64 hex digits>", param_hint="--digest")
+    where = PullFilter(
+        group_id=_group_id(full_path) if full_path else None,
+        digest=digest,
+        image=image,
+        project=project,
+        since=since,
+    )
+    found = state(None).supply_chain.pulls(where, 1, limit)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "total": found.total,
+                    "pulls": [
+                        {**_document(e), "group": _group_label(e.group_id)} for e in found.items
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    for entry in found.items:
+        context = " ".join(f"{k}={v}" for k, v in sorted((entry.context or {}).items()))
+        click.echo(
+            f"{entry.pulled_at:%Y-%m-%d %H:%M:%S}\t{_group_label(entry.group_id)}\t"
+            f"{entry.image}:{entry.reference}\t{entry.digest or '-'}\t{entry.outcome}\t"
+            f"{entry.principal_kind}:{entry.username}\t{context}"
+        )
+    click.echo(
+        f"{found.total} pulls"
+        + (f" (showing {len(found.items)})" if found.total > len(found.items) else "")
+        + "."
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import typing as t
 from urllib.parse import urlsplit
 
@@ -12,11 +13,15 @@ import sqlalchemy as sa
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
+from .admin.supply_chain import SupplyChainAdmin
 from .auth.access import AccessControl
+from .auth.group_paths import GroupPaths
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
+from .cache.blocks import BlockList
+from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
 from .config import ENV_PREFIX, ProxyConfig, load_config
@@ -27,6 +32,8 @@ from .fetch.leases import FetchLeases
 from .fetch.peer_tokens import PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
+from .models.blocks import BlockRecords
+from .models.group_paths import GroupPathRecords
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
@@ -83,6 +90,7 @@ class DependencyProxy:
             )
         if not isinstance(adapter, HostAdapter):
             raise TypeError(f"{adapter!r} does not implement HostAdapter.")
+        _check_api_scope_name(adapter)
         if "sqlalchemy" not in app.extensions:
             raise RuntimeError(
                 "Register Flask-SQLAlchemy (db.init_app(app)) before DependencyProxy."
@@ -124,6 +132,15 @@ class DependencyProxy:
             lambda: metadata.session,
             CredentialCipher.from_secrets([secret, *fallbacks], config.credential_keys),
         )
+        settings = GroupSettingsRecords(
+            lambda: metadata.session, default_enabled=config.group_default_enabled
+        )
+        block_records = BlockRecords(lambda: metadata.session)
+        blocks = BlockList(
+            block_records.active_rules,
+            metadata.database,
+            refresh_seconds=config.block_refresh_seconds,
+        )
         cache = PullThroughCache(
             store=store,
             upstreams=upstreams,
@@ -138,6 +155,10 @@ class DependencyProxy:
             ),
             tag_check_interval=config.tag_check_interval,
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
+            blocks=blocks,
+            deleted_tags=_deleted_tags(config, settings, block_records, metadata),
+            metrics=metrics,
+            audit_flush_seconds=config.pull_record_flush_seconds,
         )
         throttle = LoginThrottle(
             lambda: self.db.session,
@@ -145,6 +166,7 @@ class DependencyProxy:
             max_failures_per_address=config.login_max_failures_per_address,
             window_seconds=config.login_failure_window_seconds,
         )
+        paths = GroupPaths(GroupPathRecords(lambda: metadata.session), adapter)
         access = AccessControl(
             adapter,
             issuer,
@@ -153,13 +175,12 @@ class DependencyProxy:
             recheck_seconds=config.principal_recheck_seconds,
             group_default_enabled=config.group_default_enabled,
             database=metadata.database,
+            paths=paths,
         )
         lifecycle = Lifecycle.from_config(config, lambda: metadata.session, store, metrics=metrics)
         group_admin = GroupAdmin(
             lambda: metadata.session,
-            settings=GroupSettingsRecords(
-                lambda: metadata.session, default_enabled=config.group_default_enabled
-            ),
+            settings=settings,
             group_upstreams=group_upstreams,
             upstreams=upstreams,
             lifecycle=lifecycle,
@@ -167,6 +188,14 @@ class DependencyProxy:
             store=store,
             access=access,
             quota_policy=config.quota_policy,
+            paths=paths,
+            find_group=adapter.find_group_by_id,
+        )
+        supply_chain = SupplyChainAdmin(
+            lambda: metadata.session,
+            settings=settings,
+            blocks=blocks,
+            serve_deleted_tags_default=config.serve_stale_on_upstream_not_found,
         )
         scheduler = None
         if config.cleanup_scheduler:
@@ -187,6 +216,7 @@ class DependencyProxy:
             lifecycle=lifecycle,
             metrics=metrics,
             group_admin=group_admin,
+            supply_chain=supply_chain,
             scheduler=scheduler,
         )
 
@@ -226,12 +256,49 @@ class DependencyProxy:
             store.describe(),
         )
 
+    def forget_group(self, group_id: int) -> None:
+        """Forget a group the host deleted: what a host calls when it deletes a group.
+
+        Its cache is scheduled for deletion (blob files follow through cleanup) and its
+        proxy settings, size limit, upstream credentials, usage and recorded path are
+        deleted, so a group that later gets the same id starts afresh. Call it inside
+        an application context; harmless for an id the extension never saw.
+        """
+        state(None).group_admin.forget_group(group_id)
+
+    def confirm_group(self, group_id: int) -> None:
+        """Record that the group with this id is the one the extension knew, renamed.
+
+        A group whose id now names another path than the one recorded is refused
+        until the host calls this (a rename) or :meth:`forget_group` (the id was given
+        to a new group). Call it inside an application context. It raises
+        ``GroupPathTaken`` (``flask_dependency_proxy.auth.group_paths``) when another
+        group holds the group's path, compared lowercased.
+
+        :raises LookupError: the host has no group with this id.
+        """
+        state(None).group_admin.confirm_group(group_id)
+
     def create_all(self) -> None:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
         from .migrations import upgrade
 
         upgrade(engine=self.db.engine)
+
+
+#: A scope name as ``WWW-Authenticate`` quotes it (RFC 6750's ``scope-token``).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,100}")
+
+
+def _check_api_scope_name(adapter: HostAdapter) -> None:
+    """The adapter's optional ``api_scope_name`` must be a scope name."""
+    name = getattr(adapter, "api_scope_name", "api")
+    if not isinstance(name, str) or not _SCOPE_TOKEN.fullmatch(name):
+        raise TypeError(
+            f"{type(adapter).__name__}.api_scope_name is {name!r}: name the scope the host's"
+            " API tokens need, in printable ASCII without spaces, quotes or backslashes."
+        )
 
 
 def _warn_about_unread_environment(app: Flask) -> None:
@@ -249,6 +316,36 @@ def _warn_about_unread_environment(app: Flask) -> None:
             " (see the README).",
             ", ".join(unread),
         )
+
+
+def _deleted_tags(
+    config: ProxyConfig,
+    settings: GroupSettingsRecords,
+    records: BlockRecords,
+    metadata: CacheMetadata,
+) -> DeletedTags:
+    """Each group's policy for a cached tag upstream deleted, and the record of it."""
+    from .models.blocks import EVENT_UPSTREAM_NOT_FOUND
+    from .models.tables import utcnow
+
+    default = config.serve_stale_on_upstream_not_found
+
+    def serve(group_id: int) -> bool:
+        own = settings.get(group_id).upstream_not_found
+        return default if own is None else own == "serve"
+
+    def record(group_id: int, image: str, tag: str, digest: str, served: bool) -> None:
+        what = "still served from the cache" if served else "no longer served"
+        records.record_event(
+            group_id,
+            EVENT_UPSTREAM_NOT_FOUND,
+            image,
+            tag,
+            f"upstream answered 404 for {image}:{tag} (cached as {digest}): {what}",
+            utcnow(),
+        )
+
+    return DeletedTags(serve, record, metadata.database)
 
 
 def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:

@@ -32,8 +32,16 @@ class Group:
     Build one from the host's own group row: ``Group(id=row.id, full_path=row.path)``.
 
     :param id: the host's primary key; stored in the extension's tables as a plain
-        integer column (no foreign key), so it must never be reused for another group.
-    :param full_path: ``parent/child`` path as it appears in image names, lowercase.
+        integer column (no foreign key). The extension records the path each id names:
+        a host that deletes a group calls :meth:`~.DependencyProxy.forget_group`, and
+        one that renames a group :meth:`~.DependencyProxy.confirm_group`; until then a
+        group whose id names another path than the one recorded is refused, so a new
+        group that gets a deleted group's id never inherits its settings or cache.
+    :param full_path: ``parent/child`` path, in the case the host shows it
+        (``"MyTeam/tools"``). Image names use it lowercased
+        (``myteam/tools/dependency_proxy/containers/alpine``), and the extension
+        compares paths lowercased: two groups whose paths differ only by case cannot
+        both use the proxy.
     """
 
     id: int
@@ -57,13 +65,19 @@ class Principal:
     :param username: shown in logs and token responses.
     :param scopes: the credential's scopes; empty for a password login. The host
         checks them (``AuthFailure.INSUFFICIENT_SCOPE``): the extension keeps them for
-        the host's ``can_*`` methods and decides nothing by them, not even ``api``.
+        the host's ``can_*`` methods and decides nothing by them, not even the API scope.
+    :param context: optional, what the host wants kept with every pull of this
+        principal in the pull record, e.g. a CI job's ``{"project": "acme/app",
+        "pipeline": "41", "job": "1207"}``. The extension stores it as given (strings,
+        at most 16 keys) and never interprets it; ``project`` is also a filter of the
+        pull record's queries.
     """
 
     kind: PrincipalKind
     subject: str
     username: str
     scopes: frozenset[str] = frozenset()
+    context: t.Mapping[str, str] | None = dataclasses.field(default=None, compare=False, hash=False)
 
 
 class AuthFailure(enum.Enum):
@@ -84,11 +98,19 @@ class HostAdapter(t.Protocol):
     Every method is called inside an application context, so the host may use its
     own database session. ``examples/minimal/app.py`` is a complete implementation in a
     few lines, ``examples/platform/host.py`` a complete one for a bigger platform.
+
+    An adapter may also have an attribute ``api_scope_name`` (a string, default
+    ``"api"``): the name of the scope the host's tokens need for the REST API, which a
+    refusal names (``the token lacks the host's API scope ('api')``) and
+    ``WWW-Authenticate`` carries. It is not part of the protocol, so an adapter without
+    it still is one.
     """
 
     def find_group(self, full_path: str) -> Group | None:
-        """Return the group with this full path (already lowercased), or ``None``.
+        """Return the group with this full path, or ``None``.
 
+        The path comes lowercased, as image names are: match it case-insensitively
+        when the host keeps its paths in mixed case (e.g. ``lower(path) = :full_path``).
         Called for pulls whose grant is not remembered, and for every page view and
         API call naming a group by path. ``None`` answers registry ``NAME_UNKNOWN``
         and 404 on the pages and in the API.
@@ -109,7 +131,8 @@ class HostAdapter(t.Protocol):
         """Check a token sent to the REST API (``PRIVATE-TOKEN`` or ``Bearer``).
 
         Return ``AuthFailure.INSUFFICIENT_SCOPE`` for a genuine token without the
-        ``api`` scope (answered 403); the extension does not check scopes itself.
+        host's API scope (answered 403, naming ``api_scope_name``); the extension does
+        not check scopes itself.
         The principal is then asked :meth:`can_admin` (and :meth:`can_read`, to
         answer 403 rather than 404) for the group it names.
         """

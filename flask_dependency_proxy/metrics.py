@@ -54,6 +54,13 @@ class Metrics:
         """A cleanup finished, having removed these counts by kind (rows, files, bytes);
         ``None``: another process held the cleanup lease, or it ``failed``."""
 
+    def pull_records(self, result: str, count: int) -> None:
+        """Entries of the pull record: ``written``, ``deferred`` (a write failed; kept for
+        the next), or ``lost`` (dropped from a full buffer: pulls served, not recorded)."""
+
+    def pull_refused(self, reason: str) -> None:
+        """A manifest pull refused by a supply-chain control (``blocked``, ``refused``)."""
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return b""
@@ -142,6 +149,17 @@ class PrometheusMetrics(Metrics):
             "Cleanup runs by result (done, busy: another process ran it, failed).",
             ("result",),
         )
+        self._pull_records = counter(
+            "dependency_proxy_pull_records",
+            "Entries of the pull record: written, deferred (a write failed; kept for the"
+            " next) and lost (pulls served but not recorded: the buffer was full).",
+            ("result",),
+        )
+        self._refused = counter(
+            "dependency_proxy_pulls_refused",
+            "Manifest pulls refused by a supply-chain control (blocked, refused).",
+            ("reason",),
+        )
         self._removed = counter(
             "dependency_proxy_cleanup_removed",
             "What cleanup removed: manifest and blob rows, blob files and their bytes.",
@@ -190,6 +208,13 @@ class PrometheusMetrics(Metrics):
         for what, count in removed.items():
             if count:
                 self._removed.labels(what).inc(count)
+
+    def pull_records(self, result: str, count: int) -> None:
+        if count:
+            self._pull_records.labels(result).inc(count)
+
+    def pull_refused(self, reason: str) -> None:
+        self._refused.labels(reason).inc()
 
     def exposition(self) -> bytes:
         prom = self._prom

@@ -52,8 +52,8 @@ def _mirror_config(run_dir: Path, port: int, platform: Platform) -> str:
     snippet = found.group("body")
     assert snippet.count("listen 80;") == 1, snippet
     snippet = snippet.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    assert "https://gitlab.example.com" in snippet, snippet
-    snippet = snippet.replace("https://gitlab.example.com", platform.url)
+    assert "https://platform.example.com" in snippet, snippet
+    snippet = snippet.replace("https://platform.example.com", platform.url)
     temp = {name: run_dir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for folder in temp.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -227,8 +227,8 @@ def _readme_hosts_toml(platform: Platform) -> str:
         r"```toml\n(# /etc/containerd/certs\.d/docker\.io/hosts\.toml\n.*?)```", text, re.S
     )
     assert found, "the README has no containerd hosts.toml recipe"
-    assert "https://gitlab.example.com/v2/" in found.group(1), found.group(1)
-    return found.group(1).replace("https://gitlab.example.com", platform.url)
+    assert "https://platform.example.com/v2/" in found.group(1), found.group(1)
+    return found.group(1).replace("https://platform.example.com", platform.url)
 
 
 def test_ctr_pull_through_the_readme_hosts_toml(
@@ -282,7 +282,7 @@ def _readme_registries_conf(platform: Platform) -> str:
         re.S,
     )
     assert found, "the README has no podman registries.conf recipe"
-    return found.group(1).replace("gitlab.example.com", platform.host)
+    return found.group(1).replace("platform.example.com", platform.host)
 
 
 def test_podman_mirror_recipe_of_the_readme_needs_its_login(

@@ -4,7 +4,8 @@ go down the group's ordered list; outages, ``429``s and a dead upstream.
 
 Upstreams, in the instance's order:
 
-- ``hub`` (hosts ``docker.io``): the session's plain registry behind a fault proxy;
+- ``hub`` (hosts ``docker.io``, written without ``library_prefix``): the session's plain
+  registry behind a fault proxy;
 - ``ghcr`` (hosts ``ghcr.io``): a second plain registry of this module;
 - ``flaky`` (``flaky.example.com``) and ``dead`` (``dead.example.com``): fault proxies
   in front of the session's registry, for the ``429`` and the dead-upstream scenarios.
@@ -73,7 +74,6 @@ def world(
         "hub": {
             "url": hub_proxy.url,
             "hosts": ["docker.io"],
-            "library_prefix": "library",
             "allow_private_redirects": True,
         },
         "ghcr": {"url": ghcr.url, "hosts": ["ghcr.io"], "allow_private_redirects": True},
@@ -166,6 +166,23 @@ def test_skopeo_pulls_by_registry_host_from_that_upstream_only(
     checks.same_as_upstream(target, pushed, world.ghcr)
     assert world.ghcr.count("HEAD", repository=repository, kind="manifests") >= 1
     assert _requests_for(world.hub_proxy, repository, hub_mark) == []
+
+
+def test_an_entry_serving_docker_io_sends_one_component_names_to_library(
+    world: World, alice: Skopeo, unique_name: str
+) -> None:
+    """``hub`` says nothing of ``library_prefix``; it serves ``docker.io``, so an official
+    image's short name goes upstream as ``library/<name>``, as Docker Hub needs."""
+    pushed = _push(world.hub, f"library/{unique_name}", "1.0", f"{unique_name}-lib", world.workdir)
+    hub_mark = len(world.hub_proxy.requests)
+
+    result, target = alice.copy_to_dir(world.platform.image(GROUP, unique_name, "1.0"))
+
+    checks.ok(result)
+    checks.same_as_upstream(target, pushed, world.hub)
+    asked = _requests_for(world.hub_proxy, f"library/{unique_name}", hub_mark)
+    assert asked and all("/manifests/" in r or "/blobs/" in r for r in asked), asked
+    assert _requests_for(world.hub_proxy, unique_name, hub_mark) == []
 
 
 def test_podman_pulls_through_the_ordered_list_past_a_404(

@@ -43,6 +43,13 @@ def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
         ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", 100, "0 (sendfile) or between"),
         ("DEPENDENCY_PROXY_BLOB_CHUNK_SIZE", "1e9", "must be a number"),
         ("DEPENDENCY_PROXY_CLIENT_SEND_TIMEOUT_SECONDS", -1, "must be at least 0"),
+        ("DEPENDENCY_PROXY_CSP_NONCE", "nonce_of_request", "'module:function'"),
+        ("DEPENDENCY_PROXY_CSP_NONCE", 42, "'module:function'"),
+        ("DEPENDENCY_PROXY_CSP_NONCE", "no_such_module_27:nonce", "cannot import"),
+        ("DEPENDENCY_PROXY_CSP_NONCE", "flask:no_such_function", "cannot import"),
+        ("DEPENDENCY_PROXY_CSP_NONCE", "flask.json:provider", "not callable"),
+        ("DEPENDENCY_PROXY_HEAD_BLOCK", "extra head", "a Jinja block name"),
+        ("DEPENDENCY_PROXY_HEAD_BLOCK", "content", "other than 'title' and 'content'"),
     ],
 )
 def test_bad_configuration_fails_at_init_app(

@@ -55,7 +55,8 @@ class Host:
     """The host adapter: the only thing the extension knows of this app."""
 
     def find_group(self, full_path: str) -> Group | None:
-        team = db.session.scalar(db.select(Team).filter_by(path=full_path))
+        # The path comes lowercased (image names are); a team may be "MyTeam".
+        team = db.session.scalar(db.select(Team).where(db.func.lower(Team.path) == full_path))
         return Group(id=team.id, full_path=team.path) if team else None
 
     def find_group_by_id(self, group_id: int) -> Group | None:

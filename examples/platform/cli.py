@@ -110,6 +110,15 @@ def create_group(full_path: str, private: bool) -> None:
     click.echo(f"Created {visibility} group {group.full_path} (id {group.id}).")
 
 
+@group_cli.command("delete")
+@click.argument("full_path")
+@_refusals_as_errors
+def delete_group(full_path: str) -> None:
+    """Delete the group at FULL_PATH (no subgroups or projects) and its proxy data."""
+    group_id = services.delete_group(full_path)
+    click.echo(f"Deleted group {full_path} (id {group_id}) and its dependency proxy data.")
+
+
 @group_cli.command("add-member")
 @click.argument("full_path")
 @click.argument("username")

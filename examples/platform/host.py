@@ -312,6 +312,10 @@ def _deploy_token_principal(token: DeployToken) -> Principal:
 
 
 def _job_principal(job: CiJob) -> Principal:
+    # What the proxy keeps with each of the job's pulls (its pull record).
     return Principal(
-        kind=PrincipalKind.JOB_TOKEN, subject=f"job:{job.id}", username=job.user.username
+        kind=PrincipalKind.JOB_TOKEN,
+        subject=f"job:{job.id}",
+        username=job.user.username,
+        context={"project": job.project.full_path, "job": str(job.id)},
     )

@@ -169,6 +169,29 @@ def create_group(full_path: str, *, private: bool = False) -> Group:
     return group
 
 
+def delete_group(full_path: str) -> int:
+    """Delete a group without subgroups or projects, and tell the dependency proxy.
+
+    The proxy keys its data by group id, and a database may give this id to the next
+    group created (SQLite does): ``forget_group`` drops the group's proxy settings,
+    upstream credentials and cache, so that group starts afresh. It runs after the
+    deletion is committed; were it to fail, the proxy refuses the id's next group
+    until ``flask dependency-proxy forget-group ID`` is run.
+    """
+    from .extensions import proxy
+
+    group = require_group(full_path)
+    if group.children or group.projects:
+        raise PlatformError(
+            f"Group {group.full_path!r} has subgroups or projects; delete them first."
+        )
+    group_id = group.id
+    db.session.delete(group)
+    db.session.commit()
+    proxy.forget_group(group_id)
+    return group_id
+
+
 def add_member(full_path: str, username: str, role: str | int | Role) -> Membership:
     """Give a user a role in a group, or change the role they have."""
     group = require_group(full_path)

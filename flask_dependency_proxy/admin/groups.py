@@ -1,7 +1,9 @@
 """What an administrator does with a group's proxy, whether from its page, the REST API
 or the command line: settings (on/off, cleanup policy, size limit), listings and
 counts (and what the store holds in all), deletion (the whole cache or one image),
-warming images into the cache, and the group's upstreams (order and own credentials).
+warming images into the cache, the group's upstreams (order and own credentials), and
+what the host says of its groups: that a group is gone (:meth:`GroupAdmin.forget_group`)
+or was renamed (:meth:`GroupAdmin.confirm_group`; see :mod:`..auth.group_paths`).
 
 :class:`GroupAdmin` is the one place these use cases live, so the three surfaces only
 parse their input, call it and render its answer. It also owns what a change must
@@ -33,14 +35,16 @@ from .usage_chart import UsageSummary
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from ..auth.group_paths import GroupPaths
     from ..cache.pull_through import PullThroughCache
     from ..cache.warm import Outcome, Progress, Target
+    from ..host import Group
     from ..models.group_settings import GroupSettingsRecords, Settings
     from ..models.listings import BlobItem, ManifestItem, Page
     from ..models.stats import GroupStats
     from ..models.upstreams import GroupUpstreamRecords, RotationResult
     from ..upstream.routing import UpstreamSet
-    from .lifecycle import ImageDeleted, Lifecycle, PurgeResult
+    from .lifecycle import GroupForgotten, ImageDeleted, Lifecycle, PurgeResult
 
 #: What an upstream name must look like before it is looked up (the grammar of the
 #: names in ``DEPENDENCY_PROXY_UPSTREAMS``).
@@ -61,6 +65,10 @@ class HoldsBlobs(t.Protocol):
     def describe(self) -> str: ...
 
     def usage(self) -> tuple[int, int]: ...
+
+
+class GroupNotFound(LookupError):
+    """The host has no group with this id."""
 
 
 class ProxyDisabled(Exception):
@@ -145,6 +153,8 @@ class GroupAdmin:
     :param store: the blob store, for its totals.
     :param access: forgets its answers when a group's proxy is switched on or off.
     :param quota_policy: ``evict`` or ``refuse``, shown beside a group's limit.
+    :param paths: the path recorded for each group id.
+    :param find_group: the host's :meth:`~..host.HostAdapter.find_group_by_id`.
     :param clock: naive UTC now (the last day of usage windows).
     """
 
@@ -160,6 +170,8 @@ class GroupAdmin:
         store: HoldsBlobs,
         access: RemembersAccess,
         quota_policy: str,
+        paths: GroupPaths,
+        find_group: t.Callable[[int], Group | None],
         clock: t.Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._session = session
@@ -171,10 +183,48 @@ class GroupAdmin:
         self._store = store
         self._access = access
         self._quota_policy = quota_policy
+        self._paths = paths
+        self._find_group = find_group
         self._clock = clock
         self._listings = CacheListings(session)
         self._stats = CacheStats(session)
         self._quota = QuotaRecords(session)
+
+    # -- the host's groups ---------------------------------------------------------------------
+
+    def admit(self, group: Group, *, claim: bool = False) -> None:
+        """Check that the group's id still names the path recorded for it (and record it
+        the first time); every surface calls this before acting on a group it found.
+
+        :param claim: about to save the group's settings: refuse a path that another
+            group holds (compared lowercased) rather than leave it unrecorded.
+        :raises GroupMoved: the id names another path than the one recorded.
+        :raises GroupPathTaken: ``claim``, and another group holds the path.
+        """
+        self._paths.admit(group, claim=claim)
+
+    def confirm_group(self, group_id: int) -> tuple[str | None, str]:
+        """The host says the group is the same one, renamed: record its current path.
+
+        :return: the path recorded before (``None``: none was) and the one recorded now.
+        :raises GroupNotFound: the host has no group with this id.
+        :raises GroupPathTaken: another group holds the path.
+        """
+        group = self._find_group(group_id)
+        if group is None:
+            raise GroupNotFound(f"the host has no group with id {group_id}")
+        previous = self._paths.confirm(group)
+        self._access.forget()
+        return previous, group.full_path
+
+    def forget_group(self, group_id: int) -> GroupForgotten:
+        """The host deleted the group (or is about to give its id to another): schedule
+        its cache for deletion as a purge does, and delete its settings, size limit,
+        upstream credentials, usage and recorded path. Harmless for an unknown id."""
+        forgotten = self._lifecycle.forget_group(group_id)
+        self._cache.usage.drop(group_id)
+        self._access.forget()
+        return forgotten
 
     # -- settings ----------------------------------------------------------------------------
 

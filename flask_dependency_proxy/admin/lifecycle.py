@@ -4,12 +4,15 @@
   serves only rows in the default status, so they stop being served at once; the next
   pull asks upstream again (and brings a row back to life if it pulls the same content).
   Another purge of the group within ``PURGE_COOLDOWN_SECONDS`` is refused.
+- **Forgetting a group** (the host deleted it) marks its rows as a purge does, without
+  the cooldown, and deletes the rest of what the extension keeps for it.
 - **Deleting one image** marks the same way: the image's manifests, and the blobs they
   reference that no other manifest of the group still served references. Cleanup then
   deletes them like purged rows, files included (with the grace period below).
 - **Cleanup** applies each group's policy (marks rows last read more than N days ago),
-  deletes marked rows in batches, then deletes blob files that no row references, and
-  forgets failed-login counts whose window has ended.
+  deletes marked rows in batches, then deletes blob files that no row references,
+  forgets failed-login counts whose window has ended, and pulls of the pull record
+  older than ``PULL_RECORD_RETENTION_DAYS``.
 
 Blob files are content-addressed and shared by groups, so a file goes only when no
 row of any group, in any status, references its digest. Pulls run meanwhile, and two
@@ -50,6 +53,7 @@ import uuid
 from ..metrics import Metrics
 from ..models.cleanup import CleanupRecords
 from ..models.group_settings import GroupSettingsRecords
+from ..models.pulls import PullRecords
 from ..models.stats import human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
 from ..stores.base import StoreJanitor
@@ -108,6 +112,15 @@ class ImageDeleted:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupForgotten:
+    """What forgetting a group scheduled for deletion (its other rows are gone)."""
+
+    group_id: int
+    manifests: int
+    blobs: int
+
+
+@dataclasses.dataclass(frozen=True)
 class PurgeResult:
     manifests: int
     blobs: int
@@ -134,6 +147,8 @@ class CleanupReport:
     staging_removed: int = 0
     #: Failed-login counts whose window had ended.
     login_failures_forgotten: int = 0
+    #: Pulls of the pull record older than its retention.
+    pulls_forgotten: int = 0
 
     def summary(self) -> str:
         return (
@@ -176,8 +191,13 @@ class Lifecycle:
         login_failure_window_seconds: float = 300,
         clock: Clock = utcnow,
         metrics: Metrics | None = None,
+        pulls: PullRecords | None = None,
+        pull_retention_days: int = 90,
     ) -> None:
         self.records = records
+        #: The pull record, whose entries older than ``pull_retention_days`` go.
+        self.pulls = pulls
+        self.pull_retention = dt.timedelta(days=pull_retention_days)
         self.metrics = metrics or Metrics()
         self.files = files
         self.purge_cooldown = dt.timedelta(seconds=purge_cooldown_seconds)
@@ -206,6 +226,8 @@ class Lifecycle:
             login_failure_window_seconds=config.login_failure_window_seconds,
             clock=clock,
             metrics=metrics,
+            pulls=PullRecords(session),
+            pull_retention_days=config.pull_record_retention_days,
         )
 
     def with_clock(self, clock: Clock) -> Lifecycle:
@@ -241,6 +263,14 @@ class Lifecycle:
             return None
         log.info("deleted image %s of group %s: %s manifests, %s blobs", image, group_id, *marked)
         return ImageDeleted(image, *marked)
+
+    def forget_group(self, group_id: int) -> GroupForgotten:
+        """Drop everything the extension keeps for a group that is gone: its cache is
+        scheduled for deletion as a purge does (no cooldown; blob files follow through
+        cleanup), its settings, upstream credentials, usage and recorded path deleted."""
+        manifests, blobs = self.records.forget_group(group_id)
+        log.info("forgot group %s: %s manifests, %s blobs", group_id, manifests, blobs)
+        return GroupForgotten(group_id, manifests, blobs)
 
     # -- cleanup -------------------------------------------------------------------------
 
@@ -295,6 +325,10 @@ class Lifecycle:
         report.login_failures_forgotten = self.records.forget_login_failures(
             self.clock() - self.login_failure_window
         )
+        if self.pulls is not None:
+            report.pulls_forgotten = self.pulls.forget_before(
+                self.clock() - self.pull_retention, self.batch_size
+            )
         log.info("dependency proxy cleanup: %s", report.summary())
         return report
 

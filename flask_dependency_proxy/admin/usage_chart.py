@@ -4,8 +4,11 @@ The group page draws it on the server (no JavaScript, no front-end build): one b
 UTC day, pulls served from the cache stacked on pulls fetched upstream, and below them
 the upstream bytes the cache saved that day. The SVG carries ``<title>``, ``<desc>``
 and an ``aria-label`` with the totals, so it reads without being seen; the page adds a
-table of the same days. Every text in it is escaped. Knows nothing of Flask or SQL:
-the caller passes the days read with :func:`~.models.usage.read_usage`.
+table of the same days. Every text in it is escaped. It has no ``style`` attribute, which
+a strict Content-Security-Policy would block: geometry is in SVG attributes, the bars'
+colours in classes (``cached``, ``upstream``, ``saved``) of the pages' style sheet.
+Knows nothing of Flask or SQL: the caller passes the days read with
+:func:`~.models.usage.read_usage`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ _PULLS_TOP = 28
 _PULLS_BOTTOM = 140
 _BYTES_TOP = 178
 _BYTES_BOTTOM = 228
-_CACHED_COLOUR = "#2e7d32"
-_UPSTREAM_COLOUR = "#9e9e9e"
-_SAVED_COLOUR = "#1565c0"
+#: Classes of the bars (the pages' style sheet colours them): pulls served from the cache,
+#: pulls fetched upstream, upstream bytes saved.
+_CACHED = "cached"
+_UPSTREAM = "upstream"
+_SAVED = "saved"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,10 +145,10 @@ def _text(x: float, y: float, content: str, **attributes: str) -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(content)}</text>'
 
 
-def _rect(x: float, y: float, width: float, height: float, fill: str, title: str) -> str:
+def _rect(x: float, y: float, width: float, height: float, kind: str, title: str) -> str:
     return (
         f'<rect x="{x:.2f}" y="{y:.2f}" width="{width:.2f}" height="{height:.2f}"'
-        f' fill="{fill}"><title>{escape(title)}</title></rect>'
+        f' class="{kind}"><title>{escape(title)}</title></rect>'
     )
 
 
@@ -161,7 +166,7 @@ def render_svg(summary: UsageSummary) -> Markup:
     description = summary.description()
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}"'
-        f' width="100%" style="max-width:{WIDTH}px" role="img"'
+        ' class="usage-chart" role="img"'
         ' id="dependency-proxy-usage-chart" aria-labelledby="dependency-proxy-chart-title'
         ' dependency-proxy-chart-desc"'
         f' aria-label="{escape(description)}" font-family="sans-serif" font-size="11">',
@@ -182,9 +187,9 @@ def render_svg(summary: UsageSummary) -> Markup:
         _text(_LEFT - 4, _BYTES_BOTTOM, "0", text_anchor="end"),
         _text(8, _BYTES_TOP - 12, "Upstream bytes saved", font_weight="bold"),
         # Legend.
-        f'<rect x="{_LEFT}" y="8" width="10" height="10" fill="{_CACHED_COLOUR}"/>',
+        f'<rect x="{_LEFT}" y="8" width="10" height="10" class="{_CACHED}"/>',
         _text(_LEFT + 14, 17, f"from cache ({summary.pulls_cached})"),
-        f'<rect x="{_LEFT + 170}" y="8" width="10" height="10" fill="{_UPSTREAM_COLOUR}"/>',
+        f'<rect x="{_LEFT + 170}" y="8" width="10" height="10" class="{_UPSTREAM}"/>',
         _text(_LEFT + 184, 17, f"fetched upstream ({summary.pulls_upstream})"),
         _text(WIDTH - _RIGHT, 17, f"hit ratio {summary.hit_ratio_text}", text_anchor="end"),
     ]
@@ -201,7 +206,7 @@ def render_svg(summary: UsageSummary) -> Markup:
                     _PULLS_BOTTOM - upstream_h,
                     bar,
                     upstream_h,
-                    _UPSTREAM_COLOUR,
+                    _UPSTREAM,
                     f"{label}: {counts.pulls_upstream} fetched upstream",
                 )
             )
@@ -212,7 +217,7 @@ def render_svg(summary: UsageSummary) -> Markup:
                     _PULLS_BOTTOM - upstream_h - cached_h,
                     bar,
                     cached_h,
-                    _CACHED_COLOUR,
+                    _CACHED,
                     f"{label}: {counts.pulls_cached} from cache",
                 )
             )
@@ -224,7 +229,7 @@ def render_svg(summary: UsageSummary) -> Markup:
                     _BYTES_BOTTOM - saved_h,
                     bar,
                     saved_h,
-                    _SAVED_COLOUR,
+                    _SAVED,
                     f"{label}: {human_size(counts.bytes_cached)} saved",
                 )
             )

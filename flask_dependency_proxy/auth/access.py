@@ -5,6 +5,10 @@ included. Answers from the host are remembered for ``PRINCIPAL_RECHECK_SECONDS``
 warm pull does not cost the host several queries; that is also the bound on how long a
 blocked user or a revoked token keeps pulling with a registry token it already has.
 
+The first time a grant is checked, and each time it is checked again, the group's id
+is checked against the path recorded for it (:mod:`.group_paths`): a group whose id
+now names another path is refused with ``DENIED``, saying what the host calls.
+
 Every question to the host or the database runs in a database phase (:mod:`.database`),
 which ends before the cache talks to upstream. While the database is unavailable, a
 principal and a grant checked within ``PRINCIPAL_RECHECK_SECONDS`` still hold, and so
@@ -20,11 +24,13 @@ import typing as t
 from ..host import AuthFailure, Group, HostAdapter, Principal, TokenAuthenticator
 from ..models.database import DatabaseGuard, DatabaseUnavailable
 from ..oci.errors import ErrorCode, RegistryError
+from .group_paths import GroupPathProblem
 from .throttle import LoginRefused, LoginThrottle
 from .tokens import InvalidToken, TokenIssuer
 
 if t.TYPE_CHECKING:
     from ..models.repository import CacheMetadata
+    from .group_paths import GroupPaths
 
 _Entry = tuple[float, t.Any]
 
@@ -80,6 +86,7 @@ class AccessControl:
 
     :param group_default_enabled: whether a group without settings has its proxy on.
     :param database: runs the host's and the database's answers as database phases.
+    :param paths: checks (and records) the path of each group id a grant is checked for.
     """
 
     def __init__(
@@ -92,9 +99,11 @@ class AccessControl:
         recheck_seconds: float,
         group_default_enabled: bool,
         database: DatabaseGuard | None = None,
+        paths: GroupPaths | None = None,
         clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database or DatabaseGuard()
+        self.paths = paths
         self.host = host
         self.issuer = issuer
         self.metadata = metadata
@@ -177,7 +186,9 @@ class AccessControl:
         """The group a principal may pull through.
 
         :raises RegistryError: ``NAME_UNKNOWN`` alike for an unknown group, no access, and
-            a disabled proxy, so a response never tells which.
+            a disabled proxy, so a response never tells which; ``DENIED`` to a principal
+            who may read the group when its id now names another path than the one
+            recorded (:mod:`.group_paths`), or another group holds its path.
         """
         key = (principal.subject, group_path)
         found, group = self._grants.get(key)
@@ -197,6 +208,11 @@ class AccessControl:
             group = self.host.find_group(group_path)
             if group is None or not self.host.can_read(principal, group):
                 return None
+            if self.paths is not None:
+                try:
+                    self.paths.admit(group, claim=True)
+                except GroupPathProblem as problem:
+                    raise RegistryError(ErrorCode.DENIED, str(problem)) from None
         return group
 
     def _proxy_enabled(self, group: Group) -> bool:

@@ -19,8 +19,9 @@ PREFIX_SUFFIX = "dependency_proxy/containers"
 
 
 def image_prefix(group: Group) -> str:
-    """``host:port/<group>/dependency_proxy/containers``, what clients put before an image."""
-    return f"{urlsplit(external_url()).netloc}/{group.full_path}/{PREFIX_SUFFIX}"
+    """``host:port/<group>/dependency_proxy/containers``, what clients put before an image
+    (lowercase, as image names are, whatever the case of the group's path)."""
+    return f"{urlsplit(external_url()).netloc}/{group.full_path.lower()}/{PREFIX_SUFFIX}"
 
 
 def format_time(moment: dt.datetime | None) -> str:

@@ -6,7 +6,9 @@ upstream's last answer. When the response's headers are ready, :func:`finish` co
 the request once, in the metrics and in the group's usage buffer; when its body has been
 sent (or the client went away), one line goes to the ``flask_dependency_proxy.requests``
 logger at INFO, as ``key=value`` pairs or as one JSON object
-(``DEPENDENCY_PROXY_REQUEST_LOG``), so a log pipeline can parse it.
+(``DEPENDENCY_PROXY_REQUEST_LOG``), so a log pipeline can parse it. A manifest GET,
+served or refused by a supply-chain control, also goes to the pull record
+(:mod:`..cache.audit`), with who asked and the host's job context.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import typing as t
 from flask import Response, g, has_request_context, request
 
 from .._state import state
+from ..models.pulls import PullEntry
+from ..models.tables import utcnow
 from ._registry_http import after_body
 
 if t.TYPE_CHECKING:
     from ..cache.results import Outcome
+    from ..host import Principal
 
 request_log = logging.getLogger("flask_dependency_proxy.requests")
 
@@ -47,6 +52,12 @@ class RequestRecord:
     blob_size: int = 0
     upstream_status: int | None = None
     upstream_failed: bool = False
+    #: Who asked (from the registry token).
+    principal: Principal | None = None
+    #: The manifest digest served or refused.
+    digest: str | None = None
+    #: ``blocked`` or ``refused``: a supply-chain control refused the pull.
+    refused: str | None = None
 
 
 def begin() -> None:
@@ -67,9 +78,29 @@ def note_target(group: str, image: str, reference: str) -> None:
         record.group, record.image, record.reference = group, image, reference
 
 
-def note_manifest(group_id: int, outcome: Outcome) -> None:
-    """How the cache answered the manifest of this request."""
+def note_principal(principal: Principal) -> None:
+    """Who the request's token names."""
+    record = _record()
+    if record is not None:
+        record.principal = principal
+
+
+def note_manifest(group_id: int, outcome: Outcome, digest: str | None = None) -> None:
+    """How the cache answered the manifest of this request, and the digest it served."""
     _note("manifest", group_id, outcome, 0)
+    record = _record()
+    if record is not None:
+        record.digest = digest
+
+
+def note_refusal(group_id: int, outcome: str, digest: str | None) -> None:
+    """A supply-chain control refused the manifest of this request (``blocked``,
+    ``refused``), and the digest it refused if one was known."""
+    record = _record()
+    if record is not None:
+        record.kind, record.group_id = "manifest", group_id
+        record.refused, record.digest = outcome, digest
+    state(None).metrics.pull_refused(outcome)
 
 
 def note_blob(group_id: int, outcome: Outcome, size: int | None) -> None:
@@ -117,6 +148,8 @@ def finish(response: Response) -> Response:
             proxy.cache.usage.count_pull(record.group_id, outcome)
         else:
             proxy.cache.usage.count_bytes(record.group_id, outcome, record.blob_size)
+    if record.kind == "manifest" and request.method == "GET" and proxy.config.pull_record:
+        _record_pull(record, response)
     log_format = proxy.config.request_log
     if log_format != "off" and request_log.isEnabledFor(logging.INFO):
         fields = {
@@ -139,6 +172,35 @@ def finish(response: Response) -> Response:
 
         after_body(response, write)
     return response
+
+
+def _record_pull(record: RequestRecord, response: Response) -> None:
+    """Add a served or refused manifest GET to the pull record's buffer."""
+    if record.refused is not None:
+        outcome = record.refused
+    elif response.status_code < 300 and record.outcome is not None:
+        outcome = str(record.outcome)
+    else:
+        return
+    principal = record.principal
+    if principal is None or record.group_id is None:
+        return
+    state(None).cache.audit.add(
+        PullEntry(
+            pulled_at=utcnow(),
+            group_id=record.group_id,
+            image=record.image or "",
+            reference=record.reference or "",
+            digest=record.digest,
+            outcome=outcome,
+            principal_kind=str(principal.kind),
+            subject=principal.subject,
+            username=principal.username,
+            context=principal.context,
+            client_address=request.remote_addr,
+            user_agent=request.user_agent.string or None,
+        )
+    )
 
 
 def _route_kind() -> str:

@@ -9,20 +9,31 @@ to ``DEPENDENCY_PROXY_LOGIN_VIEW``, else to the host's login through Flask-Login
 Forms carry the extension's own CSRF token and work without JavaScript; only the copy
 button needs it.
 
-What the templates get, for hosts that override them: ``base_template``, ``group``
+The pages extend ``proxy_layout``, the wrapper of :mod:`._layout` that adds their style to
+the base template's ``DEPENDENCY_PROXY_HEAD_BLOCK``; every ``<style>`` and ``<script>``
+carries ``csp_nonce``, and nothing has an inline ``style=`` or event handler, so a strict
+Content-Security-Policy holds.
+
+What the templates get, for hosts that override them: ``base_template``,
+``proxy_layout``, ``csp_nonce`` (``None`` without one), ``group``
 (:class:`~flask_dependency_proxy.host.Group`), ``proxy_csrf_field()`` and
 ``proxy_csrf_token()``, ``human_size()``, ``format_time()``; ``group.html`` also gets
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
 ``max_days``, ``quota`` (:class:`~._formatting.QuotaView`), ``upstreams``
 (:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
 (:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
-(``order_by``, ``sort``, ``search`` of the list); ``clear.html`` gets ``stats`` and
-``cooldown``; ``delete_image.html`` gets ``image`` and its ``tags``. Flashed messages
-use the categories ``info`` and ``error``. Credentials typed into the page are never
-shown back, and never flashed.
+(``order_by``, ``sort``, ``search`` of the list) and ``controls``
+(:class:`SupplyChainView`: blocks, recent pulls, the deleted-tag policy, events);
+``clear.html`` gets ``stats`` and ``cooldown``; ``delete_image.html`` gets ``image``,
+its ``tags`` and ``pulled`` (:class:`~..models.pulls.PullSummary`, the last 30 days).
+Flashed messages use the categories ``info`` and ``error``. Credentials typed into the
+page are never shown back, and never flashed.
 
 The views parse the form, call :class:`~..admin.groups.GroupAdmin` (``group_admin`` of
-the app's state) and render its answer. Each view runs as one database phase
+the app's state) and render its answer. A group whose id now names another path than
+the one recorded (:mod:`..auth.group_paths`) gets an error page (409) saying what the
+host calls; saving the settings of a group whose path another group holds (compared
+lowercased) is refused with a flashed error. Each view runs as one database phase
 (:mod:`..models.database`). While the database is unavailable the pages answer a plain
 503 page (not the host's base template, which may need the database itself) with
 ``Retry-After``.
@@ -30,7 +41,9 @@ the app's state) and render its answer. Each view runs as one database phase
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import typing as t
 from urllib.parse import urlencode
 
@@ -45,16 +58,21 @@ from flask import (
     request,
     url_for,
 )
+from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, FunctionLoader
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BuildError
+from werkzeug.utils import cached_property
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
+from ..admin.supply_chain import InvalidBlock
 from ..admin.usage_chart import UsageSummary
+from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
-from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, valid_search
+from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, Page, valid_search
+from ..models.pulls import PullEntry, PullFilter
 from ..models.stats import human_size
 from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
@@ -69,14 +87,28 @@ from ._group_input import (
     size_limit_from_text,
     upstream_order_from_form,
 )
+from ._layout import layout_source, page_context
 
 if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from ..admin.groups import GroupAdmin
+    from ..admin.supply_chain import DeletedTagPolicy
     from ..host import Group
+    from ..models.blocks import Block, Event
 
-bp = Blueprint("dependency_proxy_pages", __name__, template_folder="../templates")
+
+class _PagesBlueprint(Blueprint):
+    """The pages' blueprint: its templates, and the wrappers of :mod:`._layout`."""
+
+    @cached_property
+    def jinja_loader(self) -> BaseLoader | None:
+        assert self.template_folder is not None
+        folder = os.path.join(self.root_path, self.template_folder)
+        return ChoiceLoader([FileSystemLoader(folder), FunctionLoader(layout_source)])
+
+
+bp = _PagesBlueprint("dependency_proxy_pages", __name__, template_folder="../templates")
 
 _PAGE = "/groups/<path:full_path>/-/dependency_proxy"
 _MAX_PAGE = 100_000
@@ -104,7 +136,7 @@ def _csrf_rejected(error: CsrfRejected) -> ResponseReturnValue:
     return (
         render_template(
             "dependency_proxy/error.html",
-            base_template=state(None).config.base_template,
+            **page_context(),
             error_title="Form rejected",
             error_message=(
                 "The form has expired or came from another site. Reload the page and try again."
@@ -189,7 +221,36 @@ def _admin_view(
     group = proxy.host.find_group(full_path.lower())
     if group is None or not proxy.host.can_admin(principal, group):
         abort(404)
+    try:
+        _admin().admit(group, claim=getattr(view, "claims_path", False))
+    except GroupMoved as moved:
+        return _error_page("This group's Dependency Proxy is on hold", f"{moved}.", 409)
+    except GroupPathTaken as taken:
+        flash(f"Not saved: {taken}.", "error")
+        return _back(group)
     return view(group, **kwargs)
+
+
+_View = t.TypeVar("_View", bound=t.Callable[..., t.Any])
+
+
+def _claims_path(view: _View) -> _View:
+    """Mark a view that saves the group's settings: it records the group's path, and
+    is refused when another group holds it."""
+    view.claims_path = True  # type: ignore[attr-defined]
+    return view
+
+
+def _error_page(title: str, message: str, status: int) -> ResponseReturnValue:
+    return (
+        render_template(
+            "dependency_proxy/error.html",
+            **page_context(),
+            error_title=title,
+            error_message=message,
+        ),
+        status,
+    )
 
 
 def _to_login(login_view: str | None) -> ResponseReturnValue:
@@ -228,7 +289,7 @@ def _back(group: Group) -> ResponseReturnValue:
 def _render(template: str, group: Group, **context: t.Any) -> str:
     return render_template(
         template,
-        base_template=state(None).config.base_template,
+        **page_context(),
         group=group,
         proxy_csrf_field=csrf_field,
         proxy_csrf_token=csrf_token,
@@ -271,6 +332,7 @@ def show(group: Group) -> ResponseReturnValue:
         upstreams=admin.upstreams(group.id),
         usage=usage_summary(group.id),
         list_query=query,
+        controls=supply_chain_view(group.id),
     )
 
 
@@ -293,6 +355,7 @@ def usage_summary(group_id: int) -> UsageSummary:
 
 @bp.post(f"{_PAGE}/settings")
 @_for_admins
+@_claims_path
 def update_settings(group: Group) -> ResponseReturnValue:
     value = request.form.get("enabled")
     if value not in ("0", "1"):
@@ -306,6 +369,7 @@ def update_settings(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/cleanup_policy")
 @_for_admins
+@_claims_path
 def update_cleanup_policy(group: Group) -> ResponseReturnValue:
     enabled = request.form.get("cleanup_enabled") == "1"
     days = CLEANUP_DAYS.from_text(request.form.get("cleanup_days", "").strip())
@@ -322,6 +386,7 @@ def update_cleanup_policy(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/quota")
 @_for_admins
+@_claims_path
 def update_quota(group: Group) -> ResponseReturnValue:
     """Set the group's size limit from a size such as ``20 GiB``; empty lifts it."""
     try:
@@ -372,7 +437,13 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
         tags = _admin().image_tags(group.id, image)
         if not tags:
             abort(404)
-        return _render("dependency_proxy/delete_image.html", group, image=image, tags=tags)
+        return _render(
+            "dependency_proxy/delete_image.html",
+            group,
+            image=image,
+            tags=tags,
+            pulled=state(None).supply_chain.image_pulls(group.id, image),
+        )
     deleted = _admin().delete_image(group.id, image)
     if deleted is None:
         flash(f"Not deleted: {image} is not cached.", "error")
@@ -387,6 +458,7 @@ def delete_image(group: Group, image: str) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/upstreams")
 @_for_admins
+@_claims_path
 def update_upstreams(group: Group) -> ResponseReturnValue:
     """Narrow and reorder the group's upstreams (checked ones, by their order number), or
     go back to every upstream of the instance in its order."""
@@ -412,6 +484,7 @@ def update_upstreams(group: Group) -> ResponseReturnValue:
 
 @bp.post(f"{_PAGE}/upstreams/<name>/credentials")
 @_for_admins
+@_claims_path
 def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
     """Keep (``action=save``) or forget (``action=clear``) the group's own credential
     for one upstream."""
@@ -431,4 +504,91 @@ def update_upstream_credentials(group: Group, name: str) -> ResponseReturnValue:
         flash(f"Credentials for {name} not saved: {problem}.", "error")
         return _back(group)
     flash(f"Credentials for {name} saved.", "info")
+    return _back(group)
+
+
+# -- supply-chain controls ------------------------------------------------------------------------
+
+#: Pulls shown in the page's "Recent pulls".
+RECENT_PULLS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SupplyChainView:
+    """What ``_supply_chain.html`` shows: ``blocks`` that apply to the group, the latest
+    ``pulls`` (a page), the deleted-tag ``policy`` and the latest ``events``."""
+
+    blocks: list[Block]
+    pulls: Page[PullEntry]
+    policy: DeletedTagPolicy
+    events: list[Event]
+
+
+def supply_chain_view(group_id: int) -> SupplyChainView:
+    controls = state(None).supply_chain
+    return SupplyChainView(
+        blocks=controls.blocks(group_id),
+        pulls=controls.pulls(PullFilter(group_id=group_id), 1, RECENT_PULLS),
+        policy=controls.deleted_tag_policy(group_id),
+        events=controls.events(group_id, 10),
+    )
+
+
+def _username() -> str:
+    principal = state(None).host.current_principal()
+    return principal.username if principal is not None else "unknown"
+
+
+@bp.post(f"{_PAGE}/blocks")
+@_for_admins
+def block(group: Group) -> ResponseReturnValue:
+    """Block a digest, or an image's tags that match a pattern, in this group."""
+    form = {key: request.form.get(key, "").strip() or None for key in _BLOCK_FIELDS}
+    try:
+        created = state(None).supply_chain.block(
+            group.id,
+            digest=form["digest"],
+            image=form["image"],
+            tag_pattern=form["tag_pattern"],
+            reason=form["reason"] or "",
+            by=_username(),
+        )
+    except InvalidBlock as exc:
+        for field, problem in exc.errors.items():
+            flash(f"Not blocked: {field.replace('_', ' ')} {problem}.", "error")
+        return _back(group)
+    pulled = created.pulled
+    projects = f", latest by {', '.join(pulled.projects)}" if pulled.projects else ""
+    flash(
+        f"Blocked {created.block.target}. It was pulled {pulled.count} times in the last"
+        f" 30 days{projects}.",
+        "info",
+    )
+    return _back(group)
+
+
+_BLOCK_FIELDS = ("digest", "image", "tag_pattern", "reason")
+
+
+@bp.post(f"{_PAGE}/blocks/<int:block_id>/unblock")
+@_for_admins
+def unblock(group: Group, block_id: int) -> ResponseReturnValue:
+    lifted = state(None).supply_chain.unblock(block_id, group.id, by=_username())
+    if lifted is None:
+        flash("Not unblocked: this group has no such block.", "error")
+    else:
+        flash(f"Unblocked {lifted.target}.", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/deleted_tags")
+@_for_admins
+def update_deleted_tags(group: Group) -> ResponseReturnValue:
+    """Serve or refuse a cached tag upstream deleted; empty: the instance's default."""
+    policy = request.form.get("policy", "")
+    if policy not in ("serve", "refuse", ""):
+        flash("Choose serve, refuse or the default.", "error")
+        return _back(group)
+    saved = state(None).supply_chain.set_deleted_tag_policy(group.id, policy or None)
+    flash(f"Tags deleted upstream: {saved.effective} (saved).", "info")
     return _back(group)

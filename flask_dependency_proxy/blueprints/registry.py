@@ -19,7 +19,7 @@ from werkzeug.wsgi import FileWrapper
 
 from .._state import state
 from ..cache.quota import blob_too_large
-from ..cache.results import BlobResult
+from ..cache.results import BlobResult, PullRefused
 from ..fetch.errors import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
 from ..models.database import DatabaseUnavailable
@@ -114,15 +114,19 @@ def manifest(name: str, reference: str) -> Response:
     path = parse_proxy_path(name)
     validate_reference(reference)
     requestlog.note_target(path.group_path, path.image, reference)
+    requestlog.note_principal(principal)
     group = state(None).access.authorize_pull(principal, path.group_path)
     cache = state(None).cache
     try:
         result = cache.get_manifest(
             group.id, path, reference, merge_accept(request.headers.getlist("Accept"))
         )
+    except PullRefused as refused:
+        requestlog.note_refusal(group.id, refused.outcome, refused.digest)
+        raise
     finally:
         cache.finish_request()
-    requestlog.note_manifest(group.id, result.outcome)
+    requestlog.note_manifest(group.id, result.outcome, result.digest)
     response = Response(result.content, mimetype=result.media_type)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'

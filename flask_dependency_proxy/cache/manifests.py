@@ -10,6 +10,10 @@
 - Database reads and writes run in short phases that end before upstream is asked.
 - A new manifest passes the size checks of :mod:`.quota` first; cached content is
   always served.
+- A blocked image is never served (:mod:`.blocks`): a tag block refuses the tag before
+  upstream is asked, a digest block refuses the digest however it would be served.
+- A cached tag that upstream answers 404 for is served or refused as the group's
+  policy says (:class:`DeletedTags`), and the event is recorded once an hour per tag.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
+import time
 import typing as t
 
-from ..models.database import DatabaseGuard
+from ..models.database import DatabaseGuard, DatabaseUnavailable
 from ..models.repository import CacheMetadata, ManifestRecord
 from ..oci.errors import ErrorCode, RegistryError
 from ..oci.reference import (
@@ -32,18 +38,74 @@ from ..oci.reference import (
 )
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 from ..upstream.registry import TagPage
+from .blocks import BlockList
 from .quota import Quotas
 from .results import ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has, translate, unavailable
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two records of the same deleted tag by one process.
+DELETED_TAG_EVENT_SECONDS = 3600.0
+
+
+class DeletedTags:
+    """What to do with a cached tag that upstream answers 404 for: the group's policy
+    (read on that rare path only), and the record of the event.
+
+    :param serve: the group's policy, ``True`` to keep serving the cached copy.
+    :param record: writes the event (group, image, tag, digest, served).
+    """
+
+    def __init__(
+        self,
+        serve: t.Callable[[int], bool],
+        record: t.Callable[[int, str, str, str, bool], None],
+        database: DatabaseGuard,
+        *,
+        monotonic: t.Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._serve = serve
+        self._record = record
+        self._database = database
+        self._monotonic = monotonic
+        self._recorded: dict[tuple[int, str, str], float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def fixed(cls, serve: bool) -> DeletedTags:
+        """One answer for every group, nothing recorded (the instance default alone)."""
+        return cls(lambda group_id: serve, lambda *event: None, DatabaseGuard())
+
+    def serve(self, group_id: int, image: str, tag: str, digest: str) -> bool:
+        """Whether to keep serving the cached copy; records the event."""
+        with self._database.phase("reading the group's policy for deleted tags"):
+            serve = self._serve(group_id)
+        key = (group_id, image, tag)
+        now = self._monotonic()
+        with self._lock:
+            last = self._recorded.get(key)
+            due = last is None or now - last >= DELETED_TAG_EVENT_SECONDS
+            if due:
+                if len(self._recorded) > 10_000:
+                    self._recorded.clear()
+                self._recorded[key] = now
+        if due:
+            try:
+                with self._database.phase("recording a deleted tag", has_fallback=True):
+                    self._record(group_id, image, tag, digest, serve)
+            except DatabaseUnavailable as exc:
+                log.warning("deleted tag %s:%s not recorded: %s", image, tag, exc)
+        return serve
+
 
 class ManifestCache:
     """Manifests and tags of one application's pull-through cache.
 
     :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
-    :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
+    :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted
+        (unless ``deleted_tags`` says per group).
+    :param blocks: the blocked images; ``None``: none.
     """
 
     def __init__(
@@ -55,6 +117,8 @@ class ManifestCache:
         tag_check_interval: float,
         serve_stale_on_not_found: bool,
         clock: t.Callable[[], dt.datetime],
+        blocks: BlockList | None = None,
+        deleted_tags: DeletedTags | None = None,
     ) -> None:
         self.routes = routes
         self.metadata = metadata
@@ -62,6 +126,8 @@ class ManifestCache:
         self.quotas = quotas
         self.tag_check_interval = dt.timedelta(seconds=tag_check_interval)
         self.serve_stale_on_not_found = serve_stale_on_not_found
+        self.blocks = blocks
+        self.deleted_tags = deleted_tags or DeletedTags.fixed(serve_stale_on_not_found)
         self._clock = clock
 
     def get_manifest(
@@ -72,13 +138,25 @@ class ManifestCache:
         negotiates: a Docker manifest list asked for by tag by a client that cannot take
         one gives its ``linux/amd64`` manifest; any other type the client did not ask for
         is ``404 MANIFEST_UNKNOWN``.
+
+        :raises ImageBlocked: the tag, or the digest it would serve, is blocked.
         """
+        blocks = self.blocks
+        if blocks is not None:
+            if is_digest(reference):
+                blocks.check_digest(group_id, reference)
+            else:
+                blocks.check_tag(group_id, path.image, reference)
         result = self._manifest(group_id, path, reference)
+        if blocks is not None:
+            blocks.check_digest(group_id, result.digest)
         if accepts(list(accept), result.media_type):
             return result
         if result.media_type == MEDIA_TYPE_DOCKER_LIST and not is_digest(reference):
             child = default_platform_manifest(result.content)
             if child is not None:
+                if blocks is not None:
+                    blocks.check_digest(group_id, child)
                 chosen = self._manifest(group_id, path, child)
                 if accepts(list(accept), chosen.media_type):
                     if result.stale:
@@ -180,7 +258,9 @@ class ManifestCache:
                 candidates, lambda c: c.client.head_manifest(c.repository, tag)
             )
         except UpstreamNotFound:
-            if cached is not None and self.serve_stale_on_not_found:
+            if cached is not None and self.deleted_tags.serve(
+                group_id, path.image, tag, cached.digest
+            ):
                 log.warning(
                     "upstream no longer has %s:%s; serving the cached copy", path.image, tag
                 )
@@ -203,8 +283,10 @@ class ManifestCache:
             self.metadata.touch_manifest(cached)
             return _result(cached, Outcome.REVALIDATED)
 
-        # The tag is new or moved. A manifest this group already holds by digest
-        # (pulled by digest earlier) needs no GET.
+        # The tag is new or moved. A blocked digest is not even fetched. A manifest this
+        # group already holds by digest (pulled by digest earlier) needs no GET.
+        if self.blocks is not None:
+            self.blocks.check_digest(group_id, head.digest)
         with self.database.phase("reading a manifest"):
             known = self.metadata.find_digest(group_id, path.image, head.digest)
         outcome = Outcome.REVALIDATED

@@ -32,7 +32,9 @@ import typing as t
 from ..fetch.errors import BlobTooLarge, UpstreamSizeError
 from ..fetch.fetcher import BlobFetcher, Committed
 from ..fetch.following import Fetch
+from ..metrics import Metrics
 from ..models.database import DatabaseUnavailable
+from ..models.pulls import write_pulls
 from ..models.repository import CacheMetadata
 from ..models.tables import utcnow
 from ..models.usage import write_usage
@@ -42,8 +44,11 @@ from ..stores.base import BlobStore, ByteStream, Following
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError
 from ..upstream.registry import TagPage
 from ..upstream.routing import Candidate, GroupUpstreamSource, UpstreamSet
+from .audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
+from .audit import PullAudit
+from .blocks import BlockList
 from .confirmations import BlobOpener, Confirmations
-from .manifests import ManifestCache
+from .manifests import DeletedTags, ManifestCache
 from .quota import Quotas
 from .results import BlobResult, ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has
@@ -63,6 +68,9 @@ class PullThroughCache:
     :param tag_check_interval: seconds a tag is trusted without a HEAD upstream.
     :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted.
     :param quotas: the size checks (largest blob, each group's limit and its policy).
+    :param blocks: the blocked images (:mod:`.blocks`); ``None``: none.
+    :param deleted_tags: each group's policy for a cached tag upstream deleted.
+    :param audit_flush_seconds: how often the pull record is written.
     """
 
     def __init__(
@@ -77,6 +85,10 @@ class PullThroughCache:
         tag_check_interval: float = 0,
         serve_stale_on_not_found: bool = False,
         clock: t.Callable[[], dt.datetime] = utcnow,
+        blocks: BlockList | None = None,
+        deleted_tags: DeletedTags | None = None,
+        metrics: Metrics | None = None,
+        audit_flush_seconds: float = AUDIT_FLUSH_SECONDS,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
@@ -92,6 +104,15 @@ class PullThroughCache:
             tag_check_interval=tag_check_interval,
             serve_stale_on_not_found=serve_stale_on_not_found,
             clock=clock,
+            blocks=blocks,
+            deleted_tags=deleted_tags,
+        )
+        self.blocks = blocks
+        self.metrics = metrics or Metrics()
+        #: Who pulled what, written in batches by :meth:`finish_request`.
+        self.audit = PullAudit(
+            flush_seconds=audit_flush_seconds,
+            on_lost=lambda count: self.metrics.pull_records("lost", count),
         )
         self.recent_blobs = RecentBlobs()
         #: Digests the routes of this worker's groups confirmed lately.
@@ -297,6 +318,7 @@ class PullThroughCache:
         last-read times stay buffered, and the outage is logged once.
         """
         self._flush_usage()
+        self._flush_audit()
         try:
             if not self.metadata.flush_due():
                 return
@@ -322,6 +344,20 @@ class PullThroughCache:
                 self.usage.flush(lambda batch: write_usage(self.metadata.session, batch))
         except Exception as exc:
             log.warning("usage counters kept for later: %s", exc)
+
+    def _flush_audit(self) -> None:
+        """Write the pull record when due; a failed write keeps it for the next."""
+        if not self.audit.flush_due():
+            return
+        pending = self.audit.pending()
+        try:
+            with self.database.phase("writing the pull record", has_fallback=True):
+                written = self.audit.flush(lambda batch: write_pulls(self.metadata.session, batch))
+        except Exception as exc:
+            log.warning("pull record kept for later: %s", exc)
+            self.metrics.pull_records("deferred", pending)
+        else:
+            self.metrics.pull_records("written", written)
 
 
 def _route_specific(exc: UpstreamError) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from ..oci.errors import RegistryError
 from ..stores.base import BlobLocation
 
 
@@ -51,3 +52,15 @@ class BlobResult:
     outcome: Outcome = Outcome.HIT
     #: Upstream's answer to the blob GET this request's fetch made, if it made one.
     upstream_status: int | None = None
+
+
+class PullRefused(RegistryError):
+    """A pull a supply-chain control refused: the registry error the client gets, with
+    what the pull record keeps of it.
+
+    :param outcome: ``blocked`` or ``refused``.
+    :param digest: the digest refused, when one was known.
+    """
+
+    outcome: str = "refused"
+    digest: str | None = None

@@ -72,6 +72,12 @@ class UsageBuffer:
         with self._lock:
             self._pending.setdefault(key, DayCounts()).add(counts)
 
+    def drop(self, group_id: int) -> None:
+        """Forget the counts buffered for a group (a group the host deleted)."""
+        with self._lock:
+            for key in [key for key in self._pending if key[0] == group_id]:
+                del self._pending[key]
+
     def flush_due(self) -> bool:
         """Whether :meth:`flush` has something to write now."""
         with self._lock:

@@ -17,11 +17,13 @@ from ..upstream.routing import DOCKER_HUB_URL, UpstreamEntry
 from .parsers import (
     ConfigError,
     Parser,
+    block_name,
     boolean,
     choice,
     chunk_size,
     fernet_keys,
     folder,
+    function,
     http_url,
     location,
     number,
@@ -66,7 +68,8 @@ class ProxyConfig:
     #: and optionally ``hosts`` (registry host names that route an image name there),
     #: ``username`` and ``password``, ``allow_private_redirects``, ``auth_hosts``
     #: (hosts its token realm may be on besides its own) and ``library_prefix`` (Docker
-    #: Hub's ``library``). Groups use them in this order. ``None``: one entry made from
+    #: Hub's ``library``, the default of an entry whose ``hosts`` include ``docker.io``;
+    #: ``null`` for none). Groups use them in this order. ``None``: one entry made from
     #: ``UPSTREAM_URL``, ``UPSTREAM_USERNAME`` and ``UPSTREAM_PASSWORD``.
     upstreams: tuple[UpstreamEntry, ...] = _key(None, upstream_entries)
     #: Fernet keys, newest first (a list, its JSON text, or comma-separated), that encrypt
@@ -202,8 +205,19 @@ class ProxyConfig:
     database_timeout_seconds: float = _key(5.0, number(float, 0))
     # -- pages, REST API and cache life cycle --
     #: The host template the group pages extend; it must define ``title`` and ``content``
-    #: blocks and show flashed messages.
+    #: blocks and the block named by ``HEAD_BLOCK``, and show flashed messages.
     base_template: str = _key("base.html", text("a template name, such as 'base.html'"))
+    #: The block of ``BASE_TEMPLATE`` inside ``<head>`` that the pages add their style (and
+    #: the group page its CSRF ``<meta>`` tag) to, after the block's own content. A base
+    #: template without one can name any block outside ``title`` and ``content``.
+    head_block: str = _key("head", block_name)
+    #: The current request's Content-Security-Policy nonce, for hosts whose policy allows
+    #: scripts and styles by nonce: a callable returning it (or ``None``), or the
+    #: ``"module:function"`` text naming one. The pages put it on every ``<style>`` and
+    #: ``<script>`` they render (they have no inline ``style=`` attribute and no inline
+    #: event handler). ``None``: ``flask.g.csp_nonce`` when the host set it, else no
+    #: ``nonce`` attribute.
+    csp_nonce: t.Callable[[], str | None] | None = _key(None, optional(function))
     #: Where anonymous visitors of the pages go to sign in: an endpoint name
     #: (``"auth.login"``) or a URL (``"/login"``, ``"https://sso.example.com/login"``); they
     #: come back through ``?next=``. ``None``: Flask-Login's ``login_manager.unauthorized()``
@@ -222,6 +236,16 @@ class ProxyConfig:
     cleanup_file_grace_seconds: float = _key(600, number(float, 0))
     #: Seconds after a purge during which another purge of the same group answers 409.
     purge_cooldown_seconds: float = _key(3600, number(float, 0))
+    #: Seconds each process trusts the blocked images it loaded before it reads them
+    #: again: how long a block or an unblock made elsewhere takes to reach every worker.
+    block_refresh_seconds: float = _key(5, number(float, 0))
+    #: Keep a record of every manifest pull (who, what, which digest, the host's job
+    #: context), written in batches; see the supply-chain page of the docs.
+    pull_record: bool = _key(True, boolean)
+    #: Days the pull record keeps a pull; cleanup deletes older ones.
+    pull_record_retention_days: int = _key(90, number(int, 1))
+    #: Seconds between two writes of a process's buffered pull record.
+    pull_record_flush_seconds: float = _key(5, number(float, 0))
     # -- quotas --
     #: Largest blob fetched from upstream, in bytes; larger ones are refused (403 ``DENIED``).
     #: The default, 10 GiB, passes the largest layers of common images (CUDA, ML

@@ -6,6 +6,7 @@ key and what it accepts.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import typing as t
@@ -173,3 +174,43 @@ def fernet_keys(key: str, value: t.Any) -> tuple[str, ...]:
         return parse_keys(key, value)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def function(key: str, value: t.Any) -> t.Callable[[], t.Any]:
+    """A callable, or the ``"module:function"`` text that names one (imported now, so a
+    wrong name stops the start rather than the first page)."""
+    if callable(value):
+        return t.cast("t.Callable[[], t.Any]", value)
+    module_name, _, attribute = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not _IMPORT_PATH.fullmatch(module_name) or not _IMPORT_PATH.fullmatch(attribute):
+        raise ConfigError(
+            f"{key} must be a callable or a 'module:function' text naming one, not {value!r}."
+        )
+    try:
+        found: t.Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: cannot import {value!r}: {exc}.") from None
+    if not callable(found):
+        raise ConfigError(f"{key}: {value!r} is not callable.")
+    return t.cast("t.Callable[[], t.Any]", found)
+
+
+_BLOCK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def block_name(key: str, value: t.Any) -> str:
+    """The name of a Jinja block of the host's base template, other than the blocks the
+    pages fill themselves (``title``, ``content``)."""
+    if not isinstance(value, str) or not _BLOCK_NAME.fullmatch(value):
+        raise ConfigError(f"{key} must be a Jinja block name such as 'head', not {value!r}.")
+    if value in ("title", "content"):
+        raise ConfigError(
+            f"{key} must name a block other than 'title' and 'content', which the pages"
+            f" fill themselves, not {value!r}."
+        )
+    return value

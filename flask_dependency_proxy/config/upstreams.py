@@ -9,7 +9,12 @@ import json
 import re
 import typing as t
 
-from ..upstream.routing import DOCKER_HUB_URL, UpstreamEntry, docker_hub_entry
+from ..upstream.routing import (
+    DOCKER_HUB_URL,
+    UpstreamEntry,
+    default_library_prefix,
+    docker_hub_entry,
+)
 from .parsers import ConfigError, boolean, http_url, optional, text
 
 _UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -72,18 +77,15 @@ def _upstream_entry(where: str, name: t.Any, item: t.Any) -> UpstreamEntry:
     password = optional(text("a password"))(f"{where}.password", item.get("password"))
     if bool(username) != bool(password):
         raise ConfigError(f"{where}: set both 'username' and 'password', or neither.")
-    library_prefix = item.get("library_prefix")
-    if library_prefix is not None and (
-        not isinstance(library_prefix, str) or not _NAMESPACE.fullmatch(library_prefix)
-    ):
-        raise ConfigError(
-            f"{where}.library_prefix must be a repository name component such as "
-            f"'library', not {library_prefix!r}."
-        )
+    hosts = _host_list(f"{where}.hosts", item.get("hosts"), _REGISTRY_HOST)
+    if "library_prefix" in item:
+        library_prefix = _library_prefix(f"{where}.library_prefix", item["library_prefix"])
+    else:
+        library_prefix = default_library_prefix(hosts)
     return UpstreamEntry(
         name=name,
         url=http_url(f"{where}.url", item["url"], credentials_go="its 'username' and 'password'"),
-        hosts=_host_list(f"{where}.hosts", item.get("hosts"), _REGISTRY_HOST),
+        hosts=hosts,
         username=username,
         password=password,
         allow_private_redirects=boolean(
@@ -92,6 +94,18 @@ def _upstream_entry(where: str, name: t.Any, item: t.Any) -> UpstreamEntry:
         auth_hosts=_host_list(f"{where}.auth_hosts", item.get("auth_hosts"), _AUTH_HOST),
         library_prefix=library_prefix,
     )
+
+
+def _library_prefix(key: str, value: t.Any) -> str | None:
+    """The entry's own prefix; ``null`` or ``""`` says the entry has none."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ConfigError(
+            f"{key} must be a repository name component such as 'library' (or null for"
+            f" none), not {value!r}."
+        )
+    return value
 
 
 def _host_list(key: str, value: t.Any, pattern: re.Pattern[str]) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """What purge and cleanup read and write: marking rows pending destruction (a purge,
-one image, the groups' cleanup policies), deleting them in batches, which blob digests
-rows still reference, the lease that keeps two cleanups from running at once, and
-failed-login counts whose window has ended.
+one image, the groups' cleanup policies, a group forgotten, whose other rows go at
+once), deleting them in batches, which blob digests rows still reference, the lease
+that keeps two cleanups from running at once, and failed-login counts whose window
+has ended.
 
 A row marked pending destruction is no longer served; cleanup deletes it later, unless
 a pull brought it back meanwhile (every ``DELETE`` repeats the status condition).
@@ -17,7 +18,20 @@ from sqlalchemy.exc import IntegrityError
 
 from .documents import blob_digests
 from .records import SessionRecords
-from .tables import CachedBlob, CachedManifest, Lease, LoginFailure, Status
+from .tables import (
+    BlockedImage,
+    CachedBlob,
+    CachedManifest,
+    GroupEvent,
+    GroupPath,
+    GroupSettings,
+    GroupUpstreamRow,
+    Lease,
+    LoginFailure,
+    PullRecord,
+    Status,
+    UsageDay,
+)
 from .transaction import rowcount
 
 if t.TYPE_CHECKING:
@@ -67,6 +81,33 @@ class CleanupRecords(SessionRecords):
         blobs = self._mark(CachedBlob, CachedBlob.group_id == group_id)
         self.session.commit()
         return True, None, manifests, blobs
+
+    def forget_group(self, group_id: int) -> tuple[int, int]:
+        """Mark the group's rows pending destruction, as a purge does (without its
+        cooldown), and delete its settings (size limit included), upstream order and
+        credentials, usage days, recorded path, its own blocks, events and pull record:
+        one transaction.
+
+        :return: ``(manifests marked, blobs marked)``.
+        """
+        manifests = self._mark(CachedManifest, CachedManifest.group_id == group_id)
+        blobs = self._mark(CachedBlob, CachedBlob.group_id == group_id)
+        for table in (
+            GroupSettings,
+            GroupUpstreamRow,
+            UsageDay,
+            GroupPath,
+            BlockedImage,
+            GroupEvent,
+            PullRecord,
+        ):
+            self.session.execute(
+                sa.delete(table)
+                .where(table.group_id == group_id)
+                .execution_options(synchronize_session=False)
+            )
+        self.session.commit()
+        return manifests, blobs
 
     def _mark(self, table: _Table, *conditions: sa.ColumnElement[bool]) -> int:
         result = self.session.execute(

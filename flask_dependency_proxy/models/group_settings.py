@@ -47,6 +47,8 @@ class Settings:
     """A group's proxy settings, with the defaults applied when it has no row yet.
 
     :param size_limit: bytes the group may keep cached; ``None``: no limit.
+    :param upstream_not_found: ``serve`` or ``refuse`` a cached tag upstream answers
+        404 for; ``None``: the instance's default.
     """
 
     group_id: int
@@ -55,6 +57,11 @@ class Settings:
     cleanup_days: int
     purged_at: dt.datetime | None
     size_limit: int | None = None
+    upstream_not_found: str | None = None
+
+
+#: Values of :attr:`Settings.upstream_not_found` besides ``None``.
+NOT_FOUND_POLICIES = ("serve", "refuse")
 
 
 class GroupSettingsRecords(SessionRecords):
@@ -84,12 +91,16 @@ class GroupSettingsRecords(SessionRecords):
         cleanup_enabled: bool | Keep = KEEP,
         cleanup_days: int | Keep = KEEP,
         size_limit: int | None | Keep = KEEP,
+        upstream_not_found: str | None | Keep = KEEP,
     ) -> Settings:
         """Change the given settings in one transaction and commit; the others keep
         their values (their defaults when the group has no row yet).
 
-        :raises ValueError: ``cleanup_days`` out of bounds, or a size limit under 1.
+        :raises ValueError: ``cleanup_days`` out of bounds, a size limit under 1, or an
+            unknown ``upstream_not_found`` policy.
         """
+        if isinstance(upstream_not_found, str) and upstream_not_found not in NOT_FOUND_POLICIES:
+            raise ValueError(f"the policy must be one of {', '.join(NOT_FOUND_POLICIES)}")
         if not isinstance(cleanup_days, Keep) and not (
             MIN_CLEANUP_DAYS <= cleanup_days <= MAX_CLEANUP_DAYS
         ):
@@ -103,6 +114,7 @@ class GroupSettingsRecords(SessionRecords):
                 ("cleanup_enabled", cleanup_enabled),
                 ("cleanup_days", cleanup_days),
                 ("size_limit_bytes", size_limit),
+                ("upstream_not_found", upstream_not_found),
             )
             if not isinstance(value, Keep)
         }
@@ -189,4 +201,5 @@ def _settings(row: GroupSettings) -> Settings:
         cleanup_days=int(row.cleanup_days),
         purged_at=row.purged_at,
         size_limit=None if row.size_limit_bytes is None else int(row.size_limit_bytes),
+        upstream_not_found=row.upstream_not_found,
     )

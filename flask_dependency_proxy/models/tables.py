@@ -53,6 +53,9 @@ class GroupSettings(Base):
     updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
     #: Bytes of manifests and blobs the group may keep cached; ``NULL``: no limit.
     size_limit_bytes: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    #: When upstream answers 404 for a cached tag: ``serve`` the cached copy or
+    #: ``refuse`` (``MANIFEST_UNKNOWN``); ``NULL``: the instance's default.
+    upstream_not_found: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
 
 
 class CachedManifest(Base):
@@ -208,3 +211,106 @@ class UsageDay(Base):
     bytes_cached: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
     #: Blob bytes fetched from upstream.
     bytes_upstream: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+class GroupPath(Base):
+    """The path a group id named when the extension first saw it.
+
+    Group ids are the host's; a host may give a deleted group's id to a new group. A
+    group whose id now names another path (compared lowercased) is refused until the
+    host says whether it is the same group renamed (``confirm_group``) or a new one
+    (``forget_group``), so a new group never inherits an old one's settings and cache.
+    """
+
+    __tablename__ = f"{TABLE_PREFIX}group_paths"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    #: As the host's adapter gave it (case kept, for messages).
+    path: orm.Mapped[str] = orm.mapped_column(sa.String(1024))
+    #: Lowercased: what image names use, and what paths are compared by.
+    path_lower: orm.Mapped[str] = orm.mapped_column(sa.String(1024), index=True)
+    recorded_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+# -- supply-chain controls: blocked images, the pull record, group events ------------------
+
+
+class BlockedImage(Base):
+    """A block: a manifest digest, or an image name and tag pattern, that is never served.
+
+    ``group_id`` ``NULL`` blocks it for every group (an instance administrator's block).
+    A block is lifted by setting ``removed_at``; the row stays, so unblocking is recorded.
+    """
+
+    __tablename__ = f"{TABLE_PREFIX}blocked_images"
+    __table_args__ = (sa.Index(f"ix_{TABLE_PREFIX}blocked_images_active", "removed_at", "id"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    #: ``NULL``: every group.
+    group_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
+    image: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    #: A shell-style pattern (``*``, ``?``, ``[...]``) that tags of ``image`` match.
+    tag_pattern: orm.Mapped[str | None] = orm.mapped_column(sa.String(128))
+    reason: orm.Mapped[str] = orm.mapped_column(sa.String(500))
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    created_by: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    removed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+    removed_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+
+
+class PullRecord(Base):
+    """One manifest pull: who pulled what, and what the cache answered (written in
+    batches by :mod:`..cache.audit`, kept for ``PULL_RECORD_RETENTION_DAYS``)."""
+
+    __tablename__ = f"{TABLE_PREFIX}pulls"
+    __table_args__ = (
+        sa.Index(f"ix_{TABLE_PREFIX}pulls_group", "group_id", "pulled_at"),
+        sa.Index(f"ix_{TABLE_PREFIX}pulls_digest", "digest", "pulled_at"),
+        sa.Index(f"ix_{TABLE_PREFIX}pulls_time", "pulled_at"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    pulled_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    #: The tag or digest the client asked for.
+    reference: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    #: The digest served (or refused); ``NULL`` when no digest was known.
+    digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
+    #: hit, revalidated, miss, stale, cooldown-previous, refused or blocked.
+    outcome: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    principal_kind: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    subject: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    username: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    #: ``context["project"]`` of the principal, kept apart so pulls can be found by it.
+    project: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    #: The host's job context (JSON object of strings), stored as the host gave it.
+    context: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    client_address: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    user_agent: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+
+
+class GroupEvent(Base):
+    """Something the supply-chain controls did in a group, shown on its page: upstream
+    answered 404 for a cached tag, an image blocked or unblocked."""
+
+    __tablename__ = f"{TABLE_PREFIX}group_events"
+    __table_args__ = (sa.Index(f"ix_{TABLE_PREFIX}group_events_group", "group_id", "id"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    #: ``NULL``: every group (an instance administrator's block).
+    group_id: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+    kind: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    image: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    reference: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
+    message: orm.Mapped[str] = orm.mapped_column(sa.String(1000))

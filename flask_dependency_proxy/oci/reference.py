@@ -105,6 +105,11 @@ def is_valid_tag(tag: str) -> bool:
     return _TAG_RE.fullmatch(tag) is not None
 
 
+def is_valid_digest(digest: str) -> bool:
+    """Whether ``digest`` is ``sha256:<64 hex>`` or ``sha512:<128 hex>``."""
+    return _DIGEST_RE.fullmatch(digest) is not None
+
+
 def validate_digest(digest: str) -> str:
     """:raises RegistryError: ``DIGEST_INVALID`` unless ``sha256:<hex>`` or ``sha512:<hex>``."""
     if not _DIGEST_RE.fullmatch(digest):

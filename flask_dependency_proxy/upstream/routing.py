@@ -75,6 +75,15 @@ class UpstreamEntry:
         return None
 
 
+def default_library_prefix(hosts: t.Iterable[str]) -> str | None:
+    """``library`` for an entry that serves one of Docker Hub's names, else ``None``.
+
+    Docker's reference rule puts one-component names of ``docker.io`` in ``library/``
+    (``alpine`` is ``docker.io/library/alpine``), so a mirror of Docker Hub needs it too.
+    """
+    return "library" if any(host in DOCKER_HUB_HOSTS for host in hosts) else None
+
+
 def docker_hub_entry(
     name: str = "dockerhub",
     url: str = DOCKER_HUB_URL,

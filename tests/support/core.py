@@ -23,11 +23,14 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
+from flask_dependency_proxy.cache.blocks import BlockList
+from flask_dependency_proxy.cache.manifests import DeletedTags
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.cache.results import BlobResult
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
+from flask_dependency_proxy.models.blocks import BlockRecords
 from flask_dependency_proxy.models.cleanup import CleanupRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
@@ -148,6 +151,8 @@ def build_core(
     serve_stale_on_not_found: bool = False,
     max_blob_size: int = 0,
     quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
+    block_refresh_seconds: float | None = None,
+    deleted_tags: t.Callable[[CacheMetadata], DeletedTags] | None = None,
 ) -> Core:
     """A core on a copy of ``template`` (see :func:`migrated_database`); call inside
     ``core.app.app_context()``."""
@@ -159,6 +164,13 @@ def build_core(
     registries = tuple(registries) or (FakeRegistry(),)
     metadata = CacheMetadata(app, db, read_granularity_seconds=0)
     fetcher = BlobFetcher(store, start_timeout=5, max_blob_size=max_blob_size)
+    blocks = None
+    if block_refresh_seconds is not None:
+        blocks = BlockList(
+            BlockRecords(lambda: metadata.session).active_rules,
+            metadata.database,
+            refresh_seconds=block_refresh_seconds,
+        )
     cache = PullThroughCache(
         store=store,
         upstreams=upstream_set(*registries),
@@ -174,6 +186,8 @@ def build_core(
         tag_check_interval=tag_check_interval,
         serve_stale_on_not_found=serve_stale_on_not_found,
         clock=clock,
+        blocks=blocks,
+        deleted_tags=None if deleted_tags is None else deleted_tags(metadata),
     )
     return Core(
         app=app,

@@ -16,8 +16,11 @@ import sqlalchemy as sa
 
 from flask_dependency_proxy.admin.groups import GroupAdmin, ProxyDisabled
 from flask_dependency_proxy.admin.lifecycle import PurgeTooSoon
+from flask_dependency_proxy.auth.group_paths import GroupPaths
 from flask_dependency_proxy.cache.quota import MAX_GROUP_LIMIT_BYTES
 from flask_dependency_proxy.cache.warm import Outcome, Plan, parse_target
+from flask_dependency_proxy.host import Group
+from flask_dependency_proxy.models.group_paths import GroupPathRecords
 from flask_dependency_proxy.models.group_settings import (
     DEFAULT_CLEANUP_DAYS,
     MAX_CLEANUP_DAYS,
@@ -50,6 +53,20 @@ class Access:
         self.forgotten += 1
 
 
+def _no_group(group_id: int) -> Group | None:
+    """The host's answer for these tests' group ids: they name no group of its."""
+    return None
+
+
+def _paths(session: t.Callable[[], t.Any]) -> GroupPaths:
+    return GroupPaths(GroupPathRecords(session), t.cast(t.Any, _NoGroups()))
+
+
+class _NoGroups:
+    def find_group_by_id(self, group_id: int) -> Group | None:
+        return _no_group(group_id)
+
+
 def _admin(
     core: Core, access: Access, *, default_enabled: bool = True, cipher_secret: str = "s1"
 ) -> GroupAdmin:
@@ -68,6 +85,8 @@ def _admin(
         store=core.store,
         access=access,
         quota_policy="refuse",
+        paths=_paths(session),
+        find_group=_no_group,
         clock=core.clock,
     )
 
@@ -455,6 +474,8 @@ def test_rotation_re_encrypts_what_the_keys_read_and_names_the_rest(
         store=core.store,
         access=Access(),
         quota_policy="evict",
+        paths=_paths(lambda: session),
+        find_group=_no_group,
     )
 
     result = admin.rotate_credentials()

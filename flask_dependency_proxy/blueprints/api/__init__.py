@@ -1,11 +1,15 @@
 """REST API under ``/api/v4/groups/<group>/dependency_proxy/``, for scripts.
 
 ``<group>`` is the group's numeric id or its URL-encoded full path (``org%2Fteam``).
-Requests authenticate with a personal access token that has the ``api`` scope, sent as
+Requests authenticate with a token of the host that has the host's API scope (the
+adapter's ``api_scope_name``, ``api`` by default), sent as
 ``PRIVATE-TOKEN: <token>`` or ``Authorization: Bearer <token>``, or with the web
 session; a session request that changes something also sends the page's CSRF token in
 ``X-CSRF-Token``. Every endpoint is for those who administer the group (owners by
-default). Answers and errors are JSON; errors carry a ``message``.
+default). Answers and errors are JSON; errors carry a ``message``. A group whose id
+now names another path than the one recorded answers 409 on every endpoint, saying
+what the host calls (:mod:`...auth.group_paths`); so does a ``PUT`` of the settings or
+upstreams of a group whose path another group holds (compared lowercased).
 
 - ``DELETE cache``: 202, schedules the group's cache for deletion; 409 within the
   purge cooldown.
@@ -30,13 +34,16 @@ default). Answers and errors are JSON; errors carry a ``message``.
 - ``PUT upstreams/<name>/credentials`` ``{"username", "password"}`` keeps the group's
   own credential for that upstream (encrypted; never answered back);
   ``DELETE upstreams/<name>/credentials`` forgets it (204).
+- ``GET``/``POST blocks``, ``DELETE blocks/<id>``, ``GET pulls``, ``GET``/``PUT
+  deleted_tags`` and ``GET events``: the supply-chain controls (:mod:`._supply_chain`).
 
 One blueprint, ``dependency_proxy_api``: :mod:`._base` holds it with what every endpoint
 shares (authentication, the group, errors, JSON, pagination); :mod:`._contents` (cache,
-images, manifests, blobs, usage), :mod:`._settings` and :mod:`._upstreams` add their
-routes to it. The endpoints parse the request (the rules shared with the pages are in
-:mod:`.._group_input`), call :class:`~...admin.groups.GroupAdmin` (``group_admin`` of the
-app's state) and render its answer as JSON. While the database is unavailable every
+images, manifests, blobs, usage), :mod:`._settings`, :mod:`._supply_chain` and
+:mod:`._upstreams` add their routes to it. The endpoints parse the request (the rules
+shared with the pages are in :mod:`.._group_input`), call
+:class:`~...admin.groups.GroupAdmin` (``group_admin`` of the app's state) and render its
+answer as JSON. While the database is unavailable every
 endpoint answers 503 with ``Retry-After`` within
 ``DEPENDENCY_PROXY_DATABASE_TIMEOUT_SECONDS`` (see :mod:`...models.database`).
 """
@@ -45,13 +52,13 @@ from __future__ import annotations
 
 from flask import Response
 
-from . import _contents, _settings, _upstreams
+from . import _contents, _settings, _supply_chain, _upstreams
 from ._base import ALL_METHODS, ROUTE, ApiError, bp
 
 __all__ = ["bp"]
 
 # The modules above add their routes on import.
-del _contents, _settings, _upstreams
+del _contents, _settings, _supply_chain, _upstreams
 
 
 @bp.route(f"{ROUTE}/<path:rest>", methods=ALL_METHODS)

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from ..._state import state
+from ...auth.group_paths import GroupMoved, GroupPathTaken
 from ...host import AuthFailure, Group, Principal
 from ...models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable, is_unavailable
 from ...models.listings import DEFAULT_PER_PAGE, MAX_PER_PAGE
@@ -161,10 +162,13 @@ def _principal() -> Principal:
     if token is not None:
         outcome = host.authenticate_api_token(token)
         if outcome is AuthFailure.INSUFFICIENT_SCOPE:
+            # Checked at init_app: a scope-token, safe inside the quoted header value.
+            scope = getattr(host, "api_scope_name", "api")
             raise ApiError(
                 403,
-                "403 Forbidden - insufficient_scope: the token needs the api scope",
-                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="api"'},
+                f"403 Forbidden - insufficient_scope: the token lacks the host's API scope"
+                f" ('{scope}')",
+                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
             )
         if not isinstance(outcome, Principal):
             raise ApiError(401, "401 Unauthorized")
@@ -178,11 +182,13 @@ def _principal() -> Principal:
     return principal
 
 
-def group(group_ref: str) -> Group:
+def group(group_ref: str, *, claim: bool = False) -> Group:
     """The group an administrator of it asks about.
 
     404 for an unknown group and for one the principal may not even read; 403 for a
-    member who may not administer it.
+    member who may not administer it; 409 for a group whose id now names another path
+    than the one recorded, and, with ``claim`` (a settings change), for a group whose
+    path another group holds (:mod:`...auth.group_paths`).
     """
     principal = _principal()
     host = state(None).host
@@ -195,6 +201,10 @@ def group(group_ref: str) -> Group:
     if found is None:
         raise ApiError(404, "404 Group Not Found")
     if host.can_admin(principal, found):
+        try:
+            admin().admit(found, claim=claim)
+        except (GroupMoved, GroupPathTaken) as problem:
+            raise ApiError(409, f"409 Conflict - {problem}") from None
         return found
     if host.can_read(principal, found):
         raise ApiError(403, "403 Forbidden")

@@ -39,7 +39,7 @@ def settings(group_ref: str) -> Response:
     proxy = state(None)
     group_admin = admin()
     with proxy.database.phase("API settings"):
-        found = group(group_ref)
+        found = group(group_ref, claim=request.method == "PUT")
         if request.method != "PUT":
             return json_response(_settings_body(found, group_admin.settings(found.id)))
     # The body is read between two phases: a slow client holds no connection.

@@ -61,7 +61,7 @@ def upstreams(group_ref: str) -> Response:
     methods("GET", "PUT")
     proxy = state(None)
     with proxy.database.phase("API upstreams"):
-        found = group(group_ref)
+        found = group(group_ref, claim=request.method == "PUT")
         if request.method != "PUT":
             return json_response(_upstreams_body(found))
     order = upstream_order_from_json(json_body())
@@ -79,7 +79,7 @@ def upstream_credentials(group_ref: str, name: str) -> Response:
     proxy = state(None)
     group_admin = admin()
     with proxy.database.phase("API upstream credentials"):
-        found = group(group_ref)
+        found = group(group_ref, claim=request.method == "PUT")
         if not group_admin.is_upstream(name):
             raise ApiError(404, "404 Upstream Not Found")
         if request.method == "DELETE":

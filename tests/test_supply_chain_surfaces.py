@@ -1,0 +1,118 @@
+"""The supply-chain controls on the group page and in the REST API, in process on SQLite
+and PostgreSQL (the world of :func:`tests.platform_fixtures.build_world`; ``owner`` owns
+``org``): bad input answered per field, owners only, the page's blocked images, recent
+pulls and deleted-tag policy."""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from examples.platform.models import db
+from flask_dependency_proxy import state
+from flask_dependency_proxy.models.pulls import PullEntry, write_pulls
+from flask_dependency_proxy.models.tables import BlockedImage, GroupEvent, PullRecord, utcnow
+from tests.platform_fixtures import login
+from tests.test_api import API, Env, env, shared_env  # noqa: F401
+
+PAGE = "/groups/org/-/dependency_proxy"
+BLOCKS = f"{API}/org/dependency_proxy/blocks"
+DIGEST = "sha256:" + "c" * 64
+
+
+def _clean() -> None:
+    for table in (BlockedImage, PullRecord, GroupEvent):
+        db.session.execute(sa.delete(table))
+    db.session.commit()
+    state(None).cache.blocks.reload()  # type: ignore[union-attr]
+
+
+def _owner(env: Env) -> FlaskClient:  # noqa: F811
+    client = env.client()
+    login(client, "owner", env.world.passwords["owner"])
+    return client
+
+
+def test_the_api_answers_bad_blocks_and_filters_per_field(env: Env) -> None:  # noqa: F811
+    _clean()
+    client = env.client()
+    bad = client.post(BLOCKS, json={"digest": "sha256:xyz", "reason": ""}, headers=env.auth())
+    assert bad.status_code == 400
+    assert set(bad.get_json()["errors"]) == {"digest", "reason"}
+    unknown = client.post(BLOCKS, json={"digest": DIGEST, "why": "x"}, headers=env.auth())
+    assert unknown.status_code == 400 and unknown.get_json()["errors"] == {"why": "unknown field"}
+    assert (
+        client.post(
+            BLOCKS, json={"digest": DIGEST, "reason": "x"}, headers=env.auth("gus")
+        ).status_code
+        == 403
+    )
+    assert client.delete(f"{BLOCKS}/999999", headers=env.auth()).status_code == 404
+    assert client.delete(f"{BLOCKS}/x'1", headers=env.auth()).status_code == 404
+    pulls = f"{API}/org/dependency_proxy/pulls"
+    assert set(client.get(f"{pulls}?digest=nope", headers=env.auth()).get_json()["errors"]) == {
+        "digest"
+    }
+    assert set(client.get(f"{pulls}?since=yesterday", headers=env.auth()).get_json()["errors"]) == {
+        "since"
+    }
+    assert client.get(f"{pulls}?per_page=0", headers=env.auth()).status_code == 400
+    policy = f"{API}/org/dependency_proxy/deleted_tags"
+    assert client.put(policy, json={"policy": "maybe"}, headers=env.auth()).status_code == 400
+    saved = client.put(policy, json={"policy": "refuse"}, headers=env.auth()).get_json()
+    assert saved == {"policy": "refuse", "default": "refuse", "effective": "refuse"}
+
+
+def test_the_page_blocks_unblocks_and_shows_recent_pulls(env: Env) -> None:  # noqa: F811
+    _clean()
+    gid = env.world.group_ids["org"]
+    write_pulls(
+        state(None).metadata.session,
+        [
+            PullEntry(
+                pulled_at=utcnow(), group_id=gid, image="team/app", reference="1.0",
+                digest=DIGEST, outcome="miss", principal_kind="job_token", subject="job:3",
+                username="dev", context={"project": "org/team/app", "job": "3"},
+                client_address="10.0.0.7", user_agent="skopeo/1.13",
+            ),
+            PullEntry(
+                pulled_at=utcnow(), group_id=env.world.group_ids["other"], image="secret",
+                reference="1", digest=DIGEST, outcome="hit", principal_kind="user",
+                subject="user:1", username="out",
+            ),
+        ],
+    )  # fmt: skip
+    client = _owner(env)
+    html = client.get(PAGE).get_data(as_text=True)
+    assert "Nothing is blocked." in html
+    table = re.search(r'id="dependency-proxy-pull-table".*?</table>', html, re.S)
+    assert table is not None
+    assert "org/team/app" in table.group(0) and "10.0.0.7" in table.group(0)
+    assert "secret" not in table.group(0), "another group's pulls are not shown"
+
+    token = re.search(r'name="dependency_proxy_csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    csrf = {"dependency_proxy_csrf_token": token.group(1)}
+    done = client.post(
+        f"{PAGE}/blocks", data={**csrf, "digest": DIGEST, "reason": "bad"}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert "It was pulled 1 times in the last 30 days, latest by org/team/app." in done
+    block = db.session.execute(sa.select(BlockedImage)).scalar_one()
+    assert (block.group_id, block.created_by) == (gid, "owner")
+    refused = client.post(
+        f"{PAGE}/blocks", data={**csrf, "image": "team/app", "reason": "x"}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert "Not blocked: image and tag_pattern are needed" in refused
+    lifted = client.post(
+        f"{PAGE}/blocks/{block.id}/unblock", data=csrf, follow_redirects=True
+    ).get_data(as_text=True)
+    assert f"Unblocked {DIGEST}." in lifted and "Nothing is blocked." in lifted
+    assert f"{DIGEST} unblocked by owner" in lifted  # the event
+
+    saved = client.post(
+        f"{PAGE}/deleted_tags", data={**csrf, "policy": "serve"}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert "Tags deleted upstream: serve (saved)." in saved
+    assert 'name="policy" value="serve" checked' in saved
