@@ -20,9 +20,11 @@ if t.TYPE_CHECKING:
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
+    from .cache.signing import SignatureGate
     from .config import ProxyConfig
     from .host import HostAdapter
     from .metrics import Metrics
+    from .models.binding import DatabaseBinding
     from .models.database import DatabaseGuard
     from .models.repository import CacheMetadata
     from .models.upstreams import GroupUpstreamRecords
@@ -42,6 +44,8 @@ class ProxyState:
     metadata: CacheMetadata
     #: Database phases (bounded, released, failures answered with 503).
     database: DatabaseGuard
+    #: The host's session and engine, and the context of work outside requests.
+    binding: DatabaseBinding
     access: AccessControl
     issuer: TokenIssuer
     store: StoreBackend
@@ -60,6 +64,8 @@ class ProxyState:
     supply_chain: SupplyChainAdmin
     #: Runs cleanup from the web processes (``DEPENDENCY_PROXY_CLEANUP_SCHEDULER``).
     scheduler: CleanupScheduler | None = None
+    #: Each group's signature policy, checked on manifest pulls.
+    signatures: SignatureGate | None = None
 
 
 def state(app: Flask | None) -> ProxyState:

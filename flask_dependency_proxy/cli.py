@@ -1,9 +1,16 @@
-"""``flask dependency-proxy ...``: operator commands."""
+"""``flask dependency-proxy ...``: operator commands.
+
+Every command runs in the extension's context outside requests: an app context and,
+within it, the host's ``outside_request`` context manager (see
+:mod:`~flask_dependency_proxy.models.binding`), so a host whose session exists only
+within its requests has one for the adapter calls and the extension's own queries.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import typing as t
 
@@ -19,7 +26,40 @@ if t.TYPE_CHECKING:
     from .cache.warm import Outcome, Plan
     from .migrations import Upgrade
 
-cli = AppGroup("dependency-proxy", help="Manage the container image dependency proxy.")
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
+
+def _outside_request(callback: _F) -> _F:
+    """Run a command's callback in the extension's context outside requests."""
+
+    @functools.wraps(callback)
+    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        with state(None).binding.outside_request():
+            return callback(*args, **kwargs)
+
+    return t.cast(_F, run)
+
+
+class ProxyCommands(AppGroup):
+    """An ``AppGroup`` whose commands (and those of its subgroups) run in the host's
+    ``outside_request`` context, inside the app context Flask's CLI pushes."""
+
+    def command(  # type: ignore[override]
+        self, *args: t.Any, **kwargs: t.Any
+    ) -> t.Callable[[t.Callable[..., t.Any]], t.Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(callback: t.Callable[..., t.Any]) -> t.Any:
+            return register(_outside_request(callback))
+
+        return decorator
+
+    def group(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        kwargs.setdefault("cls", ProxyCommands)
+        return super().group(*args, **kwargs)
+
+
+cli = ProxyCommands("dependency-proxy", help="Manage the container image dependency proxy.")
 
 
 def _group_id(full_path: str, *, claim: bool = False) -> int:
@@ -49,7 +89,7 @@ def init_db() -> None:
 
 # -- schema migrations -----------------------------------------------------------------------
 
-db_cli = AppGroup(
+db_cli = ProxyCommands(
     "db",
     help="Migrate the extension's tables (apart from the host's own migrations: run these"
     " after them, e.g. after `flask db upgrade`).",
@@ -59,7 +99,7 @@ cli.add_command(db_cli)
 
 def _engine() -> sa.Engine:
     """The host's engine, which holds the extension's tables."""
-    return state(None).metadata.engine
+    return state(None).binding.engine
 
 
 @contextlib.contextmanager

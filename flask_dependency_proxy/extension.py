@@ -8,8 +8,6 @@ import re
 import typing as t
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
@@ -21,10 +19,12 @@ from .auth.tokens import TokenIssuer
 from .blueprints._csrf import exempt_from_host_csrf
 from .blueprints._requestlog import note_upstream_status
 from .cache.blocks import BlockList
+from .cache.cooldown import CooldownPolicy, Cooldowns
 from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
-from .config import ENV_PREFIX, ProxyConfig, load_config
+from .cache.signing import SignatureGate, load_trust_root
+from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FleetSource
 from .fetch.fleet_tokens import FleetTokens
@@ -32,11 +32,20 @@ from .fetch.leases import FetchLeases
 from .fetch.peer_tokens import PeerTokens
 from .host import HostAdapter
 from .metrics import Metrics, metrics_for
+from .models.binding import (
+    DatabaseBinding,
+    EngineSource,
+    OutsideRequest,
+    SessionSource,
+    check_arguments,
+)
 from .models.blocks import BlockRecords
+from .models.cooldowns import TagHoldRecords
 from .models.group_paths import GroupPathRecords
 from .models.group_settings import GroupSettingsRecords
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
+from .models.signatures import SignatureRecords
 from .models.upstreams import GroupUpstreamRecords
 from .stores.backends import open_store
 from .upstream.breaker import CircuitBreaker
@@ -58,23 +67,49 @@ log = logging.getLogger("flask_dependency_proxy")
 class DependencyProxy:
     """A group-scoped pull-through cache for container images.
 
+    The extension's tables live in the host's database, reached through the host's own
+    session and engine (see :mod:`~flask_dependency_proxy.models.binding`): pass either
+
+    - ``db=``: the host's Flask-SQLAlchemy object, or
+    - ``session=``: plain SQLAlchemy, a ``scoped_session`` or a zero-argument callable
+      returning the current request's (or app context's) ``Session``; with ``engine=``
+      (an ``Engine`` or a zero-argument callable returning one) unless the session's bind
+      is the engine.
+
     :param app: register on this application at once (or call :meth:`init_app` later).
-    :param db: the host's Flask-SQLAlchemy object; the extension's tables live in its database.
     :param host: the host adapter (see :class:`~flask_dependency_proxy.host.HostAdapter`).
+    :param outside_request: a zero-argument callable returning a context manager, entered
+        (inside an app context the extension pushes) around everything the extension runs
+        outside a request: every ``flask dependency-proxy`` command, each run of the
+        cleanup scheduler, a blob recorded from a fetch thread. A host whose session
+        exists only within its requests opens (and closes) one there.
+    :raises TypeError: for neither ``db=`` nor ``session=``, or both.
     """
 
     def __init__(
-        self, app: Flask | None = None, *, db: SQLAlchemy, host: HostAdapter | None = None
+        self,
+        app: Flask | None = None,
+        *,
+        db: SQLAlchemy | None = None,
+        engine: EngineSource | None = None,
+        session: SessionSource | None = None,
+        host: HostAdapter | None = None,
+        outside_request: OutsideRequest | None = None,
     ) -> None:
+        check_arguments(db=db, engine=engine, session=session)
         self.db = db
+        self.engine = engine
+        self.session = session
         self.host = host
+        self.outside_request = outside_request
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask, *, host: HostAdapter | None = None) -> None:
         """Validate configuration, build the per-app state, register routes and CLI.
 
-        :raises RuntimeError: when registered twice on the same app, or without a host.
+        :raises RuntimeError: when registered twice on the same app, without a host, or
+            with a Flask-SQLAlchemy object not registered on ``app``.
         :raises ConfigError: for a bad ``DEPENDENCY_PROXY_*`` value.
         """
         if EXTENSION_KEY in app.extensions:
@@ -91,10 +126,13 @@ class DependencyProxy:
         if not isinstance(adapter, HostAdapter):
             raise TypeError(f"{adapter!r} does not implement HostAdapter.")
         _check_api_scope_name(adapter)
-        if "sqlalchemy" not in app.extensions:
-            raise RuntimeError(
-                "Register Flask-SQLAlchemy (db.init_app(app)) before DependencyProxy."
-            )
+        binding = DatabaseBinding.from_arguments(
+            app,
+            db=self.db,
+            engine=self.engine,
+            session=self.session,
+            outside_request=self.outside_request,
+        )
         _warn_about_unread_environment(app)
         config = load_config(app)
         secret = app.config.get("SECRET_KEY")
@@ -111,21 +149,20 @@ class DependencyProxy:
         fallbacks = list(app.config.get("SECRET_KEY_FALLBACKS") or [])
 
         metadata = CacheMetadata(
-            app,
-            self.db,
+            binding,
             read_granularity_seconds=config.read_time_granularity_seconds,
             timeout_seconds=config.database_timeout_seconds,
         )
         issuer = TokenIssuer([secret, *fallbacks], ttl_seconds=config.token_ttl)
         store = open_store(config)
         metrics = metrics_for(config.metrics_enabled, group_labels=config.metrics_group_labels)
-        upstreams = _upstream_set(config, _shared_tokens(app, self.db, config), metrics)
+        upstreams = _upstream_set(config, _shared_tokens(binding, config), metrics)
         fetcher = BlobFetcher(
             store,
             start_timeout=config.upstream_read_timeout_seconds,
             resume_attempts=config.upstream_retries,
             max_blob_size=config.max_blob_size,
-            fleet=_fleet(app, self.db, config, [secret, *fallbacks]),
+            fleet=_fleet(binding, config, [secret, *fallbacks]),
             metrics=metrics,
         )
         group_upstreams = GroupUpstreamRecords(
@@ -157,11 +194,22 @@ class DependencyProxy:
             serve_stale_on_not_found=config.serve_stale_on_upstream_not_found,
             blocks=blocks,
             deleted_tags=_deleted_tags(config, settings, block_records, metadata),
+            cooldowns=Cooldowns(
+                settings.cooldown_rows,
+                TagHoldRecords(lambda: metadata.session),
+                metadata.database,
+                default=CooldownPolicy(
+                    seconds=config.tag_cooldown_hours * 3600,
+                    new_tags=config.tag_cooldown_new_tags,
+                    digest_pulls=config.tag_cooldown_digest_pulls,
+                ),
+                refresh_seconds=config.block_refresh_seconds,
+            ),
             metrics=metrics,
             audit_flush_seconds=config.pull_record_flush_seconds,
         )
         throttle = LoginThrottle(
-            lambda: self.db.session,
+            lambda: binding.session,
             max_failures=config.login_max_failures,
             max_failures_per_address=config.login_max_failures_per_address,
             window_seconds=config.login_failure_window_seconds,
@@ -195,18 +243,25 @@ class DependencyProxy:
             lambda: metadata.session,
             settings=settings,
             blocks=blocks,
+            cooldowns=cache.cooldowns,
             serve_deleted_tags_default=config.serve_stale_on_upstream_not_found,
         )
         scheduler = None
         if config.cleanup_scheduler:
             scheduler = CleanupScheduler(
-                app, lifecycle, config.cleanup_interval_seconds, release=metadata.release
+                app,
+                lifecycle,
+                config.cleanup_interval_seconds,
+                release=metadata.release,
+                context=binding.outside_request,
             )
+        signatures = _signature_gate(config, metadata, metrics)
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
             metadata=metadata,
             database=metadata.database,
+            binding=binding,
             access=access,
             issuer=issuer,
             store=store,
@@ -218,6 +273,7 @@ class DependencyProxy:
             group_admin=group_admin,
             supply_chain=supply_chain,
             scheduler=scheduler,
+            signatures=signatures,
         )
 
         from .blueprints import registry, token
@@ -282,9 +338,11 @@ class DependencyProxy:
     def create_all(self) -> None:
         """Create or upgrade the extension's tables in the host's database to the newest
         migration (inside an app context); harmless to repeat."""
+        from flask import current_app
+
         from .migrations import upgrade
 
-        upgrade(engine=self.db.engine)
+        upgrade(engine=state(current_app).binding.engine)
 
 
 #: A scope name as ``WWW-Authenticate`` quotes it (RFC 6750's ``scope-token``).
@@ -348,14 +406,29 @@ def _deleted_tags(
     return DeletedTags(serve, record, metadata.database)
 
 
-def _engine_of(app: Flask, db: SQLAlchemy) -> t.Callable[[], sa.Engine]:
-    """The engine, from threads that run outside any app context."""
+def _signature_gate(
+    config: ProxyConfig, metadata: CacheMetadata, metrics: Metrics
+) -> SignatureGate:
+    """The groups' signature policies, with the trust roots the admin configured.
 
-    def engine() -> sa.Engine:
-        with app.app_context():
-            return db.engine
-
-    return engine
+    :raises ConfigError: a trust file is not what its key says.
+    """
+    try:
+        roots = load_trust_root(
+            trusted_root=config.signature_trusted_root,
+            roots=config.signature_roots,
+            intermediates=config.signature_intermediates,
+            rekor_keys=config.signature_rekor_keys,
+        )
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"{ENV_PREFIX}SIGNATURE_* trust material: {error}") from error
+    return SignatureGate(
+        records=SignatureRecords(lambda: metadata.session),
+        database=metadata.database,
+        roots=roots,
+        recheck_seconds=config.signature_recheck_seconds,
+        metrics=metrics,
+    )
 
 
 def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare, metrics: Metrics) -> UpstreamSet:
@@ -392,15 +465,15 @@ def _upstream_set(config: ProxyConfig, shared_tokens: TokenShare, metrics: Metri
     return UpstreamSet(config.upstreams, client, breaker)
 
 
-def _shared_tokens(app: Flask, db: SQLAlchemy, config: ProxyConfig) -> TokenShare:
+def _shared_tokens(binding: DatabaseBinding, config: ProxyConfig) -> TokenShare:
     """Upstream tokens shared by this host's workers, and by the fleet's hosts when
     ``PEER_URL`` is set."""
     files = SharedTokenFiles(os.path.join(config.storage_path, "upstream-tokens"))
-    return files if config.peer_url is None else FleetTokens(files, _engine_of(app, db))
+    return files if config.peer_url is None else FleetTokens(files, lambda: binding.engine)
 
 
 def _fleet(
-    app: Flask, db: SQLAlchemy, config: ProxyConfig, secret_keys: list[str]
+    binding: DatabaseBinding, config: ProxyConfig, secret_keys: list[str]
 ) -> FleetSource | None:
     """Fetch coordination across the hosts that share the database, when ``PEER_URL``
     names this host; ``None`` keeps fetches to this host's own processes."""
@@ -416,7 +489,9 @@ def _fleet(
             listener,
         )
     return FleetSource(
-        FetchLeases(_engine_of(app, db), config.peer_url, ttl_seconds=config.fetch_lease_seconds),
+        FetchLeases(
+            lambda: binding.engine, config.peer_url, ttl_seconds=config.fetch_lease_seconds
+        ),
         PeerTokens(secret_keys, config.peer_url),
         read_timeout=config.upstream_read_timeout_seconds,
     )

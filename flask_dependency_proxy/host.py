@@ -95,9 +95,17 @@ class HostAdapter(t.Protocol):
     """What the extension asks of its host platform: a :class:`typing.Protocol`, so any
     object with these methods will do, no subclassing.
 
-    Every method is called inside an application context, so the host may use its
-    own database session. ``examples/minimal/app.py`` is a complete implementation in a
-    few lines, ``examples/platform/host.py`` a complete one for a bigger platform.
+    Every method is called inside an application context, but not always inside a
+    request: the registry, token and page routes call them within a request (after the
+    host's own ``before_request`` hooks), while the ``flask dependency-proxy`` commands
+    call :meth:`find_group` (every command naming a group) and :meth:`find_group_by_id`
+    (``stats``, ``rotate-credentials``) outside any request. The cleanup scheduler calls
+    none. A host whose database session exists only within its requests passes
+    ``outside_request=`` to :class:`~flask_dependency_proxy.DependencyProxy`, a context
+    manager the extension enters around that work, in which it opens one.
+    ``examples/minimal/app.py`` is a complete implementation in a few lines,
+    ``examples/minimal/plain.py`` the same with plain SQLAlchemy and a per-request
+    session, ``examples/platform/host.py`` a complete one for a bigger platform.
 
     An adapter may also have an attribute ``api_scope_name`` (a string, default
     ``"api"``): the name of the scope the host's tokens need for the REST API, which a

@@ -61,6 +61,10 @@ class Metrics:
     def pull_refused(self, reason: str) -> None:
         """A manifest pull refused by a supply-chain control (``blocked``, ``refused``)."""
 
+    def signature_verdict(self, mode: str, status: str) -> None:
+        """A manifest pull was checked against its group's signature policy (``status``:
+        verified, unsigned, invalid; counted on every pull, warm ones included)."""
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return b""
@@ -109,7 +113,8 @@ class PrometheusMetrics(Metrics):
         )
         self._outcomes = counter(
             "dependency_proxy_cache_requests",
-            "Manifest and blob GETs by cache outcome (hit, revalidated, miss, stale).",
+            "Manifest and blob GETs by cache outcome (hit, revalidated, miss, stale,"
+            " cooldown-previous: a tag's previous digest while its new one is in cooldown).",
             ("kind", "outcome", *(("group",) if group_labels else ())),
         )
         self._served = counter(
@@ -157,14 +162,22 @@ class PrometheusMetrics(Metrics):
         )
         self._refused = counter(
             "dependency_proxy_pulls_refused",
-            "Manifest pulls refused by a supply-chain control (blocked, refused).",
+            "Manifest pulls refused by a supply-chain control (blocked; refused: in cooldown).",
             ("reason",),
+        )
+        self._signatures = counter(
+            "dependency_proxy_signature_checks",
+            "Manifest pulls checked against a signature policy, by mode and verdict.",
+            ("mode", "status"),
         )
         self._removed = counter(
             "dependency_proxy_cleanup_removed",
             "What cleanup removed: manifest and blob rows, blob files and their bytes.",
             ("what",),
         )
+
+    def signature_verdict(self, mode: str, status: str) -> None:
+        self._signatures.labels(mode, status).inc()
 
     def registry_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.labels(route, method, str(status)).inc()

@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0010"
+HEAD = "0012"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -318,15 +318,17 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
 
     assert proxy_cli(old_platform, "db", "current").strip() == "0001"
     assert "size_limit_bytes" not in columns(old_platform, SETTINGS)
-    # What revisions 0002-0010 add: the size-limit column, the usage indexes, the
+    # What revisions 0002-0012 add: the size-limit column, the usage indexes, the
     # fetch leases, the fleet's upstream tokens, the group upstream lists, the
     # manifests' upstream column, the usage days, the group paths (and their index), and
     # the supply-chain controls (the blocked images, the pull record and the group events
-    # with their five indexes, the deleted-tag policy column).
+    # with their five indexes, the deleted-tag policy column); 0011 the signature policies
+    # and verdicts; 0012 the tag cooldown (its table and index, the four cooldown columns
+    # of the group settings).
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
-        *["add_column"] * 3,
-        *["add_index"] * 8,
-        *["add_table"] * 8,
+        *["add_column"] * 7,
+        *["add_index"] * 9,
+        *["add_table"] * 11,
     ]
     assert_old_rows_kept(old_platform)
     # Upgrading again brings the column back empty: no limit.

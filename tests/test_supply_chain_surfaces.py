@@ -116,3 +116,104 @@ def test_the_page_blocks_unblocks_and_shows_recent_pulls(env: Env) -> None:  # n
     ).get_data(as_text=True)
     assert "Tags deleted upstream: serve (saved)." in saved
     assert 'name="policy" value="serve" checked' in saved
+
+
+COOLDOWN = f"{API}/org/dependency_proxy/cooldown"
+COOLDOWNS = f"{API}/org/dependency_proxy/cooldowns"
+
+
+def _hold(group_id: int, tag: str) -> int:
+    from flask_dependency_proxy.models.cooldowns import TagHoldRecords
+
+    hold = TagHoldRecords(lambda: db.session).hold(
+        group_id, "team/app", tag, previous_digest=None, pending_digest=DIGEST, now=utcnow()
+    )
+    return hold.id
+
+
+def test_the_cooldown_api_answers_bad_settings_per_field_and_releases_once(
+    env: Env,  # noqa: F811
+) -> None:
+    from flask_dependency_proxy.models.tables import TagCooldown
+
+    db.session.execute(sa.delete(TagCooldown))
+    db.session.commit()
+    client = env.client()
+    for body, field in (
+        ({"cooldown_hours": "a day"}, "cooldown_hours"),
+        ({"cooldown_hours": -1}, "cooldown_hours"),
+        ({"new_tags": "maybe"}, "new_tags"),
+        ({"digest_pulls": 1}, "digest_pulls"),
+        ({"exempt": "team/*"}, "exempt"),
+        ({"exempt": ["Team App"]}, "exempt"),
+        ({"hours": 1}, "hours"),
+    ):
+        bad = client.put(COOLDOWN, json=body, headers=env.auth())
+        assert bad.status_code == 400, (body, bad.get_data(as_text=True))
+        assert field in bad.get_json()["errors"], (body, bad.get_json())
+    broken = client.put(COOLDOWN, data="[", content_type="application/json", headers=env.auth())
+    assert broken.status_code == 400
+    assert (
+        client.put(COOLDOWN, json={"cooldown_hours": 2}, headers=env.auth("gus")).status_code == 403
+    )
+    saved = client.put(
+        COOLDOWN, json={"cooldown_hours": 1.5, "new_tags": "refuse"}, headers=env.auth()
+    ).get_json()
+    assert (saved["cooldown_hours"], saved["new_tags"], saved["digest_pulls"]) == (
+        1.5,
+        "refuse",
+        None,
+    )
+    assert saved["effective"] == {
+        "cooldown_hours": 1.5, "new_tags": "refuse", "digest_pulls": "allow", "exempt": []
+    }  # fmt: skip
+
+    hold_id = _hold(env.world.group_ids["org"], "fresh")
+    other = _hold(env.world.group_ids["other"], "fresh")
+    [listed] = client.get(COOLDOWNS, headers=env.auth()).get_json()
+    assert (listed["id"], listed["tag"], listed["previous_digest"]) == (hold_id, "fresh", None)
+    assert listed["release_at"] is not None and listed["released_at"] is None
+    assert client.post(f"{COOLDOWNS}/{other}/release", headers=env.auth()).status_code == 404
+    assert client.post(f"{COOLDOWNS}/x1/release", headers=env.auth()).status_code == 404
+    assert client.get(f"{COOLDOWNS}/{hold_id}/release", headers=env.auth()).status_code == 405
+    released = client.post(f"{COOLDOWNS}/{hold_id}/release", headers=env.auth())
+    assert released.status_code == 200 and released.get_json()["released_by"]
+    assert client.post(f"{COOLDOWNS}/{hold_id}/release", headers=env.auth()).status_code == 404
+    assert client.put(COOLDOWN, json={"cooldown_hours": 0}, headers=env.auth()).status_code == 200
+    assert client.get(COOLDOWNS, headers=env.auth()).get_json() == [], "off: forgotten"
+    client.put(COOLDOWN, json={"cooldown_hours": None, "new_tags": None}, headers=env.auth())
+
+
+def test_the_page_sets_the_cooldown_and_releases_a_tag(env: Env) -> None:  # noqa: F811
+    from flask_dependency_proxy.models.tables import TagCooldown
+
+    db.session.execute(sa.delete(TagCooldown))
+    db.session.commit()
+    client = _owner(env)
+    html = client.get(PAGE).get_data(as_text=True)
+    assert "No tag is in cooldown." in html
+    token = re.search(r'name="dependency_proxy_csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    csrf = {"dependency_proxy_csrf_token": token.group(1)}
+    bad = client.post(
+        f"{PAGE}/cooldown", data={**csrf, "hours": "soon"}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert "Not saved: cooldown hours must be a number" in bad
+    saved = client.post(
+        f"{PAGE}/cooldown",
+        data={**csrf, "hours": "12", "new_tags": "refuse", "exempt": "acme/* base"},
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert "Tag cooldown: 12 hours (saved)." in saved
+    assert 'value="acme/* base"' in saved and '<option value="refuse" selected' in saved
+
+    hold_id = _hold(env.world.group_ids["org"], "1.0")
+    html = client.get(PAGE).get_data(as_text=True)
+    row = re.search(rf'data-cooldown="{hold_id}".*?</tr>', html, re.S)
+    assert row is not None and "team/app:1.0" in row.group(0) and DIGEST[:19] in row.group(0)
+    done = client.post(
+        f"{PAGE}/cooldowns/{hold_id}/release", data=csrf, follow_redirects=True
+    ).get_data(as_text=True)
+    assert f"Released team/app:1.0: its next pull gets {DIGEST}." in done
+    assert "released from cooldown early by owner" in done  # the event
+    client.post(f"{PAGE}/cooldown", data={**csrf, "hours": "", "new_tags": "", "exempt": ""})

@@ -391,6 +391,8 @@ class CleanupScheduler:
 
     :param lifecycle: the application's life cycle.
     :param release: ends the thread's database session after each poll.
+    :param context: the context each poll runs in: an app context, and the host's
+        ``outside_request`` context within it (by default only ``app.app_context()``).
     """
 
     def __init__(
@@ -400,10 +402,12 @@ class CleanupScheduler:
         interval_seconds: float,
         *,
         release: t.Callable[[], None],
+        context: t.Callable[[], t.ContextManager[object]] | None = None,
     ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self._release = release
+        self._context = context or app.app_context
         self.interval = dt.timedelta(seconds=interval_seconds)
         self._poll = min(interval_seconds, _SCHEDULER_POLL_SECONDS)
         self._pid: int | None = None
@@ -443,7 +447,7 @@ class CleanupScheduler:
     def run_once(self) -> CleanupReport | None:
         """Run a cleanup if one is due; errors are logged, never raised."""
         try:
-            with self.app.app_context():
+            with self._context():
                 try:
                     return self.lifecycle.run_if_due(self.interval)
                 finally:

@@ -1,6 +1,7 @@
 """The supply-chain controls, whether from a group's page, the REST API or the command
 line: blocked images, the record of who pulled what, a group's policy for a cached
-tag that upstream deleted, and the events the controls recorded.
+tag that upstream deleted, the tag cooldown (its settings, the tags in cooldown and
+their early release), and the events the controls recorded.
 
 Group owners block and unblock for their own group (``group_id``); instance
 administrators, from the command line, for every group (``group_id`` ``None``) or for
@@ -21,7 +22,16 @@ import re
 import typing as t
 
 from ..models.blocks import MAX_PATTERN_LENGTH, MAX_REASON_LENGTH, Block, BlockRecords, Event
-from ..models.group_settings import NOT_FOUND_POLICIES
+from ..models.cooldowns import Hold, TagHoldRecords
+from ..models.group_settings import (
+    DIGEST_PULL_POLICIES,
+    KEEP,
+    MAX_COOLDOWN_SECONDS,
+    MAX_EXEMPT_PATTERNS,
+    NEW_TAG_POLICIES,
+    NOT_FOUND_POLICIES,
+    Keep,
+)
 from ..models.pulls import PullEntry, PullFilter, PullRecords, PullSummary
 from ..models.tables import utcnow
 from ..oci.reference import is_valid_digest, is_valid_image_name
@@ -30,6 +40,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..cache.blocks import BlockList
+    from ..cache.cooldown import CooldownPolicy, Cooldowns
     from ..models.group_settings import GroupSettingsRecords
     from ..models.listings import Page
 
@@ -37,6 +48,8 @@ if t.TYPE_CHECKING:
 RECENT_PULL_DAYS = 30
 #: A tag pattern: tag characters and the shell wildcards ``*``, ``?``, ``[``, ``]``.
 _PATTERN = re.compile(rf"[A-Za-z0-9_.*?\[\]!-]{{1,{MAX_PATTERN_LENGTH}}}")
+#: An image-name pattern: image-name characters and the shell wildcards.
+_IMAGE_PATTERN = re.compile(r"[a-z0-9_./*?\[\]!-]{1,255}")
 
 
 class InvalidBlock(ValueError):
@@ -70,6 +83,35 @@ class DeletedTagPolicy:
         return self.own or self.default
 
 
+class InvalidCooldown(ValueError):
+    """Cooldown settings that cannot be saved: ``errors`` names the fields."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field} {problem}" for field, problem in errors.items()))
+        self.errors = errors
+
+
+@dataclasses.dataclass(frozen=True)
+class CooldownSettings:
+    """A group's tag cooldown: its own values (``None``: the instance's default), the
+    instance's defaults, and the policy that applies."""
+
+    own_seconds: int | None
+    own_new_tags: str | None
+    own_digest_pulls: str | None
+    exempt: tuple[str, ...]
+    default: CooldownPolicy
+    effective: CooldownPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldTag:
+    """A tag in cooldown, and when its pending digest is served."""
+
+    hold: Hold
+    release_at: dt.datetime
+
+
 class SupplyChainAdmin:
     """The supply-chain use cases of one application.
 
@@ -84,9 +126,12 @@ class SupplyChainAdmin:
         settings: GroupSettingsRecords,
         blocks: BlockList,
         serve_deleted_tags_default: bool,
+        cooldowns: Cooldowns | None = None,
         clock: t.Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._records = BlockRecords(session)
+        self._holds = TagHoldRecords(session)
+        self._cooldowns = cooldowns
         self._pulls = PullRecords(session)
         self._settings = settings
         self._blocks = blocks
@@ -196,3 +241,86 @@ class SupplyChainAdmin:
     def events(self, group_id: int, limit: int = 20) -> list[Event]:
         """What the controls did in the group lately, newest first."""
         return self._records.events(group_id, limit)
+
+    # -- tag cooldown --------------------------------------------------------------------
+
+    def _cooldowns_of(self) -> Cooldowns:
+        if self._cooldowns is None:
+            raise RuntimeError("this application has no tag cooldown")
+        return self._cooldowns
+
+    def cooldown(self, group_id: int) -> CooldownSettings:
+        """The group's cooldown settings, as saved (not as a pull process last read them)."""
+        own = self._settings.get(group_id)
+        default = self._cooldowns_of().default
+        return CooldownSettings(
+            own_seconds=own.cooldown_seconds,
+            own_new_tags=own.cooldown_new_tags,
+            own_digest_pulls=own.cooldown_digest_pulls,
+            exempt=own.cooldown_exempt or (),
+            default=default,
+            effective=default.over(own),
+        )
+
+    def set_cooldown(
+        self,
+        group_id: int,
+        *,
+        seconds: int | None | Keep = KEEP,
+        new_tags: str | None | Keep = KEEP,
+        digest_pulls: str | None | Keep = KEEP,
+        exempt: t.Sequence[str] | Keep = KEEP,
+    ) -> CooldownSettings:
+        """Change the group's cooldown (``None``: back to the instance's default); the
+        other values stay. Switched off, the group's tags in cooldown are forgotten:
+        their next pull serves what upstream has.
+
+        :raises InvalidCooldown: a value out of bounds, an unknown policy, a malformed
+            image pattern.
+        """
+        errors: dict[str, str] = {}
+        if isinstance(seconds, int) and not 0 <= seconds <= MAX_COOLDOWN_SECONDS:
+            errors["cooldown_hours"] = f"must be from 0 to {MAX_COOLDOWN_SECONDS // 3600}"
+        if isinstance(new_tags, str) and new_tags not in NEW_TAG_POLICIES:
+            errors["new_tags"] = f"must be one of {', '.join(NEW_TAG_POLICIES)} or null"
+        if isinstance(digest_pulls, str) and digest_pulls not in DIGEST_PULL_POLICIES:
+            errors["digest_pulls"] = f"must be one of {', '.join(DIGEST_PULL_POLICIES)} or null"
+        if not isinstance(exempt, Keep):
+            exempt = [pattern.strip() for pattern in exempt if pattern.strip()]
+            if len(exempt) > MAX_EXEMPT_PATTERNS:
+                errors["exempt"] = f"may hold at most {MAX_EXEMPT_PATTERNS} patterns"
+            bad = [pattern for pattern in exempt if not _IMAGE_PATTERN.fullmatch(pattern)]
+            if bad:
+                errors["exempt"] = (
+                    f"has patterns that are not image names with wildcards: {bad[0][:100]!r}"
+                )
+        if errors:
+            raise InvalidCooldown(errors)
+        self._settings.update(
+            group_id,
+            self._clock(),
+            cooldown_seconds=seconds,
+            cooldown_new_tags=new_tags,
+            cooldown_digest_pulls=digest_pulls,
+            cooldown_exempt=exempt if isinstance(exempt, Keep) else (exempt or None),
+        )
+        saved = self.cooldown(group_id)
+        if saved.effective.seconds <= 0:
+            self._holds.drop_group(group_id)
+        self._cooldowns_of().reload()
+        return saved
+
+    def held_tags(self, group_id: int) -> list[HeldTag]:
+        """The group's tags in cooldown with their pending digests and release times,
+        soonest release first."""
+        policy = self.cooldown(group_id).effective
+        held = [HeldTag(hold, policy.release_at(hold)) for hold in self._holds.listing(group_id)]
+        return sorted(held, key=lambda entry: (entry.release_at, entry.hold.id))
+
+    def release(self, group_id: int, hold_id: int, *, by: str) -> HeldTag | None:
+        """Release a pending digest early (recorded with ``by``): the tag's next pull
+        serves it. ``None``: the group has no such tag in cooldown, or it was released."""
+        hold = self._holds.release(hold_id, group_id, by=by, now=self._clock())
+        if hold is None:
+            return None
+        return HeldTag(hold, self.cooldown(group_id).effective.release_at(hold))

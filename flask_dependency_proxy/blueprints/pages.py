@@ -23,7 +23,8 @@ What the templates get, for hosts that override them: ``base_template``,
 (:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
 (:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
 (``order_by``, ``sort``, ``search`` of the list) and ``controls``
-(:class:`SupplyChainView`: blocks, recent pulls, the deleted-tag policy, events);
+(:class:`SupplyChainView`: blocks, recent pulls, the deleted-tag policy, the tag cooldown
+and its tags in cooldown, events);
 ``clear.html`` gets ``stats`` and ``cooldown``; ``delete_image.html`` gets ``image``,
 its ``tags`` and ``pulled`` (:class:`~..models.pulls.PullSummary`, the last 30 days).
 Flashed messages use the categories ``info`` and ``error``. Credentials typed into the
@@ -65,7 +66,7 @@ from werkzeug.utils import cached_property
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
-from ..admin.supply_chain import InvalidBlock
+from ..admin.supply_chain import InvalidBlock, InvalidCooldown
 from ..admin.usage_chart import UsageSummary
 from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
@@ -93,7 +94,7 @@ if t.TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from ..admin.groups import GroupAdmin
-    from ..admin.supply_chain import DeletedTagPolicy
+    from ..admin.supply_chain import CooldownSettings, DeletedTagPolicy, HeldTag
     from ..host import Group
     from ..models.blocks import Block, Event
 
@@ -319,6 +320,12 @@ def show(group: Group) -> ResponseReturnValue:
         search=query["search"] or None,
     )
     quota = admin.quota(group.id)
+    gate = state(None).signatures
+    signatures = (
+        gate.image_states(group.id, [(item.image, item.digest) for item in listing.items])
+        if gate is not None
+        else {}
+    )
     return _render(
         "dependency_proxy/group.html",
         group,
@@ -333,6 +340,7 @@ def show(group: Group) -> ResponseReturnValue:
         usage=usage_summary(group.id),
         list_query=query,
         controls=supply_chain_view(group.id),
+        signatures=signatures,
     )
 
 
@@ -516,12 +524,15 @@ RECENT_PULLS = 20
 @dataclasses.dataclass(frozen=True)
 class SupplyChainView:
     """What ``_supply_chain.html`` shows: ``blocks`` that apply to the group, the latest
-    ``pulls`` (a page), the deleted-tag ``policy`` and the latest ``events``."""
+    ``pulls`` (a page), the deleted-tag ``policy``, the ``cooldown`` and the tags
+    ``held`` in it, and the latest ``events``."""
 
     blocks: list[Block]
     pulls: Page[PullEntry]
     policy: DeletedTagPolicy
     events: list[Event]
+    cooldown: CooldownSettings
+    held: list[HeldTag]
 
 
 def supply_chain_view(group_id: int) -> SupplyChainView:
@@ -531,6 +542,8 @@ def supply_chain_view(group_id: int) -> SupplyChainView:
         pulls=controls.pulls(PullFilter(group_id=group_id), 1, RECENT_PULLS),
         policy=controls.deleted_tag_policy(group_id),
         events=controls.events(group_id, 10),
+        cooldown=controls.cooldown(group_id),
+        held=controls.held_tags(group_id),
     )
 
 
@@ -591,4 +604,47 @@ def update_deleted_tags(group: Group) -> ResponseReturnValue:
         return _back(group)
     saved = state(None).supply_chain.set_deleted_tag_policy(group.id, policy or None)
     flash(f"Tags deleted upstream: {saved.effective} (saved).", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/cooldown")
+@_for_admins
+def update_cooldown(group: Group) -> ResponseReturnValue:
+    """The group's tag cooldown; an empty field: the instance's default."""
+    form = {key: request.form.get(key, "").strip() for key in ("hours", "new_tags", "digest_pulls")}
+    try:
+        hours = float(form["hours"]) if form["hours"] else None
+    except ValueError:
+        hours = -1.0
+    if hours is not None and not 0 <= hours < 10**7:
+        flash("Not saved: cooldown hours must be a number from 0.", "error")
+        return _back(group)
+    try:
+        saved = state(None).supply_chain.set_cooldown(
+            group.id,
+            seconds=None if hours is None else round(hours * 3600),
+            new_tags=form["new_tags"] or None,
+            digest_pulls=form["digest_pulls"] or None,
+            exempt=request.form.get("exempt", "").split(),
+        )
+    except InvalidCooldown as exc:
+        for field, problem in exc.errors.items():
+            flash(f"Not saved: {field.replace('_', ' ')} {problem}.", "error")
+        return _back(group)
+    hours_text = f"{saved.effective.seconds / 3600:g} hours" if saved.effective.seconds else "off"
+    flash(f"Tag cooldown: {hours_text} (saved).", "info")
+    return _back(group)
+
+
+@bp.post(f"{_PAGE}/cooldowns/<int:hold_id>/release")
+@_for_admins
+def release_cooldown(group: Group, hold_id: int) -> ResponseReturnValue:
+    released = state(None).supply_chain.release(group.id, hold_id, by=_username())
+    if released is None:
+        flash("Not released: this group has no such tag in cooldown.", "error")
+    else:
+        hold = released.hold
+        flash(
+            f"Released {hold.image}:{hold.tag}: its next pull gets {hold.pending_digest}.", "info"
+        )
     return _back(group)

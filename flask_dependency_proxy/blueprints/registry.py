@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import typing as t
 from urllib.parse import urlencode
 
@@ -19,13 +20,15 @@ from werkzeug.wsgi import FileWrapper
 
 from .._state import state
 from ..cache.quota import blob_too_large
-from ..cache.results import BlobResult, PullRefused
+from ..cache.results import BlobResult, ManifestResult, PullRefused
+from ..cache.signing import Decision
 from ..fetch.errors import BlobTooLarge, FetchFailed
 from ..host import Group, Principal
 from ..models.database import DatabaseUnavailable
 from ..oci.digits import ascii_int
 from ..oci.errors import ErrorCode, RegistryError, storage_unavailable
 from ..oci.reference import (
+    MEDIA_TYPE_OCI_INDEX,
     ProxyPath,
     is_valid_tag,
     merge_accept,
@@ -33,6 +36,7 @@ from ..oci.reference import (
     validate_digest,
     validate_reference,
 )
+from ..signatures import Status
 from ..stores.base import ByteStream, Following, LocalFile, Redirect, StorageError
 from . import _requestlog as requestlog
 from ._registry_http import (
@@ -61,6 +65,11 @@ _PULL_METHODS = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Header that marks a manifest served from the cache because upstream failed.
 STALE_HEADER = "X-Dependency-Proxy-Stale"
+#: Header that says what the group's signature policy found for a manifest.
+SIGNATURE_HEADER = "X-Dependency-Proxy-Signature"
+#: Header that marks a tag's previous manifest, served while upstream's new digest is in
+#: cooldown: ``pending="sha256:..."; release-at="2026-03-01T12:00:00Z"``.
+COOLDOWN_HEADER = "X-Dependency-Proxy-Cooldown"
 
 
 def _bearer_token() -> str | None:
@@ -121,6 +130,7 @@ def manifest(name: str, reference: str) -> Response:
         result = cache.get_manifest(
             group.id, path, reference, merge_accept(request.headers.getlist("Accept"))
         )
+        signature = _check_signature(group.id, path, reference, result)
     except PullRefused as refused:
         requestlog.note_refusal(group.id, refused.outcome, refused.digest)
         raise
@@ -128,12 +138,51 @@ def manifest(name: str, reference: str) -> Response:
         cache.finish_request()
     requestlog.note_manifest(group.id, result.outcome, result.digest)
     response = Response(result.content, mimetype=result.media_type)
+    if signature is not None:
+        _mark_signature(response, signature)
     response.headers["Docker-Content-Digest"] = result.digest
     response.headers["ETag"] = f'"{result.digest}"'
     response.headers["Content-Length"] = str(len(result.content))
     if result.stale:
         _mark_stale(response)
+    if result.pending is not None:
+        release_at = result.pending.release_at.replace(microsecond=0).isoformat() + "Z"
+        response.headers[COOLDOWN_HEADER] = (
+            f'pending="{result.pending.digest}"; release-at="{release_at}"'
+        )
     return response
+
+
+def _check_signature(
+    group_id: int, path: ProxyPath, reference: str, result: ManifestResult
+) -> Decision | None:
+    """The group's signature policy on this manifest; an ``enforce`` policy refuses one
+    without a valid signature from a trusted signer with ``403 DENIED`` and the reason."""
+    gate = state(None).signatures
+    if gate is None:
+        return None
+    decision = gate.check(state(None).cache, group_id, path, reference, result)
+    if decision is not None and decision.refused:
+        verdict = decision.verdict
+        requestlog.note_refusal(group_id, "refused", result.digest)
+        raise RegistryError(
+            ErrorCode.DENIED,
+            f"the group's signature policy refuses {path.image}@{result.digest}:"
+            f" {verdict.status.value} ({verdict.reason})",
+            {"digest": result.digest, "signature": verdict.status.value},
+        )
+    return decision
+
+
+def _mark_signature(response: Response, decision: Decision) -> None:
+    """What the policy found, for clients and proxies in front: ``verified``,
+    ``unsigned`` or ``invalid`` (served in ``warn`` mode)."""
+    verdict = decision.verdict
+    response.headers[SIGNATURE_HEADER] = verdict.status.value
+    detail = verdict.signer if verdict.status is Status.VERIFIED else verdict.reason
+    if detail:
+        text = detail.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+        response.headers[f"{SIGNATURE_HEADER}-Detail"] = text[:300]
 
 
 def _mark_stale(response: Response) -> None:
@@ -188,6 +237,43 @@ def _pagination() -> tuple[int | None, str | None]:
     if last is not None and not is_valid_tag(last):
         raise RegistryError(ErrorCode.TAG_INVALID, "last must be a tag", {"last": last[:200]})
     return n, last
+
+
+#: A media type, as ``artifactType`` may name one (RFC 6838's restricted names).
+_MEDIA_TYPE_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+
+
+@bp.route("/v2/<path:name>/referrers/<digest>", methods=_ALL_METHODS)
+def referrers(name: str, digest: str) -> Response:
+    """The OCI referrers of a digest, as an image index, filtered by ``artifactType``
+    (then with ``OCI-Filters-Applied``), from upstream or, while it is down, the cache."""
+    principal = _authenticate(name)
+    _refuse_writes()
+    path = parse_proxy_path(name)
+    validate_digest(digest)
+    artifact_type = request.args.get("artifactType") or None
+    if artifact_type is not None and not _MEDIA_TYPE_RE.fullmatch(artifact_type):
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED,
+            "artifactType must be a media type",
+            {"artifactType": artifact_type[:200]},
+            status=400,
+        )
+    requestlog.note_target(path.group_path, path.image, f"referrers/{digest}")
+    group = state(None).access.authorize_pull(principal, path.group_path)
+    cache = state(None).cache
+    try:
+        found = cache.get_referrers(group.id, path, digest, artifact_type)
+    finally:
+        cache.finish_request()
+    response = Response(found.index(), mimetype=MEDIA_TYPE_OCI_INDEX)
+    if found.filtered:
+        response.headers["OCI-Filters-Applied"] = "artifactType"
+    if found.stale:
+        _mark_stale(response)
+    return response
 
 
 @bp.route("/v2/<path:name>/blobs/<digest>", methods=_ALL_METHODS)

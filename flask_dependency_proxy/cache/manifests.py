@@ -14,6 +14,9 @@
   upstream is asked, a digest block refuses the digest however it would be served.
 - A cached tag that upstream answers 404 for is served or refused as the group's
   policy says (:class:`DeletedTags`), and the event is recorded once an hour per tag.
+- In a group whose tag cooldown is on (:mod:`.cooldown`), a tag's new upstream digest
+  waits: the tag keeps serving its previous digest, the new manifest is cached meanwhile.
+  A held tag is checked upstream on every pull, whatever ``tag_check_interval`` says.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from ..oci.reference import (
 )
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 from ..upstream.registry import TagPage
-from .blocks import BlockList
+from ..upstream.routing import Candidate
+from .blocks import BlockList, ImageBlocked
+from .cooldown import CooldownRefused, Cooldowns
 from .quota import Quotas
-from .results import ManifestResult, Outcome
+from .results import ManifestResult, Outcome, Pending
 from .routes import ImageRoutes, call_upstream, first_that_has, translate, unavailable
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,7 @@ class ManifestCache:
     :param serve_stale_on_not_found: keep serving a cached tag that upstream deleted
         (unless ``deleted_tags`` says per group).
     :param blocks: the blocked images; ``None``: none.
+    :param cooldowns: the groups' tag cooldowns; ``None``: none.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class ManifestCache:
         clock: t.Callable[[], dt.datetime],
         blocks: BlockList | None = None,
         deleted_tags: DeletedTags | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self.routes = routes
         self.metadata = metadata
@@ -128,6 +135,7 @@ class ManifestCache:
         self.serve_stale_on_not_found = serve_stale_on_not_found
         self.blocks = blocks
         self.deleted_tags = deleted_tags or DeletedTags.fixed(serve_stale_on_not_found)
+        self.cooldowns = cooldowns
         self._clock = clock
 
     def get_manifest(
@@ -140,6 +148,8 @@ class ManifestCache:
         is ``404 MANIFEST_UNKNOWN``.
 
         :raises ImageBlocked: the tag, or the digest it would serve, is blocked.
+        :raises CooldownRefused: a brand-new tag, or a digest, in cooldown that the
+            group's policy refuses.
         """
         blocks = self.blocks
         if blocks is not None:
@@ -147,6 +157,8 @@ class ManifestCache:
                 blocks.check_digest(group_id, reference)
             else:
                 blocks.check_tag(group_id, path.image, reference)
+        if self.cooldowns is not None and is_digest(reference):
+            self.cooldowns.check_digest(group_id, path.image, reference, self._clock())
         result = self._manifest(group_id, path, reference)
         if blocks is not None:
             blocks.check_digest(group_id, result.digest)
@@ -159,8 +171,10 @@ class ManifestCache:
                     blocks.check_digest(group_id, child)
                 chosen = self._manifest(group_id, path, child)
                 if accepts(list(accept), chosen.media_type):
-                    if result.stale:
-                        return dataclasses.replace(chosen, outcome=Outcome.STALE)
+                    if result.stale or result.pending is not None:
+                        return dataclasses.replace(
+                            chosen, outcome=result.outcome, pending=result.pending
+                        )
                     return chosen
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
@@ -237,12 +251,19 @@ class ManifestCache:
         return _result(record, Outcome.MISS)
 
     def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
+        policy = None if self.cooldowns is None else self.cooldowns.policy(group_id, path.image)
+        held = None
         with self.database.phase("reading a tag"):
-            cached = self.metadata.find_tag(group_id, path.image, tag)
+            if policy is None:
+                cached = self.metadata.find_tag(group_id, path.image, tag)
+            else:
+                cached, held = t.cast(Cooldowns, self.cooldowns).find_tag(group_id, path.image, tag)
             # A check time ahead of this clock (another host's clock, or this one stepped
             # back) is not trusted: it would skip the HEAD for as long as they disagree.
-            fresh = cached is not None and (
-                dt.timedelta(0) <= self._clock() - cached.checked_at < self.tag_check_interval
+            fresh = (
+                cached is not None
+                and held is None
+                and dt.timedelta(0) <= self._clock() - cached.checked_at < self.tag_check_interval
             )
             if not fresh:
                 route = self.routes.route(group_id, path)
@@ -277,14 +298,31 @@ class ManifestCache:
             raise unavailable(exc) from exc
 
         if cached is not None and cached.digest == head.digest:
-            if self.tag_check_interval:
+            if self.tag_check_interval or held is not None:
                 with self.database.phase("marking a tag checked"):
                     self.metadata.mark_checked(cached)
+                    if held is not None:  # upstream moved the tag back
+                        t.cast(Cooldowns, self.cooldowns).drop(group_id, path.image, tag)
             self.metadata.touch_manifest(cached)
             return _result(cached, Outcome.REVALIDATED)
 
-        # The tag is new or moved. A blocked digest is not even fetched. A manifest this
-        # group already holds by digest (pulled by digest earlier) needs no GET.
+        # The tag is new or moved: in cooldown, its previous digest is served meanwhile.
+        if policy is not None:
+            pending = t.cast(Cooldowns, self.cooldowns).hold(
+                group_id,
+                path.image,
+                tag,
+                previous=None if cached is None else cached.digest,
+                digest=head.digest,
+                policy=policy,
+                held=held,
+                now=self._clock(),
+            )
+            if pending is not None:
+                return self._held_back(group_id, path, tag, cached, pending, source)
+
+        # A blocked digest is not even fetched. A manifest this group already holds by
+        # digest (pulled by digest earlier, or cached in its cooldown) needs no GET.
         if self.blocks is not None:
             self.blocks.check_digest(group_id, head.digest)
         with self.database.phase("reading a manifest"):
@@ -314,7 +352,52 @@ class ManifestCache:
                 content=content,
                 upstream=source.name,
             )
+            if policy is not None or held is not None:
+                t.cast(Cooldowns, self.cooldowns).drop(group_id, path.image, tag)
         return _result(record, outcome)
+
+    def _held_back(
+        self,
+        group_id: int,
+        path: ProxyPath,
+        tag: str,
+        cached: ManifestRecord | None,
+        pending: Pending,
+        source: Candidate,
+    ) -> ManifestResult:
+        """The tag's previous digest, while ``pending`` waits; a brand-new tag is
+        refused. The pending manifest is cached meanwhile (by digest), so it is warm
+        when it is released; failing that only costs the release a GET."""
+        try:
+            self._warm(group_id, path, pending.digest, source)
+        except (RegistryError, UpstreamError, DatabaseUnavailable) as exc:
+            if not isinstance(exc, ImageBlocked):
+                log.warning("could not cache %s in its cooldown: %s", pending.digest, exc)
+        if cached is None:
+            raise CooldownRefused(
+                f"{path.image}:{tag}", pending.digest, pending.release_at, self._clock()
+            )
+        self.metadata.touch_manifest(cached)
+        return dataclasses.replace(_result(cached, Outcome.COOLDOWN_PREVIOUS), pending=pending)
+
+    def _warm(self, group_id: int, path: ProxyPath, digest: str, source: Candidate) -> None:
+        if self.blocks is not None:
+            self.blocks.check_digest(group_id, digest)
+        with self.database.phase("reading a manifest"):
+            if self.metadata.find_digest(group_id, path.image, digest) is not None:
+                return
+        manifest = source.client.get_manifest(source.repository, digest)
+        with self.database.phase("saving a manifest"):
+            self.quotas.admit_manifest(group_id, manifest.digest, manifest.content)
+            self.metadata.save_manifest(
+                group_id,
+                path.image,
+                None,
+                digest=manifest.digest,
+                media_type=manifest.media_type,
+                content=manifest.content,
+                upstream=source.name,
+            )
 
 
 def _result(record: ManifestRecord, outcome: Outcome = Outcome.HIT) -> ManifestResult:

@@ -48,8 +48,10 @@ from .audit import FLUSH_SECONDS as AUDIT_FLUSH_SECONDS
 from .audit import PullAudit
 from .blocks import BlockList
 from .confirmations import BlobOpener, Confirmations
+from .cooldown import Cooldowns
 from .manifests import DeletedTags, ManifestCache
 from .quota import Quotas
+from .referrers import Referrers, ReferrersCache
 from .results import BlobResult, ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has
 from .usage import UsageBuffer
@@ -70,6 +72,7 @@ class PullThroughCache:
     :param quotas: the size checks (largest blob, each group's limit and its policy).
     :param blocks: the blocked images (:mod:`.blocks`); ``None``: none.
     :param deleted_tags: each group's policy for a cached tag upstream deleted.
+    :param cooldowns: the groups' tag cooldowns (:mod:`.cooldown`); ``None``: none.
     :param audit_flush_seconds: how often the pull record is written.
     """
 
@@ -87,6 +90,7 @@ class PullThroughCache:
         clock: t.Callable[[], dt.datetime] = utcnow,
         blocks: BlockList | None = None,
         deleted_tags: DeletedTags | None = None,
+        cooldowns: Cooldowns | None = None,
         metrics: Metrics | None = None,
         audit_flush_seconds: float = AUDIT_FLUSH_SECONDS,
     ) -> None:
@@ -106,13 +110,18 @@ class PullThroughCache:
             clock=clock,
             blocks=blocks,
             deleted_tags=deleted_tags,
+            cooldowns=cooldowns,
         )
         self.blocks = blocks
+        self.cooldowns = cooldowns
         self.metrics = metrics or Metrics()
         #: Who pulled what, written in batches by :meth:`finish_request`.
         self.audit = PullAudit(
             flush_seconds=audit_flush_seconds,
             on_lost=lambda count: self.metrics.pull_records("lost", count),
+        )
+        self.referrers = ReferrersCache(
+            routes=self.routes, metadata=metadata, manifests=self.manifests, quotas=quotas
         )
         self.recent_blobs = RecentBlobs()
         #: Digests the routes of this worker's groups confirmed lately.
@@ -136,6 +145,13 @@ class PullThroughCache:
     def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
         """One page of the image's tags (:meth:`.ManifestCache.list_tags`)."""
         return self.manifests.list_tags(group_id, path, n, last)
+
+    def get_referrers(
+        self, group_id: int, path: ProxyPath, digest: str, artifact_type: str | None = None
+    ) -> Referrers:
+        """The referrers of ``digest``, of ``artifact_type`` only when given
+        (:meth:`.ReferrersCache.get`)."""
+        return self.referrers.get(group_id, path, digest).of_type(artifact_type)
 
     # -- blobs -----------------------------------------------------------------------
 

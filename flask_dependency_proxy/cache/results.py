@@ -4,6 +4,7 @@ and the :class:`Outcome` that metrics, the request log and a group's savings cou
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 
 from ..oci.errors import RegistryError
@@ -22,10 +23,21 @@ class Outcome(enum.StrEnum):
     MISS = "miss"
     #: From the cache because upstream could not answer.
     STALE = "stale"
+    #: The tag's previous digest from the cache: upstream's new one is in cooldown.
+    COOLDOWN_PREVIOUS = "cooldown-previous"
 
     @property
     def from_cache(self) -> bool:
         return self is not Outcome.MISS
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A tag's new upstream digest held back by the cooldown, and when it is served
+    (naive UTC)."""
+
+    digest: str
+    release_at: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +46,8 @@ class ManifestResult:
     media_type: str
     content: bytes
     outcome: Outcome = Outcome.HIT
+    #: Served instead of this digest, which is in cooldown (:mod:`.cooldown`).
+    pending: Pending | None = None
 
     @property
     def stale(self) -> bool:

@@ -29,6 +29,8 @@ from .parsers import (
     number,
     optional,
     port,
+    readable_file,
+    readable_files,
     region,
     s3_url,
     text,
@@ -239,6 +241,17 @@ class ProxyConfig:
     #: Seconds each process trusts the blocked images it loaded before it reads them
     #: again: how long a block or an unblock made elsewhere takes to reach every worker.
     block_refresh_seconds: float = _key(5, number(float, 0))
+    #: The instance's tag cooldown, for groups without their own: hours (fractions
+    #: allowed) a tag's new upstream digest waits, counted from when the group's cache
+    #: first saw it, before pulls of the tag get it; they get the previous digest
+    #: meanwhile. ``0`` turns it off. See the supply-chain page of the docs.
+    tag_cooldown_hours: float = _key(0, number(float, 0))
+    #: A brand-new tag (no previous digest) during the cooldown: ``serve`` it at once, or
+    #: ``refuse`` it (403 ``DENIED``) until its digest has waited.
+    tag_cooldown_new_tags: str = _key("serve", choice("serve", "refuse"))
+    #: A pull by digest of a digest still in cooldown: ``allow`` (pinning a digest is a
+    #: deliberate act) or ``refuse``.
+    tag_cooldown_digest_pulls: str = _key("allow", choice("allow", "refuse"))
     #: Keep a record of every manifest pull (who, what, which digest, the host's job
     #: context), written in batches; see the supply-chain page of the docs.
     pull_record: bool = _key(True, boolean)
@@ -274,6 +287,21 @@ class ProxyConfig:
     #: Longest time ``/-/dependency_proxy/ready`` waits for the database and for the blob
     #: store before it answers 503.
     ready_timeout_seconds: float = _key(2.0, number(float, 0.1))
+    # -- image signatures --
+    #: A Sigstore ``trusted_root.json`` (e.g. the public-good one, copied from a Sigstore
+    #: client's TUF repository): the Fulcio roots and Rekor keys keyless signatures are
+    #: checked against. The cache never fetches trust material itself.
+    signature_trusted_root: str | None = _key(None, optional(readable_file))
+    #: PEM certificate roots for keyless or own-PKI signatures (e.g. ``fulcio_v1.crt.pem``).
+    signature_roots: str | None = _key(None, optional(readable_file))
+    #: PEM intermediates issued by those roots.
+    signature_intermediates: str | None = _key(None, optional(readable_file))
+    #: Rekor public keys (PEM files, a list or comma-separated). With a log key, every
+    #: signature must carry that log's entry, whose time is the signing time.
+    signature_rekor_keys: tuple[str, ...] = _key((), readable_files)
+    #: Seconds an unsigned or invalid verdict is kept before a pull looks for signatures
+    #: again (a verified one is kept for as long as the group's policy stays the same).
+    signature_recheck_seconds: float = _key(300.0, number(float, 0))
 
 
 def env_key(field: dataclasses.Field[t.Any]) -> str:

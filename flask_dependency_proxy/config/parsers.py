@@ -214,3 +214,18 @@ def block_name(key: str, value: t.Any) -> str:
             f" fill themselves, not {value!r}."
         )
     return value
+
+
+def readable_file(key: str, value: t.Any) -> str:
+    """The path of a file the process can read (trust material the admin provides)."""
+    if not isinstance(value, str) or not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ConfigError(f"{key} must name a readable file, not {value!r}.")
+    return value
+
+
+def readable_files(key: str, value: t.Any) -> tuple[str, ...]:
+    """Readable files: a list, or comma-separated paths."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of file paths, not {value!r}.")
+    return tuple(readable_file(key, name.strip()) for name in names if str(name).strip())

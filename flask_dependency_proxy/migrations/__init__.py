@@ -3,7 +3,7 @@
 The revisions in ``versions/`` record themselves in their own version table,
 :data:`VERSION_TABLE`, so a host's Alembic or Flask-Migrate history never meets them.
 Alembic is configured here, in code: adopters need no ``alembic.ini``. Every function runs
-on the engine it is given (the host's Flask-SQLAlchemy engine, which holds the extension's
+on the engine it is given (the host's engine, which holds the extension's
 tables), in one transaction; nothing here looks up an application.
 
 From a deploy step, inside an app context::

@@ -29,7 +29,10 @@ from .tables import (
     Lease,
     LoginFailure,
     PullRecord,
+    SignaturePolicyRow,
+    SignatureVerdictRow,
     Status,
+    TagCooldown,
     UsageDay,
 )
 from .transaction import rowcount
@@ -85,8 +88,8 @@ class CleanupRecords(SessionRecords):
     def forget_group(self, group_id: int) -> tuple[int, int]:
         """Mark the group's rows pending destruction, as a purge does (without its
         cooldown), and delete its settings (size limit included), upstream order and
-        credentials, usage days, recorded path, its own blocks, events and pull record:
-        one transaction.
+        credentials, usage days, recorded path, its own blocks, events, pull record,
+        signature policy and verdicts, and tags in cooldown: one transaction.
 
         :return: ``(manifests marked, blobs marked)``.
         """
@@ -100,6 +103,9 @@ class CleanupRecords(SessionRecords):
             BlockedImage,
             GroupEvent,
             PullRecord,
+            SignaturePolicyRow,
+            SignatureVerdictRow,
+            TagCooldown,
         ):
             self.session.execute(
                 sa.delete(table)

@@ -58,10 +58,22 @@ class Settings:
     purged_at: dt.datetime | None
     size_limit: int | None = None
     upstream_not_found: str | None = None
+    #: The tag cooldown's own values (``None``: the instance's default; see
+    #: :mod:`..cache.cooldown`): seconds, brand-new tags, pulls by digest, exempt images.
+    cooldown_seconds: int | None = None
+    cooldown_new_tags: str | None = None
+    cooldown_digest_pulls: str | None = None
+    cooldown_exempt: tuple[str, ...] | None = None
 
 
 #: Values of :attr:`Settings.upstream_not_found` besides ``None``.
 NOT_FOUND_POLICIES = ("serve", "refuse")
+#: Values of :attr:`Settings.cooldown_new_tags` and :attr:`Settings.cooldown_digest_pulls`.
+NEW_TAG_POLICIES = ("serve", "refuse")
+DIGEST_PULL_POLICIES = ("allow", "refuse")
+#: Longest cooldown (a year) and most exempt image patterns of a group.
+MAX_COOLDOWN_SECONDS = 366 * 24 * 3600
+MAX_EXEMPT_PATTERNS = 100
 
 
 class GroupSettingsRecords(SessionRecords):
@@ -92,15 +104,33 @@ class GroupSettingsRecords(SessionRecords):
         cleanup_days: int | Keep = KEEP,
         size_limit: int | None | Keep = KEEP,
         upstream_not_found: str | None | Keep = KEEP,
+        cooldown_seconds: int | None | Keep = KEEP,
+        cooldown_new_tags: str | None | Keep = KEEP,
+        cooldown_digest_pulls: str | None | Keep = KEEP,
+        cooldown_exempt: t.Sequence[str] | None | Keep = KEEP,
     ) -> Settings:
         """Change the given settings in one transaction and commit; the others keep
         their values (their defaults when the group has no row yet).
 
         :raises ValueError: ``cleanup_days`` out of bounds, a size limit under 1, or an
-            unknown ``upstream_not_found`` policy.
+            unknown policy.
         """
-        if isinstance(upstream_not_found, str) and upstream_not_found not in NOT_FOUND_POLICIES:
-            raise ValueError(f"the policy must be one of {', '.join(NOT_FOUND_POLICIES)}")
+        for value, allowed in (
+            (upstream_not_found, NOT_FOUND_POLICIES),
+            (cooldown_new_tags, NEW_TAG_POLICIES),
+            (cooldown_digest_pulls, DIGEST_PULL_POLICIES),
+        ):
+            if isinstance(value, str) and value not in allowed:
+                raise ValueError(f"the policy must be one of {', '.join(allowed)}")
+        if isinstance(cooldown_seconds, int) and not (
+            0 <= cooldown_seconds <= MAX_COOLDOWN_SECONDS
+        ):
+            raise ValueError(f"a cooldown must be from 0 to {MAX_COOLDOWN_SECONDS} seconds")
+        exempt: str | None | Keep = KEEP
+        if cooldown_exempt is None:
+            exempt = None
+        elif not isinstance(cooldown_exempt, Keep):
+            exempt = "\n".join(cooldown_exempt) or None
         if not isinstance(cleanup_days, Keep) and not (
             MIN_CLEANUP_DAYS <= cleanup_days <= MAX_CLEANUP_DAYS
         ):
@@ -115,6 +145,10 @@ class GroupSettingsRecords(SessionRecords):
                 ("cleanup_days", cleanup_days),
                 ("size_limit_bytes", size_limit),
                 ("upstream_not_found", upstream_not_found),
+                ("cooldown_seconds", cooldown_seconds),
+                ("cooldown_new_tags", cooldown_new_tags),
+                ("cooldown_digest_pulls", cooldown_digest_pulls),
+                ("cooldown_exempt", exempt),
             )
             if not isinstance(value, Keep)
         }
@@ -168,6 +202,21 @@ class GroupSettingsRecords(SessionRecords):
         self.session.rollback()
         return False, previous
 
+    def cooldown_rows(self) -> list[Settings]:
+        """The settings of every group with a cooldown value of its own (what the pull
+        path keeps in memory, :class:`..cache.cooldown.Cooldowns`)."""
+        rows = self.session.execute(
+            sa.select(GroupSettings).where(
+                sa.or_(
+                    GroupSettings.cooldown_seconds.is_not(None),
+                    GroupSettings.cooldown_new_tags.is_not(None),
+                    GroupSettings.cooldown_digest_pulls.is_not(None),
+                    GroupSettings.cooldown_exempt.is_not(None),
+                )
+            )
+        ).scalars()
+        return [_settings(row) for row in rows]
+
     def cleanup_policies(self) -> list[tuple[int, int]]:
         """``(group_id, days)`` of every group whose cleanup policy is on."""
         return [
@@ -202,4 +251,10 @@ def _settings(row: GroupSettings) -> Settings:
         purged_at=row.purged_at,
         size_limit=None if row.size_limit_bytes is None else int(row.size_limit_bytes),
         upstream_not_found=row.upstream_not_found,
+        cooldown_seconds=row.cooldown_seconds,
+        cooldown_new_tags=row.cooldown_new_tags,
+        cooldown_digest_pulls=row.cooldown_digest_pulls,
+        cooldown_exempt=(
+            None if row.cooldown_exempt is None else tuple(row.cooldown_exempt.splitlines())
+        ),
     )

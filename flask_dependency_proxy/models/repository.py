@@ -1,4 +1,4 @@
-"""Reads and writes of cache metadata through the host's Flask-SQLAlchemy session.
+"""Reads and writes of cache metadata through the host's session (see :mod:`.binding`).
 
 The cache service sees only the frozen records returned here, never ORM objects, so
 nothing it holds can lazily reach back into the database while bytes stream.
@@ -21,8 +21,7 @@ from .tables import CachedBlob, CachedManifest, GroupSettings, Status, utcnow
 from .transaction import LOST_RACE, LostRace, commit_retrying
 
 if t.TYPE_CHECKING:
-    from flask import Flask
-    from flask_sqlalchemy import SQLAlchemy
+    from .binding import DatabaseBinding
 
 
 #: Buffered last-read times are written when this many seconds passed since the last write.
@@ -74,12 +73,19 @@ def _write_status_anyway(row: CachedManifest | CachedBlob) -> None:
     flag_modified(row, "status")
 
 
+def _forget(session: t.Any, rows: list[t.Any]) -> None:
+    """Take the rows an earlier attempt read out of the session (see ``save_manifest``)."""
+    for row in rows:
+        if row in session:
+            session.expunge(row)
+    rows.clear()
+
+
 class CacheMetadata:
     """Cache metadata of one application.
 
-    :param app: the application whose context is pushed for calls made outside a
-        request (the thread that commits a fetched blob).
-    :param db: the host's ``SQLAlchemy`` extension object.
+    :param binding: the host's session and engine; its context outside requests is
+        entered for calls made outside a request (the thread that commits a fetched blob).
     :param read_granularity_seconds: a row's last-read time is rewritten at most this often.
     :param timeout_seconds: the deadline of one database phase (see :mod:`..database`).
 
@@ -89,14 +95,12 @@ class CacheMetadata:
 
     def __init__(
         self,
-        app: Flask,
-        db: SQLAlchemy,
+        binding: DatabaseBinding,
         *,
         read_granularity_seconds: float,
         timeout_seconds: float = 0,
     ) -> None:
-        self._app = app
-        self._db = db
+        self.binding = binding
         #: Phases over the host's session: bounded, released, failures translated.
         self.database = DatabaseGuard(
             release=self.end_transaction,
@@ -110,29 +114,27 @@ class CacheMetadata:
 
     @property
     def session(self) -> t.Any:
-        return self._db.session
+        return self.binding.session
 
     @property
     def engine(self) -> sa.Engine:
         """The host's engine, on which the extension's migrations run."""
-        return self._db.engine
+        return self.binding.engine
 
     def release(self) -> None:
         """End the session: its connection goes back to the pool, no transaction stays open."""
-        self.session.remove()
+        self.binding.release()
 
     def end_transaction(self) -> None:
         """End the session's transaction (what a database phase ends with): its connection
         goes back to the pool. Unlike :meth:`release`, objects the session loaded stay
         attached (expired), for a caller that shares the session."""
-        self.session.rollback()
+        self.binding.end_transaction()
 
     def invalidate(self) -> None:
         """Drop the session's connections without a word to the server (which may be
         hung); the pool opens new ones when they are needed again."""
-        registry = self.session.registry
-        if registry.has():
-            registry().invalidate()
+        self.binding.invalidate()
 
     # -- group settings ---------------------------------------------------------------
 
@@ -212,10 +214,17 @@ class CacheMetadata:
                 CachedManifest.tag == tag,
             )
 
+        read: list[CachedManifest] = []
+
         def write() -> ManifestRecord:
             # Read afresh on a retry: another worker inserted the same tag at the same
             # moment (update theirs), or cleanup deleted the row just read (insert it again).
+            # The row a lost attempt read leaves the session first: a new row may get its
+            # id again (SQLite reuses it), which SQLAlchemy 2.0 warns about.
+            _forget(self.session, read)
             row = self.session.execute(query).scalar_one_or_none()
+            if row is not None:
+                read.append(row)
             if row is None:
                 row = CachedManifest(group_id=group_id, image=image, tag=tag, created_at=now)
                 self.session.add(row)
@@ -299,7 +308,7 @@ class CacheMetadata:
             with self.database.phase("recording a blob"):
                 self._upsert_blob(group_id, digest, size)
             return
-        with self._app.app_context(), self.database.phase("recording a blob"):
+        with self.binding.outside_request(), self.database.phase("recording a blob"):
             self._upsert_blob(group_id, digest, size)
 
     def _upsert_blob(self, group_id: int, digest: str, size: int) -> None:

@@ -56,6 +56,17 @@ class GroupSettings(Base):
     #: When upstream answers 404 for a cached tag: ``serve`` the cached copy or
     #: ``refuse`` (``MANIFEST_UNKNOWN``); ``NULL``: the instance's default.
     upstream_not_found: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
+    #: Seconds a tag's new upstream digest waits before it is served (the tag cooldown);
+    #: ``0``: off; ``NULL``: the instance's default.
+    cooldown_seconds: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
+    #: A brand-new tag during the cooldown: ``serve`` it at once or ``refuse`` it until its
+    #: digest has waited; ``NULL``: the instance's default.
+    cooldown_new_tags: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
+    #: A pull by digest of an image still in cooldown: ``allow`` or ``refuse``;
+    #: ``NULL``: the instance's default.
+    cooldown_digest_pulls: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
+    #: Image-name patterns exempt from the cooldown, one a line; ``NULL``: none.
+    cooldown_exempt: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
 
 class CachedManifest(Base):
@@ -314,3 +325,71 @@ class GroupEvent(Base):
     image: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
     reference: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
     message: orm.Mapped[str] = orm.mapped_column(sa.String(1000))
+
+
+class SignaturePolicyRow(Base):
+    """A group's signature policy: its mode and the signers it trusts (a JSON document,
+    see :mod:`..cache.signing`). A group without a row checks nothing."""
+
+    __tablename__ = f"{TABLE_PREFIX}signature_policies"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    #: ``off``, ``warn`` or ``enforce``.
+    mode: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    document: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class SignatureVerdictRow(Base):
+    """Who signed a digest of a group's image, under one policy (its fingerprint): what a
+    pull found, so the next pull on any worker reads it instead of verifying again."""
+
+    __tablename__ = f"{TABLE_PREFIX}signature_verdicts"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "group_id",
+            "image",
+            "digest",
+            "fingerprint",
+            name=f"uq_{TABLE_PREFIX}signature_verdicts",
+        ),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    fingerprint: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    #: ``Verdict.to_json()``.
+    verdict: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    checked_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime, default=utcnow)
+
+
+class TagCooldown(Base):
+    """A tag whose upstream digest changed while the group's cooldown is on: the digest
+    it moved to (``pending_digest``) is served once it is old enough, counted from
+    ``first_seen_at`` (when this group's cache first saw the tag point at it), or once an
+    owner released it early (``released_at``). ``previous_digest`` ``NULL``: a brand-new
+    tag. The row goes when the tag serves the pending digest, or upstream moves back."""
+
+    __tablename__ = f"{TABLE_PREFIX}tag_cooldowns"
+    __table_args__ = (
+        sa.UniqueConstraint("group_id", "image", "tag", name=f"uq_{TABLE_PREFIX}tag_cooldowns_tag"),
+        sa.Index(f"ix_{TABLE_PREFIX}tag_cooldowns_digest", "group_id", "pending_digest"),
+    )
+
+    id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
+    group_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    tag: orm.Mapped[str] = orm.mapped_column(sa.String(128))
+    previous_digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
+    pending_digest: orm.Mapped[str] = orm.mapped_column(sa.String(135))
+    first_seen_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
+    released_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+    released_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))

@@ -34,6 +34,7 @@ from ..oci.digits import ascii_int
 from ..oci.reference import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_BYTES,
+    MEDIA_TYPE_OCI_INDEX,
     UPSTREAM_MANIFEST_ACCEPT,
     is_tag,
 )
@@ -238,6 +239,33 @@ class UpstreamClient:
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise UpstreamError("upstream sent a tag list that is not a list of names")
         return TagPage(tags=tuple(tags), next_last=_next_last(response.headers.get("Link")))
+
+    def get_referrers(self, repository: str, digest: str) -> bytes:
+        """Upstream's referrers API answer for ``digest``: an OCI image index, unfiltered
+        (the cache keeps the whole list and filters it itself).
+
+        :raises UpstreamNotFound: upstream has no referrers API (distribution 2.x, which
+            answers ``404``); the caller falls back to the referrers tag schema.
+        :raises UpstreamRefused: the answer is not an image index.
+        """
+        response = self._transport.request(
+            "GET",
+            f"/v2/{repository}/referrers/{digest}",
+            repository,
+            headers={"Accept": MEDIA_TYPE_OCI_INDEX},
+            stream=True,
+        )
+        try:
+            content = _read_identity(response, MAX_MANIFEST_BYTES, "referrers index")
+        finally:
+            response.close()
+        try:
+            document = json.loads(content)
+        except ValueError as exc:
+            raise UpstreamRefused("upstream sent a referrers answer that is not JSON") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("manifests"), list):
+            raise UpstreamRefused("upstream sent a referrers answer that is not an image index")
+        return content
 
     def head_blob(self, repository: str, digest: str) -> int | None:
         """Confirm upstream serves this blob in this repository; returns its size if known."""

@@ -92,6 +92,11 @@ class RegistryClient(t.Protocol):
 
     def list_tags(self, repository: str, n: int | None, last: str | None) -> TagPage: ...
 
+    def get_referrers(self, repository: str, digest: str) -> bytes:
+        """The referrers API's image index for ``digest``; raises
+        :class:`~.errors.UpstreamNotFound` when upstream has no referrers API."""
+        ...
+
     def head_blob(self, repository: str, digest: str) -> int | None:
         """The blob's size if upstream said; raises when it does not serve the blob."""
         ...

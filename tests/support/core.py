@@ -4,8 +4,10 @@
 :class:`~flask_dependency_proxy.models.repository.CacheMetadata` on a SQLite file, an
 in-memory blob store and fake upstream clients.
 
-``CacheMetadata`` works through a Flask-SQLAlchemy session, so a bare Flask app carries
-it (no blueprint, no host adapter, no extension): the smallest real setup of the models.
+``CacheMetadata`` works through the host's session (a Flask-SQLAlchemy one here, bound
+by :class:`~flask_dependency_proxy.models.binding.DatabaseBinding`), so a bare Flask app
+carries it (no blueprint, no host adapter, no extension): the smallest real setup of the
+models.
 The tables come from the extension's own migrations, run once into a template file
 (:func:`migrated_database`) that each test copies.
 """
@@ -24,14 +26,17 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_dependency_proxy.admin.lifecycle import Lifecycle
 from flask_dependency_proxy.cache.blocks import BlockList
+from flask_dependency_proxy.cache.cooldown import CooldownPolicy, Cooldowns
 from flask_dependency_proxy.cache.manifests import DeletedTags
 from flask_dependency_proxy.cache.pull_through import PullThroughCache
 from flask_dependency_proxy.cache.quota import QuotaPolicy, Quotas
 from flask_dependency_proxy.cache.results import BlobResult
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher
 from flask_dependency_proxy.migrations import upgrade
+from flask_dependency_proxy.models.binding import DatabaseBinding
 from flask_dependency_proxy.models.blocks import BlockRecords
 from flask_dependency_proxy.models.cleanup import CleanupRecords
+from flask_dependency_proxy.models.cooldowns import TagHoldRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
 from flask_dependency_proxy.models.quota import QuotaRecords
 from flask_dependency_proxy.models.repository import CacheMetadata
@@ -153,16 +158,23 @@ def build_core(
     quota_policy: QuotaPolicy = QuotaPolicy.EVICT,
     block_refresh_seconds: float | None = None,
     deleted_tags: t.Callable[[CacheMetadata], DeletedTags] | None = None,
+    cooldown: CooldownPolicy | None = None,
+    cooldown_refresh_seconds: float = 0,
 ) -> Core:
     """A core on a copy of ``template`` (see :func:`migrated_database`); call inside
-    ``core.app.app_context()``."""
+    ``core.app.app_context()``.
+
+    :param cooldown: the instance's tag cooldown; the groups' own values are read again
+        after ``cooldown_refresh_seconds`` (every pull by default). ``None``: no cooldown.
+    """
     database = directory / "cache.sqlite"
     shutil.copyfile(template, database)
     app, db = _app(database)
     clock = Clock()
     store = MemoryStore(str(directory / "local"), clock=clock.epoch)
     registries = tuple(registries) or (FakeRegistry(),)
-    metadata = CacheMetadata(app, db, read_granularity_seconds=0)
+    binding = DatabaseBinding.from_arguments(app, db=db)
+    metadata = CacheMetadata(binding, read_granularity_seconds=0)
     fetcher = BlobFetcher(store, start_timeout=5, max_blob_size=max_blob_size)
     blocks = None
     if block_refresh_seconds is not None:
@@ -170,6 +182,16 @@ def build_core(
             BlockRecords(lambda: metadata.session).active_rules,
             metadata.database,
             refresh_seconds=block_refresh_seconds,
+        )
+    cooldowns = None
+    if cooldown is not None:
+        settings = GroupSettingsRecords(lambda: metadata.session, default_enabled=True)
+        cooldowns = Cooldowns(
+            settings.cooldown_rows,
+            TagHoldRecords(lambda: metadata.session),
+            metadata.database,
+            default=cooldown,
+            refresh_seconds=cooldown_refresh_seconds,
         )
     cache = PullThroughCache(
         store=store,
@@ -188,6 +210,7 @@ def build_core(
         clock=clock,
         blocks=blocks,
         deleted_tags=None if deleted_tags is None else deleted_tags(metadata),
+        cooldowns=cooldowns,
     )
     return Core(
         app=app,

@@ -280,6 +280,10 @@ class FakeRegistryClient:
         # Like distribution 2.8: every tag, in no particular order; the cache pages.
         return TagPage(tags=tuple(reversed(self.registry.tags[repository])), next_last=None)
 
+    def get_referrers(self, repository: str, digest: str) -> bytes:
+        # Like distribution 2.8: no referrers API, so the cache uses the tag schema.
+        raise UpstreamNotFound(f"no referrers API for {repository}@{digest}", status=404)
+
     def head_blob(self, repository: str, digest: str) -> int | None:
         self.registry._answer("HEAD", "blob", repository, digest)
         return len(self._blob(repository, digest))

@@ -33,9 +33,8 @@ class CommandFailed(AssertionError):
 #: Runs CLI commands (JSON argument lists) in one process: the platform's app is made
 #: once, where ``flask`` would make it again for every command.
 _RUN_COMMANDS = """
-import json, sys, traceback
-from examples.platform import create_app
-runner = create_app().test_cli_runner()
+import importlib, json, sys, traceback
+runner = importlib.import_module(sys.argv[2]).create_app().test_cli_runner()
 for args in json.loads(sys.argv[1]):
     result = runner.invoke(args=args)
     sys.stdout.write(result.output)
@@ -94,6 +93,8 @@ class Platform:
     :param as_shipped: run gunicorn as ``examples/gunicorn.conf.py`` tells operators to,
         ``gunicorn -c examples/gunicorn.conf.py -b ADDRESS APP`` and nothing else (its
         own worker count and timeouts; ``workers`` and ``gunicorn_args`` are not used).
+    :param app_import: the example host's package, with its ``create_app()`` and its CLI
+        (``examples.forge`` for the forge).
     """
 
     def __init__(
@@ -109,8 +110,10 @@ class Platform:
         gunicorn_args: t.Sequence[str] = (),
         peer: bool = False,
         as_shipped: bool = False,
+        app_import: str = APP_IMPORT,
     ) -> None:
         self.name = name
+        self.app_import = app_import
         self.workers = workers
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,7 @@ class Platform:
                 *gunicorn_args,
             ]
         self.process: LiveProcess = processes.create(
-            name, [*argv, f"{APP_IMPORT}:create_app()"], env=env, cwd=REPO_ROOT
+            name, [*argv, f"{app_import}:create_app()"], env=env, cwd=REPO_ROOT
         )
 
     # -- addresses ---------------------------------------------------------------------
@@ -190,8 +193,8 @@ class Platform:
     def flask(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``flask --app examples.platform ARGS`` with the platform's environment."""
-        argv = [sys.executable, "-m", "flask", "--app", APP_IMPORT, *args]
+        """Run ``flask --app APP_IMPORT ARGS`` with the platform's environment."""
+        argv = [sys.executable, "-m", "flask", "--app", self.app_import, *args]
         result = subprocess.run(
             argv,
             env=self.env,
@@ -203,7 +206,7 @@ class Platform:
         )
         if check and result.returncode != 0:
             raise CommandFailed(
-                f"$ flask --app {APP_IMPORT} {' '.join(args)}\nexit code {result.returncode}\n"
+                f"$ flask --app {self.app_import} {' '.join(args)}\nexit code {result.returncode}\n"
                 f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
             )
         return result
@@ -237,7 +240,7 @@ class Platform:
             self._batch = None
         if batch.commands:
             result = subprocess.run(
-                [sys.executable, "-c", _RUN_COMMANDS, json.dumps(batch.commands)],
+                [sys.executable, "-c", _RUN_COMMANDS, json.dumps(batch.commands), self.app_import],
                 env=self.env,
                 cwd=REPO_ROOT,
                 capture_output=True,

@@ -36,6 +36,10 @@ upstreams of a group whose path another group holds (compared lowercased).
   ``DELETE upstreams/<name>/credentials`` forgets it (204).
 - ``GET``/``POST blocks``, ``DELETE blocks/<id>``, ``GET pulls``, ``GET``/``PUT
   deleted_tags`` and ``GET events``: the supply-chain controls (:mod:`._supply_chain`).
+- ``GET``/``PUT signature_policy``: ``{"mode": "off|warn|enforce", "keys": [{"name",
+  "pem", "images"}], "identities": [{"issuer", "subject", "images"}]}``; ``images`` is
+  an image-name pattern (``*`` for any run of characters) or ``null`` for every image.
+  Answers also carry the ``index_rule`` and how much ``trust`` the instance configured.
 
 One blueprint, ``dependency_proxy_api``: :mod:`._base` holds it with what every endpoint
 shares (authentication, the group, errors, JSON, pagination); :mod:`._contents` (cache,
@@ -52,13 +56,13 @@ from __future__ import annotations
 
 from flask import Response
 
-from . import _contents, _settings, _supply_chain, _upstreams
+from . import _contents, _settings, _signatures, _supply_chain, _upstreams
 from ._base import ALL_METHODS, ROUTE, ApiError, bp
 
 __all__ = ["bp"]
 
 # The modules above add their routes on import.
-del _contents, _settings, _supply_chain, _upstreams
+del _contents, _settings, _signatures, _supply_chain, _upstreams
 
 
 @bp.route(f"{ROUTE}/<path:rest>", methods=ALL_METHODS)

@@ -8,6 +8,7 @@ import typing as t
 
 from flask import Response, request
 
+from ..._state import state
 from ...admin.lifecycle import PurgeTooSoon
 from ...models.listings import MAX_SEARCH_LENGTH, ORDER_BY, SORTS, valid_search
 from ...models.tables import Status
@@ -115,7 +116,14 @@ def manifests(group_ref: str) -> Response:
     found = group(group_ref)
     page, per_page = page_args()
     listing = admin().manifests(found.id, page, per_page, **_listing_args())
-    return paginated(listing, [_manifest_body(item) for item in listing.items])
+    bodies = [_manifest_body(item) for item in listing.items]
+    gate = state(None).signatures
+    if gate is not None:
+        # What the group's signature policy found for each, as the page shows it.
+        states = gate.image_states(found.id, [(item.image, item.digest) for item in listing.items])
+        for body, item in zip(bodies, listing.items, strict=True):
+            body["signature"] = states[(item.image, item.digest)].to_json()
+    return paginated(listing, bodies)
 
 
 @bp.route(f"{ROUTE}/images/<path:image>", methods=ALL_METHODS)

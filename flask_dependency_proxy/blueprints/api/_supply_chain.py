@@ -1,5 +1,5 @@
-"""The group's supply-chain controls: ``blocks``, ``pulls``, ``deleted_tags`` and
-``events`` (see :mod:`...admin.supply_chain`).
+"""The group's supply-chain controls: ``blocks``, ``pulls``, ``deleted_tags``,
+``cooldown``, ``cooldowns`` and ``events`` (see :mod:`...admin.supply_chain`).
 
 - ``GET blocks``: the active blocks that apply to the group, its own and the instance's
   (``removed=true``: lifted ones too). ``POST blocks`` ``{"digest", "reason"}`` or
@@ -13,6 +13,13 @@
 - ``GET``/``PUT deleted_tags``: ``{"policy": "serve" | "refuse" | null}`` for a cached tag
   upstream answers 404 for (``null``: the instance's default); answers carry
   ``default`` and ``effective``.
+- ``GET``/``PUT cooldown``: the group's tag cooldown, ``{"cooldown_hours": number,
+  "new_tags": "serve" | "refuse", "digest_pulls": "allow" | "refuse", "exempt": [image
+  patterns]}``; a ``PUT`` changes the fields it sends (``null``: the instance's default);
+  answers carry ``default`` and ``effective``.
+- ``GET cooldowns``: the tags in cooldown with their previous and pending digests and
+  release times. ``POST cooldowns/<id>/release``: serve the pending digest from the
+  tag's next pull (recorded with who); 404 for none or one already released.
 - ``GET events``: what the controls did in the group lately.
 """
 
@@ -24,7 +31,8 @@ import typing as t
 from flask import Response, request
 
 from ..._state import state
-from ...admin.supply_chain import InvalidBlock
+from ...admin.supply_chain import InvalidBlock, InvalidCooldown
+from ...models.group_settings import KEEP
 from ...models.pulls import PullFilter
 from ...oci.reference import is_valid_digest, is_valid_image_name
 from ._base import (
@@ -44,7 +52,13 @@ from ._base import (
 )
 
 if t.TYPE_CHECKING:
-    from ...admin.supply_chain import DeletedTagPolicy, SupplyChainAdmin
+    from ...admin.supply_chain import (
+        CooldownSettings,
+        DeletedTagPolicy,
+        HeldTag,
+        SupplyChainAdmin,
+    )
+    from ...cache.cooldown import CooldownPolicy
     from ...models.blocks import Block, Event
     from ...models.pulls import PullEntry, PullSummary
 
@@ -252,3 +266,124 @@ def events(group_ref: str) -> Response:
     methods("GET")
     found = group(group_ref)
     return json_response([_event_body(event) for event in _controls().events(found.id, 100)])
+
+
+def _cooldown_policy_body(policy: CooldownPolicy) -> dict[str, t.Any]:
+    return {
+        "cooldown_hours": policy.seconds / 3600,
+        "new_tags": policy.new_tags,
+        "digest_pulls": policy.digest_pulls,
+        "exempt": list(policy.exempt),
+    }
+
+
+def _cooldown_body(settings: CooldownSettings) -> dict[str, t.Any]:
+    return {
+        "cooldown_hours": None if settings.own_seconds is None else settings.own_seconds / 3600,
+        "new_tags": settings.own_new_tags,
+        "digest_pulls": settings.own_digest_pulls,
+        "exempt": list(settings.exempt),
+        "default": _cooldown_policy_body(settings.default),
+        "effective": _cooldown_policy_body(settings.effective),
+    }
+
+
+def held_body(held: HeldTag) -> dict[str, t.Any]:
+    hold = held.hold
+    return {
+        "id": hold.id,
+        "image": hold.image,
+        "tag": hold.tag,
+        "previous_digest": hold.previous_digest,
+        "pending_digest": hold.pending_digest,
+        "first_seen_at": time(hold.first_seen_at),
+        "release_at": time(held.release_at),
+        "released_at": time(hold.released_at),
+        "released_by": hold.released_by,
+    }
+
+
+_COOLDOWN_FIELDS = ("cooldown_hours", "new_tags", "digest_pulls", "exempt")
+
+
+def _cooldown_changes(body: t.Any) -> dict[str, t.Any]:
+    """The fields of a ``PUT cooldown`` body, checked for their types."""
+    if not isinstance(body, dict) or not body:
+        raise ApiError(
+            400, f"400 Bad request - send an object with any of {', '.join(_COOLDOWN_FIELDS)}"
+        )
+    unknown = [str(key)[:100] for key in body if key not in _COOLDOWN_FIELDS]
+    if unknown:
+        raise ApiError(
+            400,
+            f"400 Bad request - unknown fields: {', '.join(unknown)}",
+            errors={key: "unknown field" for key in unknown},
+        )
+    changes: dict[str, t.Any] = {}
+    if "cooldown_hours" in body:
+        hours = body["cooldown_hours"]
+        if hours is not None and (
+            isinstance(hours, bool) or not isinstance(hours, int | float) or hours != hours
+        ):
+            raise invalid(
+                "cooldown_hours", "must be a number of hours or null", prefix="cooldown_hours "
+            )
+        changes["seconds"] = None if hours is None else round(min(float(hours), 10.0**7) * 3600)
+    for field, key in (("new_tags", "new_tags"), ("digest_pulls", "digest_pulls")):
+        if field in body:
+            value = body[field]
+            if value is not None and not isinstance(value, str):
+                raise invalid(field, "must be a string or null", prefix=f"{field} ")
+            changes[key] = value
+    if "exempt" in body:
+        exempt = body["exempt"]
+        if exempt is None:
+            exempt = []
+        if not isinstance(exempt, list) or not all(isinstance(p, str) for p in exempt):
+            raise invalid("exempt", "must be a list of image patterns", prefix="exempt ")
+        changes["exempt"] = exempt
+    return changes
+
+
+@bp.route(f"{ROUTE}/cooldown", methods=ALL_METHODS)
+def cooldown(group_ref: str) -> Response:
+    methods("GET", "PUT")
+    proxy = state(None)
+    with proxy.database.phase("API cooldown"):
+        found = group(group_ref)
+        if request.method != "PUT":
+            return json_response(_cooldown_body(_controls().cooldown(found.id)))
+    changes = _cooldown_changes(json_body())
+    with proxy.database.phase("API cooldown update"):
+        try:
+            saved = _controls().set_cooldown(
+                found.id,
+                seconds=changes.get("seconds", KEEP),
+                new_tags=changes.get("new_tags", KEEP),
+                digest_pulls=changes.get("digest_pulls", KEEP),
+                exempt=changes.get("exempt", KEEP),
+            )
+        except InvalidCooldown as exc:
+            raise ApiError(400, f"400 Bad request - {exc}", errors=exc.errors) from None
+        return json_response(_cooldown_body(saved))
+
+
+@bp.route(f"{ROUTE}/cooldowns", methods=ALL_METHODS)
+@database_phase
+def cooldowns(group_ref: str) -> Response:
+    methods("GET")
+    found = group(group_ref)
+    return json_response([held_body(held) for held in _controls().held_tags(found.id)])
+
+
+@bp.route(f"{ROUTE}/cooldowns/<hold_id>/release", methods=ALL_METHODS)
+@database_phase
+def release_cooldown(group_ref: str, hold_id: str) -> Response:
+    methods("POST")
+    found = group(group_ref)
+    if not hold_id.isdigit() or len(hold_id) > 18:
+        raise ApiError(404, "404 Cooldown Not Found")
+    released = _controls().release(found.id, int(hold_id), by=_principal_name())
+    if released is None:
+        raise ApiError(404, "404 Cooldown Not Found")
+    return json_response(held_body(released))
