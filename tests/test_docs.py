@@ -4,6 +4,7 @@ README link the docs cannot follow fails the suite."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from sphinx.pycode import ModuleAnalyzer
 
 from flask_dependency_proxy.config import keys
+from flask_dependency_proxy.host import HostAdapter, TokenAuthenticator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +66,9 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     package = ROOT / "flask_dependency_proxy"
     folders = sorted(p.parent.name for p in package.glob("*/__init__.py"))
     assert folders and all(f"{folder}/" in architecture for folder in folders), folders
+    # The Pagure recipe is a page of the index, with its plugins file included.
+    assert 'href="pagure.html"' in (tmp_path / "html" / "index.html").read_text()
+    assert '<span class="nc">PagureHost</span>' in (tmp_path / "html" / "pagure.html").read_text()
 
 
 def test_every_configuration_key_has_a_doc_comment_and_a_default_it_accepts() -> None:
@@ -106,3 +111,25 @@ def test_readme_links_become_links_between_the_pages(tmp_path: Path) -> None:
     assert readme.shift_headings("### A\n#### B\n```\n### not a heading\n```\n") == (
         "# A\n## B\n```\n### not a heading\n```\n"
     )
+
+
+def test_the_pagure_recipe_keeps_up_with_the_host_adapter() -> None:
+    """Pagure is not on PyPI, so CI cannot run the recipe (docs/pagure.rst says what was
+    run by hand); its files must at least stay Python, and its adapter must answer every
+    method the protocol asks for."""
+    recipe = ROOT / "docs" / "recipes" / "pagure"
+    files = {path.name: ast.parse(path.read_text()) for path in recipe.iterdir()}
+    assert set(files) == {"plugins.cfg", "pagure.cfg", "pagure_wsgi.py"}
+    host = next(
+        node
+        for node in files["plugins.cfg"].body
+        if isinstance(node, ast.ClassDef) and node.name == "PagureHost"
+    )
+    defined = {node.name for node in host.body if isinstance(node, ast.FunctionDef)}
+    wanted = {
+        name
+        for protocol in (HostAdapter, TokenAuthenticator)
+        for name, value in vars(protocol).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert wanted and wanted <= defined, sorted(wanted - defined)
