@@ -312,6 +312,34 @@ def test_binding_of_a_session_callable(tmp_path: Path) -> None:
         binding.session  # noqa: B018
 
 
+def test_the_hosts_outside_request_is_entered_once_when_work_nests(tmp_path: Path) -> None:
+    """A command runs in ``outside_request`` and then finds the engine, which needs the
+    session: the host's context manager, written to be entered once, is not entered again."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'nested.sqlite3'}")
+    sessions = sessionmaker(bind=engine)
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def outside() -> t.Iterator[None]:
+        assert "session" not in g, "entered again inside itself"
+        g.session = sessions()
+        entered.append(1)
+        try:
+            yield
+        finally:
+            g.pop("session").close()
+
+    app = Flask(__name__)
+    binding = DatabaseBinding.from_arguments(
+        app, session=lambda: g.get("session"), outside_request=outside
+    )
+    with binding.outside_request():
+        assert binding.engine is engine
+        with binding.outside_request():
+            binding.session.execute(sa.text("SELECT 1"))
+    assert entered == [1]
+
+
 def test_binding_with_an_engine_callable(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'e.sqlite3'}")
     calls: list[int] = []

@@ -27,6 +27,7 @@ exists within a request opens one.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import typing as t
 
@@ -242,13 +243,31 @@ class DatabaseBinding:
         with self._app_context(), self._outside_context():
             yield
 
-    def _outside_context(self) -> t.ContextManager[object]:
-        return contextlib.nullcontext() if self._outside is None else self._outside()
+    @contextlib.contextmanager
+    def _outside_context(self) -> t.Iterator[None]:
+        """The host's ``outside_request`` context, entered once however deeply the
+        extension's own work nests (a command that looks up the engine, say): a host's
+        context manager that opens a session need not expect to be entered twice."""
+        if self._outside is None or _inside_outside.get():
+            yield
+            return
+        token = _inside_outside.set(True)
+        try:
+            with self._outside():
+                yield
+        finally:
+            _inside_outside.reset(token)
 
     def _app_context(self) -> t.ContextManager[object]:
         if has_app_context() and current_app._get_current_object() is self._app:  # type: ignore[attr-defined]
             return contextlib.nullcontext()
         return self._app.app_context()
+
+
+#: Whether the host's ``outside_request`` context is entered in this thread or greenlet.
+_inside_outside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dependency_proxy_outside_request", default=False
+)
 
 
 def _engine_of(bind: object, what: str) -> sa.Engine:
