@@ -47,6 +47,7 @@ from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
 from .models.signatures import SignatureRecords
 from .models.upstreams import GroupUpstreamRecords
+from .signatures.certificates import CHAIN_VERIFICATION_NEEDS, chain_verification_available
 from .stores.backends import open_store
 from .upstream.breaker import CircuitBreaker
 from .upstream.client import UpstreamClient
@@ -423,6 +424,10 @@ def _signature_gate(
         )
     except (ValueError, OSError) as error:
         raise ConfigError(f"{ENV_PREFIX}SIGNATURE_* trust material: {error}") from error
+    if roots is not None and roots.authorities and not chain_verification_available():
+        raise ConfigError(
+            f"{ENV_PREFIX}SIGNATURE_TRUSTED_ROOT / SIGNATURE_ROOTS: {CHAIN_VERIFICATION_NEEDS}"
+        )
     return SignatureGate(
         records=SignatureRecords(lambda: metadata.session),
         database=metadata.database,

@@ -11,16 +11,49 @@ follows: a certificate without an extended key usage allows any.
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib
 import typing as t
 
+import cryptography
 from cryptography import x509
-from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .encoding import der_utf8_string
 from .errors import CertificateError, SignatureFormatError
 from .keys import PublicKey, supported_key
 from .trust import FULCIO_ISSUER_V1, FULCIO_ISSUER_V2, TrustPolicy
+
+if t.TYPE_CHECKING:
+    from cryptography.x509 import verification
+
+#: Why a chain cannot be verified with the installed ``cryptography``: its X.509 verifier
+#: with extension policies (the rules code-signing certificates need) came in version 45.
+CHAIN_VERIFICATION_NEEDS = (
+    "verifying certificate chains (keyless and PKI signers) needs cryptography >= 45"
+    f" (installed: {cryptography.__version__}); public-key signers work without it"
+)
+
+
+def chain_verification_available() -> bool:
+    """Whether the installed ``cryptography`` can verify certificate chains: the
+    package's floor (41) is lower, for hosts that pin it; only keyless and PKI signers
+    need more."""
+    try:
+        _verification()
+    except CertificateError:
+        return False
+    return True
+
+
+def _verification() -> t.Any:
+    try:
+        module = importlib.import_module("cryptography.x509.verification")
+    except ImportError:
+        raise CertificateError(CHAIN_VERIFICATION_NEEDS) from None
+    if not hasattr(module, "ExtensionPolicy"):
+        raise CertificateError(CHAIN_VERIFICATION_NEEDS)
+    return module
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -60,12 +93,19 @@ def _may_sign_certificates(
         raise ValueError("an issuer's key usage does not allow signing certificates")
 
 
-_CA_POLICY = (
-    verification.ExtensionPolicy.permit_all()
-    .require_present(x509.BasicConstraints, verification.Criticality.AGNOSTIC, _is_ca)
-    .may_be_present(x509.KeyUsage, verification.Criticality.AGNOSTIC, _may_sign_certificates)
-)
-_LEAF_POLICY = verification.ExtensionPolicy.permit_all()
+@functools.cache
+def _policies() -> tuple[t.Any, t.Any]:
+    """The extension rules of issuers and of the leaf: issuers must be CAs that may sign
+    certificates; the leaf's usage is checked by :func:`_allows_code_signing`."""
+    checks = _verification()
+    issuers = (
+        checks.ExtensionPolicy.permit_all()
+        .require_present(x509.BasicConstraints, checks.Criticality.AGNOSTIC, _is_ca)
+        .may_be_present(x509.KeyUsage, checks.Criticality.AGNOSTIC, _may_sign_certificates)
+    )
+    return issuers, checks.ExtensionPolicy.permit_all()
+
+
 _SIGNING_USAGES = {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
 
 
@@ -90,16 +130,18 @@ def verify_chain(
     code."""
     if not roots:
         raise CertificateError("no root is configured for certificates")
+    checks = _verification()
+    issuers, leaves = _policies()
     verifier = (
-        verification.PolicyBuilder()
-        .store(verification.Store(list(roots)))
+        checks.PolicyBuilder()
+        .store(checks.Store(list(roots)))
         .time(at)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_LEAF_POLICY)
+        .extension_policies(ca_policy=issuers, ee_policy=leaves)
         .build_client_verifier()
     )
     try:
-        path = verifier.verify(leaf, list(intermediates)).chain
-    except verification.VerificationError as error:
+        path: list[x509.Certificate] = verifier.verify(leaf, list(intermediates)).chain
+    except checks.VerificationError as error:
         raise CertificateError(
             f"the certificate does not chain to a trusted root: {error}"
         ) from error

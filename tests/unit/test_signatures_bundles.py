@@ -85,6 +85,7 @@ def check_kubewarden(
     return check(digest, bundle if bundle is not None else kubewarden(), **options)
 
 
+@pytest.mark.chain_verification
 def test_the_cosign_attestation_bundle_verifies_for_the_empty_image() -> None:
     manifest = read("cosign-bundle-attestation/derived/empty-image-manifest.json")
     assert "sha256:" + hashlib.sha256(manifest).hexdigest() == ATTESTED
@@ -94,18 +95,21 @@ def test_the_cosign_attestation_bundle_verifies_for_the_empty_image() -> None:
     assert verdict.signed_at == 1740770291
 
 
+@pytest.mark.chain_verification
 def test_the_same_bundle_attached_to_another_image_is_rejected() -> None:
     verdict = check("sha256:" + "1" * 64, attestation())
     assert verdict.status is Status.INVALID
     assert "subject" in verdict.reason
 
 
+@pytest.mark.chain_verification
 def test_the_attestation_bundle_is_not_trusted_for_another_identity() -> None:
     verdict = check(ATTESTED, attestation(), subject="wrong@soyland.com")
     assert verdict.status is Status.INVALID
     assert "identity" in verdict.reason
 
 
+@pytest.mark.chain_verification
 def test_the_cosign_v3_signature_bundle_verifies_for_its_digest_and_a_tag_pattern() -> None:
     verdict = check_kubewarden()
     assert verdict.status is Status.VERIFIED, verdict
@@ -174,6 +178,7 @@ def test_a_tampered_bundle_is_rejected(tamper: t.Callable[[dict[str, t.Any]], No
     assert verdict.status is Status.INVALID, verdict
 
 
+@pytest.mark.chain_verification
 def test_without_the_log_key_a_bundle_fails_closed() -> None:
     roots = TrustRoot.from_pem(roots=read("cimage-fulcio-rekor-valid/fulcio_v1.crt.pem"))
     verdict = check_kubewarden(roots=roots)
@@ -257,6 +262,7 @@ def _unit_chain() -> tuple[x509.Certificate, list[x509.Certificate], list[x509.C
     return leaf, chain[:-1], roots
 
 
+@pytest.mark.chain_verification
 def test_the_fulcio_leaf_chains_to_the_root_at_rekors_time() -> None:
     leaf, intermediates, roots = _unit_chain()
     at = datetime.datetime.fromtimestamp(1670870899, datetime.UTC)
