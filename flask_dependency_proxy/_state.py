@@ -16,7 +16,7 @@ if t.TYPE_CHECKING:
 
     from .admin.groups import GroupAdmin
     from .admin.lifecycle import CleanupScheduler, Lifecycle
-    from .admin.refresh import RefreshScheduler
+    from .admin.refresh import RefreshScheduler, WarmQueue
     from .admin.supply_chain import SupplyChainAdmin
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
@@ -72,6 +72,8 @@ class ProxyState:
     refresher: TagRefresher | None = None
     #: Runs the refresher from the web processes (``DEPENDENCY_PROXY_REFRESH_SCHEDULER``).
     refresh_scheduler: RefreshScheduler | None = None
+    #: Warm-ups the REST API queued (``POST .../warm``).
+    warm_queue: WarmQueue | None = None
 
 
 def state(app: Flask | None) -> ProxyState:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
-from .admin.refresh import RefreshScheduler
+from .admin.refresh import RefreshScheduler, WarmQueue
 from .admin.supply_chain import SupplyChainAdmin
 from .auth.access import AccessControl
 from .auth.group_paths import GroupPaths
@@ -290,6 +290,14 @@ class DependencyProxy:
             signatures=signatures,
             refresher=refresher,
             refresh_scheduler=refresh_scheduler,
+            warm_queue=WarmQueue(
+                app,
+                lambda group_id, path, targets: group_admin.warm(
+                    group_id, path, targets, _SilentProgress()
+                ),
+                release=metadata.release,
+                context=binding.outside_request,
+            ),
         )
 
         from .blueprints import registry, token
@@ -366,6 +374,20 @@ class DependencyProxy:
 
 #: A scope name as ``WWW-Authenticate`` quotes it (RFC 6750's ``scope-token``).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,100}")
+
+
+class _SilentProgress:
+    """A warm-up's progress nobody watches (one the REST API queued)."""
+
+    def planned(self, plan: t.Any) -> None:
+        pass
+
+    def advance(self, plan: t.Any, nbytes: int) -> None:
+        pass
+
+    def finished(self, outcome: t.Any) -> None:
+        if outcome.error:
+            log.warning("warm-up of %s failed: %s", outcome.target.label, outcome.error)
 
 
 def _refresher(

@@ -1,4 +1,5 @@
-"""Runs predictive refresh (:mod:`..cache.refresh`) from a thread of each web process.
+"""Runs predictive refresh (:mod:`..cache.refresh`) from a thread of each web process,
+and the warm-ups the REST API queues (:class:`WarmQueue`).
 
 The model is :class:`.lifecycle.CleanupScheduler`: every process polls, and the
 ``refresh`` lease (with the time the last run finished) lets one of them run per poll
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import queue
 import random
 import threading
 import typing as t
@@ -18,6 +20,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from ..cache.refresh import RefreshReport, TagRefresher
+    from ..cache.warm import Target
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +94,68 @@ class RefreshScheduler:
         except Exception:
             log.exception("scheduled dependency proxy refresh failed")
             return None
+
+
+class WarmQueue:
+    """Warm-ups asked for over the REST API, run one after another by a thread of the
+    process that was asked (started with the first request), so the request answers at
+    once (``202``). What is queued when the process exits is not warmed: a pipeline
+    that needs it pulls it anyway.
+
+    :param warm: warms targets into a group (``GroupAdmin.warm`` with a silent progress).
+    """
+
+    #: Most warm-ups waiting in one process; more are refused (``503``).
+    MAX_WAITING = 100
+
+    def __init__(
+        self,
+        app: Flask,
+        warm: t.Callable[[int, str, t.Sequence[Target]], object],
+        *,
+        release: t.Callable[[], None],
+        context: t.Callable[[], t.ContextManager[object]] | None = None,
+    ) -> None:
+        self.app = app
+        self._warm = warm
+        self._release = release
+        self._context = context or app.app_context
+        self._queue: queue.Queue[tuple[int, str, list[Target]]] = queue.Queue(self.MAX_WAITING)
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def put(self, group_id: int, group_path: str, targets: t.Sequence[Target]) -> bool:
+        """Queue a warm-up; ``False`` when too many wait already."""
+        self._ensure_started()
+        try:
+            self._queue.put_nowait((group_id, group_path, list(targets)))
+        except queue.Full:
+            return False
+        return True
+
+    def join(self) -> None:
+        """Wait until every queued warm-up is done (tests)."""
+        self._queue.join()
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            threading.Thread(target=self._loop, name="dependency-proxy-warm", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            group_id, group_path, targets = self._queue.get()
+            try:
+                with self._context():
+                    try:
+                        self._warm(group_id, group_path, targets)
+                    finally:
+                        self._release()
+            except Exception:
+                log.exception("warm-up of group %s failed", group_id)
+            finally:
+                self._queue.task_done()
