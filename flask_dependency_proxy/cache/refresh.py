@@ -111,10 +111,10 @@ class RefreshDefaults:
         )
 
     def requests_per_hour(self, hot_tags: int, upstreams: int = 1) -> float:
-        """The most ``HEAD`` requests the refresher makes per hour for ``hot_tags`` tags
-        whose upstream digest does not move: each tag once per interval, at most the
-        budget per upstream and run (a run every interval)."""
-        per_run = min(hot_tags, self.budget * upstreams)
+        """The most ``HEAD`` requests the refresher makes per hour for one group with
+        ``hot_tags`` tags pulled, none of which moves: at most ``tags`` of them, each
+        once per interval, at most the budget per upstream and run."""
+        per_run = min(hot_tags, self.tags, self.budget * upstreams)
         return per_run * 3600.0 / self.interval_seconds
 
 

@@ -196,3 +196,10 @@ def test_the_hot_set_ranks_by_pulls_and_adds_what_ci_names(make_core: MakeCore) 
 def test_group_target(reference: str, expected: tuple[str, str] | None) -> None:
     target = group_target(reference, "acme")
     assert (None if target is None else (target.image, target.reference)) == expected
+
+
+def test_requests_per_hour_follow_the_schedule_the_tag_count_and_the_budget() -> None:
+    defaults = RefreshDefaults(tags=10, interval_seconds=900, budget=100)
+    assert defaults.requests_per_hour(4) == 16
+    assert defaults.requests_per_hour(16) == 40  # the 10 hottest
+    assert RefreshDefaults(tags=50, interval_seconds=3600, budget=20).requests_per_hour(50) == 20
