@@ -16,10 +16,12 @@ if t.TYPE_CHECKING:
 
     from .admin.groups import GroupAdmin
     from .admin.lifecycle import CleanupScheduler, Lifecycle
+    from .admin.refresh import RefreshScheduler, WarmQueue
     from .admin.supply_chain import SupplyChainAdmin
     from .auth.access import AccessControl
     from .auth.tokens import TokenIssuer
     from .cache.pull_through import PullThroughCache
+    from .cache.refresh import TagRefresher
     from .cache.signing import SignatureGate
     from .config import ProxyConfig
     from .host import HostAdapter
@@ -66,6 +68,12 @@ class ProxyState:
     scheduler: CleanupScheduler | None = None
     #: Each group's signature policy, checked on manifest pulls.
     signatures: SignatureGate | None = None
+    #: Keeps the groups' hot tags warm (predictive refresh).
+    refresher: TagRefresher | None = None
+    #: Runs the refresher from the web processes (``DEPENDENCY_PROXY_REFRESH_SCHEDULER``).
+    refresh_scheduler: RefreshScheduler | None = None
+    #: Warm-ups the REST API queued (``POST .../warm``).
+    warm_queue: WarmQueue | None = None
 
 
 def state(app: Flask | None) -> ProxyState:

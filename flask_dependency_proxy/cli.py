@@ -266,6 +266,32 @@ def cleanup() -> None:
     click.echo(report.summary())
 
 
+@cli.command("refresh")
+@click.argument("full_path", required=False)
+@click.option(
+    "--all", "check_all", is_flag=True, help="Check every hot tag now, whatever its interval."
+)
+def refresh(full_path: str | None, check_all: bool) -> None:
+    """Re-check the hot tags of every group whose predictive refresh is on (or of the
+    group FULL_PATH, on or not) upstream, and fetch ahead what moved. One run across
+    the fleet at a time; run it from cron where the web processes do not
+    (``DEPENDENCY_PROXY_REFRESH_SCHEDULER``).
+    """
+    from .cache.refresh import RefreshBusy
+
+    refresher = state(None).refresher
+    assert refresher is not None
+    group_id = None if full_path is None else _group_id(full_path, claim=False)
+    try:
+        report = refresher.run(force=check_all or group_id is not None, group_id=group_id)
+    except RefreshBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+    if report.requests:
+        spent = ", ".join(f"{name}: {count}" for name, count in sorted(report.requests.items()))
+        click.echo(f"Upstream requests: {spent}.")
+
+
 @cli.command("stats")
 @click.argument("full_path", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")

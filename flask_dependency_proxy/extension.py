@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
+from .admin.refresh import RefreshScheduler, WarmQueue
 from .admin.supply_chain import SupplyChainAdmin
 from .auth.access import AccessControl
 from .auth.group_paths import GroupPaths
@@ -23,6 +24,7 @@ from .cache.cooldown import CooldownPolicy, Cooldowns
 from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
+from .cache.refresh import RefreshDefaults, TagRefresher
 from .cache.signing import SignatureGate, load_trust_root
 from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
@@ -30,7 +32,7 @@ from .fetch.fleet import FleetSource
 from .fetch.fleet_tokens import FleetTokens
 from .fetch.leases import FetchLeases
 from .fetch.peer_tokens import PeerTokens
-from .host import HostAdapter
+from .host import CiImageSource, HostAdapter
 from .metrics import Metrics, metrics_for
 from .models.binding import (
     DatabaseBinding,
@@ -42,7 +44,8 @@ from .models.binding import (
 from .models.blocks import BlockRecords
 from .models.cooldowns import TagHoldRecords
 from .models.group_paths import GroupPathRecords
-from .models.group_settings import GroupSettingsRecords
+from .models.group_settings import GroupSettingsRecords, Settings
+from .models.hot_tags import HotTagRecords
 from .models.quota import QuotaRecords
 from .models.repository import CacheMetadata
 from .models.signatures import SignatureRecords
@@ -208,6 +211,7 @@ class DependencyProxy:
             ),
             metrics=metrics,
             audit_flush_seconds=config.pull_record_flush_seconds,
+            usage_flush_seconds=config.usage_flush_seconds,
         )
         throttle = LoginThrottle(
             lambda: binding.session,
@@ -257,6 +261,16 @@ class DependencyProxy:
                 context=binding.outside_request,
             )
         signatures = _signature_gate(config, metadata, metrics)
+        refresher = _refresher(config, cache, settings, adapter, lifecycle)
+        refresh_scheduler = None
+        if config.refresh_scheduler:
+            refresh_scheduler = RefreshScheduler(
+                app,
+                refresher,
+                config.refresh_interval_seconds,
+                release=metadata.release,
+                context=binding.outside_request,
+            )
         app.extensions[EXTENSION_KEY] = ProxyState(
             config=config,
             host=adapter,
@@ -275,6 +289,16 @@ class DependencyProxy:
             supply_chain=supply_chain,
             scheduler=scheduler,
             signatures=signatures,
+            refresher=refresher,
+            refresh_scheduler=refresh_scheduler,
+            warm_queue=WarmQueue(
+                app,
+                lambda group_id, path, targets: group_admin.warm(
+                    group_id, path, targets, _SilentProgress()
+                ),
+                release=metadata.release,
+                context=binding.outside_request,
+            ),
         )
 
         from .blueprints import registry, token
@@ -304,6 +328,8 @@ class DependencyProxy:
         )
         if scheduler is not None:
             scheduler.install()
+        if refresh_scheduler is not None:
+            refresh_scheduler.install()
         # --
         app.cli.add_command(cli)
         log.info(
@@ -349,6 +375,60 @@ class DependencyProxy:
 
 #: A scope name as ``WWW-Authenticate`` quotes it (RFC 6750's ``scope-token``).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,100}")
+
+
+class _SilentProgress:
+    """A warm-up's progress nobody watches (one the REST API queued)."""
+
+    def planned(self, plan: t.Any) -> None:
+        pass
+
+    def advance(self, plan: t.Any, nbytes: int) -> None:
+        pass
+
+    def finished(self, outcome: t.Any) -> None:
+        if outcome.error:
+            log.warning("warm-up of %s failed: %s", outcome.target.label, outcome.error)
+
+
+def _refresher(
+    config: ProxyConfig,
+    cache: PullThroughCache,
+    settings: GroupSettingsRecords,
+    adapter: HostAdapter,
+    lifecycle: Lifecycle,
+) -> TagRefresher:
+    """The predictive refresher, with the host's CI image references when it names them."""
+    ci_images = None
+    if isinstance(adapter, CiImageSource):
+        source = adapter
+
+        def ci_images(group_id: int) -> list[str]:
+            group = adapter.find_group_by_id(group_id)
+            return [] if group is None else list(source.ci_image_references(group))
+
+    def group_settings(group_id: int) -> Settings | None:
+        return settings.get(group_id)
+
+    return TagRefresher(
+        cache,
+        HotTagRecords(lambda: cache.metadata.session),
+        group_settings=group_settings,
+        refresh_groups=lambda: [
+            row.group_id for row in settings.refresh_rows() if row.refresh_enabled
+        ],
+        leases=lifecycle.records,
+        defaults=RefreshDefaults(
+            enabled=config.refresh_default_enabled,
+            tags=config.refresh_tags,
+            interval_seconds=config.refresh_interval_seconds,
+            window_days=config.refresh_window_days,
+            budget=config.refresh_budget,
+            min_rate_limit_remaining=config.refresh_min_rate_limit_remaining,
+        ),
+        ci_images=ci_images,
+        metrics=cache.metrics,
+    )
 
 
 def _check_api_scope_name(adapter: HostAdapter) -> None:

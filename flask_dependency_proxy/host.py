@@ -193,3 +193,20 @@ class TokenAuthenticator(t.Protocol):
         when the secret is no token of this host, so it may be a password. Never
         compute a password hash here.
         """
+
+
+@t.runtime_checkable
+class CiImageSource(t.Protocol):
+    """An optional extra of a :class:`HostAdapter`: the images a group's CI will pull.
+
+    The refresher (predictive refresh, ``REFRESH_*``) keeps a group's most pulled tags
+    warm; a host whose adapter also has this method adds what its projects' CI
+    definitions name, so the first pipeline after an upstream release finds it cached.
+    Called from the refresher's thread inside the host's ``outside_request`` context,
+    once per group and run.
+    """
+
+    def ci_image_references(self, group: Group) -> t.Iterable[str]:
+        """The image references the CI definitions of the group's projects pull, with
+        their variables resolved: ``[server/]group/dependency_proxy/containers/IMAGE:TAG``
+        (references through another group or registry are left out by the extension)."""

@@ -61,6 +61,11 @@ class Metrics:
     def pull_refused(self, reason: str) -> None:
         """A manifest pull refused by a supply-chain control (``blocked``, ``refused``)."""
 
+    def tag_refreshed(self, result: str, prefetched_bytes: int = 0) -> None:
+        """The refresher checked a hot tag upstream: ``unchanged``, ``moved`` (and fetched
+        ``prefetched_bytes`` of its new blobs), ``skipped`` (the upstream's budget was
+        spent) or ``failed``."""
+
     def signature_verdict(self, mode: str, status: str) -> None:
         """A manifest pull was checked against its group's signature policy (``status``:
         verified, unsigned, invalid; counted on every pull, warm ones included)."""
@@ -170,6 +175,16 @@ class PrometheusMetrics(Metrics):
             "Manifest pulls checked against a signature policy, by mode and verdict.",
             ("mode", "status"),
         )
+        self._refreshes = counter(
+            "dependency_proxy_tag_refreshes",
+            "Hot tags the refresher checked upstream, by result (unchanged, moved,"
+            " skipped: the upstream's budget was spent, failed).",
+            ("result",),
+        )
+        self._prefetched = counter(
+            "dependency_proxy_refresh_prefetched_bytes",
+            "Blob bytes the refresher fetched for tags that moved upstream.",
+        )
         self._removed = counter(
             "dependency_proxy_cleanup_removed",
             "What cleanup removed: manifest and blob rows, blob files and their bytes.",
@@ -228,6 +243,11 @@ class PrometheusMetrics(Metrics):
 
     def pull_refused(self, reason: str) -> None:
         self._refused.labels(reason).inc()
+
+    def tag_refreshed(self, result: str, prefetched_bytes: int = 0) -> None:
+        self._refreshes.labels(result).inc()
+        if prefetched_bytes:
+            self._prefetched.inc(prefetched_bytes)
 
     def exposition(self) -> bytes:
         prom = self._prom

@@ -31,7 +31,7 @@ from tests.platform_fixtures import dispose, platform_env_keys
 from tests.support.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAD = "0012"
+HEAD = "0013"
 SETTINGS = "dependency_proxy_group_settings"
 MANIFEST_DIGEST = "sha256:" + "a" * 64
 BLOB_DIGEST = "sha256:" + "b" * 64
@@ -324,11 +324,11 @@ def test_downgrade_to_the_baseline_drops_the_column_and_keeps_the_rows(
     # the supply-chain controls (the blocked images, the pull record and the group events
     # with their five indexes, the deleted-tag policy column); 0011 the signature policies
     # and verdicts; 0012 the tag cooldown (its table and index, the four cooldown columns
-    # of the group settings).
+    # of the group settings); 0013 predictive refresh (two tables, three columns).
     assert sorted(diff[0] for diff in schema_differences(old_platform)) == [
-        *["add_column"] * 7,
+        *["add_column"] * 10,
         *["add_index"] * 9,
-        *["add_table"] * 11,
+        *["add_table"] * 13,
     ]
     assert_old_rows_kept(old_platform)
     # Upgrading again brings the column back empty: no limit.

@@ -216,6 +216,16 @@ def create_project(full_path: str) -> None:
     click.echo(f"Created project {project.full_path} (id {project.id}).")
 
 
+@project_cli.command("set-ci-file")
+@click.argument("full_path")
+@click.argument("ci_file", type=click.File("r"))
+@_refusals_as_errors
+def set_ci_file(full_path: str, ci_file: t.TextIO) -> None:
+    """Store CI_FILE (a .gitlab-ci.yml) as the CI definition of the project GROUP/NAME."""
+    project = services.set_ci_file(full_path, ci_file.read())
+    click.echo(f"Stored the CI file of {project.full_path}.")
+
+
 ci_cli = AppGroup("ci", help="Run CI jobs.")
 
 

@@ -20,12 +20,15 @@ Deploy and job tokens never administer.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import timedelta
 
 import sqlalchemy as sa
+import yaml
 from flask import current_app, has_request_context
 from flask_login import current_user
 
+from flask_dependency_proxy import ci_variables
 from flask_dependency_proxy.host import AuthFailure, Principal, PrincipalKind
 from flask_dependency_proxy.host import Group as ProxyGroup
 
@@ -35,6 +38,7 @@ from .models import (
     DeployToken,
     Group,
     PersonalAccessToken,
+    Project,
     Role,
     User,
     db,
@@ -46,6 +50,44 @@ from .models import (
     utcnow,
 )
 from .services import job_token_username, verify_password
+
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def ci_file_images(text: str) -> list[str]:
+    """The image references a CI file names: ``image:`` and ``services:`` at the top
+    level, under ``default:`` and in each job, as a string or as ``{name: ...}``."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(document, dict):
+        return []
+    found: list[str] = []
+
+    def name(entry: object) -> str | None:
+        if isinstance(entry, dict):
+            entry = entry.get("name")
+        return entry if isinstance(entry, str) and entry.strip() else None
+
+    for section in [document, *document.values()]:
+        if not isinstance(section, dict):
+            continue
+        image = name(section.get("image"))
+        if image is not None:
+            found.append(image.strip())
+        services = section.get("services")
+        for service in services if isinstance(services, list) else []:
+            service_name = name(service)
+            if service_name is not None:
+                found.append(service_name.strip())
+    return found
+
+
+def _expand(reference: str, variables: dict[str, str]) -> str:
+    """``$NAME`` and ``${NAME}`` replaced as a job's shell would (unknown ones: empty)."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), reference)
+
 
 #: Default of ``DEPENDENCY_PROXY_MIN_READ_ROLE``.
 MIN_READ_ROLE = Role.GUEST
@@ -77,7 +119,8 @@ class _Actor:
 class PlatformHost:
     """The example platform's :class:`flask_dependency_proxy.host.HostAdapter`, with
     :class:`~flask_dependency_proxy.host.TokenAuthenticator` so its tokens are never
-    throttled.
+    throttled, and :class:`~flask_dependency_proxy.host.CiImageSource`: the images the
+    CI files of a group's projects pull, which the proxy keeps warm.
 
     It holds no state, so one instance serves every application; it reads the
     current app's config and database session on each call.
@@ -90,6 +133,46 @@ class PlatformHost:
 
     def find_group_by_id(self, group_id: int) -> ProxyGroup | None:
         return _proxy_group(get_by_id(Group, group_id))
+
+    # -- CI ------------------------------------------------------------------
+
+    def ci_image_references(self, group: ProxyGroup) -> list[str]:
+        """The ``image:`` and ``services:`` of the CI files of every project whose jobs
+        pull through the group's proxy (its own and its subgroups' projects; a top-level
+        group's also through ``CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX``), with the
+        ``CI_DEPENDENCY_PROXY_*`` and ``CI_*`` variables a job gets resolved."""
+        target = get_by_id(Group, group.id)
+        if target is None:
+            return []
+        external_url = (
+            current_app.config.get("DEPENDENCY_PROXY_EXTERNAL_URL") or "http://localhost:5000"
+        )
+        projects = db.session.scalars(
+            sa.select(Project).where(
+                Project.ci_file.is_not(None),
+                sa.or_(
+                    Project.full_path.startswith(target.full_path + "/"),
+                    Project.full_path.startswith(target.top_level_path + "/"),
+                ),
+            )
+        )
+        found: list[str] = []
+        for project in projects:
+            variables = {
+                **ci_variables(
+                    external_url=external_url,
+                    project_group_path=project.group.full_path,
+                    job_token="",
+                    username=job_token_username(),
+                ),
+                "CI_PROJECT_PATH": project.full_path,
+                "CI_SERVER_URL": external_url.rstrip("/"),
+            }
+            for reference in ci_file_images(project.ci_file or ""):
+                resolved = _expand(reference, variables)
+                if resolved not in found:
+                    found.append(resolved)
+        return found
 
     # -- credentials --------------------------------------------------------
 

@@ -282,6 +282,9 @@ class Project(db.Model):  # type: ignore[name-defined,misc]
     name: Mapped[str] = mapped_column(sa.String(255))
     full_path: Mapped[str] = mapped_column(sa.String(1280), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The project's CI definition (YAML, in the shape of a ``.gitlab-ci.yml``): the
+    #: images its jobs pull, which the dependency proxy keeps warm.
+    ci_file: Mapped[str | None] = mapped_column(sa.Text)
 
     group: Mapped[Group] = relationship(back_populates="projects")
 

@@ -321,6 +321,28 @@ def revoke_deploy_token(token_id: int, *, group: Group | None = None) -> DeployT
     return token
 
 
+def set_ci_file(full_path: str, text: str | None) -> Project:
+    """Store the project's CI definition (``None`` removes it).
+
+    :raises PlatformError: no such project, or text that is not a YAML mapping.
+    """
+    import yaml
+
+    project = find_project(full_path.strip("/").lower())
+    if project is None:
+        raise PlatformError(f"No project at {full_path!r}.")
+    if text is not None:
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PlatformError(f"The CI file is not YAML: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise PlatformError("The CI file must be a YAML mapping of jobs.")
+    project.ci_file = text
+    db.session.commit()
+    return project
+
+
 def create_project(full_path: str) -> Project:
     """Create a project at ``GROUP/NAME`` inside an existing group."""
     group_path, _, name = full_path.strip("/").rpartition("/")

@@ -146,6 +146,8 @@ def finish(response: Response) -> Response:
             proxy.metrics.served_bytes(record.kind, outcome.from_cache, size)
         if record.kind == "manifest":
             proxy.cache.usage.count_pull(record.group_id, outcome)
+            if record.image and record.reference:
+                proxy.cache.usage.count_reference(record.group_id, record.image, record.reference)
         else:
             proxy.cache.usage.count_bytes(record.group_id, outcome, record.blob_size)
     if record.kind == "manifest" and request.method == "GET" and proxy.config.pull_record:

@@ -139,7 +139,13 @@ class ManifestCache:
         self._clock = clock
 
     def get_manifest(
-        self, group_id: int, path: ProxyPath, reference: str, accept: t.Sequence[str] = ()
+        self,
+        group_id: int,
+        path: ProxyPath,
+        reference: str,
+        accept: t.Sequence[str] = (),
+        *,
+        revalidate: bool = False,
     ) -> ManifestResult:
         """The manifest for a tag or digest, from the cache or upstream, in a media type
         the client accepts (``accept``: its merged ``Accept`` list), the way distribution
@@ -150,6 +156,8 @@ class ManifestCache:
         :raises ImageBlocked: the tag, or the digest it would serve, is blocked.
         :raises CooldownRefused: a brand-new tag, or a digest, in cooldown that the
             group's policy refuses.
+        :param revalidate: ask upstream about a tag even within ``tag_check_interval``
+            (the refresher, :mod:`.refresh`).
         """
         blocks = self.blocks
         if blocks is not None:
@@ -159,7 +167,7 @@ class ManifestCache:
                 blocks.check_tag(group_id, path.image, reference)
         if self.cooldowns is not None and is_digest(reference):
             self.cooldowns.check_digest(group_id, path.image, reference, self._clock())
-        result = self._manifest(group_id, path, reference)
+        result = self._manifest(group_id, path, reference, revalidate=revalidate)
         if blocks is not None:
             blocks.check_digest(group_id, result.digest)
         if accepts(list(accept), result.media_type):
@@ -182,10 +190,23 @@ class ManifestCache:
             {"reference": reference},
         )
 
-    def _manifest(self, group_id: int, path: ProxyPath, reference: str) -> ManifestResult:
+    def _manifest(
+        self, group_id: int, path: ProxyPath, reference: str, *, revalidate: bool = False
+    ) -> ManifestResult:
         if is_digest(reference):
             return self._manifest_by_digest(group_id, path, reference)
-        return self._manifest_by_tag(group_id, path, reference)
+        return self._manifest_by_tag(group_id, path, reference, revalidate=revalidate)
+
+    def prefetch_manifest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
+        """The manifest ``digest``, cached or fetched, whatever cooldown it is in: the
+        refresher fetches a tag's new digest ahead of its release (pulls are still given
+        the previous digest until then). A blocked digest is refused as for a pull.
+
+        :raises ImageBlocked: the digest is blocked.
+        """
+        if self.blocks is not None:
+            self.blocks.check_digest(group_id, digest)
+        return self._manifest_by_digest(group_id, path, digest)
 
     def list_tags(self, group_id: int, path: ProxyPath, n: int | None, last: str | None) -> TagPage:
         """One page of upstream's tags for the image; while upstream cannot answer, the
@@ -250,7 +271,9 @@ class ManifestCache:
             )
         return _result(record, Outcome.MISS)
 
-    def _manifest_by_tag(self, group_id: int, path: ProxyPath, tag: str) -> ManifestResult:
+    def _manifest_by_tag(
+        self, group_id: int, path: ProxyPath, tag: str, *, revalidate: bool = False
+    ) -> ManifestResult:
         policy = None if self.cooldowns is None else self.cooldowns.policy(group_id, path.image)
         held = None
         with self.database.phase("reading a tag"):
@@ -263,6 +286,7 @@ class ManifestCache:
             fresh = (
                 cached is not None
                 and held is None
+                and not revalidate
                 and dt.timedelta(0) <= self._clock() - cached.checked_at < self.tag_check_interval
             )
             if not fresh:

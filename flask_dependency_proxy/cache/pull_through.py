@@ -35,6 +35,7 @@ from ..fetch.fetcher import BlobFetcher, Committed
 from ..fetch.following import Fetch
 from ..metrics import Metrics
 from ..models.database import DatabaseUnavailable
+from ..models.hot_tags import write_reference_pulls
 from ..models.pulls import write_pulls
 from ..models.repository import CacheMetadata
 from ..models.tables import utcnow
@@ -55,6 +56,7 @@ from .quota import Quotas
 from .referrers import Referrers, ReferrersCache
 from .results import BlobResult, ManifestResult, Outcome
 from .routes import ImageRoutes, call_upstream, first_that_has
+from .usage import FLUSH_SECONDS as USAGE_FLUSH_SECONDS
 from .usage import UsageBuffer
 from .worker_memory import RecentBlobs, UnreadableBlobs
 
@@ -75,6 +77,8 @@ class PullThroughCache:
     :param deleted_tags: each group's policy for a cached tag upstream deleted.
     :param cooldowns: the groups' tag cooldowns (:mod:`.cooldown`); ``None``: none.
     :param audit_flush_seconds: how often the pull record is written.
+    :param usage_flush_seconds: how often the usage counters (and the pull counts per
+        tag the refresher ranks by) are written.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class PullThroughCache:
         cooldowns: Cooldowns | None = None,
         metrics: Metrics | None = None,
         audit_flush_seconds: float = AUDIT_FLUSH_SECONDS,
+        usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
@@ -130,7 +135,7 @@ class PullThroughCache:
         #: Blobs this worker found gone from the store although a row names them.
         self._unreadable = UnreadableBlobs()
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
-        self.usage = UsageBuffer()
+        self.usage = UsageBuffer(flush_seconds=usage_flush_seconds)
         self._bookkeeping_failed = False
         self.quotas = quotas
 
@@ -360,7 +365,10 @@ class PullThroughCache:
             return
         try:
             with self.database.phase("writing usage counters", has_fallback=True):
-                self.usage.flush(lambda batch: write_usage(self.metadata.session, batch))
+                self.usage.flush(
+                    lambda batch: write_usage(self.metadata.session, batch),
+                    references=lambda refs: write_reference_pulls(self.metadata.session, refs),
+                )
         except Exception as exc:
             log.warning("usage counters kept for later: %s", exc)
 

@@ -15,6 +15,7 @@ import threading
 import time
 import typing as t
 
+from ..models.hot_tags import ReferenceKey
 from ..models.usage import DayCounts, Key
 
 #: Seconds between two flushes of one process's buffer.
@@ -27,6 +28,7 @@ class _Outcome(t.Protocol):
 
 
 Writer = t.Callable[[dict[Key, DayCounts]], object]
+ReferenceWriter = t.Callable[[dict[ReferenceKey, int]], object]
 
 
 def _utc_today() -> dt.date:
@@ -52,6 +54,7 @@ class UsageBuffer:
         self._flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._pending: dict[Key, DayCounts] = {}
+        self._references: dict[ReferenceKey, int] = {}
         self._last_flush = monotonic()
 
     def count_pull(self, group_id: int, outcome: _Outcome) -> None:
@@ -67,6 +70,13 @@ class UsageBuffer:
         else:
             self._add(group_id, DayCounts(bytes_upstream=nbytes))
 
+    def count_reference(self, group_id: int, image: str, reference: str) -> None:
+        """One manifest GET of ``image`` by ``reference`` (a tag, or a digest: the
+        platform an index's pull chose): what ranks the tags the refresher keeps warm."""
+        key = (group_id, image, reference, self._today())
+        with self._lock:
+            self._references[key] = self._references.get(key, 0) + 1
+
     def _add(self, group_id: int, counts: DayCounts) -> None:
         key = (group_id, self._today())
         with self._lock:
@@ -77,32 +87,54 @@ class UsageBuffer:
         with self._lock:
             for key in [key for key in self._pending if key[0] == group_id]:
                 del self._pending[key]
+            for ref in [ref for ref in self._references if ref[0] == group_id]:
+                del self._references[ref]
 
     def flush_due(self) -> bool:
         """Whether :meth:`flush` has something to write now."""
         with self._lock:
             elapsed = self._monotonic() - self._last_flush
-            return bool(self._pending) and elapsed >= self._flush_seconds
+            pending = bool(self._pending or self._references)
+            return pending and elapsed >= self._flush_seconds
 
-    def flush(self, writer: Writer, force: bool = False) -> int:
-        """Hand the buffered counters to ``writer`` in one batch; returns the rows handed.
+    def flush(
+        self,
+        writer: Writer,
+        force: bool = False,
+        references: ReferenceWriter | None = None,
+    ) -> int:
+        """Hand the buffered counters to ``writer`` in one batch, and the reference
+        counts to ``references`` (kept buffered without one); returns the rows handed.
 
-        When ``writer`` raises, the counters stay buffered and the error propagates.
+        When a writer raises, what it was handed stays buffered and the error propagates.
         """
         with self._lock:
             elapsed = self._monotonic() - self._last_flush
-            if not self._pending or not (force or elapsed >= self._flush_seconds):
+            refs_due = references is not None and bool(self._references)
+            if not (self._pending or refs_due) or not (force or elapsed >= self._flush_seconds):
                 return 0
             pending, self._pending = self._pending, {}
+            refs: dict[ReferenceKey, int] = {}
+            if references is not None:
+                refs, self._references = self._references, {}
             self._last_flush = self._monotonic()
         try:
-            writer(pending)
+            if pending:
+                writer(pending)
         except BaseException:
-            self._restore(pending)
+            self._restore(pending, refs)
             raise
-        return len(pending)
+        try:
+            if refs and references is not None:
+                references(refs)
+        except BaseException:
+            self._restore({}, refs)
+            raise
+        return len(pending) + len(refs)
 
-    def _restore(self, pending: dict[Key, DayCounts]) -> None:
+    def _restore(self, pending: dict[Key, DayCounts], refs: dict[ReferenceKey, int]) -> None:
         with self._lock:
             for key, counts in pending.items():
                 self._pending.setdefault(key, DayCounts()).add(counts)
+            for ref, pulls in refs.items():
+                self._references[ref] = self._references.get(ref, 0) + pulls

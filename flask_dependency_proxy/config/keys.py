@@ -264,11 +264,37 @@ class ProxyConfig:
     #: A pull by digest of a digest still in cooldown: ``allow`` (pinning a digest is a
     #: deliberate act) or ``refuse``.
     tag_cooldown_digest_pulls: str = _key("allow", choice("allow", "refuse"))
+    #: Predictive refresh, for groups without their own setting: a background thread
+    #: re-checks each group's most pulled tags upstream with ``HEAD`` requests and, when a
+    #: tag moved, fetches the new manifest and the blobs of the platforms the group pulls,
+    #: so the next CI pull is warm. See "Predictive refresh" in the docs.
+    refresh_default_enabled: bool = _key(False, boolean)
+    #: Run the refresher in a thread of each web process (one across the fleet at a time,
+    #: through a database lease). Elsewhere run ``flask dependency-proxy refresh`` from cron.
+    refresh_scheduler: bool = _key(False, boolean)
+    #: How many of a group's tags (the most pulled in the last ``REFRESH_WINDOW_DAYS``,
+    #: plus what the host names for its CI) are kept warm, for groups without their own.
+    refresh_tags: int = _key(10, number(int, 1))
+    #: Seconds between two checks of one hot tag, for groups without their own.
+    refresh_interval_seconds: float = _key(900, number(float, 1))
+    #: Days of pulls that rank a group's tags.
+    refresh_window_days: int = _key(7, number(int, 1))
+    #: Most upstream requests (``HEAD`` and ``GET`` of manifests) one refresh run makes to
+    #: one upstream; the refresh stops asking an upstream sooner when it answers
+    #: ``RateLimit-Remaining`` at or below ``REFRESH_MIN_RATE_LIMIT_REMAINING`` or holds
+    #: requests back after a ``429``'s ``Retry-After``.
+    refresh_budget: int = _key(100, number(int, 1))
+    #: The ``RateLimit-Remaining`` an upstream keeps for client pulls: at or below it the
+    #: refresher does not ask that upstream.
+    refresh_min_rate_limit_remaining: int = _key(0, number(int, 0))
     #: Keep a record of every manifest pull (who, what, which digest, the host's job
     #: context), written in batches; see the supply-chain page of the docs.
     pull_record: bool = _key(True, boolean)
     #: Days the pull record keeps a pull; cleanup deletes older ones.
     pull_record_retention_days: int = _key(90, number(int, 1))
+    #: Seconds between two writes of a process's buffered usage counters and pull counts
+    #: per tag (what the usage chart and predictive refresh read).
+    usage_flush_seconds: float = _key(10, number(float, 0))
     #: Seconds between two writes of a process's buffered pull record.
     pull_record_flush_seconds: float = _key(5, number(float, 0))
     # -- quotas --

@@ -33,6 +33,8 @@ from .tables import (
     SignatureVerdictRow,
     Status,
     TagCooldown,
+    TagPullDay,
+    TagRefresh,
     UsageDay,
 )
 from .transaction import rowcount
@@ -58,6 +60,8 @@ FORGOTTEN_TABLES: tuple[t.Any, ...] = (
     SignaturePolicyRow,
     SignatureVerdictRow,
     TagCooldown,
+    TagPullDay,
+    TagRefresh,
 )
 
 

@@ -64,6 +64,11 @@ class Settings:
     cooldown_new_tags: str | None = None
     cooldown_digest_pulls: str | None = None
     cooldown_exempt: tuple[str, ...] | None = None
+    #: Predictive refresh (``None``: the instance's default; see :mod:`..cache.refresh`):
+    #: on or off, how many hot tags, seconds between two checks of one.
+    refresh_enabled: bool | None = None
+    refresh_tags: int | None = None
+    refresh_interval_seconds: int | None = None
 
 
 #: Values of :attr:`Settings.upstream_not_found` besides ``None``.
@@ -74,6 +79,10 @@ DIGEST_PULL_POLICIES = ("allow", "refuse")
 #: Longest cooldown (a year) and most exempt image patterns of a group.
 MAX_COOLDOWN_SECONDS = 366 * 24 * 3600
 MAX_EXEMPT_PATTERNS = 100
+#: Bounds of a group's refresh settings.
+MAX_REFRESH_TAGS = 1000
+MIN_REFRESH_INTERVAL_SECONDS = 60
+MAX_REFRESH_INTERVAL_SECONDS = 7 * 24 * 3600
 
 
 class GroupSettingsRecords(SessionRecords):
@@ -108,6 +117,9 @@ class GroupSettingsRecords(SessionRecords):
         cooldown_new_tags: str | None | Keep = KEEP,
         cooldown_digest_pulls: str | None | Keep = KEEP,
         cooldown_exempt: t.Sequence[str] | None | Keep = KEEP,
+        refresh_enabled: bool | None | Keep = KEEP,
+        refresh_tags: int | None | Keep = KEEP,
+        refresh_interval_seconds: int | None | Keep = KEEP,
     ) -> Settings:
         """Change the given settings in one transaction and commit; the others keep
         their values (their defaults when the group has no row yet).
@@ -126,6 +138,15 @@ class GroupSettingsRecords(SessionRecords):
             0 <= cooldown_seconds <= MAX_COOLDOWN_SECONDS
         ):
             raise ValueError(f"a cooldown must be from 0 to {MAX_COOLDOWN_SECONDS} seconds")
+        if isinstance(refresh_tags, int) and not 1 <= refresh_tags <= MAX_REFRESH_TAGS:
+            raise ValueError(f"the refreshed tags must be from 1 to {MAX_REFRESH_TAGS}")
+        if isinstance(refresh_interval_seconds, int) and not (
+            MIN_REFRESH_INTERVAL_SECONDS <= refresh_interval_seconds <= MAX_REFRESH_INTERVAL_SECONDS
+        ):
+            raise ValueError(
+                f"a refresh interval must be from {MIN_REFRESH_INTERVAL_SECONDS}"
+                f" to {MAX_REFRESH_INTERVAL_SECONDS} seconds"
+            )
         exempt: str | None | Keep = KEEP
         if cooldown_exempt is None:
             exempt = None
@@ -149,6 +170,9 @@ class GroupSettingsRecords(SessionRecords):
                 ("cooldown_new_tags", cooldown_new_tags),
                 ("cooldown_digest_pulls", cooldown_digest_pulls),
                 ("cooldown_exempt", exempt),
+                ("refresh_enabled", refresh_enabled),
+                ("refresh_tags", refresh_tags),
+                ("refresh_interval_seconds", refresh_interval_seconds),
             )
             if not isinstance(value, Keep)
         }
@@ -217,6 +241,19 @@ class GroupSettingsRecords(SessionRecords):
         ).scalars()
         return [_settings(row) for row in rows]
 
+    def refresh_rows(self) -> list[Settings]:
+        """The settings of every group with a refresh value of its own."""
+        rows = self.session.execute(
+            sa.select(GroupSettings).where(
+                sa.or_(
+                    GroupSettings.refresh_enabled.is_not(None),
+                    GroupSettings.refresh_tags.is_not(None),
+                    GroupSettings.refresh_interval_seconds.is_not(None),
+                )
+            )
+        ).scalars()
+        return [_settings(row) for row in rows]
+
     def cleanup_policies(self) -> list[tuple[int, int]]:
         """``(group_id, days)`` of every group whose cleanup policy is on."""
         return [
@@ -257,4 +294,7 @@ def _settings(row: GroupSettings) -> Settings:
         cooldown_exempt=(
             None if row.cooldown_exempt is None else tuple(row.cooldown_exempt.splitlines())
         ),
+        refresh_enabled=row.refresh_enabled,
+        refresh_tags=row.refresh_tags,
+        refresh_interval_seconds=row.refresh_interval_seconds,
     )

@@ -67,6 +67,12 @@ class GroupSettings(Base):
     cooldown_digest_pulls: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))
     #: Image-name patterns exempt from the cooldown, one a line; ``NULL``: none.
     cooldown_exempt: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    #: Predictive refresh of the group's hot tags on or off; ``NULL``: the instance's default.
+    refresh_enabled: orm.Mapped[bool | None] = orm.mapped_column(sa.Boolean)
+    #: How many hot tags the refresher keeps warm; ``NULL``: the instance's default.
+    refresh_tags: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
+    #: Seconds between two checks of one hot tag; ``NULL``: the instance's default.
+    refresh_interval_seconds: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
 
 
 class CachedManifest(Base):
@@ -393,3 +399,39 @@ class TagCooldown(Base):
     first_seen_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime)
     released_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
     released_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+
+
+class TagPullDay(Base):
+    """How often a group pulled one manifest reference (a tag, or a digest: the platform
+    manifests an index's pulls chose) of an image on one UTC day; written in batches with
+    the usage counters. What ranks the tags the refresher keeps warm."""
+
+    __tablename__ = f"{TABLE_PREFIX}tag_pulls"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255), primary_key=True)
+    reference: orm.Mapped[str] = orm.mapped_column(sa.String(135), primary_key=True)
+    day: orm.Mapped[dt.date] = orm.mapped_column(sa.Date, primary_key=True)
+    pulls: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+class TagRefresh(Base):
+    """What the refresher last did with one hot tag of a group: when it checked it
+    upstream, when it found it moved and fetched the new digest (and how many bytes), and
+    the platforms (``os/arch[/variant]``, one a line) the group's pulls of it chose."""
+
+    __tablename__ = f"{TABLE_PREFIX}tag_refreshes"
+
+    group_id: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    image: orm.Mapped[str] = orm.mapped_column(sa.String(255), primary_key=True)
+    tag: orm.Mapped[str] = orm.mapped_column(sa.String(128), primary_key=True)
+    checked_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+    refreshed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime)
+    #: The digest the tag moved to, fetched by the refresher at ``refreshed_at``.
+    refreshed_digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(135))
+    prefetched_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+    platforms: orm.Mapped[str | None] = orm.mapped_column(sa.Text)

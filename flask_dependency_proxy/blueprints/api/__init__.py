@@ -41,6 +41,12 @@ upstreams of a group whose path another group holds (compared lowercased).
   an image-name pattern (``*`` for any run of characters) or ``null`` for every image.
   Answers also carry the ``index_rule`` and how much ``trust`` the instance configured.
 
+- ``GET``/``PUT refresh``: predictive refresh (``{"enabled", "tags",
+  "interval_seconds"}``, each ``null`` for the instance's default) and what the
+  refresher last did per image and tag; ``POST warm`` with a JSON list of image
+  references: ``202`` with what was queued, errors per item; for owners, or a CI job
+  of the group sending ``JOB-TOKEN`` (:mod:`._refresh`).
+
 One blueprint, ``dependency_proxy_api``: :mod:`._base` holds it with what every endpoint
 shares (authentication, the group, errors, JSON, pagination); :mod:`._contents` (cache,
 images, manifests, blobs, usage), :mod:`._settings`, :mod:`._supply_chain` and
@@ -56,13 +62,13 @@ from __future__ import annotations
 
 from flask import Response
 
-from . import _contents, _settings, _signatures, _supply_chain, _upstreams
+from . import _contents, _refresh, _settings, _signatures, _supply_chain, _upstreams
 from ._base import ALL_METHODS, ROUTE, ApiError, bp
 
 __all__ = ["bp"]
 
 # The modules above add their routes on import.
-del _contents, _settings, _signatures, _supply_chain, _upstreams
+del _contents, _refresh, _settings, _signatures, _supply_chain, _upstreams
 
 
 @bp.route(f"{ROUTE}/<path:rest>", methods=ALL_METHODS)

@@ -1,0 +1,161 @@
+"""Runs predictive refresh (:mod:`..cache.refresh`) from a thread of each web process,
+and the warm-ups the REST API queues (:class:`WarmQueue`).
+
+The model is :class:`.lifecycle.CleanupScheduler`: every process polls, and the
+``refresh`` lease (with the time the last run finished) lets one of them run per poll
+interval, whichever host it is on; each hot tag then waits for its group's interval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import random
+import threading
+import typing as t
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from ..cache.refresh import RefreshReport, TagRefresher
+    from ..cache.warm import Target
+
+log = logging.getLogger(__name__)
+
+#: Most seconds between two polls of a process.
+_MAX_POLL_SECONDS = 60.0
+
+
+class RefreshScheduler:
+    """Polls for a due refresh run every ``poll_seconds`` (at most a minute).
+
+    :param release: ends the thread's database session after each poll.
+    :param context: the context each poll runs in (the host's ``outside_request``).
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        refresher: TagRefresher,
+        poll_seconds: float,
+        *,
+        release: t.Callable[[], None],
+        context: t.Callable[[], t.ContextManager[object]] | None = None,
+    ) -> None:
+        self.app = app
+        self.refresher = refresher
+        self._release = release
+        self._context = context or app.app_context
+        self._poll = min(poll_seconds, _MAX_POLL_SECONDS)
+        self.interval = dt.timedelta(seconds=self._poll)
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        self.app.before_request(self._ensure_started)
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._loop, name="dependency-proxy-refresh", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (tests; a process that exits needs not call it)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._pid = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(random.uniform(0.5, 1.0) * self._poll):
+            self.run_once()
+
+    def run_once(self) -> RefreshReport | None:
+        """A refresh run if one is due; errors are logged, never raised."""
+        try:
+            with self._context():
+                try:
+                    return self.refresher.run_if_due(self.interval)
+                finally:
+                    self._release()
+        except Exception:
+            log.exception("scheduled dependency proxy refresh failed")
+            return None
+
+
+class WarmQueue:
+    """Warm-ups asked for over the REST API, run one after another by a thread of the
+    process that was asked (started with the first request), so the request answers at
+    once (``202``). What is queued when the process exits is not warmed: a pipeline
+    that needs it pulls it anyway.
+
+    :param warm: warms targets into a group (``GroupAdmin.warm`` with a silent progress).
+    """
+
+    #: Most warm-ups waiting in one process; more are refused (``503``).
+    MAX_WAITING = 100
+
+    def __init__(
+        self,
+        app: Flask,
+        warm: t.Callable[[int, str, t.Sequence[Target]], object],
+        *,
+        release: t.Callable[[], None],
+        context: t.Callable[[], t.ContextManager[object]] | None = None,
+    ) -> None:
+        self.app = app
+        self._warm = warm
+        self._release = release
+        self._context = context or app.app_context
+        self._queue: queue.Queue[tuple[int, str, list[Target]]] = queue.Queue(self.MAX_WAITING)
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def put(self, group_id: int, group_path: str, targets: t.Sequence[Target]) -> bool:
+        """Queue a warm-up; ``False`` when too many wait already."""
+        self._ensure_started()
+        try:
+            self._queue.put_nowait((group_id, group_path, list(targets)))
+        except queue.Full:
+            return False
+        return True
+
+    def join(self) -> None:
+        """Wait until every queued warm-up is done (tests)."""
+        self._queue.join()
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            threading.Thread(target=self._loop, name="dependency-proxy-warm", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            group_id, group_path, targets = self._queue.get()
+            try:
+                with self._context():
+                    try:
+                        self._warm(group_id, group_path, targets)
+                    finally:
+                        self._release()
+            except Exception:
+                log.exception("warm-up of group %s failed", group_id)
+            finally:
+                self._queue.task_done()

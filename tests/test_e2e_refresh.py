@@ -1,0 +1,177 @@
+"""Predictive refresh against the live platform and its real upstream registry: a tag
+moved upstream is fetched ahead by one refresher run, so the next skopeo pull makes no
+upstream blob GET; an image a project's CI file names is warmed by the refresher before
+anyone pulled it; a CI job asks for a warm-up over the REST API with its job token.
+
+The refresher's run-once entry point is ``flask dependency-proxy refresh``, run in the
+platform's environment (the web processes run no scheduler here).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests.support import checks, images, seed
+from tests.support.clients import Skopeo
+from tests.support.platform import Platform, PlatformFactory
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.e2e
+
+#: The subject is the refresher, not the database: PostgreSQL, the production setup.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
+GROUP = seed.ACME
+USER = seed.ALICE
+
+
+def _setup(platform: Platform) -> None:
+    seed.seed_full(platform)
+    platform.setup_command("project", "create", f"{GROUP}/app")
+
+
+@pytest.fixture(scope="module")
+def live(module_platform_factory: PlatformFactory, upstream: Registry) -> Platform:
+    return module_platform_factory(
+        upstream.url,
+        name="refresh",
+        setup=_setup,
+        # Every request writes the buffered pull counts, so a run sees the last pull.
+        extra_env={"DEPENDENCY_PROXY_USAGE_FLUSH_SECONDS": "0"},
+    )
+
+
+def _blob_gets(upstream: Registry, repository: str, since: int) -> list[str]:
+    return [
+        record.reference
+        for record in upstream.access_log(since)
+        if record.method == "GET" and record.kind == "blobs" and record.repository == repository
+    ]
+
+
+def _pull(live: Platform, skopeo: Skopeo, repository: str, tag: str) -> None:
+    checks.ok(skopeo.copy_to_dir(live.image(GROUP, repository, tag))[0])
+    # The pull's last counts are written by the next request.
+    live.token(USER.username, USER.password)
+
+
+def test_a_tag_moved_upstream_is_fetched_by_one_run_and_the_next_pull_gets_no_blob(
+    live: Platform, upstream: Registry, tmp_path: Path, unique_name: str
+) -> None:
+    repository = f"refresh/{unique_name}"
+    images.push(
+        images.build_image(f"{unique_name}-1", layer_sizes=(30_000,)),
+        upstream, repository, "stable", workdir=tmp_path,
+    )  # fmt: skip
+    skopeo = Skopeo(tmp_path / "skopeo")
+    checks.ok(skopeo.login(live.host, USER.username, USER.password))
+    _pull(live, skopeo, repository, "stable")
+    moved = images.push(
+        images.build_image(f"{unique_name}-2", layer_sizes=(40_000, 20_000)),
+        upstream, repository, "stable", workdir=tmp_path,
+    )  # fmt: skip
+    fetched = upstream.mark()
+
+    result = live.flask("dependency-proxy", "refresh", GROUP)
+
+    assert "1 moved" in result.stdout, result.stdout + result.stderr
+    assert sorted(_blob_gets(upstream, repository, fetched)) == sorted(moved.blob_digests)
+    pulled = upstream.mark()
+    target = tmp_path / "after"
+    checks.ok(skopeo.copy(live.image(GROUP, repository, "stable"), f"dir:{target}"))
+    assert _blob_gets(upstream, repository, pulled) == []
+    assert json.loads((target / "manifest.json").read_bytes()) == json.loads(moved.manifest)
+
+    # The API shows when the tag was refreshed, and the digest it fetched.
+    token = live.flask("token", "create", seed.ROOT.username, "--scopes", "api").stdout
+    answer = _api(live, token.strip().splitlines()[-1], "GET", "refresh")
+    row = next(r for r in answer["tags_refreshed"] if r["image"] == repository)
+    assert row["refreshed_digest"] == moved.digest and row["refreshed_at"]
+
+
+def test_what_a_ci_file_names_is_warmed_before_anyone_pulls_it(
+    live: Platform, upstream: Registry, tmp_path: Path, unique_name: str
+) -> None:
+    repository = f"refresh/{unique_name}-ci"
+    pushed = images.push(
+        images.build_image(unique_name, layer_sizes=(25_000,)),
+        upstream, repository, "1", workdir=tmp_path,
+    )  # fmt: skip
+    ci_file = tmp_path / "ci.yml"
+    ci_file.write_text(
+        "test:\n"
+        f"  image: ${{CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX}}/{repository}:1\n"
+        "  script: [make test]\n"
+    )
+    live.flask("project", "set-ci-file", f"{GROUP}/app", str(ci_file))
+    fetched = upstream.mark()
+
+    live.flask("dependency-proxy", "refresh", GROUP)
+
+    assert sorted(_blob_gets(upstream, repository, fetched)) == sorted(pushed.blob_digests)
+    skopeo = Skopeo(tmp_path / "skopeo")
+    checks.ok(skopeo.login(live.host, USER.username, USER.password))
+    pulled = upstream.mark()
+    checks.ok(skopeo.copy_to_dir(live.image(GROUP, repository, "1"))[0])
+    assert _blob_gets(upstream, repository, pulled) == []
+
+
+def test_a_ci_job_asks_for_a_warm_up_with_its_job_token(
+    live: Platform, upstream: Registry, tmp_path: Path, unique_name: str
+) -> None:
+    repository = f"refresh/{unique_name}-job"
+    pushed = images.push(
+        images.build_image(unique_name, layer_sizes=(20_000,)),
+        upstream, repository, "2", workdir=tmp_path,
+    )  # fmt: skip
+    answer = tmp_path / "answer.json"
+    body = json.dumps([f"{repository}:2", "Not A Reference!"])
+    script = (
+        f"curl -sS -o {answer} -w '%{{http_code}}' -X POST"
+        " -H \"JOB-TOKEN: $CI_JOB_TOKEN\" -H 'Content-Type: application/json'"
+        f" --data '{body}' {live.url}/api/v4/groups/{GROUP}/dependency_proxy/warm"
+    )
+    fetched = upstream.mark()
+
+    job = live.flask("ci", "run", f"{GROUP}/app", "--user", USER.username, "--", "sh", "-c", script)
+
+    assert job.stdout.strip().endswith("202"), job.stdout + job.stderr
+    result = json.loads(answer.read_text())
+    assert [item["image"] for item in result["queued"]] == [repository]
+    assert [item["index"] for item in result["errors"]] == [1]
+    deadline = time.monotonic() + 30
+    while sorted(set(_blob_gets(upstream, repository, fetched))) != sorted(pushed.blob_digests):
+        assert time.monotonic() < deadline, "the queued warm-up fetched nothing"
+        time.sleep(0.2)
+    # A stranger's token is refused.
+    refused = _post(live, {"JOB-TOKEN": "not-a-job-token"}, [f"{repository}:2"])
+    assert refused.status_code == 401
+
+
+def _api(live: Platform, token: str, method: str, route: str) -> t.Any:
+    import requests
+
+    response = requests.request(
+        method,
+        f"{live.url}/api/v4/groups/{GROUP}/dependency_proxy/{route}",
+        headers={"PRIVATE-TOKEN": token},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _post(live: Platform, headers: dict[str, str], body: t.Any) -> t.Any:
+    import requests
+
+    return requests.post(
+        f"{live.url}/api/v4/groups/{GROUP}/dependency_proxy/warm",
+        headers=headers,
+        json=body,
+        timeout=30,
+    )
