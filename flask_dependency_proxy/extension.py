@@ -429,6 +429,7 @@ def _signature_gate(
         roots=roots,
         recheck_seconds=config.signature_recheck_seconds,
         metrics=metrics,
+        refresh_seconds=config.block_refresh_seconds,
     )
 
 

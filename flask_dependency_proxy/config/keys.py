@@ -250,8 +250,9 @@ class ProxyConfig:
     cleanup_file_grace_seconds: float = _key(600, number(float, 0))
     #: Seconds after a purge during which another purge of the same group answers 409.
     purge_cooldown_seconds: float = _key(3600, number(float, 0))
-    #: Seconds each process trusts the blocked images it loaded before it reads them
-    #: again: how long a block or an unblock made elsewhere takes to reach every worker.
+    #: Seconds each process trusts the blocked images, tag cooldowns and signature
+    #: policies it loaded before it reads them again: how long a change made elsewhere
+    #: takes to reach every worker.
     block_refresh_seconds: float = _key(5, number(float, 0))
     #: The instance's tag cooldown, for groups without their own: hours (fractions
     #: allowed) a tag's new upstream digest waits, counted from when the group's cache

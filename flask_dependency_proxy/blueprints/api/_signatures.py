@@ -23,7 +23,6 @@ def _body(group_id: int, document: dict[str, t.Any], gate: SignatureGate) -> dic
     return {
         "group_id": group_id,
         **document,
-        "index_rule": "index",
         "trust": {
             "certificate_authorities": len(roots.authorities) if roots else 0,
             "transparency_logs": len(roots.logs) if roots else 0,
