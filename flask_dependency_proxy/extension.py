@@ -23,7 +23,7 @@ from .cache.cooldown import CooldownPolicy, Cooldowns
 from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
-from .cache.signing import SignatureGate, load_trust_root
+from .cache.signing import PolicyError, SignatureGate, load_trust_root, normalize_policy
 from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FleetSource
@@ -423,6 +423,14 @@ def _signature_gate(
         )
     except (ValueError, OSError) as error:
         raise ConfigError(f"{ENV_PREFIX}SIGNATURE_* trust material: {error}") from error
+    try:
+        default = normalize_policy(
+            {"mode": config.signature_mode, **(config.signature_signers or {})}, roots=roots
+        )
+    except PolicyError as error:
+        raise ConfigError(
+            f"{ENV_PREFIX}SIGNATURE_MODE and {ENV_PREFIX}SIGNATURE_SIGNERS: {error}."
+        ) from None
     return SignatureGate(
         records=SignatureRecords(lambda: metadata.session),
         database=metadata.database,
@@ -430,6 +438,7 @@ def _signature_gate(
         recheck_seconds=config.signature_recheck_seconds,
         metrics=metrics,
         refresh_seconds=config.block_refresh_seconds,
+        default=default,
     )
 
 

@@ -140,7 +140,7 @@ def _policy(live: Signed, mode: str, *, extra_key: bool = False) -> None:
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["mode"] == mode
+    assert (answer.json()["mode"], answer.json()["default"]) == (mode, False)
 
 
 def _manifest(live: Signed, image: str, reference: str) -> requests.Response:
@@ -160,10 +160,12 @@ def alice(signed: Signed, tmp_path: Path) -> Skopeo:
 def test_policy_api_rejects_bad_input(signed: Signed) -> None:
     url = f"{signed.platform.url}/api/v4/groups/{GROUP}/dependency_proxy/signature_policy"
     auth = {"PRIVATE-TOKEN": signed.token}
-    assert requests.get(url, headers=auth, timeout=30).json()["mode"] == "off"
+    shown = requests.get(url, headers=auth, timeout=30).json()
+    assert (shown["mode"], shown["default"], shown["index_rule"]) == ("off", True, "index")
     for body in (
         {"mode": "block"},
         {"mode": "enforce"},
+        {"mode": "off", "index_rule": "each"},
         {"mode": "warn", "keys": [{"pem": "not a key"}]},
         {"mode": "warn", "identities": [{"issuer": "x"}]},
     ):

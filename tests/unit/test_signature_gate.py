@@ -12,9 +12,10 @@ import json
 import typing as t
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
-from flask_dependency_proxy.cache.signing import SignatureGate
+from flask_dependency_proxy.cache.signing import PolicyError, SignatureGate, normalize_policy
 from flask_dependency_proxy.models.signatures import SignatureRecords
 from flask_dependency_proxy.oci.reference import (
     MEDIA_TYPE_DOCKER_MANIFEST,
@@ -152,3 +153,83 @@ def test_a_change_applies_at_once_here_and_within_the_refresh_elsewhere(
     core.metadata.release()
     refused = _pull(core, here, "v1")
     assert refused.refused and refused.verdict.status is Status.INVALID
+
+
+def test_groups_without_a_policy_of_their_own_follow_the_instance_default(
+    make_core: MakeCore,
+) -> None:
+    core, monotonic = make_core(), Monotonic()
+    default = normalize_policy(
+        {"mode": "enforce", "keys": [{"name": "instance", "pem": OTHER_KEY}]}, roots=None
+    )
+    gate = _gate(core, monotonic, default=default)
+    _push_signed(core)
+    refused = _pull(core, gate, "v1")
+    assert refused.refused and refused.verdict.status is Status.INVALID
+    shown = gate.policy(GROUP)
+    assert (shown["default"], shown["mode"], shown["keys"][0]["name"]) == (
+        True,
+        "enforce",
+        "instance",
+    )
+
+    gate.save_policy(GROUP, {"mode": "off"})  # a group may opt out
+    core.metadata.release()
+    assert _pull(core, gate, "v1") is None
+    assert gate.policy(GROUP)["default"] is False
+    _enforce(gate)
+    core.metadata.release()
+    assert _pull(core, gate, "v1").verdict.signer == "vector"
+
+    assert gate.use_default(GROUP)["default"] is True
+    core.metadata.release()
+    assert _pull(core, gate, "v1").refused
+    assert gate.policy(GROUP) == {**default, "default": True}
+
+
+def test_the_platforms_rule_passes_the_index_and_checks_each_platform_manifest(
+    make_core: MakeCore,
+) -> None:
+    core, monotonic = make_core(), Monotonic()
+    gate = _gate(core, monotonic)
+    signed = _push_signed(core)
+    unsigned = core.upstream.push_image(IMAGE, None)
+    manifest = (VECTOR / "manifest.json").read_bytes()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": MEDIA_TYPE_DOCKER_MANIFEST,
+                    "digest": signed,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                },
+                {
+                    "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+                    "digest": unsigned.digest,
+                    "size": len(unsigned.manifest),
+                    "platform": {"architecture": "arm64", "os": "linux"},
+                },
+            ],
+        }
+    ).encode()
+    core.upstream.push_manifest(IMAGE, index, tag="multi", media_type=MEDIA_TYPE_OCI_INDEX)
+
+    _enforce(gate)
+    core.metadata.release()
+    assert gate.policy(GROUP)["index_rule"] == "index"
+    by_index = _pull(core, gate, "multi")
+    assert by_index.refused and by_index.verdict.status is Status.UNSIGNED
+
+    _enforce(gate, index_rule="platforms")
+    core.metadata.release()
+    assert gate.policy(GROUP)["index_rule"] == "platforms"
+    assert _pull(core, gate, "multi") is None, "the index passes: its platforms are checked"
+    assert _pull(core, gate, signed).verdict.signer == "vector"
+    refused = _pull(core, gate, unsigned.digest)
+    assert refused.refused and refused.verdict.status is Status.UNSIGNED
+
+    with pytest.raises(PolicyError, match="index_rule must be one of index, platforms"):
+        _enforce(gate, index_rule="each")
