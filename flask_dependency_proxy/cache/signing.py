@@ -434,12 +434,13 @@ class SignatureGate:
         if policy.index_rule == "platforms" and _is_index(result.media_type):
             # Its platform manifests are checked as the client pulls them.
             return None
-        if is_signature_artifact(reference, result.content):
-            return None
         trust, fingerprint = policy.trust(path.image, self.roots)
         key = (group_id, path.image, result.digest, fingerprint)
         verdict = self._known(key)
         if verdict is None:
+            # Never kept for a signature artifact: a warm pull of an image skips parsing.
+            if is_signature_artifact(reference, result.content):
+                return None
             verdict = self._verify(cache, group_id, path, result.digest, trust)
             self._remember(key, verdict, save=True)
             if verdict.status is Status.VERIFIED and policy.index_rule == "index":
