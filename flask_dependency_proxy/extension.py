@@ -25,7 +25,7 @@ from .cache.manifests import DeletedTags
 from .cache.pull_through import PullThroughCache
 from .cache.quota import QuotaPolicy, Quotas
 from .cache.refresh import RefreshDefaults, TagRefresher
-from .cache.signing import SignatureGate, load_trust_root
+from .cache.signing import PolicyError, SignatureGate, load_trust_root, normalize_policy
 from .config import ENV_PREFIX, ConfigError, ProxyConfig, load_config
 from .fetch.fetcher import BlobFetcher
 from .fetch.fleet import FleetSource
@@ -508,12 +508,22 @@ def _signature_gate(
         raise ConfigError(
             f"{ENV_PREFIX}SIGNATURE_TRUSTED_ROOT / SIGNATURE_ROOTS: {CHAIN_VERIFICATION_NEEDS}"
         )
+    try:
+        default = normalize_policy(
+            {"mode": config.signature_mode, **(config.signature_signers or {})}, roots=roots
+        )
+    except PolicyError as error:
+        raise ConfigError(
+            f"{ENV_PREFIX}SIGNATURE_MODE and {ENV_PREFIX}SIGNATURE_SIGNERS: {error}."
+        ) from None
     return SignatureGate(
         records=SignatureRecords(lambda: metadata.session),
         database=metadata.database,
         roots=roots,
         recheck_seconds=config.signature_recheck_seconds,
         metrics=metrics,
+        refresh_seconds=config.block_refresh_seconds,
+        default=default,
     )
 
 

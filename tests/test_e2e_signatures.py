@@ -14,15 +14,21 @@ The instance trusts the vectors' public-good ``trusted_root.json``.
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import artifacts, checks, images, seed
 from tests.support.clients import Skopeo
+from tests.support.containerd import Containerd
+from tests.support.dockerd import Dockerd
 from tests.support.platform import Platform, PlatformFactory
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
@@ -36,6 +42,7 @@ GROUP = seed.ACME
 USER = seed.ALICE
 OWNER = seed.Account("olivia", "olivia-password-0001")
 HEADER = "X-Dependency-Proxy-Signature"
+REFRESH = 0.3
 IDENTITY = {"issuer": "https://github.com/login/oauth", "subject": "cody@soyland.com"}
 
 
@@ -69,9 +76,11 @@ def signed(
         name="signatures",
         setup=_setup,
         extra_env={
+            # Policies reach the other workers within this time (pulls read them from memory).
+            "DEPENDENCY_PROXY_BLOCK_REFRESH_SECONDS": str(REFRESH),
             "DEPENDENCY_PROXY_SIGNATURE_TRUSTED_ROOT": str(
                 VECTORS / "cosign-bundle-attestation" / "trusted_root_pgi.json"
-            )
+            ),
         },
     )
     token = platform.flask("token", "create", OWNER.username, "--scopes", "api").stdout
@@ -140,7 +149,8 @@ def _policy(live: Signed, mode: str, *, extra_key: bool = False) -> None:
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["mode"] == mode
+    assert (answer.json()["mode"], answer.json()["default"]) == (mode, False)
+    time.sleep(REFRESH + 0.1)
 
 
 def _manifest(live: Signed, image: str, reference: str) -> requests.Response:
@@ -160,10 +170,12 @@ def alice(signed: Signed, tmp_path: Path) -> Skopeo:
 def test_policy_api_rejects_bad_input(signed: Signed) -> None:
     url = f"{signed.platform.url}/api/v4/groups/{GROUP}/dependency_proxy/signature_policy"
     auth = {"PRIVATE-TOKEN": signed.token}
-    assert requests.get(url, headers=auth, timeout=30).json()["mode"] == "off"
+    shown = requests.get(url, headers=auth, timeout=30).json()
+    assert (shown["mode"], shown["default"], shown["index_rule"]) == ("off", True, "index")
     for body in (
         {"mode": "block"},
         {"mode": "enforce"},
+        {"mode": "off", "index_rule": "each"},
         {"mode": "warn", "keys": [{"pem": "not a key"}]},
         {"mode": "warn", "identities": [{"issuer": "x"}]},
     ):
@@ -231,6 +243,113 @@ def test_warn_serves_everything_and_marks_the_unsigned(signed: Signed, alice: Sk
         "signer": "cody@soyland.com (https://github.com/login/oauth)",
         "reason": None,
     }
+
+
+def _sign(
+    upstream: Registry, repository: str, digest: str, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """A ``.sig`` tag with one simple-signing layer over ``digest``, as cosign lays it out.
+    The vectors check the verifier against cosign's own signatures; this image must be
+    one docker and containerd can unpack, so its signature is made here, in cosign's
+    format (the payload's ECDSA P-256 SHA-256 signature, base64, in the annotation)."""
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": f"{upstream.host}/{repository}"},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+    signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    annotations = {"dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()}
+    artifacts.push_signature_tag(upstream.url, repository, digest, [(payload, annotations)])
+
+
+def test_docker_and_containerd_pull_signed_images_and_are_refused_unsigned_ones(
+    signed: Signed,
+    module_processes: ProcessFactory,
+    module_platform_factory: PlatformFactory,
+    tmp_path: Path,
+) -> None:
+    """On an instance whose default policy enforces one key (given as a file), with no
+    transparency log configured: docker and containerd pull the image it signed and get
+    the reason for refusing the unsigned one; under ``warn`` both pull it, marked."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "release.pub").write_bytes(pem)
+    pushed = images.push(
+        images.build_image("signatures-clients", layer_sizes=(2048,)),
+        signed.upstream,
+        "e2e/clientsigned",
+        "1",
+        workdir=tmp_path,
+    )
+    _sign(signed.upstream, "e2e/clientsigned", pushed.digest, key)
+    platform = module_platform_factory(
+        signed.upstream.url,
+        name="signatures-clients",
+        setup=_setup,
+        extra_env={
+            "DEPENDENCY_PROXY_BLOCK_REFRESH_SECONDS": str(REFRESH),
+            "DEPENDENCY_PROXY_SIGNATURE_MODE": "enforce",
+            "DEPENDENCY_PROXY_SIGNATURE_SIGNERS": json.dumps(
+                {"keys": [{"name": "release", "pem": str(tmp_path / "release.pub")}]}
+            ),
+        },
+    )
+    token = platform.flask("token", "create", OWNER.username, "--scopes", "api").stdout
+    api = f"{platform.url}/api/v4/groups/{GROUP}/dependency_proxy/signature_policy"
+    auth = {"PRIVATE-TOKEN": token.strip().splitlines()[-1]}
+    shown = requests.get(api, headers=auth, timeout=30).json()
+    assert (shown["mode"], shown["default"], shown["keys"][0]["name"]) == (
+        "enforce",
+        True,
+        "release",
+    )
+    engine = Dockerd(module_processes, tmp_path / "dockerd").start()
+    containerd = Containerd(module_processes, tmp_path / "containerd").start()
+    try:
+        checks.ok(engine.login(platform.host, USER.username, USER.password))
+        good = platform.image(GROUP, "e2e/clientsigned", "1")
+        bad = platform.image(GROUP, "e2e/unsigned", "1")
+
+        checks.ok(engine.docker("pull", good))
+        inspected = json.loads(checks.ok(engine.docker("image", "inspect", good)).stdout)
+        assert inspected[0]["Id"] == pushed.config_digest
+        refused = engine.docker("pull", bad)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, said
+        assert "signature policy refuses e2e/unsigned@sha256:" in said and "unsigned" in said
+
+        checks.ok(containerd.pull(good, USER.username, USER.password))
+        listed = checks.ok(containerd.ctr("images", "list", "--quiet")).stdout
+        assert good in listed.split()
+        ctr_refused = containerd.pull(bad, USER.username, USER.password)
+        said = ctr_refused.stdout + ctr_refused.stderr
+        assert ctr_refused.returncode != 0, said
+        assert "403 the group's signature policy refuses e2e/unsigned@sha256:" in said, said
+
+        answer = requests.put(
+            api,
+            json={"mode": "warn", "keys": [{"name": "release", "pem": pem.decode()}]},
+            headers=auth,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        time.sleep(REFRESH + 0.1)  # the other workers' refresh
+        checks.ok(engine.docker("pull", bad))
+        checks.ok(containerd.pull(bad, USER.username, USER.password))
+        live = signed._replace(platform=platform)
+        marked = _manifest(live, "e2e/unsigned", "1")
+        assert (marked.status_code, marked.headers[HEADER]) == (200, "unsigned")
+        assert _manifest(live, "e2e/clientsigned", "1").headers[HEADER] == "verified"
+    finally:
+        engine.process.stop()
+        containerd.process.stop()
 
 
 def test_signed_cached_images_verify_and_pull_while_upstream_is_down(

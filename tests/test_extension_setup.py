@@ -3,6 +3,7 @@ first pull, and mistakes in wiring fail with a message that says what to do."""
 
 from __future__ import annotations
 
+import json
 import time
 import typing as t
 from pathlib import Path
@@ -50,6 +51,12 @@ def _app(tmp_path: Path, **config: t.Any) -> tuple[Flask, SQLAlchemy]:
         ("DEPENDENCY_PROXY_CSP_NONCE", "flask.json:provider", "not callable"),
         ("DEPENDENCY_PROXY_HEAD_BLOCK", "extra head", "a Jinja block name"),
         ("DEPENDENCY_PROXY_HEAD_BLOCK", "content", "other than 'title' and 'content'"),
+        ("DEPENDENCY_PROXY_SIGNATURE_MODE", "strict", "one of"),
+        ("DEPENDENCY_PROXY_SIGNATURE_MODE", "enforce", "needs at least one trusted key"),
+        ("DEPENDENCY_PROXY_SIGNATURE_SIGNERS", "{keys: []}", "must be a JSON object"),
+        ("DEPENDENCY_PROXY_SIGNATURE_SIGNERS", '{"keys": [{"pem": "/no/such.pub"}]}', "readable"),
+        ("DEPENDENCY_PROXY_SIGNATURE_SIGNERS", '{"keys": [{"pem": "-----BEGIN x"}]}', "not a PEM"),
+        ("DEPENDENCY_PROXY_SIGNATURE_SIGNERS", '{"index_rule": "each"}', "index_rule must be"),
     ],
 )
 def test_bad_configuration_fails_at_init_app(
@@ -77,6 +84,32 @@ def test_string_values_from_the_environment_are_parsed(tmp_path: Path) -> None:
     )
     # Switched off: no registry routes at all.
     assert app.test_client().get("/v2/").status_code == 404
+
+
+def test_the_instance_signature_policy_reads_keys_inline_or_from_files(tmp_path: Path) -> None:
+    vector = Path(__file__).parent / "data" / "cosign" / "cimage-key-valid"
+    signers = {
+        "keys": [
+            {"name": "from-file", "pem": str(vector / "cosign.pub"), "images": "team/*"},
+            {"name": "inline", "pem": (vector / "cosign2.pub").read_text()},
+        ],
+        "index_rule": "platforms",
+    }
+    app, db = _app(
+        tmp_path,
+        DEPENDENCY_PROXY_SIGNATURE_MODE="warn",
+        DEPENDENCY_PROXY_SIGNATURE_SIGNERS=json.dumps(signers),
+    )
+    DependencyProxy(app, db=db, host=PlatformHost())
+    gate = state(app).signatures
+    assert gate is not None
+    document = gate.default_document
+    assert (document["mode"], document["index_rule"]) == ("warn", "platforms")
+    assert [(k["name"], k["pem"], k["images"]) for k in document["keys"]] == [
+        ("from-file", (vector / "cosign.pub").read_text().strip(), "team/*"),
+        ("inline", (vector / "cosign2.pub").read_text().strip(), None),
+    ]
+    assert gate.default.mode == "warn" and len(gate.default.keys) == 2
 
 
 SECRET_IN_URL = "tok-0123456789"

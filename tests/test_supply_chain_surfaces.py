@@ -6,6 +6,7 @@ pulls and deleted-tag policy."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import sqlalchemy as sa
 from flask.testing import FlaskClient
@@ -13,13 +14,20 @@ from flask.testing import FlaskClient
 from examples.platform.models import db
 from flask_dependency_proxy import state
 from flask_dependency_proxy.models.pulls import PullEntry, write_pulls
-from flask_dependency_proxy.models.tables import BlockedImage, GroupEvent, PullRecord, utcnow
+from flask_dependency_proxy.models.tables import (
+    BlockedImage,
+    GroupEvent,
+    PullRecord,
+    SignaturePolicyRow,
+    utcnow,
+)
 from tests.platform_fixtures import login
 from tests.test_api import API, Env, env, shared_env  # noqa: F401
 
 PAGE = "/groups/org/-/dependency_proxy"
 BLOCKS = f"{API}/org/dependency_proxy/blocks"
 DIGEST = "sha256:" + "c" * 64
+VECTORS = Path(__file__).parent / "data" / "cosign"
 
 
 def _clean() -> None:
@@ -217,3 +225,80 @@ def test_the_page_sets_the_cooldown_and_releases_a_tag(env: Env) -> None:  # noq
     assert f"Released team/app:1.0: its next pull gets {DIGEST}." in done
     assert "released from cooldown early by owner" in done  # the event
     client.post(f"{PAGE}/cooldown", data={**csrf, "hours": "", "new_tags": "", "exempt": ""})
+
+
+def test_the_page_sets_the_signature_policy_and_the_api_its_index_rule(
+    env: Env,  # noqa: F811
+) -> None:
+    db.session.execute(sa.delete(SignaturePolicyRow))
+    db.session.commit()
+    gate = state(None).signatures
+    assert gate is not None
+    gate.reload()
+    gid = env.world.group_ids["org"]
+    pem = (VECTORS / "cimage-key-valid" / "cosign.pub").read_text()
+    client = _owner(env)
+    html = client.get(PAGE).get_data(as_text=True)
+    form = re.search(r'id="dependency-proxy-signature-form".*?</form>', html, re.S)
+    assert form is not None
+    for field in ("mode", "index_rule", "new_key_pem", "new_key_name", "new_key_images"):
+        assert f'name="{field}"' in form.group(0)
+    assert 'name="identities"' in form.group(0) and "dependency_proxy_csrf_token" in form.group(0)
+    assert "follows the instance's default (off)" in html
+    url = f"{PAGE}/signature_policy"
+    assert client.post(url, data={"mode": "off"}).status_code == 400, "no CSRF token: refused"
+
+    token = re.search(r'name="dependency_proxy_csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    csrf = {"dependency_proxy_csrf_token": token.group(1)}
+    saved = client.post(
+        url,
+        data={
+            **csrf,
+            "mode": "enforce",
+            "index_rule": "platforms",
+            "new_key_name": "release",
+            "new_key_images": "team/*",
+            "new_key_pem": pem,
+            "identities": "",
+        },
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert "Signature policy: enforce (saved)." in saved
+    policy = gate.policy(gid)
+    assert (policy["default"], policy["mode"], policy["index_rule"]) == (
+        False,
+        "enforce",
+        "platforms",
+    )
+    assert [(k["name"], k["images"]) for k in policy["keys"]] == [("release", "team/*")]
+    listed = re.search(r'id="dependency-proxy-signature-form".*?</form>', saved, re.S)
+    assert listed is not None and 'name="keep_key" value="0" checked' in listed.group(0)
+    assert '<option value="platforms" selected' in listed.group(0)
+    assert "release" in listed.group(0) and "team/*" in listed.group(0)
+
+    for data, problem in (
+        ({"mode": "enforce", "index_rule": "index"}, "needs at least one trusted key"),
+        ({"mode": "warn", "keep_key": "0", "new_key_pem": "garbage"}, "is not a PEM public key"),
+        ({"mode": "warn", "keep_key": "0", "identities": "https://issuer"}, "issuer and subject"),
+        ({"mode": "strict", "keep_key": "0"}, "mode must be one of"),
+    ):
+        refused = client.post(url, data={**csrf, **data}, follow_redirects=True)
+        assert refused.status_code == 200
+        assert "Not saved: " in refused.get_data(as_text=True)
+        assert problem in refused.get_data(as_text=True), data
+    assert gate.policy(gid) == policy, "nothing saved"
+
+    api = f"{API}/org/dependency_proxy/signature_policy"
+    answer = client.put(
+        api, json={**policy, "default": None, "index_rule": "index"}, headers=env.auth()
+    )
+    assert answer.status_code == 400  # "default" is not a field to set
+    body = {k: policy[k] for k in ("mode", "keys", "identities")}
+    answer = client.put(api, json={**body, "index_rule": "index"}, headers=env.auth())
+    assert answer.status_code == 200 and answer.get_json()["index_rule"] == "index"
+    assert client.get(api, headers=env.auth()).get_json()["index_rule"] == "index"
+
+    back = client.post(url, data={**csrf, "mode": ""}, follow_redirects=True).get_data(as_text=True)
+    assert "Signature policy: the default of the instance (saved)." in back
+    assert gate.policy(gid)["default"] is True

@@ -56,7 +56,16 @@ def error_response(error: RegistryError, scope: str | None = None) -> Response:
     response.headers.update(error.headers)
     if error.code is ErrorCode.UNAUTHORIZED:
         response.headers.setdefault("WWW-Authenticate", challenge(scope))
+    if error.code is ErrorCode.DENIED and request.method == "HEAD":
+        # A HEAD answer has no body, and containerd resolves a tag with HEAD and shows
+        # only the status line: the reason phrase carries why (a signature policy, a
+        # block, a cooldown), as printable ASCII.
+        reason = _UNPRINTABLE.sub(" ", error.message.encode("ascii", "replace").decode())
+        response.status = f"{error.status} {reason[:300]}"
     return response
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def handle_registry_error(error: RegistryError) -> Response:

@@ -70,6 +70,7 @@ from ..admin.supply_chain import InvalidBlock, InvalidCooldown
 from ..admin.usage_chart import UsageSummary
 from ..auth.group_paths import GroupMoved, GroupPathTaken
 from ..cache.quota import exact_size
+from ..cache.signing import PolicyError
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
 from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, Page, valid_search
@@ -341,6 +342,8 @@ def show(group: Group) -> ResponseReturnValue:
         list_query=query,
         controls=supply_chain_view(group.id),
         signatures=signatures,
+        signature_policy=gate.policy(group.id) if gate is not None else None,
+        signature_default=gate.default_document if gate is not None else None,
     )
 
 
@@ -648,3 +651,73 @@ def release_cooldown(group: Group, hold_id: int) -> ResponseReturnValue:
             f"Released {hold.image}:{hold.tag}: its next pull gets {hold.pending_digest}.", "info"
         )
     return _back(group)
+
+
+@bp.post(f"{_PAGE}/signature_policy")
+@_for_admins
+def update_signature_policy(group: Group) -> ResponseReturnValue:
+    """The group's signature policy: the mode, the index rule, the keys kept, one new key,
+    and the identities (one ``issuer subject [images]`` a line, ``-`` for no issuer); an
+    empty mode: the instance's default."""
+    gate = state(None).signatures
+    if gate is None:  # pragma: no cover - the extension always wires one
+        return _back(group)
+    mode = request.form.get("mode", "").strip()
+    if not mode:
+        gate.use_default(group.id)
+        flash("Signature policy: the default of the instance (saved).", "info")
+        return _back(group)
+    current = gate.policy(group.id)
+    kept = set(request.form.getlist("keep_key"))
+    keys = [
+        {k: key.get(k) for k in ("name", "pem", "images")}
+        for number, key in enumerate(current["keys"])
+        if str(number) in kept
+    ]
+    pem = request.form.get("new_key_pem", "").strip()
+    if pem:
+        keys.append(
+            {
+                "name": request.form.get("new_key_name", "").strip() or None,
+                "pem": pem,
+                "images": request.form.get("new_key_images", "").strip() or None,
+            }
+        )
+    try:
+        identities = _identity_lines(request.form.get("identities", ""))
+        document = gate.save_policy(
+            group.id,
+            {
+                "mode": mode,
+                "index_rule": request.form.get("index_rule", "index"),
+                "keys": keys,
+                "identities": identities,
+            },
+        )
+    except PolicyError as error:
+        flash(f"Not saved: {error}.", "error")
+        return _back(group)
+    flash(f"Signature policy: {document['mode']} (saved).", "info")
+    return _back(group)
+
+
+def _identity_lines(text: str) -> list[dict[str, str | None]]:
+    """``issuer subject [images]`` a line (``-``: no issuer, an own PKI).
+
+    :raises PolicyError: a line without both issuer and subject.
+    """
+    identities: list[dict[str, str | None]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) not in (2, 3):
+            raise PolicyError(
+                f"identity line {number} must be an issuer and subject, then an optional"
+                " image pattern (- for no issuer)"
+            )
+        issuer = None if words[0] == "-" else words[0]
+        identities.append(
+            {"issuer": issuer, "subject": words[1], "images": words[2] if len(words) > 2 else None}
+        )
+    return identities

@@ -2,18 +2,25 @@
 the signers it trusts, checked on every manifest pull against the verifier of
 :mod:`..signatures`.
 
+- The groups' policies are kept in each worker's memory and read again every
+  ``refresh_seconds`` (like the blocked images and the tag cooldowns); a change made in
+  this worker applies at once. A group without a policy of its own follows the
+  instance's default (``DEPENDENCY_PROXY_SIGNATURE_MODE`` and ``_SIGNERS``).
 - The signatures of a digest are fetched through the cache, as ordinary content: the
   ``sha256-<hex>.sig`` tag beside the image, and the Sigstore bundles among its OCI
   referrers (:mod:`.referrers`). So they are kept, and serve offline too.
 - A verdict is kept per group, image, digest and policy fingerprint: in this worker's
-  memory, with a table behind it for the other workers and hosts. A warm pull reads the
-  group's policy row and finds the verdict in memory; it verifies nothing. A verified
-  digest stays verified under that fingerprint; an unsigned or invalid one is looked at
-  again after ``SIGNATURE_RECHECK_SECONDS`` (a signature may be pushed later). A new
-  signer or trust root is a new fingerprint, so a policy change re-verifies.
-- An index is checked by its own digest (what a tag pull asks for). Once it verifies,
-  the platform manifests it lists count as verified by it, so the client's pulls of
-  them by digest pass; a platform manifest pulled on its own needs its own signature.
+  memory, with a table behind it for the other workers and hosts. A warm pull finds the
+  policy and the verdict in memory: no query, no verification. A verified digest stays
+  verified under that fingerprint; an unsigned or invalid one is looked at again after
+  ``SIGNATURE_RECHECK_SECONDS`` (a signature may be pushed later). A new signer, trust
+  root or index rule is a new fingerprint, so a policy change re-verifies.
+- An index follows the policy's ``index_rule``. ``index``: the index is checked by its
+  own digest (what a tag pull asks for); once it verifies, the platform manifests it
+  lists count as verified by it, so the client's pulls of them by digest pass.
+  ``platforms``: the index passes unchecked and each platform manifest, pulled by
+  digest next, needs its own signature. Either way a platform manifest pulled on its
+  own needs its own signature.
 - Signature artifacts themselves (``.sig``/``.att``/``.sbom`` manifests, referrers with
   a ``subject``, referrers tag indexes) are not checked: a verifying client must reach
   them through the cache. Only content with no filesystem layer counts as one.
@@ -33,12 +40,14 @@ import time
 import typing as t
 
 from ..metrics import Metrics
-from ..models.database import DatabaseGuard
+from ..models.database import DatabaseGuard, DatabaseUnavailable
 from ..models.signatures import SignatureRecords, StoredPolicy
 from ..models.tables import utcnow
 from ..oci.errors import ErrorCode, RegistryError
 from ..oci.reference import (
+    MEDIA_TYPE_DOCKER_LIST,
     MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
     ProxyPath,
 )
@@ -68,6 +77,8 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("off", "warn", "enforce")
+#: How an index is checked: by its own digest, or by each platform manifest's.
+INDEX_RULES = ("index", "platforms")
 #: Signers a policy may list, each kind; a PEM key's largest size.
 MAX_SIGNERS = 50
 MAX_PEM_BYTES = 16 * 1024
@@ -102,18 +113,41 @@ class GroupPolicy:
     mode: str
     keys: tuple[tuple[KeySigner, str | None], ...] = ()
     identities: tuple[tuple[IdentitySigner, str | None], ...] = ()
+    index_rule: str = "index"
+    #: The trust policy and verdict fingerprint of each image pulled (memoized: a warm
+    #: pull computes neither).
+    _images: dict[str, tuple[TrustPolicy, str]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def for_image(self, image: str, roots: TrustRoot | None) -> TrustPolicy:
         """The signers trusted for ``image``, with the instance's trust roots."""
+        return self.trust(image, roots)[0]
+
+    def trust(self, image: str, roots: TrustRoot | None) -> tuple[TrustPolicy, str]:
+        """The signers trusted for ``image`` and the fingerprint its verdicts are kept
+        under: the signers' and roots', and the index rule when it is not ``index``
+        (a platform manifest vouched for by its index must not pass under
+        ``platforms``)."""
+        found = self._images.get(image)
+        if found is not None:
+            return found
 
         def applies(pattern: str | None) -> bool:
             return pattern is None or bool(_glob(pattern).fullmatch(image))
 
-        return TrustPolicy(
+        trust = TrustPolicy(
             keys=tuple(key for key, pattern in self.keys if applies(pattern)),
             identities=tuple(i for i, pattern in self.identities if applies(pattern)),
             roots=roots,
         )
+        fingerprint = trust.fingerprint
+        if self.index_rule != "index":
+            fingerprint = hashlib.sha256(f"{fingerprint}\n{self.index_rule}".encode()).hexdigest()
+        if len(self._images) > 10_000:
+            self._images.clear()
+        self._images[image] = (trust, fingerprint)
+        return trust, fingerprint
 
 
 def _text(value: t.Any, what: str, *, limit: int = MAX_PATTERN, optional: bool = False) -> t.Any:
@@ -127,24 +161,32 @@ def _text(value: t.Any, what: str, *, limit: int = MAX_PATTERN, optional: bool =
 def normalize_policy(body: t.Any, *, roots: TrustRoot | None) -> dict[str, t.Any]:
     """The policy document an owner sent, checked and in its stored form:
     ``{"mode", "keys": [{"name", "pem", "images"}], "identities": [{"issuer",
-    "subject", "images"}]}``.
+    "subject", "images"}], "index_rule"}``.
 
     :raises PolicyError: naming what is wrong.
     """
     if not isinstance(body, dict):
         raise PolicyError("the signature policy must be a JSON object")
-    unknown = set(body) - {"mode", "keys", "identities"}
+    unknown = set(body) - {"mode", "keys", "identities", "index_rule"}
     if unknown:
         raise PolicyError(f"unknown fields: {', '.join(sorted(unknown))}")
     mode = body.get("mode", "off")
     if mode not in MODES:
         raise PolicyError(f"mode must be one of {', '.join(MODES)}")
+    index_rule = body.get("index_rule") or "index"
+    if index_rule not in INDEX_RULES:
+        raise PolicyError(f"index_rule must be one of {', '.join(INDEX_RULES)}")
     keys, identities = body.get("keys") or [], body.get("identities") or []
     if not isinstance(keys, list) or not isinstance(identities, list):
         raise PolicyError("keys and identities must be lists")
     if len(keys) > MAX_SIGNERS or len(identities) > MAX_SIGNERS:
         raise PolicyError(f"at most {MAX_SIGNERS} keys and {MAX_SIGNERS} identities")
-    document: dict[str, t.Any] = {"mode": mode, "keys": [], "identities": []}
+    document: dict[str, t.Any] = {
+        "mode": mode,
+        "keys": [],
+        "identities": [],
+        "index_rule": index_rule,
+    }
     for number, key in enumerate(keys, 1):
         if not isinstance(key, dict) or set(key) - {"name", "pem", "images"}:
             raise PolicyError(f"key {number} must be an object with name, pem and images")
@@ -196,6 +238,7 @@ def parse_policy(mode: str, document: t.Mapping[str, t.Any]) -> GroupPolicy:
             (IdentitySigner(i.get("issuer"), i["subject"]), i.get("images"))
             for i in document.get("identities") or []
         ),
+        index_rule=document.get("index_rule") or "index",
     )
 
 
@@ -250,6 +293,11 @@ class ImageState:
 
 
 _Key = tuple[int, str, str, str]
+_OFF: dict[str, t.Any] = {"mode": "off", "keys": [], "identities": [], "index_rule": "index"}
+
+
+def _is_index(media_type: str) -> bool:
+    return media_type in (MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_LIST)
 
 
 class SignatureGate:
@@ -257,6 +305,9 @@ class SignatureGate:
 
     :param roots: the instance's trust roots (certificate authorities, log keys).
     :param recheck_seconds: how long an unsigned or invalid verdict is kept.
+    :param default: the instance's policy document (as :func:`normalize_policy` makes
+        it) for groups without their own; ``None``: they check nothing.
+    :param refresh_seconds: how long this worker trusts the policies it read.
     """
 
     def __init__(
@@ -268,6 +319,9 @@ class SignatureGate:
         recheck_seconds: float,
         metrics: Metrics | None = None,
         clock: t.Callable[[], dt.datetime] = utcnow,
+        default: t.Mapping[str, t.Any] | None = None,
+        refresh_seconds: float = 5.0,
+        monotonic: t.Callable[[], float] = time.monotonic,
     ) -> None:
         self.records = records
         self.database = database
@@ -280,27 +334,68 @@ class SignatureGate:
             collections.OrderedDict()
         )
         self._parsed: dict[tuple[int, str], GroupPolicy] = {}
+        self.default_document: dict[str, t.Any] = dict(default or _OFF)
+        self.default = parse_policy(self.default_document["mode"], self.default_document)
+        self._refresh = refresh_seconds
+        self._monotonic = monotonic
+        self._policies: dict[int, GroupPolicy] = {}
+        self._loaded_at: float | None = None
 
     # -- policies --------------------------------------------------------------------
 
     def policy(self, group_id: int) -> dict[str, t.Any]:
-        """The group's policy document (mode ``off`` and no signers when it has none)."""
+        """The group's policy document, read now: its own, or the instance's default
+        (``"default": true``)."""
         stored = self.records.policy(group_id)
         if stored is None:
-            return {"mode": "off", "keys": [], "identities": []}
-        return {"mode": stored.mode, **json.loads(stored.document)}
+            return {**self.default_document, "default": True}
+        return {**_OFF, **json.loads(stored.document), "mode": stored.mode, "default": False}
 
     def save_policy(self, group_id: int, body: t.Any) -> dict[str, t.Any]:
-        """Check and store a policy an owner sent; the stored document.
+        """Check and store a policy an owner sent; the stored document. This worker
+        applies it at once, the others within ``refresh_seconds``.
 
         :raises PolicyError: naming what is wrong.
         """
         document = normalize_policy(body, roots=self.roots)
-        signers = {"keys": document["keys"], "identities": document["identities"]}
+        signers = {k: document[k] for k in ("keys", "identities", "index_rule")}
         self.records.save_policy(
             group_id, document["mode"], json.dumps(signers, sort_keys=True), self._clock()
         )
-        return document
+        self.reload()
+        return {**document, "default": False}
+
+    def use_default(self, group_id: int) -> dict[str, t.Any]:
+        """Drop the group's own policy: it follows the instance's default again."""
+        self.records.delete_policy(group_id)
+        self.reload()
+        return {**self.default_document, "default": True}
+
+    def reload(self) -> None:
+        """Read every group's policy now (inside a database phase)."""
+        policies = {
+            stored.group_id: self._group_policy(stored) for stored in self.records.policies()
+        }
+        with self._lock:
+            self._policies = policies
+            self._loaded_at = self._monotonic()
+
+    def group_policy(self, group_id: int) -> GroupPolicy:
+        """The policy that applies to the group's pulls, from memory (read again when
+        older than ``refresh_seconds``; while the database cannot be read the last
+        policies stay in force)."""
+        loaded_at = self._loaded_at
+        if loaded_at is None or self._monotonic() - loaded_at >= self._refresh:
+            try:
+                with self.database.phase("reading the signature policies", has_fallback=True):
+                    self.reload()
+            except DatabaseUnavailable as exc:
+                if loaded_at is None:
+                    raise
+                log.warning("signature policies not reloaded, the last ones apply: %s", exc)
+                with self._lock:
+                    self._loaded_at = self._monotonic()
+        return self._policies.get(group_id, self.default)
 
     def _group_policy(self, stored: StoredPolicy) -> GroupPolicy:
         key = (
@@ -333,23 +428,25 @@ class SignatureGate:
         :raises RegistryError: the signatures could not be fetched (upstream down and
             not cached): retryable, and no verdict is kept.
         """
-        with self.database.phase("reading the signature policy"):
-            stored = self.records.policy(group_id)
-        if stored is None or stored.mode == "off":
+        policy = self.group_policy(group_id)
+        if policy.mode == "off":
             return None
-        if is_signature_artifact(reference, result.content):
+        if policy.index_rule == "platforms" and _is_index(result.media_type):
+            # Its platform manifests are checked as the client pulls them.
             return None
-        policy = self._group_policy(stored)
-        trust = policy.for_image(path.image, self.roots)
-        key = (group_id, path.image, result.digest, trust.fingerprint)
+        trust, fingerprint = policy.trust(path.image, self.roots)
+        key = (group_id, path.image, result.digest, fingerprint)
         verdict = self._known(key)
         if verdict is None:
+            # Never kept for a signature artifact: a warm pull of an image skips parsing.
+            if is_signature_artifact(reference, result.content):
+                return None
             verdict = self._verify(cache, group_id, path, result.digest, trust)
             self._remember(key, verdict, save=True)
-            if verdict.status is Status.VERIFIED:
-                self._vouch_for_children(group_id, path, result, trust, verdict)
-        self.metrics.signature_verdict(stored.mode, verdict.status.value)
-        return Decision(stored.mode, verdict)
+            if verdict.status is Status.VERIFIED and policy.index_rule == "index":
+                self._vouch_for_children(group_id, path, result, fingerprint, verdict)
+        self.metrics.signature_verdict(policy.mode, verdict.status.value)
+        return Decision(policy.mode, verdict)
 
     def _known(self, key: _Key) -> Verdict | None:
         now = self._clock()
@@ -390,7 +487,7 @@ class SignatureGate:
         group_id: int,
         path: ProxyPath,
         result: ManifestResult,
-        trust: TrustPolicy,
+        fingerprint: str,
         verdict: Verdict,
     ) -> None:
         """The platform manifests of a verified index count as verified by it."""
@@ -404,9 +501,7 @@ class SignatureGate:
         for entry in manifests[:256]:
             digest = entry.get("digest") if isinstance(entry, dict) else None
             if isinstance(digest, str):
-                self._remember(
-                    (group_id, path.image, digest, trust.fingerprint), by_index, save=True
-                )
+                self._remember((group_id, path.image, digest, fingerprint), by_index, save=True)
 
     def _verify(
         self,
@@ -533,14 +628,14 @@ class SignatureGate:
         policy (inside a database phase)."""
         wanted = list(images)
         stored = self.records.policy(group_id)
-        if stored is None or stored.mode == "off":
+        policy = self.default if stored is None else self._group_policy(stored)
+        if policy.mode == "off":
             return {key: ImageState("not_checked") for key in wanted}
-        policy = self._group_policy(stored)
         found = self.records.latest_verdicts(group_id, wanted)
         states = {}
         for image, digest in wanted:
             row = found.get((image, digest))
-            if row is None or row.fingerprint != policy.for_image(image, self.roots).fingerprint:
+            if row is None or row.fingerprint != policy.trust(image, self.roots)[1]:
                 states[(image, digest)] = ImageState("not_checked")
                 continue
             verdict = Verdict.from_json(row.verdict)

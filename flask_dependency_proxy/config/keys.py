@@ -34,6 +34,7 @@ from .parsers import (
     readable_files,
     region,
     s3_url,
+    signers_document,
     text,
 )
 from .upstreams import mirror_hosts, shorthand_upstream, upstream_entries
@@ -250,8 +251,9 @@ class ProxyConfig:
     cleanup_file_grace_seconds: float = _key(600, number(float, 0))
     #: Seconds after a purge during which another purge of the same group answers 409.
     purge_cooldown_seconds: float = _key(3600, number(float, 0))
-    #: Seconds each process trusts the blocked images it loaded before it reads them
-    #: again: how long a block or an unblock made elsewhere takes to reach every worker.
+    #: Seconds each process trusts the blocked images, tag cooldowns and signature
+    #: policies it loaded before it reads them again: how long a change made elsewhere
+    #: takes to reach every worker.
     block_refresh_seconds: float = _key(5, number(float, 0))
     #: The instance's tag cooldown, for groups without their own: hours (fractions
     #: allowed) a tag's new upstream digest waits, counted from when the group's cache
@@ -340,6 +342,14 @@ class ProxyConfig:
     #: Seconds an unsigned or invalid verdict is kept before a pull looks for signatures
     #: again (a verified one is kept for as long as the group's policy stays the same).
     signature_recheck_seconds: float = _key(300.0, number(float, 0))
+    #: The signature policy of groups without one of their own: ``off``, ``warn`` (serve,
+    #: and mark what is not signed by a trusted signer) or ``enforce`` (refuse it, 403
+    #: ``DENIED``). Owners may set their group's own policy, ``off`` included.
+    signature_mode: str = _key("off", choice("off", "warn", "enforce"))
+    #: The signers those groups trust: a JSON object as the signature policy API takes
+    #: it, ``{"keys": [{"name", "pem", "images"}], "identities": [{"issuer", "subject",
+    #: "images"}], "index_rule"}``, where a key's ``pem`` is the PEM text or a file's path.
+    signature_signers: dict[str, t.Any] | None = _key(None, optional(signers_document))
 
 
 def env_key(field: dataclasses.Field[t.Any]) -> str:

@@ -7,6 +7,7 @@ key and what it accepts.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import typing as t
@@ -229,3 +230,31 @@ def readable_files(key: str, value: t.Any) -> tuple[str, ...]:
     if not isinstance(names, (list, tuple)):
         raise ConfigError(f"{key} must be a list of file paths, not {value!r}.")
     return tuple(readable_file(key, name.strip()) for name in names if str(name).strip())
+
+
+def signers_document(key: str, value: t.Any) -> dict[str, t.Any]:
+    """Trusted signers as the signature policy API takes them, a JSON object (or its
+    text): ``{"keys": [{"name", "pem", "images"}], "identities": [{"issuer", "subject",
+    "images"}], "index_rule"}``. A key's ``pem`` is the PEM text or a readable file's
+    path, read here. The rest is checked with the policy (:func:`..cache.signing.
+    normalize_policy`)."""
+    document = value
+    if isinstance(value, str):
+        try:
+            document = json.loads(value)
+        except ValueError as error:
+            raise ConfigError(f"{key} must be a JSON object: {error}.") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{key} must be a JSON object with keys and identities.")
+    keys = document.get("keys") or []
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise ConfigError(f"{key}: keys must be a list of objects.")
+    resolved = []
+    for number, signer in enumerate(keys, 1):
+        pem = signer.get("pem")
+        if isinstance(pem, str) and "-----BEGIN" not in pem:
+            path = readable_file(f"{key} (key {number}'s pem)", pem)
+            with open(path, encoding="utf-8") as file:
+                pem = file.read()
+        resolved.append({**signer, "pem": pem})
+    return {**document, "keys": resolved}

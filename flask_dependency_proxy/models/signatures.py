@@ -52,6 +52,21 @@ class SignatureRecords(SessionRecords):
             return None
         return StoredPolicy(row.group_id, row.mode, row.document, row.updated_at)
 
+    def policies(self) -> list[StoredPolicy]:
+        """Every group's policy (each worker keeps them in memory)."""
+        rows = self.session.execute(sa.select(SignaturePolicyRow)).scalars()
+        return [StoredPolicy(r.group_id, r.mode, r.document, r.updated_at) for r in rows]
+
+    def delete_policy(self, group_id: int) -> None:
+        """Drop the group's own policy (it follows the instance's default) and commit."""
+
+        def write() -> None:
+            self.session.execute(
+                sa.delete(SignaturePolicyRow).where(SignaturePolicyRow.group_id == group_id)
+            )
+
+        commit_retrying(self.session, write, what=f"the signature policy of group {group_id}")
+
     def save_policy(self, group_id: int, mode: str, document: str, now: dt.datetime) -> None:
         """Replace the group's policy and commit."""
 

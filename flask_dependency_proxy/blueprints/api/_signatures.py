@@ -1,4 +1,8 @@
-"""The group's signature policy: ``GET``/``PUT signature_policy``."""
+"""The group's signature policy: ``GET``/``PUT``/``DELETE signature_policy``.
+
+``default`` says whether the group follows the instance's policy
+(``DEPENDENCY_PROXY_SIGNATURE_MODE`` and ``_SIGNERS``); a ``PUT`` gives the group its
+own, a ``DELETE`` drops it, so the group follows the instance's again."""
 
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ def _body(group_id: int, document: dict[str, t.Any], gate: SignatureGate) -> dic
     return {
         "group_id": group_id,
         **document,
-        "index_rule": "index",
         "trust": {
             "certificate_authorities": len(roots.authorities) if roots else 0,
             "transparency_logs": len(roots.logs) if roots else 0,
@@ -33,11 +36,13 @@ def _body(group_id: int, document: dict[str, t.Any], gate: SignatureGate) -> dic
 
 @bp.route(f"{ROUTE}/signature_policy", methods=ALL_METHODS)
 def signature_policy(group_ref: str) -> Response:
-    methods("GET", "PUT")
+    methods("GET", "PUT", "DELETE")
     proxy = state(None)
     gate = _gate()
     with proxy.database.phase("API signature policy"):
         found = group(group_ref)
+        if request.method == "DELETE":
+            return json_response(_body(found.id, gate.use_default(found.id), gate))
         if request.method != "PUT":
             return json_response(_body(found.id, gate.policy(found.id), gate))
     body = json_body()
