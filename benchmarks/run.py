@@ -570,6 +570,8 @@ class Bench:
         upstream_per_request: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
         latencies: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
         problems: list[str] = []
+        #: The load tool each method ran with: GETs use wrk only where it is installed.
+        tools: dict[str, str] = {}
 
         def headers(cache: h.Cache) -> dict[str, str]:
             return {**cache.auth_headers(self.small), "Accept": h.MANIFEST_ACCEPT}
@@ -604,6 +606,7 @@ class Bench:
                         load_headers = headers(dict(targets)[key])
                     mark = self.upstream.mark()
                     result = h.load(url, load_headers, method=method, duration=self.s.load_seconds)
+                    tools[method] = "wrk" if result.tool == "wrk" else "loadgen.py"
                     if key == "upstream":
                         samples[key, method].append(result.requests_per_second)
                         continue
@@ -632,7 +635,7 @@ class Bench:
 
         self.each_rep("4 warm manifest requests", one)
         for method in ("GET", "HEAD"):
-            tool = "wrk" if method == "GET" else "loadgen.py"
+            tool = tools.get(method, "wrk" if method == "GET" else "loadgen.py")
             for key, setting in (
                 ("ours", "tag check on every pull (interval 0, default)"),
                 ("ours30", "DEPENDENCY_PROXY_TAG_CHECK_INTERVAL=30"),

@@ -62,6 +62,38 @@ def _manifest_record(row: CachedManifest) -> ManifestRecord:
     )
 
 
+#: The columns of a :class:`ManifestRecord`, in its field order. The lookups below select
+#: them rather than the ORM object: a record is all a caller gets, and building and
+#: tracking an object it never sees cost a warm manifest GET more than its query.
+_MANIFEST_COLUMNS = (
+    CachedManifest.id,
+    CachedManifest.digest,
+    CachedManifest.media_type,
+    CachedManifest.content,
+    CachedManifest.checked_at,
+    CachedManifest.last_read_at,
+    CachedManifest.upstream,
+)
+#: The lookups, built once: a statement built per call costs its expression objects and
+#: its compiled-cache key on every request, where this one computes its key once.
+_FIND_TAG = sa.select(*_MANIFEST_COLUMNS).where(
+    CachedManifest.group_id == sa.bindparam("group_id"),
+    CachedManifest.image == sa.bindparam("image"),
+    CachedManifest.tag == sa.bindparam("tag"),
+    CachedManifest.status == Status.DEFAULT,
+)
+_FIND_DIGEST = (
+    sa.select(*_MANIFEST_COLUMNS)
+    .where(
+        CachedManifest.group_id == sa.bindparam("group_id"),
+        CachedManifest.image == sa.bindparam("image"),
+        CachedManifest.digest == sa.bindparam("digest"),
+        CachedManifest.status == Status.DEFAULT,
+    )
+    .limit(1)
+)
+
+
 def _write_status_anyway(row: CachedManifest | CachedBlob) -> None:
     """Make the next flush write the row's status even when it was read as served.
 
@@ -148,27 +180,15 @@ class CacheMetadata:
 
     def find_tag(self, group_id: int, image: str, tag: str) -> ManifestRecord | None:
         row = self.session.execute(
-            sa.select(CachedManifest).where(
-                CachedManifest.group_id == group_id,
-                CachedManifest.image == image,
-                CachedManifest.tag == tag,
-                CachedManifest.status == Status.DEFAULT,
-            )
-        ).scalar_one_or_none()
-        return None if row is None else _manifest_record(row)
+            _FIND_TAG, {"group_id": group_id, "image": image, "tag": tag}
+        ).one_or_none()
+        return None if row is None else ManifestRecord(*row)
 
     def find_digest(self, group_id: int, image: str, digest: str) -> ManifestRecord | None:
         row = self.session.execute(
-            sa.select(CachedManifest)
-            .where(
-                CachedManifest.group_id == group_id,
-                CachedManifest.image == image,
-                CachedManifest.digest == digest,
-                CachedManifest.status == Status.DEFAULT,
-            )
-            .limit(1)
-        ).scalar_one_or_none()
-        return None if row is None else _manifest_record(row)
+            _FIND_DIGEST, {"group_id": group_id, "image": image, "digest": digest}
+        ).one_or_none()
+        return None if row is None else ManifestRecord(*row)
 
     def save_manifest(
         self,
