@@ -68,6 +68,9 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     assert folders and all(f"{folder}/" in architecture for folder in folders), folders
     # The Pagure recipe is a page of the index, with its plugins file included.
     assert 'href="pagure.html"' in (tmp_path / "html" / "index.html").read_text()
+    # So is predictive refresh, with the benchmark's figures.
+    assert 'href="refresh.html"' in (tmp_path / "html" / "index.html").read_text()
+    assert "40 requests an" in (tmp_path / "html" / "refresh.html").read_text()
     assert '<span class="nc">PagureHost</span>' in (tmp_path / "html" / "pagure.html").read_text()
 
 

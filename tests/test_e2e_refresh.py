@@ -4,7 +4,8 @@ upstream blob GET; an image a project's CI file names is warmed by the refresher
 anyone pulled it; a CI job asks for a warm-up over the REST API with its job token.
 
 The refresher's run-once entry point is ``flask dependency-proxy refresh``, run in the
-platform's environment (the web processes run no scheduler here).
+platform's environment (the web processes run no scheduler here). On SQLite and
+PostgreSQL: on SQLite the command's process and the web workers share the database file.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
-#: The subject is the refresher, not the database: PostgreSQL, the production setup.
-UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
-
 GROUP = seed.ACME
 USER = seed.ALICE
 
@@ -41,8 +39,12 @@ def live(module_platform_factory: PlatformFactory, upstream: Registry) -> Platfo
         upstream.url,
         name="refresh",
         setup=_setup,
-        # Every request writes the buffered pull counts, so a run sees the last pull.
-        extra_env={"DEPENDENCY_PROXY_USAGE_FLUSH_SECONDS": "0"},
+        # Every request writes the buffered pull counts and pull record, so a run (and
+        # the refresh status) sees the last pull.
+        extra_env={
+            "DEPENDENCY_PROXY_USAGE_FLUSH_SECONDS": "0",
+            "DEPENDENCY_PROXY_PULL_RECORD_FLUSH_SECONDS": "0",
+        },
     )
 
 
@@ -87,11 +89,14 @@ def test_a_tag_moved_upstream_is_fetched_by_one_run_and_the_next_pull_gets_no_bl
     assert _blob_gets(upstream, repository, pulled) == []
     assert json.loads((target / "manifest.json").read_bytes()) == json.loads(moved.manifest)
 
-    # The API shows when the tag was refreshed, and the digest it fetched.
+    # The API shows when the tag was refreshed, the digest it fetched, and that the pull
+    # after it was warm because of it.
     token = live.flask("token", "create", seed.ROOT.username, "--scopes", "api").stdout
-    answer = _api(live, token.strip().splitlines()[-1], "GET", "refresh")
-    row = next(r for r in answer["tags_refreshed"] if r["image"] == repository)
+    row = _refresh_row(live, token.strip().splitlines()[-1], repository, moved.digest)
     assert row["refreshed_digest"] == moved.digest and row["refreshed_at"]
+    assert row["last_pull"]["digest"] == moved.digest, row
+    assert row["last_pull"]["outcome"] in ("hit", "revalidated"), row
+    assert row["warm_because_of_refresh"] is True, row
 
 
 def test_what_a_ci_file_names_is_warmed_before_anyone_pulls_it(
@@ -151,6 +156,27 @@ def test_a_ci_job_asks_for_a_warm_up_with_its_job_token(
     # A stranger's token is refused.
     refused = _post(live, {"JOB-TOKEN": "not-a-job-token"}, [f"{repository}:2"])
     assert refused.status_code == 401
+
+
+def _refresh_row(live: Platform, token: str, repository: str, digest: str) -> t.Any:
+    """The tag's row of ``GET refresh`` once its last pull is written: the pull record
+    is written by the next registry request of the worker that served the pull, so ask
+    the workers (a new connection each) until it is."""
+    import requests
+
+    headers = live.bearer(USER.username, USER.password, GROUP, repository)
+    deadline = time.monotonic() + 15
+    while True:
+        answer = _api(live, token, "GET", "refresh")
+        row = next(r for r in answer["tags_refreshed"] if r["image"] == repository)
+        if row["last_pull"] is not None or time.monotonic() > deadline:
+            return row
+        requests.head(
+            live.url + f"/v2/{live.repository(GROUP, repository)}/manifests/{digest}",
+            headers=headers,
+            timeout=30,
+        )
+        time.sleep(0.1)
 
 
 def _api(live: Platform, token: str, method: str, route: str) -> t.Any:

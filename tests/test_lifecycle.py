@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import threading
 import typing as t
@@ -26,13 +27,22 @@ from flask_dependency_proxy.admin.lifecycle import (
     PurgeTooSoon,
 )
 from flask_dependency_proxy.models.cleanup import CleanupRecords
+from flask_dependency_proxy.models.group_paths import GroupPathRecords
 from flask_dependency_proxy.models.group_settings import GroupSettingsRecords
-from flask_dependency_proxy.models.tables import CachedBlob, CachedManifest, LoginFailure, Status
+from flask_dependency_proxy.models.hot_tags import HotTagRecords, write_reference_pulls
+from flask_dependency_proxy.models.tables import (
+    CachedBlob,
+    CachedManifest,
+    LoginFailure,
+    Status,
+    utcnow,
+)
 from flask_dependency_proxy.oci.reference import ProxyPath
 from flask_dependency_proxy.stores.base import Following, LocalFile
 from tests import lifecycle_fixtures as lf
 from tests.platform_fixtures import build_world
 from tests.support import images
+from tests.support.fakeregistry import FakeRegistry, ServedBlob, sha256_digest
 from tests.support.processes import wait_for
 from tests.support.registry import Registry
 
@@ -285,6 +295,70 @@ def test_scheduler_runs_cleanup_in_the_web_process(make_app: t.Callable[..., Fla
         wait_for(lambda: lf.rows(CachedManifest) == [], timeout=20, what="scheduled cleanup")
     finally:
         scheduler.stop()
+
+
+def test_the_refresh_scheduler_thread_runs_a_pass_that_warms_a_hot_tag(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    """The refresher's thread starts with the first request and, on its own, checks the
+    group's most pulled tag upstream and fetches its manifest and blobs ahead."""
+    fake = FakeRegistry().start()
+    try:
+        config, layer = b'{"architecture": "amd64", "os": "linux"}', b"hot layer" * 100
+        for blob in (config, layer):
+            fake.add_blob("team/app", sha256_digest(blob), ServedBlob(blob))
+        digest = fake.add_manifest(
+            "team/app",
+            "1",
+            lf.OCI_MANIFEST,
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": lf.OCI_MANIFEST,
+                    "config": {
+                        "mediaType": "application/vnd.oci.image.config.v1+json",
+                        "size": len(config),
+                        "digest": sha256_digest(config),
+                    },
+                    "layers": [
+                        {
+                            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "size": len(layer),
+                            "digest": sha256_digest(layer),
+                        }
+                    ],
+                }
+            ).encode(),
+        )
+        app = make_app(
+            DEPENDENCY_PROXY_UPSTREAM_URL=fake.url,
+            DEPENDENCY_PROXY_GROUP_DEFAULT_ENABLED=True,
+            DEPENDENCY_PROXY_REFRESH_DEFAULT_ENABLED=True,
+            DEPENDENCY_PROXY_REFRESH_SCHEDULER=True,
+            DEPENDENCY_PROXY_REFRESH_INTERVAL_SECONDS=1,
+        )
+        scheduler = state(app).refresh_scheduler
+        assert scheduler is not None
+        org = build_world().group_ids["org"]
+        session = state(app).metadata.session
+        GroupPathRecords(lambda: session).record(org, "org", utcnow())
+        write_reference_pulls(session, {(org, "team/app", "1", utcnow().date()): 3})
+        records = HotTagRecords(lambda: session)
+
+        def refreshed() -> bool:
+            found = records.state(org, "team/app", "1")
+            session.rollback()  # the next look reads what the thread committed since
+            return found is not None and found.refreshed_digest == digest
+
+        try:
+            app.test_client().get("/users/sign_in")
+            wait_for(refreshed, timeout=20, what="a scheduled refresh")
+        finally:
+            scheduler.stop()
+        assert len(fake.blob_gets(sha256_digest(layer))) == 1
+        assert [r.method for r in fake.requests if r.path.endswith("/manifests/1")][:1] == ["HEAD"]
+    finally:
+        fake.stop()
 
 
 def test_scheduler_is_off_by_default(make_app: t.Callable[..., Flask]) -> None:

@@ -1,5 +1,7 @@
 """Runs predictive refresh (:mod:`..cache.refresh`) from a thread of each web process,
-and the warm-ups the REST API queues (:class:`WarmQueue`).
+and the warm-ups the REST API queues (:class:`WarmQueue`); tells the group page and the
+API what the refresher did per tag and whether it made the tag's last pull warm
+(:func:`refresh_view`).
 
 The model is :class:`.lifecycle.CleanupScheduler`: every process polls, and the
 ``refresh`` lease (with the time the last run finished) lets one of them run per poll
@@ -8,6 +10,7 @@ interval, whichever host it is on; each hot tag then waits for its group's inter
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -16,16 +19,83 @@ import random
 import threading
 import typing as t
 
+from ..cache.results import Outcome
+
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from ..cache.refresh import RefreshReport, TagRefresher
+    from ..cache.refresh import RefreshDefaults, RefreshReport, TagRefresher
     from ..cache.warm import Target
+    from ..models.group_settings import Settings
+    from ..models.hot_tags import HotTagRecords, RefreshState
+    from ..models.pulls import PullEntry, PullRecords
 
 log = logging.getLogger(__name__)
 
 #: Most seconds between two polls of a process.
 _MAX_POLL_SECONDS = 60.0
+
+
+#: Pulls served from the cache with the digest the cache held: a hit, or a hit after
+#: upstream's ``HEAD`` confirmed the digest (the tag's check interval had passed).
+WARM_OUTCOMES = frozenset({Outcome.HIT.value, Outcome.REVALIDATED.value})
+
+
+@dataclasses.dataclass(frozen=True)
+class TagRefreshStatus:
+    """What the refresher last did with one tag, and the tag's last pull since.
+
+    :param last_pull: the group's last pull of the tag at or after the refresh that
+        fetched ``state.refreshed_digest``; ``None`` if none (or no such refresh).
+    :param warm_because_of_refresh: that pull served, from the cache, the digest the
+        refresher fetched ahead; ``None`` when the pull record is off (unknown).
+    """
+
+    state: RefreshState
+    last_pull: PullEntry | None
+    warm_because_of_refresh: bool | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshView:
+    """A group's refresh settings in effect and its refreshed tags, by image and tag."""
+
+    enabled: bool
+    tags: int
+    interval_seconds: int
+    budget_per_run: int
+    statuses: list[TagRefreshStatus]
+
+
+def refresh_view(
+    group_id: int,
+    settings: Settings,
+    defaults: RefreshDefaults,
+    records: HotTagRecords,
+    pulls: PullRecords | None,
+) -> RefreshView:
+    """The group's :class:`RefreshView`; ``pulls`` is ``None`` when the pull record is
+    off, and then whether a pull was warm because of a refresh is not known."""
+    on, tags, interval = defaults.for_group(settings)
+    return RefreshView(
+        enabled=on,
+        tags=tags,
+        interval_seconds=int(interval),
+        budget_per_run=defaults.budget,
+        statuses=[_status(group_id, state, pulls) for state in records.states(group_id)],
+    )
+
+
+def _status(group_id: int, state: RefreshState, pulls: PullRecords | None) -> TagRefreshStatus:
+    if pulls is None:
+        return TagRefreshStatus(state, None, None)
+    if state.refreshed_at is None or state.refreshed_digest is None:
+        return TagRefreshStatus(state, None, False)
+    last = pulls.last_pull(group_id, state.image, state.tag, state.refreshed_at)
+    warm = (
+        last is not None and last.digest == state.refreshed_digest and last.outcome in WARM_OUTCOMES
+    )
+    return TagRefreshStatus(state, last, warm)
 
 
 class RefreshScheduler:

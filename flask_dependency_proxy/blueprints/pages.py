@@ -21,7 +21,9 @@ What the templates get, for hosts that override them: ``base_template``,
 ``settings``, ``stats``, ``listing`` (a page of manifests), ``prefix``, ``min_days``,
 ``max_days``, ``quota`` (:class:`~._formatting.QuotaView`), ``upstreams``
 (:class:`~..admin.groups.GroupUpstreamsView`, never a secret) and ``usage``
-(:class:`~..admin.usage_chart.UsageSummary`, the last 30 days) and ``list_query``
+(:class:`~..admin.usage_chart.UsageSummary`, the last 30 days), ``refresh``
+(:class:`~..admin.refresh.RefreshView`: what predictive refresh did per tag, and whether
+each tag's last pull was warm because of it) and ``list_query``
 (``order_by``, ``sort``, ``search`` of the list) and ``controls``
 (:class:`SupplyChainView`: blocks, recent pulls, the deleted-tag policy, the tag cooldown
 and its tags in cooldown, events);
@@ -66,6 +68,7 @@ from werkzeug.utils import cached_property
 
 from .._state import state
 from ..admin.lifecycle import PurgeTooSoon
+from ..admin.refresh import RefreshView, refresh_view
 from ..admin.supply_chain import InvalidBlock, InvalidCooldown
 from ..admin.usage_chart import UsageSummary
 from ..auth.group_paths import GroupMoved, GroupPathTaken
@@ -73,8 +76,9 @@ from ..cache.quota import exact_size
 from ..cache.signing import PolicyError
 from ..models.database import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from ..models.group_settings import MAX_CLEANUP_DAYS, MIN_CLEANUP_DAYS
+from ..models.hot_tags import HotTagRecords
 from ..models.listings import DEFAULT_PER_PAGE, ORDER_BY, SORTS, Page, valid_search
-from ..models.pulls import PullEntry, PullFilter
+from ..models.pulls import PullEntry, PullFilter, PullRecords
 from ..models.stats import human_size
 from ..models.upstreams import UpstreamListError
 from ..oci.reference import GROUP_PATH_RE, is_valid_image_name
@@ -338,6 +342,7 @@ def show(group: Group) -> ResponseReturnValue:
         max_days=MAX_CLEANUP_DAYS,
         quota=QuotaView(quota.limit, quota.used, quota.policy),
         upstreams=admin.upstreams(group.id),
+        refresh=refresh_section(group.id),
         usage=usage_summary(group.id),
         list_query=query,
         controls=supply_chain_view(group.id),
@@ -357,6 +362,21 @@ def listing_query() -> dict[str, str]:
         "sort": sort if sort in SORTS else SORTS[0],
         "search": search if valid_search(search) else "",
     }
+
+
+def refresh_section(group_id: int) -> RefreshView | None:
+    """What the refresher did per tag of the group (``None``: no refresher)."""
+    proxy = state(None)
+    if proxy.refresher is None:
+        return None
+    session = lambda: proxy.metadata.session  # noqa: E731
+    return refresh_view(
+        group_id,
+        _admin().settings(group_id),
+        proxy.refresher.defaults,
+        HotTagRecords(session),
+        PullRecords(session) if proxy.config.pull_record else None,
+    )
 
 
 def usage_summary(group_id: int) -> UsageSummary:

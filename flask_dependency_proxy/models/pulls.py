@@ -207,6 +207,28 @@ class PullRecords(SessionRecords):
         ).all()
         return PullSummary(int(count), tuple(str(row[0]) for row in latest), last)
 
+    def last_pull(
+        self, group_id: int, image: str, reference: str, since: dt.datetime
+    ) -> PullEntry | None:
+        """The group's last pull of ``image`` by ``reference`` at or after ``since``;
+        the bound keeps the search to the group's pulls since then (its index)."""
+        row = (
+            self.session.execute(
+                sa.select(PullRecord)
+                .where(
+                    PullRecord.group_id == group_id,
+                    PullRecord.pulled_at >= since,
+                    PullRecord.image == image,
+                    PullRecord.reference == reference,
+                )
+                .order_by(PullRecord.pulled_at.desc(), PullRecord.id.desc())
+                .limit(1)
+            )
+            .scalars()
+            .first()
+        )
+        return None if row is None else _entry(row)
+
     def forget_before(self, moment: dt.datetime, batch_size: int) -> int:
         """Delete pulls older than ``moment``, ``batch_size`` rows a transaction."""
         deleted = 0

@@ -1,6 +1,9 @@
 """Predictive refresh over the REST API: ``GET``/``PUT refresh`` (the group's refresh
-settings and what the refresher last did per image and tag) and ``POST warm`` (a list
-of image references to warm now, for owners or a CI job token of the group).
+settings and what the refresher last did per image and tag: ``last_pull``, the tag's
+last pull since its refresh, and ``warm_because_of_refresh``, whether that pull served
+from the cache the digest the refresher fetched ahead; ``null`` with the pull record
+off) and ``POST warm`` (a list of image references to warm now, for owners or a CI job
+token of the group).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import typing as t
 from flask import Response, request
 
 from ..._state import state
+from ...admin.refresh import RefreshView, refresh_view
 from ...cache.refresh import group_target
 from ...cache.warm import Target
 from ...host import Group, Principal, PrincipalKind
@@ -20,7 +24,19 @@ from ...models.group_settings import (
     GroupSettingsRecords,
 )
 from ...models.hot_tags import HotTagRecords
-from ._base import ALL_METHODS, ROUTE, ApiError, bp, group, json_body, json_response, methods, time
+from ...models.pulls import PullEntry, PullRecords
+from ._base import (
+    ALL_METHODS,
+    ROUTE,
+    ApiError,
+    bp,
+    group,
+    invalid,
+    json_body,
+    json_response,
+    methods,
+    time,
+)
 
 #: Most references one warm call names.
 MAX_WARM_REFERENCES = 100
@@ -39,35 +55,54 @@ def _settings_records() -> GroupSettingsRecords:
     )
 
 
-def _body(found: Group) -> dict[str, t.Any]:
+def _view(found: Group) -> RefreshView:
     proxy = state(None)
     refresher = proxy.refresher
     assert refresher is not None
+    pulls = PullRecords(lambda: proxy.metadata.session) if proxy.config.pull_record else None
+    return refresh_view(
+        found.id, _settings_records().get(found.id), refresher.defaults, _records(), pulls
+    )
+
+
+def _pull_body(pull: PullEntry | None) -> dict[str, t.Any] | None:
+    if pull is None:
+        return None
+    return {"pulled_at": time(pull.pulled_at), "digest": pull.digest, "outcome": pull.outcome}
+
+
+def _body(found: Group) -> dict[str, t.Any]:
     settings = _settings_records().get(found.id)
-    on, tags, interval = refresher.defaults.for_group(settings)
+    view = _view(found)
     return {
-        "enabled": on,
-        "tags": tags,
-        "interval_seconds": int(interval),
+        "enabled": view.enabled,
+        "tags": view.tags,
+        "interval_seconds": view.interval_seconds,
         "own": {
             "enabled": settings.refresh_enabled,
             "tags": settings.refresh_tags,
             "interval_seconds": settings.refresh_interval_seconds,
         },
-        "budget_per_run": refresher.defaults.budget,
+        "budget_per_run": view.budget_per_run,
         "tags_refreshed": [
             {
-                "image": row.image,
-                "tag": row.tag,
-                "checked_at": time(row.checked_at),
-                "refreshed_at": time(row.refreshed_at),
-                "refreshed_digest": row.refreshed_digest,
-                "prefetched_bytes": row.prefetched_bytes,
-                "platforms": list(row.platforms),
+                "image": status.state.image,
+                "tag": status.state.tag,
+                "checked_at": time(status.state.checked_at),
+                "refreshed_at": time(status.state.refreshed_at),
+                "refreshed_digest": status.state.refreshed_digest,
+                "prefetched_bytes": status.state.prefetched_bytes,
+                "platforms": list(status.state.platforms),
+                "last_pull": _pull_body(status.last_pull),
+                "warm_because_of_refresh": status.warm_because_of_refresh,
             }
-            for row in _records().states(found.id)
+            for status in view.statuses
         ],
     }
+
+
+#: The fields a ``PUT refresh`` takes.
+_REFRESH_FIELDS = ("enabled", "tags", "interval_seconds")
 
 
 def _optional_int(body: dict[str, t.Any], key: str, low: int, high: int) -> int | None:
@@ -75,30 +110,29 @@ def _optional_int(body: dict[str, t.Any], key: str, low: int, high: int) -> int 
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ApiError(
-            400, f"400 Bad request - {key} must be a whole number from {low} to {high}, or null"
+        raise invalid(
+            key, f"must be a whole number from {low} to {high}, or null", prefix=f"{key} "
         )
     return value
 
 
-@bp.route(f"{ROUTE}/refresh", methods=ALL_METHODS)
-def refresh_settings(group_ref: str) -> Response:
-    """The group's refresh settings; ``PUT`` takes ``enabled`` (``true``, ``false`` or
-    ``null`` for the instance's default), ``tags`` and ``interval_seconds`` (``null``:
-    the instance's default), each optional."""
-    methods("GET", "PUT")
-    proxy = state(None)
-    with proxy.database.phase("API refresh settings"):
-        found = group(group_ref, claim=request.method == "PUT")
-        if request.method != "PUT":
-            return json_response(_body(found))
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "400 Bad request - send a JSON object")
+def _refresh_changes(body: t.Any) -> dict[str, t.Any]:
+    """The settings a ``PUT refresh`` body changes, each field checked."""
+    if not isinstance(body, dict) or not body:
+        raise ApiError(
+            400, f"400 Bad request - send an object with any of {', '.join(_REFRESH_FIELDS)}"
+        )
+    unknown = [str(key)[:100] for key in body if key not in _REFRESH_FIELDS]
+    if unknown:
+        raise ApiError(
+            400,
+            f"400 Bad request - unknown fields: {', '.join(unknown)}",
+            errors={key: "unknown field" for key in unknown},
+        )
     changes: dict[str, t.Any] = {}
     if "enabled" in body:
         if body["enabled"] is not None and not isinstance(body["enabled"], bool):
-            raise ApiError(400, "400 Bad request - enabled must be true, false or null")
+            raise invalid("enabled", "must be true, false or null", prefix="enabled ")
         changes["refresh_enabled"] = body["enabled"]
     if "tags" in body:
         changes["refresh_tags"] = _optional_int(body, "tags", 1, MAX_REFRESH_TAGS)
@@ -106,6 +140,22 @@ def refresh_settings(group_ref: str) -> Response:
         changes["refresh_interval_seconds"] = _optional_int(
             body, "interval_seconds", MIN_REFRESH_INTERVAL_SECONDS, MAX_REFRESH_INTERVAL_SECONDS
         )
+    return changes
+
+
+@bp.route(f"{ROUTE}/refresh", methods=ALL_METHODS)
+def refresh_settings(group_ref: str) -> Response:
+    """The group's refresh settings; ``PUT`` takes ``enabled`` (``true``, ``false`` or
+    ``null`` for the instance's default), ``tags`` and ``interval_seconds`` (``null``:
+    the instance's default), each optional; an unknown field or a bad value is a 400
+    naming it (``errors``), and changes nothing."""
+    methods("GET", "PUT")
+    proxy = state(None)
+    with proxy.database.phase("API refresh settings"):
+        found = group(group_ref, claim=request.method == "PUT")
+        if request.method != "PUT":
+            return json_response(_body(found))
+    changes = _refresh_changes(json_body())
     with proxy.database.phase("API refresh settings update"):
         _settings_records().update(found.id, _now(), **changes)
         return json_response(_body(found))
