@@ -42,15 +42,18 @@ import harness as h  # noqa: E402
 import report  # noqa: E402
 import requests  # noqa: E402
 
+from tests.support import postgres  # noqa: E402
 from tests.support.clients import Skopeo  # noqa: E402
 from tests.support.crowd import Crowd  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessFactory, wait_for  # noqa: E402
 from tests.support.registry import AccessRecord, Registry, TokenAuth  # noqa: E402
+from tests.support.seaweedfs import SeaweedFS, seaweedfs_unavailable  # noqa: E402
 from tests.support.tokenserver import TokenServer  # noqa: E402
 
 MiB = h.MiB
 GiB = 1024 * MiB
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Settings:
     load_seconds: float
     downloads: int
     concurrency: int
+    #: Scenario 9: clients of the herd and the size of its image's layer.
+    herd_clients: int
+    herd_size: int
     workers: int
     threads: int
     quiet_wait: float
@@ -216,6 +222,7 @@ class Bench:
             ((6,), "6 worker memory", self.memory),
             ((7,), "7 token upstream", self.tokens),
             ((8,), "8 slow and idle clients", self.crowds),
+            ((9,), "9 herd", self.herd),
         ]
         for numbers, name, step in plan:
             if not set(numbers) & set(self.s.only):
@@ -816,6 +823,195 @@ class Bench:
                 h.download(self.ours.blob_url(image, blob.digest), headers, timeout=600)
             self.summarize_profile("blob-cold")
 
+    def herd(self) -> None:
+        """9: a herd of asyncio clients pulls one image at the same moment, cold then warm,
+        from one host and from two hosts; the warm herd's blob GETs also against nginx."""
+        n = self.s.herd_clients
+        label = _size_label(self.s.herd_size)
+        scenario = f"9 herd of {n} clients, {label} image"
+        image = h.build_large_image(
+            self.run_dir / "images", "bench-herd", self.s.herd_size, "library/herd"
+        )
+        h.push(image, self.upstream.url)
+        layouts: dict[str, dict[str, report.Row]] = {}
+        for layout in ("one host", "two hosts"):
+            layouts[layout] = {
+                "cold": self.row(
+                    scenario, f"{layout}: cold herd, wall time until the last byte", "s"
+                ),
+                "warm": self.row(
+                    scenario, f"{layout}: warm herd, wall time until the last byte", "s"
+                ),
+                "ratio": self.row(
+                    scenario,
+                    f"{layout}: cold herd / warm herd wall time",
+                    "×",
+                    goal=report.Goal("≤ 1.1", "worst_max", 1.1),
+                    chart=False,
+                ),
+                "failed": self.row(
+                    scenario,
+                    f"{layout}: failed clients, cold and warm herds",
+                    "clients",
+                    goal=report.Goal("0", "worst_max", 0),
+                    chart=False,
+                ),
+                "gets": self.row(
+                    scenario,
+                    f"{layout}: upstream GETs per blob, cold herd (max)",
+                    "GETs",
+                    goal=report.Goal("1", "worst_max", 1),
+                ),
+                "rate": self.row(
+                    scenario, f"{layout}: warm herd, aggregate blob throughput", "MB/s"
+                ),
+            }
+        versus_nginx = self.row(
+            scenario,
+            "one host: warm blob GETs of the herd, aggregate throughput",
+            "MB/s",
+            ref_label="nginx sendfile",
+            goal=report.Goal("≥ 0.8 × nginx sendfile", "ref_ratio_min", 0.8),
+        )
+        notes = self.details[f"9 herd of {n} clients"]
+        herd_dir = self.run_dir / "herd"
+
+        def measure(
+            layout: str,
+            cache: t.Any,
+            targets: t.Callable[[], list[dict[str, t.Any]]],
+            stored: t.Callable[[], bool],
+        ) -> None:
+            rows = layouts[layout]
+            mark = self.upstream.mark()
+            cold = h.herd(targets(), clients=n)
+            wait_for(stored, timeout=300, interval=0.1, what=f"{cache.label} stored the herd image")
+            h.settle_upstream(self.upstream)
+            records = self.upstream.access_log(mark)
+            per_blob = collections.Counter(
+                r.reference for r in records if r.method == "GET" and r.kind == "blobs"
+            )
+            warm = h.herd(targets(), clients=n)
+            self._add(rows["cold"], cache, cold.wall)
+            self._add(rows["warm"], cache, warm.wall)
+            self._add(rows["ratio"], cache, cold.wall / warm.wall if warm.wall else 0.0)
+            self._add(rows["failed"], cache, cold.failed + warm.failed)
+            self._add(rows["gets"], cache, max(per_blob[b.digest] for b in image.blobs))
+            self._add(rows["rate"], cache, warm.throughput_mb_s)
+            for name, result in (("cold", cold), ("warm", warm)):
+                notes.append(
+                    f"{layout}, {cache.label}, {name}: last client {result.wall:.2f} s, median "
+                    f"client {result.median_done or 0:.2f} s, {result.failed} failed, "
+                    f"{result.throughput_mb_s:.0f} MB/s"
+                    + (f"; errors: {'; '.join(result.errors)}" if result.errors else "")
+                )
+            notes.append(
+                f"{layout}, {cache.label}, cold: upstream requests {kinds_text(kinds(records))}"
+            )
+            log(f"  {notes[-3]}")
+            log(f"  {notes[-2]}")
+
+        def blobs_herd(
+            label: str, url: t.Callable[[h.BlobFile], str], headers: dict[str, str]
+        ) -> float:
+            spec = [
+                {
+                    "blobs": {b.digest: {"url": url(b), "size": b.size} for b in image.blobs},
+                    "headers": headers,
+                }
+            ]
+            result = h.herd(spec, clients=n)
+            notes.append(
+                f"one host, warm blob GETs only, {label}: last client {result.wall:.2f} s, "
+                f"{result.failed} failed, {result.throughput_mb_s:.0f} MB/s"
+            )
+            log(f"  {notes[-1]}")
+            if result.failed:
+                raise h.BenchError(
+                    f"{label}: {result.failed} of {n} clients failed: {result.errors}"
+                )
+            return result.throughput_mb_s
+
+        nginx_root = herd_dir / "nginx-root"
+        nginx_root.mkdir(parents=True, exist_ok=True)
+        nginx = h.Nginx(self.processes, herd_dir / "nginx", nginx_root, connections=n + 64).start()
+        self._stoppers.append(nginx.process.stop)
+
+        def one_host(rep: int) -> None:
+            for cache in self.rotate([self.ours, self.dist], rep):
+                cache.fresh()
+                measure(
+                    "one host",
+                    cache,
+                    functools.partial(h.herd_targets, cache, image),
+                    functools.partial(cache.has_blobs, image),
+                )
+            for blob in image.blobs:  # nginx serves the very files ours holds
+                served = nginx_root / blob.digest[7:]
+                served.unlink(missing_ok=True)
+                os.link(self.ours.blob_file(blob.digest), served)
+            sources = [
+                (
+                    "ours",
+                    lambda b: self.ours.blob_url(image, b.digest),
+                    self.ours.auth_headers(image),
+                ),
+                ("distribution", lambda b: self.dist.blob_url(image, b.digest), {}),
+                ("nginx", lambda b: nginx.url(b.digest[7:]), {}),
+            ]
+            for label, url, headers in self.rotate(sources, rep):
+                rate = blobs_herd(label, url, headers)
+                column = {"ours": "ours", "distribution": "dist", "nginx": "ref"}[label]
+                getattr(versus_nginx, column).append(rate)
+
+        self.each_rep(f"{scenario}, one host", one_host)
+        problem = postgres.available() or seaweedfs_unavailable()
+        if problem:
+            raise h.BenchError(f"two hosts need PostgreSQL and SeaweedFS: {problem}")
+        cluster = PostgresCluster(self.processes)
+        weed = SeaweedFS(self.processes, herd_dir / "seaweedfs")
+        fleets: list[t.Any] = [
+            h.FleetOurs(
+                self.processes,
+                herd_dir / "ours-fleet",
+                cluster=cluster,
+                seaweedfs=weed,
+                upstream_url=self.upstream.url,
+                workers=self.s.workers,
+                extra_env=dict(self.s.platform_env),
+            ),
+            h.FleetDistribution(
+                self.processes,
+                herd_dir / "distribution-fleet",
+                seaweedfs=weed,
+                upstream_url=self.upstream.url,
+            ),
+        ]
+
+        def two_hosts(rep: int) -> None:
+            for fleet in self.rotate(fleets, rep):
+                fleet.fresh()
+                try:
+                    measure(
+                        "two hosts",
+                        fleet,
+                        functools.partial(fleet.herd_targets, image),
+                        functools.partial(fleet.has_blobs, image),
+                    )
+                finally:
+                    fleet.stop()
+
+        try:
+            cluster.start()
+            weed.start()
+            self.each_rep(f"{scenario}, two hosts", two_hosts)
+        finally:
+            for stop in (*(fleet.stop for fleet in fleets), weed.stop, cluster.stop):
+                try:
+                    stop()
+                except Exception:  # keep stopping the rest
+                    traceback.print_exc()
+
     @staticmethod
     def _check_size(cache: h.Cache, size: int, blob: h.BlobFile) -> None:
         if size != blob.size:
@@ -1143,6 +1339,8 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         load_seconds=2 if quick else 5,
         downloads=2 if quick else 3,
         concurrency=8,
+        herd_clients=50 if quick else 200,
+        herd_size=(16 if quick else 64) * MiB,
         workers=args.workers,
         threads=args.threads,
         quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0 if quick else 60),
