@@ -139,10 +139,12 @@ class Bench:
         shift = rep % len(items)
         return list(items[shift:]) + list(items[:shift])
 
-    def each_rep(self, name: str, body: t.Callable[[int], None]) -> None:
-        """Run ``body`` once per repetition; a failed repetition is reported and skipped,
-        the others still count."""
-        for rep in range(self.s.repetitions):
+    def each_rep(
+        self, name: str, body: t.Callable[[int], None], *, limit: int | None = None
+    ) -> None:
+        """Run ``body`` once per repetition (at most ``limit`` times); a failed repetition
+        is reported and skipped, the others still count."""
+        for rep in range(min(self.s.repetitions, limit or self.s.repetitions)):
             try:
                 body(rep)
             except h.BenchError as exc:
@@ -876,6 +878,14 @@ class Bench:
             ref_label="nginx sendfile",
             goal=report.Goal("≥ 0.8 × nginx sendfile", "ref_ratio_min", 0.8),
         )
+        versus_nginx_cpu = self.row(
+            scenario,
+            "one host: warm blob GETs of the herd, server CPU time per GiB sent",
+            "s",
+            ref_label="nginx sendfile",
+            note="user + system time of the serving processes, including the loopback "
+            "TCP work the kernel charges to the sender",
+        )
         notes = self.details[f"9 herd of {n} clients"]
         herd_dir = self.run_dir / "herd"
 
@@ -929,25 +939,34 @@ class Bench:
             log(f"  {notes[-2]}")
 
         def blobs_herd(
-            label: str, url: t.Callable[[h.BlobFile], str], headers: dict[str, str]
-        ) -> float:
+            label: str,
+            url: t.Callable[[h.BlobFile], str],
+            headers: dict[str, str],
+            servers: t.Callable[[], list[int]],
+        ) -> tuple[float, float]:
+            """The herd GETs the image's blobs only: aggregate MB/s and the server's CPU
+            seconds per GiB sent."""
             spec = [
                 {
                     "blobs": {b.digest: {"url": url(b), "size": b.size} for b in image.blobs},
                     "headers": headers,
                 }
             ]
+            pids = servers()
+            used = h.cpu_seconds(pids)
             result = h.herd(spec, clients=n)
+            used = h.cpu_seconds(pids) - used
             notes.append(
                 f"one host, warm blob GETs only, {label}: last client {result.wall:.2f} s, "
-                f"{result.failed} failed, {result.throughput_mb_s:.0f} MB/s"
+                f"{result.failed} failed, {result.throughput_mb_s:.0f} MB/s, server CPU "
+                f"{used:.2f} s"
             )
             log(f"  {notes[-1]}")
             if result.failed:
                 raise h.BenchError(
                     f"{label}: {result.failed} of {n} clients failed: {result.errors}"
                 )
-            return result.throughput_mb_s
+            return result.throughput_mb_s, used / (result.blob_bytes / GiB)
 
         nginx_root = herd_dir / "nginx-root"
         nginx_root.mkdir(parents=True, exist_ok=True)
@@ -967,21 +986,42 @@ class Bench:
                 served = nginx_root / blob.digest[7:]
                 served.unlink(missing_ok=True)
                 os.link(self.ours.blob_file(blob.digest), served)
+            nginx_pid = nginx.process.pid
+            assert nginx_pid is not None
             sources = [
                 (
                     "ours",
                     lambda b: self.ours.blob_url(image, b.digest),
                     self.ours.auth_headers(image),
+                    lambda: h.children_of(self.ours.master_pid),
                 ),
-                ("distribution", lambda b: self.dist.blob_url(image, b.digest), {}),
-                ("nginx", lambda b: nginx.url(b.digest[7:]), {}),
+                (
+                    "distribution",
+                    lambda b: self.dist.blob_url(image, b.digest),
+                    {},
+                    self.dist.server_pids,
+                ),
+                (
+                    "nginx",
+                    lambda b: nginx.url(b.digest[7:]),
+                    {},
+                    lambda: [nginx_pid, *h.children_of(nginx_pid)],
+                ),
             ]
-            for label, url, headers in self.rotate(sources, rep):
-                rate = blobs_herd(label, url, headers)
-                column = {"ours": "ours", "distribution": "dist", "nginx": "ref"}[label]
-                getattr(versus_nginx, column).append(rate)
+            # Rounds alternate the three, so a burst of load from outside the benchmark
+            # does not land on one of them only; each gets the median of its rounds.
+            rates: dict[str, list[float]] = collections.defaultdict(list)
+            cpus: dict[str, list[float]] = collections.defaultdict(list)
+            for round_ in range(2):
+                for label, url, headers, servers in self.rotate(sources, rep + round_):
+                    rate, cpu = blobs_herd(label, url, headers, servers)
+                    rates[label].append(rate)
+                    cpus[label].append(cpu)
+            for label, column in (("ours", "ours"), ("distribution", "dist"), ("nginx", "ref")):
+                getattr(versus_nginx, column).append(statistics.median(rates[label]))
+                getattr(versus_nginx_cpu, column).append(statistics.median(cpus[label]))
 
-        self.each_rep(f"{scenario}, one host", one_host)
+        self.each_rep(f"{scenario}, one host", one_host, limit=2)
         problem = postgres.available() or seaweedfs_unavailable()
         if problem:
             raise h.BenchError(f"two hosts need PostgreSQL and SeaweedFS: {problem}")
@@ -1021,7 +1061,7 @@ class Bench:
         try:
             cluster.start()
             weed.start()
-            self.each_rep(f"{scenario}, two hosts", two_hosts)
+            self.each_rep(f"{scenario}, two hosts", two_hosts, limit=2)
         finally:
             for stop in (*(fleet.stop for fleet in fleets), weed.stop, cluster.stop):
                 try:
