@@ -5,8 +5,8 @@ Both caches proxy the same upstream (``docker-registry``) and are measured with 
 same clients (skopeo, wrk, curl), alternating, over several repetitions. See
 ``benchmarks/README.md`` for what each scenario measures.
 
-    python benchmarks/run.py                 # full run, 5 repetitions (~10-15 minutes)
-    python benchmarks/run.py --quick         # smaller images, 1 repetition (< 2 minutes)
+    python benchmarks/run.py                 # full run, 5 repetitions (~25-35 minutes)
+    python benchmarks/run.py --quick         # smaller images, 1 repetition (< 5 minutes)
     python benchmarks/run.py --only 4,5 --profile
 
 The Markdown table goes to stdout and to ``benchmarks/results/<name>.md`` (``latest``
@@ -1349,7 +1349,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller images, no 1 GiB blob, short load runs (< 2 minutes)",
+        help="smaller images, no 1 GiB blob, short load runs (< 5 minutes)",
     )
     parser.add_argument("--repetitions", type=int, help="default: 5, or 1 with --quick")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 4,5")
