@@ -7,8 +7,8 @@
 - :class:`Ours`, the example platform under gunicorn with the extension, started from a
   seeded template database so a fresh, empty cache costs one gunicorn start;
 - :class:`Nginx` serving a file with ``sendfile``;
-- measuring helpers: timed skopeo pulls, ``wrk``, ``curl`` downloads, RSS sampling of
-  processes, py-spy recordings.
+- measuring helpers: timed skopeo pulls, ``wrk``, ``curl`` downloads, herds of asyncio
+  clients (:mod:`herd`), RSS sampling of processes, py-spy recordings.
 
 Everything binds 127.0.0.1 and every wait is bounded.
 """
@@ -855,13 +855,193 @@ class Ours(_StoredBlobs):
         return self.platform.store_path / "blobs" / algorithm / hex_[:2] / hex_
 
 
+# -- two hosts ----------------------------------------------------------------------------
+
+
+def _herd_target(
+    manifest_base: str, repository: str, image: SeededImage, headers: dict[str, str]
+) -> dict[str, t.Any]:
+    """One :mod:`herd` target: the image's manifest by tag and its blobs, at a registry."""
+    return {
+        "manifest": f"{manifest_base}/v2/{repository}/manifests/{image.tag}",
+        "blob_url": f"{manifest_base}/v2/{repository}/blobs/{{digest}}",
+        "headers": headers,
+    }
+
+
+def herd_targets(cache: Cache, image: SeededImage) -> list[dict[str, t.Any]]:
+    """:mod:`herd` targets of a one-host cache (ours with a pull token)."""
+    manifest = cache.manifest_url(image)
+    base, _, _ = manifest.partition("/v2/")
+    repository = manifest.removeprefix(f"{base}/v2/").rpartition("/manifests/")[0]
+    return [_herd_target(base, repository, image, cache.auth_headers(image))]
+
+
+class FleetOurs:
+    """Two hosts of ours that share a PostgreSQL database, a bucket and ``SECRET_KEY``,
+    each with ``DEPENDENCY_PROXY_PEER_URL`` (as ``benchmarks/fleet.py``, and the
+    README's "Scaling out"). :meth:`fresh` makes a new database and bucket: an empty
+    cache on both hosts. Clients log in with alice's personal access token."""
+
+    label = "ours"
+
+    def __init__(
+        self,
+        processes: ProcessFactory,
+        directory: Path,
+        *,
+        cluster: t.Any,
+        seaweedfs: t.Any,
+        upstream_url: str,
+        workers: int,
+        extra_env: t.Mapping[str, str] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.directory = directory
+        self.cluster = cluster
+        self.seaweedfs = seaweedfs
+        self.upstream_url = upstream_url
+        self.workers = workers
+        self.extra_env = dict(extra_env or {})
+        self.hosts: list[Platform] = []
+        self.database: str | None = None
+        self.bucket = ""
+        self.secret = ""
+        self._generation = 0
+
+    def fresh(self) -> None:
+        self.stop()
+        self._generation += 1
+        self.database = self.cluster.create_database("herd")
+        self.bucket = self.seaweedfs.new_bucket()
+        shared = {
+            **self.seaweedfs.env(self.bucket),
+            "SECRET_KEY": "bench-herd-fleet-secret",
+            **self.extra_env,
+        }
+        self.hosts = [
+            Platform(
+                self.processes,
+                self.directory / f"fleet-{self._generation}-{name}",
+                database_url=self.cluster.url(self.database),
+                upstream_url=self.upstream_url,
+                name=f"ours-fleet-{name}",
+                extra_env=shared,
+                workers=self.workers,
+                peer=True,
+            )
+            for name in ("a", "b")
+        ]
+        try:
+            with self.hosts[0].batch() as batch:
+                seed.seed_minimal(self.hosts[0])
+                self.hosts[0].setup_command(
+                    "token",
+                    "create",
+                    USER.username,
+                    "--scopes",
+                    "read_registry,write_registry",
+                    "--name",
+                    "herd",
+                )
+        except CommandFailed as exc:
+            raise BenchError(f"seeding the fleet's database failed:\n{exc}") from exc
+        self.secret = batch.output.strip().splitlines()[-1]
+        for host in self.hosts:
+            host.start(timeout=60)
+
+    def herd_targets(self, image: SeededImage) -> list[dict[str, t.Any]]:
+        """One target per host, each with a pull token from that host's ``/jwt/auth``."""
+        return [
+            _herd_target(
+                host.url,
+                host.repository(GROUP, image.image),
+                image,
+                host.bearer(USER.username, self.secret, GROUP, image.image),
+            )
+            for host in self.hosts
+        ]
+
+    def has_blobs(self, image: SeededImage) -> bool:
+        keys = set(self.seaweedfs.objects(self.bucket, "blobs/"))
+        return all(f"blobs/sha256/{b.digest[7:9]}/{b.digest[7:]}" in keys for b in image.blobs)
+
+    def stop(self) -> None:
+        for host in self.hosts:
+            host.stop()
+        self.hosts = []
+        if self.database is not None:
+            self.cluster.drop_database(self.database)
+            self.database = None
+
+
+class FleetDistribution:
+    """Two distribution 2.8 instances in proxy mode on one bucket (``s3-aws``, presigned
+    redirects on), as ``benchmarks/fleet.py``: the reference has no sharing between
+    instances. :meth:`fresh` starts both on a new bucket."""
+
+    label = "distribution"
+
+    def __init__(
+        self, processes: ProcessFactory, directory: Path, *, seaweedfs: t.Any, upstream_url: str
+    ) -> None:
+        self.processes = processes
+        self.directory = directory
+        self.seaweedfs = seaweedfs
+        self.upstream_url = upstream_url
+        self.instances: list[tuple[str, LiveProcess]] = []
+        self.bucket = ""
+        self._generation = 0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def fresh(self) -> None:
+        from tests.support.seaweedfs import distribution_env
+
+        self.stop()
+        self._generation += 1
+        self.bucket = self.seaweedfs.new_bucket()
+        for name in ("a", "b"):
+            port = free_port()
+            config = {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": self.seaweedfs.distribution_storage(self.bucket),
+                "http": {"addr": f"127.0.0.1:{port}", "secret": "bench-herd-fleet"},
+                "proxy": {"remoteurl": self.upstream_url},
+            }
+            path = self.directory / f"distribution-{self._generation}-{name}.yml"
+            path.write_text(json.dumps(config))
+            process = self.processes.create(
+                f"distribution-fleet-{name}",
+                ["docker-registry", "serve", str(path)],
+                env=distribution_env(),
+            )
+            self.instances.append((f"http://127.0.0.1:{port}", process))
+            process.start(ready=http_probe(f"http://127.0.0.1:{port}/v2/", status=200), timeout=30)
+
+    def herd_targets(self, image: SeededImage) -> list[dict[str, t.Any]]:
+        return [_herd_target(url, image.repository, image, {}) for url, _ in self.instances]
+
+    def has_blobs(self, image: SeededImage) -> bool:
+        keys = set(self.seaweedfs.objects(self.bucket, "docker/registry/v2/blobs/"))
+        prefix = "docker/registry/v2/blobs/sha256"
+        return all(f"{prefix}/{b.digest[7:9]}/{b.digest[7:]}/data" in keys for b in image.blobs)
+
+    def stop(self) -> None:
+        for _, process in self.instances:
+            process.stop()
+        self.instances = []
+
+
 # -- nginx ------------------------------------------------------------------------------
 
 
 class Nginx:
     """nginx with ``sendfile on`` serving one folder on 127.0.0.1."""
 
-    def __init__(self, processes: ProcessFactory, directory: Path, root: Path) -> None:
+    def __init__(
+        self, processes: ProcessFactory, directory: Path, root: Path, *, connections: int = 256
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         user = "user root root;\n" if os.geteuid() == 0 else ""
@@ -870,7 +1050,7 @@ class Nginx:
             f"{user}worker_processes auto;\n"
             f"pid {directory}/nginx.pid;\n"
             f"error_log {directory}/error.log warn;\n"
-            "events { worker_connections 256; }\n"
+            f"events {{ worker_connections {connections}; }}\n"
             "http {\n"
             "  sendfile on; tcp_nopush on; access_log off;\n"
             f"  client_body_temp_path {directory}/body; proxy_temp_path {directory}/proxy;\n"
@@ -1159,6 +1339,51 @@ def download(url: str, headers: t.Mapping[str, str], *, timeout: float = 300) ->
     if result.returncode != 0 or len(parts) != 3 or parts[0] != "200":
         raise BenchError(f"download of {url} failed: {result.stdout} {result.stderr}")
     return int(parts[1]), float(parts[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class HerdResult:
+    """What one herd (:mod:`herd`) measured."""
+
+    clients: int
+    failed: int
+    #: Seconds from the common start until the last client had every byte (or failed).
+    wall: float
+    median_done: float | None
+    blob_bytes: int
+    throughput_mb_s: float
+    errors: tuple[str, ...]
+
+
+def herd(
+    targets: t.Sequence[t.Mapping[str, t.Any]],
+    *,
+    clients: int,
+    verify: int = 1,
+    timeout: float = 600,
+) -> HerdResult:
+    """:mod:`herd` (``clients`` asyncio clients that start at one moment) in its own
+    process, so the benchmark's own threads take nothing from it."""
+    spec = {"targets": list(targets), "clients": clients, "verify": verify, "timeout": timeout}
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "herd.py")],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=timeout + 120,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"herd failed ({result.returncode}): {result.stdout} {result.stderr}")
+    data = json.loads(result.stdout)
+    return HerdResult(
+        clients=data["clients"],
+        failed=data["failed"],
+        wall=data["wall_seconds"],
+        median_done=data["median_done_seconds"],
+        blob_bytes=data["blob_bytes"],
+        throughput_mb_s=data["throughput_mb_s"],
+        errors=tuple(data["errors"]),
+    )
 
 
 class PySpy:

@@ -5,8 +5,8 @@ Both caches proxy the same upstream (``docker-registry``) and are measured with 
 same clients (skopeo, wrk, curl), alternating, over several repetitions. See
 ``benchmarks/README.md`` for what each scenario measures.
 
-    python benchmarks/run.py                 # full run, 5 repetitions (~10-15 minutes)
-    python benchmarks/run.py --quick         # smaller images, 1 repetition (< 2 minutes)
+    python benchmarks/run.py                 # full run, 5 repetitions (~25-35 minutes)
+    python benchmarks/run.py --quick         # smaller images, 1 repetition (< 5 minutes)
     python benchmarks/run.py --only 4,5 --profile
 
 The Markdown table goes to stdout and to ``benchmarks/results/<name>.md`` (``latest``
@@ -42,15 +42,21 @@ import harness as h  # noqa: E402
 import report  # noqa: E402
 import requests  # noqa: E402
 
+from flask_dependency_proxy.cache.usage import (  # noqa: E402
+    FLUSH_SECONDS as USAGE_FLUSH_SECONDS,
+)
+from tests.support import postgres  # noqa: E402
 from tests.support.clients import Skopeo  # noqa: E402
 from tests.support.crowd import Crowd  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessFactory, wait_for  # noqa: E402
 from tests.support.registry import AccessRecord, Registry, TokenAuth  # noqa: E402
+from tests.support.seaweedfs import SeaweedFS, seaweedfs_unavailable  # noqa: E402
 from tests.support.tokenserver import TokenServer  # noqa: E402
 
 MiB = h.MiB
 GiB = 1024 * MiB
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ class Settings:
     load_seconds: float
     downloads: int
     concurrency: int
+    #: Scenario 9: clients of the herd and the size of its image's layer.
+    herd_clients: int
+    herd_size: int
     workers: int
     threads: int
     quiet_wait: float
@@ -130,10 +139,12 @@ class Bench:
         shift = rep % len(items)
         return list(items[shift:]) + list(items[:shift])
 
-    def each_rep(self, name: str, body: t.Callable[[int], None]) -> None:
-        """Run ``body`` once per repetition; a failed repetition is reported and skipped,
-        the others still count."""
-        for rep in range(self.s.repetitions):
+    def each_rep(
+        self, name: str, body: t.Callable[[int], None], *, limit: int | None = None
+    ) -> None:
+        """Run ``body`` once per repetition (at most ``limit`` times); a failed repetition
+        is reported and skipped, the others still count."""
+        for rep in range(min(self.s.repetitions, limit or self.s.repetitions)):
             try:
                 body(rep)
             except h.BenchError as exc:
@@ -216,6 +227,7 @@ class Bench:
             ((6,), "6 worker memory", self.memory),
             ((7,), "7 token upstream", self.tokens),
             ((8,), "8 slow and idle clients", self.crowds),
+            ((9,), "9 herd", self.herd),
         ]
         for numbers, name, step in plan:
             if not set(numbers) & set(self.s.only):
@@ -819,6 +831,247 @@ class Bench:
                 h.download(self.ours.blob_url(image, blob.digest), headers, timeout=600)
             self.summarize_profile("blob-cold")
 
+    def herd(self) -> None:
+        """9: a herd of asyncio clients pulls one image at the same moment, cold then warm,
+        from one host and from two hosts; the warm herd's blob GETs also against nginx."""
+        n = self.s.herd_clients
+        label = _size_label(self.s.herd_size)
+        scenario = f"9 herd of {n} clients, {label} image"
+        image = h.build_large_image(
+            self.run_dir / "images", "bench-herd", self.s.herd_size, "library/herd"
+        )
+        h.push(image, self.upstream.url)
+        layouts: dict[str, dict[str, report.Row]] = {}
+        for layout in ("one host", "two hosts"):
+            layouts[layout] = {
+                "cold": self.row(
+                    scenario, f"{layout}: cold herd, wall time until the last byte", "s"
+                ),
+                "warm": self.row(
+                    scenario, f"{layout}: warm herd, wall time until the last byte", "s"
+                ),
+                "ratio": self.row(
+                    scenario,
+                    f"{layout}: cold herd / warm herd wall time",
+                    "×",
+                    goal=report.Goal("≤ 1.1", "worst_max", 1.1),
+                    chart=False,
+                ),
+                "failed": self.row(
+                    scenario,
+                    f"{layout}: failed clients, cold and warm herds",
+                    "clients",
+                    goal=report.Goal("0", "worst_max", 0),
+                    chart=False,
+                ),
+                "gets": self.row(
+                    scenario,
+                    f"{layout}: upstream GETs per blob, cold herd (max)",
+                    "GETs",
+                    goal=report.Goal("1", "worst_max", 1),
+                ),
+                "rate": self.row(
+                    scenario, f"{layout}: warm herd, aggregate blob throughput", "MB/s"
+                ),
+            }
+        versus_nginx = self.row(
+            scenario,
+            "one host: warm blob GETs of the herd, aggregate throughput",
+            "MB/s",
+            ref_label="nginx sendfile",
+            goal=report.Goal("≥ 0.8 × nginx sendfile", "ref_ratio_min", 0.8),
+        )
+        versus_nginx_cpu = self.row(
+            scenario,
+            "one host: warm blob GETs of the herd, server CPU time per GiB sent",
+            "s",
+            ref_label="nginx sendfile",
+            note="user + system time of the serving processes, including the loopback "
+            "TCP work the kernel charges to the sender",
+        )
+        notes = self.details[f"9 herd of {n} clients"]
+        herd_dir = self.run_dir / "herd"
+
+        def measure(
+            layout: str,
+            cache: t.Any,
+            targets: t.Callable[[h.SeededImage], list[dict[str, t.Any]]],
+            stored: t.Callable[[], bool],
+        ) -> None:
+            rows = layouts[layout]
+            # The same herd pulls the small image first, twice, the second time after a
+            # worker's usage counters are due (a worker's first flush imports SQLAlchemy's
+            # dialects), so every worker has served requests (statements compiled, pools
+            # grown, first flushes done) and the cold herd measures the miss, not a
+            # process's first requests.
+            for attempt in (1, 2):
+                if attempt == 2:
+                    time.sleep(USAGE_FLUSH_SECONDS + 0.5)
+                warm_up = h.herd(targets(self.small), clients=n)
+                if warm_up.failed:
+                    notes.append(
+                        f"{layout}, {cache.label}, warm-up {attempt} with {self.small.repository}:"
+                        f" {warm_up.failed} failed: {'; '.join(warm_up.errors)}"
+                    )
+            mark = self.upstream.mark()
+            cold = h.herd(targets(image), clients=n)
+            wait_for(stored, timeout=300, interval=0.1, what=f"{cache.label} stored the herd image")
+            h.settle_upstream(self.upstream)
+            records = self.upstream.access_log(mark)
+            per_blob = collections.Counter(
+                r.reference for r in records if r.method == "GET" and r.kind == "blobs"
+            )
+            warm = h.herd(targets(image), clients=n)
+            self._add(rows["cold"], cache, cold.wall)
+            self._add(rows["warm"], cache, warm.wall)
+            self._add(rows["ratio"], cache, cold.wall / warm.wall if warm.wall else 0.0)
+            self._add(rows["failed"], cache, cold.failed + warm.failed)
+            self._add(rows["gets"], cache, max(per_blob[b.digest] for b in image.blobs))
+            self._add(rows["rate"], cache, warm.throughput_mb_s)
+            for name, result in (("cold", cold), ("warm", warm)):
+                notes.append(
+                    f"{layout}, {cache.label}, {name}: last client {result.wall:.2f} s, median "
+                    f"client {result.median_done or 0:.2f} s, {result.failed} failed, "
+                    f"{result.throughput_mb_s:.0f} MB/s"
+                    + (f"; errors: {'; '.join(result.errors)}" if result.errors else "")
+                )
+            notes.append(
+                f"{layout}, {cache.label}, cold: upstream requests {kinds_text(kinds(records))}"
+            )
+            log(f"  {notes[-3]}")
+            log(f"  {notes[-2]}")
+
+        def blobs_herd(
+            label: str,
+            url: t.Callable[[h.BlobFile], str],
+            headers: dict[str, str],
+            servers: t.Callable[[], list[int]],
+        ) -> tuple[float, float]:
+            """The herd GETs the image's blobs only: aggregate MB/s and the server's CPU
+            seconds per GiB sent."""
+            spec = [
+                {
+                    "blobs": {b.digest: {"url": url(b), "size": b.size} for b in image.blobs},
+                    "headers": headers,
+                }
+            ]
+            pids = servers()
+            used = h.cpu_seconds(pids)
+            result = h.herd(spec, clients=n)
+            used = h.cpu_seconds(pids) - used
+            notes.append(
+                f"one host, warm blob GETs only, {label}: last client {result.wall:.2f} s, "
+                f"{result.failed} failed, {result.throughput_mb_s:.0f} MB/s, server CPU "
+                f"{used:.2f} s"
+            )
+            log(f"  {notes[-1]}")
+            if result.failed:
+                raise h.BenchError(
+                    f"{label}: {result.failed} of {n} clients failed: {result.errors}"
+                )
+            return result.throughput_mb_s, used / (result.blob_bytes / GiB)
+
+        nginx_root = herd_dir / "nginx-root"
+        nginx_root.mkdir(parents=True, exist_ok=True)
+        nginx = h.Nginx(self.processes, herd_dir / "nginx", nginx_root, connections=n + 64).start()
+        self._stoppers.append(nginx.process.stop)
+
+        def one_host(rep: int) -> None:
+            for cache in self.rotate([self.ours, self.dist], rep):
+                cache.fresh()
+                measure(
+                    "one host",
+                    cache,
+                    functools.partial(h.herd_targets, cache),
+                    functools.partial(cache.has_blobs, image),
+                )
+            for blob in image.blobs:  # nginx serves the very files ours holds
+                served = nginx_root / blob.digest[7:]
+                served.unlink(missing_ok=True)
+                os.link(self.ours.blob_file(blob.digest), served)
+            nginx_pid = nginx.process.pid
+            assert nginx_pid is not None
+            sources = [
+                (
+                    "ours",
+                    lambda b: self.ours.blob_url(image, b.digest),
+                    self.ours.auth_headers(image),
+                    lambda: h.children_of(self.ours.master_pid),
+                ),
+                (
+                    "distribution",
+                    lambda b: self.dist.blob_url(image, b.digest),
+                    {},
+                    self.dist.server_pids,
+                ),
+                (
+                    "nginx",
+                    lambda b: nginx.url(b.digest[7:]),
+                    {},
+                    lambda: [nginx_pid, *h.children_of(nginx_pid)],
+                ),
+            ]
+            # Rounds alternate the three, so a burst of load from outside the benchmark
+            # does not land on one of them only; each gets the median of its rounds.
+            rates: dict[str, list[float]] = collections.defaultdict(list)
+            cpus: dict[str, list[float]] = collections.defaultdict(list)
+            for round_ in range(2):
+                for label, url, headers, servers in self.rotate(sources, rep + round_):
+                    rate, cpu = blobs_herd(label, url, headers, servers)
+                    rates[label].append(rate)
+                    cpus[label].append(cpu)
+            for label, column in (("ours", "ours"), ("distribution", "dist"), ("nginx", "ref")):
+                getattr(versus_nginx, column).append(statistics.median(rates[label]))
+                getattr(versus_nginx_cpu, column).append(statistics.median(cpus[label]))
+
+        self.each_rep(f"{scenario}, one host", one_host, limit=2)
+        problem = postgres.available() or seaweedfs_unavailable()
+        if problem:
+            raise h.BenchError(f"two hosts need PostgreSQL and SeaweedFS: {problem}")
+        cluster = PostgresCluster(self.processes)
+        weed = SeaweedFS(self.processes, herd_dir / "seaweedfs")
+        fleets: list[t.Any] = [
+            h.FleetOurs(
+                self.processes,
+                herd_dir / "ours-fleet",
+                cluster=cluster,
+                seaweedfs=weed,
+                upstream_url=self.upstream.url,
+                workers=self.s.workers,
+                extra_env=dict(self.s.platform_env),
+            ),
+            h.FleetDistribution(
+                self.processes,
+                herd_dir / "distribution-fleet",
+                seaweedfs=weed,
+                upstream_url=self.upstream.url,
+            ),
+        ]
+
+        def two_hosts(rep: int) -> None:
+            for fleet in self.rotate(fleets, rep):
+                fleet.fresh()
+                try:
+                    measure(
+                        "two hosts",
+                        fleet,
+                        fleet.herd_targets,
+                        functools.partial(fleet.has_blobs, image),
+                    )
+                finally:
+                    fleet.stop()
+
+        try:
+            cluster.start()
+            weed.start()
+            self.each_rep(f"{scenario}, two hosts", two_hosts, limit=2)
+        finally:
+            for stop in (*(fleet.stop for fleet in fleets), weed.stop, cluster.stop):
+                try:
+                    stop()
+                except Exception:  # keep stopping the rest
+                    traceback.print_exc()
+
     @staticmethod
     def _check_size(cache: h.Cache, size: int, blob: h.BlobFile) -> None:
         if size != blob.size:
@@ -1027,6 +1280,18 @@ def environment(settings: Settings) -> list[str]:
         f"large image {settings.large_label}, memory check {settings.memory_label}, "
         f"{settings.load_seconds:g} s per load run, {settings.downloads} downloads per repetition",
         *(
+            [
+                f"- scenario 9: {settings.herd_clients} clients of `benchmarks/herd.py` (asyncio,"
+                f" one process), one image with a {_size_label(settings.herd_size)} layer; ours'"
+                " clients share one pull token per host; two hosts: two platforms of ours on one"
+                " PostgreSQL database and one SeaweedFS bucket with `DEPENDENCY_PROXY_PEER_URL`"
+                " (presigned redirects on), two distribution instances on one bucket (`s3-aws`,"
+                " redirects on)"
+            ]
+            if 9 in settings.only
+            else []
+        ),
+        *(
             [f"- settings of ours: `{' '.join(f'{k}={v}' for k, v in settings.platform_env)}`"]
             if settings.platform_env
             else []
@@ -1087,7 +1352,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller images, no 1 GiB blob, short load runs (< 2 minutes)",
+        help="smaller images, no 1 GiB blob, short load runs (< 5 minutes)",
     )
     parser.add_argument("--repetitions", type=int, help="default: 5, or 1 with --quick")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 4,5")
@@ -1146,6 +1411,8 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         load_seconds=2 if quick else 5,
         downloads=2 if quick else 3,
         concurrency=8,
+        herd_clients=50 if quick else 200,
+        herd_size=(16 if quick else 64) * MiB,
         workers=args.workers,
         threads=args.threads,
         quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0 if quick else 60),
