@@ -23,11 +23,25 @@ that log's entry, so the cases share two platforms on one upstream:
   the folder's ``derived/``) and on another image.
 
 Folders without the signed manifest are checked on their payloads and bundles directly
-in the unit tests: ``cimage-fulcio-rekor-unit`` (payload ``fa93b016…``) in
-``tests/unit/test_signatures.py`` (``test_fulcio_unit_*``, ``test_rekor_set_*``), and
-``sigstore-rs-bundle-v03-sign`` (``ghcr.io/kubewarden/kubewarden-controller`` at
-``c811d58d…``) in ``tests/unit/test_signatures_bundles.py``; the inline ``&`` and
-``{}`` payloads of containers/image there too.
+by the unit tests:
+
+- ``cimage-fulcio-rekor-unit`` (it names ``fa93b016…``, not included): in
+  ``tests/unit/test_signatures.py``,
+  ``test_the_unit_vectors_parts_verify_as_one_keyless_signature`` and
+  ``test_the_unit_vector_is_invalid_for_another_payload``; its leaf's ten minutes in
+  ``tests/unit/test_signatures_bundles.py``,
+  ``test_the_fulcio_leaf_chains_to_the_root_at_rekors_time``,
+  ``test_the_fulcio_leaf_is_invalid_outside_its_ten_minutes`` and
+  ``test_the_fulcio_leaf_needs_its_intermediate``.
+- ``sigstore-rs-bundle-v03-sign`` (kubewarden-controller ``c811d58d…``, not included):
+  in ``tests/unit/test_signatures_bundles.py``,
+  ``test_the_cosign_v3_signature_bundle_verifies_for_its_digest_and_a_tag_pattern``,
+  ``test_the_signature_bundle_is_invalid_for_the_all_zero_digest``,
+  ``test_a_tampered_bundle_is_rejected`` and
+  ``test_without_the_log_key_a_bundle_fails_closed``.
+- containers/image's inline ``&`` and ``{}`` payloads: in
+  ``tests/unit/test_signatures.py``,
+  ``test_a_signed_payload_that_is_not_simple_signing_is_rejected``.
 """
 
 from __future__ import annotations
@@ -372,7 +386,7 @@ def test_vector_gives_its_expected_result_through_the_proxy(live: Live, case: Ca
     listed = requests.get(
         f"{platform.url}/api/v4/groups/{GROUP}/dependency_proxy/manifests",
         headers={"PRIVATE-TOKEN": live.tokens[case.platform]},
-        params={"per_page": 100, "search": case.image},
+        params={"per_page": "100", "search": case.image},
         timeout=30,
     )
     assert listed.status_code == 200, listed.text
