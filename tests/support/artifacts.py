@@ -74,9 +74,12 @@ def push_signature_tag(
     repository: str,
     signed_digest: str,
     layers: t.Sequence[tuple[bytes, t.Mapping[str, str]]],
+    *,
+    media_types: t.Sequence[str] | None = None,
 ) -> str:
     """cosign's legacy layout: a ``sha256-<hex>.sig`` manifest with one simple-signing
-    layer per ``(payload, annotations)``; returns the manifest's digest."""
+    layer per ``(payload, annotations)``; returns the manifest's digest. ``media_types``
+    gives each layer another type (an attachment that is not a signature)."""
     config = canonical(
         {
             "architecture": "",
@@ -87,10 +90,11 @@ def push_signature_tag(
     )
     config_descriptor = push_blob(base_url, repository, config)
     descriptors = []
-    for payload, layer_annotations in layers:
+    types = media_types or [SIMPLE_SIGNING] * len(layers)
+    for (payload, layer_annotations), media_type in zip(layers, types, strict=True):
         descriptor = push_blob(base_url, repository, payload)
         descriptors.append(
-            {"mediaType": SIMPLE_SIGNING, **descriptor, "annotations": dict(layer_annotations)}
+            {"mediaType": media_type, **descriptor, "annotations": dict(layer_annotations)}
         )
     manifest = canonical(
         {
