@@ -25,6 +25,9 @@ from tests.support.platform import Platform
 from tests.support.processes import ProcessFactory
 from tests.support.registry import Registry
 
+# The cooldown's rules run on SQLite in tests/unit/test_tag_cooldown.py; here the fleet's database.
+UNWANTED_COMBINATIONS = [{"database_backend": "sqlite"}]
+
 pytestmark = pytest.mark.e2e
 
 FAST = {

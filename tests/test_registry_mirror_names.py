@@ -20,6 +20,9 @@ from examples.platform import services
 from flask_dependency_proxy._state import state
 from flask_dependency_proxy.config import ConfigError
 
+# Name routing, not the database, is the subject: SQLite is enough here.
+UNWANTED_COMBINATIONS = [{"database_backend": "postgresql"}]
+
 MEMBER, MEMBER_PASSWORD = "mia", "mia-password-0001"
 OUTSIDER, OUTSIDER_PASSWORD = "otto", "otto-password-0001"
 GROUP = "shop"
