@@ -79,6 +79,21 @@ def invalid(field: str, problem: str, *, prefix: str = "") -> ApiError:
     return ApiError(400, f"400 Bad request - {prefix}{problem}", errors={field: problem})
 
 
+def settings_body(body: t.Any, fields: t.Sequence[str]) -> dict[str, t.Any]:
+    """A ``PUT`` body of settings: a non-empty object naming only ``fields`` (an unknown
+    field is refused, not ignored, so a misspelt setting never reads as saved)."""
+    if not isinstance(body, dict) or not body:
+        raise ApiError(400, f"400 Bad request - send an object with any of {', '.join(fields)}")
+    unknown = [str(key)[:100] for key in body if key not in fields]
+    if unknown:
+        raise ApiError(
+            400,
+            f"400 Bad request - unknown fields: {', '.join(unknown)}",
+            errors={key: "unknown field" for key in unknown},
+        )
+    return body
+
+
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError) -> Response:
     body: dict[str, t.Any] = {"message": error.message}

@@ -35,6 +35,7 @@ from ._base import (
     json_body,
     json_response,
     methods,
+    settings_body,
     time,
 )
 
@@ -118,17 +119,7 @@ def _optional_int(body: dict[str, t.Any], key: str, low: int, high: int) -> int 
 
 def _refresh_changes(body: t.Any) -> dict[str, t.Any]:
     """The settings a ``PUT refresh`` body changes, each field checked."""
-    if not isinstance(body, dict) or not body:
-        raise ApiError(
-            400, f"400 Bad request - send an object with any of {', '.join(_REFRESH_FIELDS)}"
-        )
-    unknown = [str(key)[:100] for key in body if key not in _REFRESH_FIELDS]
-    if unknown:
-        raise ApiError(
-            400,
-            f"400 Bad request - unknown fields: {', '.join(unknown)}",
-            errors={key: "unknown field" for key in unknown},
-        )
+    body = settings_body(body, _REFRESH_FIELDS)
     changes: dict[str, t.Any] = {}
     if "enabled" in body:
         if body["enabled"] is not None and not isinstance(body["enabled"], bool):

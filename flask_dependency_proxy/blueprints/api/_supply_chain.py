@@ -48,6 +48,7 @@ from ._base import (
     methods,
     page_args,
     paginated,
+    settings_body,
     time,
 )
 
@@ -308,17 +309,7 @@ _COOLDOWN_FIELDS = ("cooldown_hours", "new_tags", "digest_pulls", "exempt")
 
 def _cooldown_changes(body: t.Any) -> dict[str, t.Any]:
     """The fields of a ``PUT cooldown`` body, checked for their types."""
-    if not isinstance(body, dict) or not body:
-        raise ApiError(
-            400, f"400 Bad request - send an object with any of {', '.join(_COOLDOWN_FIELDS)}"
-        )
-    unknown = [str(key)[:100] for key in body if key not in _COOLDOWN_FIELDS]
-    if unknown:
-        raise ApiError(
-            400,
-            f"400 Bad request - unknown fields: {', '.join(unknown)}",
-            errors={key: "unknown field" for key in unknown},
-        )
+    body = settings_body(body, _COOLDOWN_FIELDS)
     changes: dict[str, t.Any] = {}
     if "cooldown_hours" in body:
         hours = body["cooldown_hours"]
