@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import socket
 import threading
 import time
 import typing as t
@@ -162,10 +163,12 @@ def test_throttle(echo_url: str, proxy_to: ProxyTo) -> None:
 
 
 def test_upstream_down_resets(proxy_to: ProxyTo) -> None:
-    from tests.support.processes import free_port
-
-    proxy = proxy_to(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{proxy.url}/v2/", timeout=10)
+    # A port bound but not listening refuses connections, and stays this test's: a
+    # port merely free a moment ago may meanwhile be taken by a server that accepts.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as down:
+        down.bind(("127.0.0.1", 0))
+        proxy = proxy_to(f"http://127.0.0.1:{down.getsockname()[1]}")
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{proxy.url}/v2/", timeout=10)
     (logged,) = proxy.requests
     assert logged.status is None

@@ -27,6 +27,15 @@ class FetchFailed(Exception):
         return "upstream"
 
 
+class CommittedBlobGone(FileNotFoundError):
+    """The fetch a client joined committed its blob, and cleanup took it away (a purge
+    dropped its rows) before this client read a byte of it.
+
+    A ``FileNotFoundError``, as for a cached blob removed between lookup and open: the
+    registry view fetches it again instead of failing the pull.
+    """
+
+
 class UpstreamSizeError(UpstreamError):
     """Upstream sent more bytes than it announced, or announced two sizes for one blob.
 

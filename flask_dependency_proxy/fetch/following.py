@@ -26,7 +26,7 @@ import weakref
 from ..stores.base import BlobStore, StorageError
 from ..stores.spool import Spool
 from ..upstream.errors import UpstreamError
-from .errors import FetchFailed
+from .errors import CommittedBlobGone, FetchFailed
 from .host_lock import LockWatch
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,9 @@ class LocalFetch:
         try:
             file = store.open(self.digest)
         except FileNotFoundError:
-            raise FetchFailed(f"blob {self.digest} left the store before it was read") from None
+            raise CommittedBlobGone(
+                f"blob {self.digest} left the store before it was read"
+            ) from None
         yield from _read_file(file, start)
 
 
@@ -293,11 +295,17 @@ class RemoteFetch:
             lock.close()
 
     def _committed(self, store: BlobStore, start: int) -> t.Iterator[bytes]:
-        """The committed blob, for a reader that came after the spool file was gone."""
+        """The committed blob, for a reader that came after the spool file was gone.
+
+        :raises CommittedBlobGone: it is not in the store (anymore): cleanup took it
+            since the commit, or the fetch failed; fetching again tells which.
+        """
         try:
             file = store.open(self.digest)
         except FileNotFoundError:
-            raise self._failed() from None
+            raise CommittedBlobGone(
+                f"blob {self.digest} fetched in another process is not in the store"
+            ) from None
         position = start
         for chunk in _read_file(file, start):
             position += len(chunk)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_dependency_proxy.fetch.errors import FetchFailed, UpstreamSizeError
+from flask_dependency_proxy.fetch.errors import CommittedBlobGone, FetchFailed, UpstreamSizeError
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher, Committed
 from flask_dependency_proxy.fetch.following import LocalFetch, RemoteFetch
 from flask_dependency_proxy.fetch.host_lock import HostLock
@@ -237,6 +237,33 @@ def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it
     assert not os.path.exists(store.spool.path(digest))
 
     assert b"".join(fetch.follow(store)) == data
+
+
+def test_follower_of_another_process_finds_the_blob_taken_since_the_commit(
+    tmp_path: Path,
+) -> None:
+    """A client joins the fetch another process runs; before it reads a byte, the fetch
+    commits and a cleanup sets the blob aside (a purge dropped its row). The follower
+    says the blob is gone (a ``FileNotFoundError``, which the view answers by fetching
+    again), not that the fetch failed: it did not."""
+    store = FilesystemStore(str(tmp_path))
+    holder, other = BlobFetcher(store), BlobFetcher(store)
+    data = bytes(range(256)) * 400
+    digest = _digest(data)
+    end = threading.Event()
+    fetch = holder.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert isinstance(fetch, LocalFetch)
+    remote = other.fetch(digest, lambda offset: pytest.fail("a second fetch"))
+    assert isinstance(remote, RemoteFetch)
+    end.set()
+    _wait(lambda: holder.in_flight() == 0)
+    assert store.size(digest) == len(data)
+    assert store.set_aside(digest, utcnow())
+
+    with pytest.raises(CommittedBlobGone):
+        next(remote.follow(store))
+    with pytest.raises(FileNotFoundError):
+        next(RemoteFetch(digest, len(data)).follow(store))
 
 
 @pytest.mark.parametrize("kind", ["filesystem", pytest.param("s3", marks=pytest.mark.process)])
