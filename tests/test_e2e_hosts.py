@@ -39,7 +39,7 @@ USER = seed.ALICE
 #: A dead host's lease is taken over after this long.
 LEASE_SECONDS = 3
 #: A blob whose transfer breaks a quarter in and is resumed while it is fetched.
-RESUMED_BYTES = 64 * images.MiB
+RESUMED_BYTES = 200 * images.MiB
 
 
 class Fleet(t.NamedTuple):
@@ -289,8 +289,8 @@ def test_a_transfer_broken_on_one_host_is_resumed_on_the_other_while_the_first_f
     layer = pushed.layer_digests[0]
     size = len(upstream.read_blob(layer))
     headers = fleet.a.bearer(USER.username, USER.password, GROUP, unique_name)
-    # Slow enough that host A still fetches (about 8 s) when the client comes back.
-    faulty.add(Throttle(8 * images.MiB), path="/blobs/")
+    # Slow enough that host A still fetches (about 6 s) when the client comes back.
+    faulty.add(Throttle(32 * images.MiB), path="/blobs/")
     mark = upstream.mark()
     output = tmp_path / "blob"
 

@@ -26,11 +26,11 @@ pytestmark = pytest.mark.e2e
 
 GROUP = seed.ACME
 USER = seed.ALICE
-#: The blob, and where the client's first transfer is cut: a quarter in, as 50 MiB of 200.
-BLOB_BYTES = 64 * images.MiB
-CUT_BYTES = 16 * images.MiB
-#: Slow enough that the fetch (about 8 s) is still running when the client resumes.
-UPSTREAM_RATE = 8 * images.MiB
+#: The blob, and where the client's first transfer is cut: a quarter in.
+BLOB_BYTES = 200 * images.MiB
+CUT_BYTES = 50 * images.MiB
+#: Slow enough that the fetch (about 6 s) is still running when the client resumes.
+UPSTREAM_RATE = 32 * images.MiB
 
 
 @pytest.fixture
