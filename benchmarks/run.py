@@ -80,6 +80,8 @@ class Settings:
     platform_env: tuple[tuple[str, str], ...] = ()
     #: gunicorn worker model of ours: ``gevent`` (the shipped configuration) or ``gthread``.
     serving: str = "gevent"
+    #: Scenario 9's layouts: ``one``, ``two`` (hosts) or ``both``.
+    herd_hosts: str = "both"
 
     @property
     def large_label(self) -> str:
@@ -1024,7 +1026,10 @@ class Bench:
                 getattr(versus_nginx, column).append(statistics.median(rates[label]))
                 getattr(versus_nginx_cpu, column).append(statistics.median(cpus[label]))
 
-        self.each_rep(f"{scenario}, one host", one_host, limit=2)
+        if self.s.herd_hosts in ("one", "both"):
+            self.each_rep(f"{scenario}, one host", one_host, limit=2)
+        if self.s.herd_hosts == "one":
+            return
         problem = postgres.available() or seaweedfs_unavailable()
         if problem:
             raise h.BenchError(f"two hosts need PostgreSQL and SeaweedFS: {problem}")
@@ -1386,6 +1391,15 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         help="a setting of ours for the whole run (repeatable), e.g. "
         "--set DEPENDENCY_PROXY_BLOB_CHUNK_SIZE=0",
     )
+    parser.add_argument(
+        "--herd-clients", type=int, help="clients of scenario 9 (default 200, 50 with --quick)"
+    )
+    parser.add_argument(
+        "--herd-hosts",
+        choices=("one", "two", "both"),
+        default="both",
+        help="scenario 9 on one host, on two hosts, or both (default)",
+    )
     parser.add_argument("--name", help="results file name (default: latest, or quick)")
     parser.add_argument("--workdir", type=Path, help="where processes keep their state")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
@@ -1411,7 +1425,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         load_seconds=2 if quick else 5,
         downloads=2 if quick else 3,
         concurrency=8,
-        herd_clients=50 if quick else 200,
+        herd_clients=args.herd_clients or (50 if quick else 200),
         herd_size=(16 if quick else 64) * MiB,
         workers=args.workers,
         threads=args.threads,
@@ -1420,6 +1434,7 @@ def parse_args(argv: t.Sequence[str] | None) -> tuple[Settings, argparse.Namespa
         only=only,
         platform_env=tuple(platform_env),
         serving=args.serving,
+        herd_hosts=args.herd_hosts,
     )
     return settings, args
 

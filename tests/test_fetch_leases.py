@@ -8,16 +8,19 @@ import hashlib
 import http.server
 import time
 import typing as t
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
 from flask_dependency_proxy import state
-from flask_dependency_proxy.fetch.fleet import FleetSource
+from flask_dependency_proxy.fetch.fetcher import BlobFetcher, Committed
+from flask_dependency_proxy.fetch.fleet import CommittedMeanwhile, FleetSource
 from flask_dependency_proxy.fetch.leases import FetchLeases
 from flask_dependency_proxy.fetch.peer_tokens import PEER_BLOB_PATH, PeerTokens
 from flask_dependency_proxy.models.tables import utcnow
+from flask_dependency_proxy.stores.filesystem import FilesystemStore
 from tests.support.httpserver import BackgroundServer
 
 PEER_A = "http://10.0.0.1:8000"
@@ -144,6 +147,44 @@ def test_a_host_whose_token_the_peer_refuses_fetches_from_upstream_itself(
         assert time.monotonic() - started < 5
     finally:
         refusing.stop()
+
+
+def test_a_lease_let_go_because_its_blob_was_committed_fetches_nothing_again(
+    engine: sa.Engine, made: list[FetchLeases], tmp_path: Path
+) -> None:
+    """A host finds the blob missing, then claims a lease its holder let go of because it
+    just committed the blob: the store is asked again before upstream is."""
+    data = b"a tiny config blob"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store = FilesystemStore(str(tmp_path))
+    looked = store.size
+
+    def committed_by_another_host_after_the_first_look(asked: str) -> int | None:
+        if asked != digest or store.size is looked:
+            return looked(asked)
+        store.size = looked  # type: ignore[method-assign]
+        staged = store.stage(digest, len(data))
+        staged.write(data)
+        staged.commit()
+        return None
+
+    store.size = committed_by_another_host_after_the_first_look  # type: ignore[method-assign]
+    leases = _leases(made, engine, PEER_B, Clock())
+    fetcher = BlobFetcher(store, fleet=FleetSource(leases, PeerTokens(["secret"], PEER_B)))
+
+    found = fetcher.fetch(digest, lambda offset: pytest.fail("upstream asked again"))
+
+    assert found == Committed(len(data))
+    assert leases.renew() == 0  # the lease is let go
+
+    # A fetch that resumes (at an offset) is never told the blob is done.
+    opener = FleetSource(leases, PeerTokens(["secret"], PEER_B)).opener(
+        digest, lambda offset: f"upstream from {offset}", store.size
+    )
+    assert opener(5) == "upstream from 5"
+    with pytest.raises(CommittedMeanwhile):
+        opener(0)
+    opener.release()
 
 
 class _Refuses(http.server.BaseHTTPRequestHandler):

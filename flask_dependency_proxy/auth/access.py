@@ -24,6 +24,7 @@ import typing as t
 from ..host import AuthFailure, Group, HostAdapter, Principal, TokenAuthenticator
 from ..models.database import DatabaseGuard, DatabaseUnavailable
 from ..oci.errors import ErrorCode, RegistryError
+from ..single_flight import SingleFlight
 from .group_paths import GroupPathProblem
 from .throttle import LoginRefused, LoginThrottle
 from .tokens import InvalidToken, TokenIssuer
@@ -116,6 +117,9 @@ class AccessControl:
         #: The switch as last read, for as long as a grant holds: the answer while the
         #: database cannot be asked.
         self._known_switches = _TTLCache(recheck_seconds, clock=clock)
+        # Requests that miss the same remembered answer at once (a herd of CI jobs at a
+        # fresh worker) share one question to the host or the database.
+        self._lookups = SingleFlight()
 
     def login(self, username: str, secret: str, address: str | None = None) -> Principal:
         """Check a ``docker login`` credential from the client at ``address``.
@@ -173,14 +177,19 @@ class AccessControl:
             claims = self.issuer.verify(token)
         except InvalidToken as exc:
             raise RegistryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
-        found, principal = self._principals.get(claims.subject)
+        subject = claims.subject
+        found, principal = self._principals.get(subject)
         if not found:
-            with self.database.phase("loading a token's principal"):
-                principal = self.host.load_principal(claims.subject)
-            self._principals.put(claims.subject, principal)
+            principal = self._lookups.do(("principal", subject), lambda: self._principal(subject))
         if principal is None:
             raise RegistryError(ErrorCode.UNAUTHORIZED, "the credential is no longer valid")
         return t.cast(Principal, principal)
+
+    def _principal(self, subject: str) -> Principal | None:
+        with self.database.phase("loading a token's principal"):
+            principal = self.host.load_principal(subject)
+        self._principals.put(subject, principal)
+        return principal
 
     def authorize_pull(self, principal: Principal, group_path: str) -> Group:
         """The group a principal may pull through.
@@ -194,14 +203,23 @@ class AccessControl:
         found, group = self._grants.get(key)
         if not found:
             denied, _ = self._denials.get(key)
-            group = None if denied else self._readable_group(principal, group_path)
-            if group is not None:
-                self._grants.put(key, group)
-            elif not denied:
-                self._denials.put(key, True)
+            if not denied:
+                group = self._lookups.do(
+                    ("group", *key), lambda: self._remembered_group(principal, group_path)
+                )
         if group is None or not self._proxy_enabled(group):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"group": group_path})
         return t.cast(Group, group)
+
+    def _remembered_group(self, principal: Principal, group_path: str) -> Group | None:
+        """The readable group, remembered as a grant or a denial."""
+        key = (principal.subject, group_path)
+        group = self._readable_group(principal, group_path)
+        if group is not None:
+            self._grants.put(key, group)
+        else:
+            self._denials.put(key, True)
+        return group
 
     def _readable_group(self, principal: Principal, group_path: str) -> Group | None:
         with self.database.phase("checking group access"):
@@ -221,12 +239,15 @@ class AccessControl:
             return bool(enabled)
         known, last_known = self._known_switches.get(group.id)
         try:
-            with self.database.phase("reading the proxy switch", has_fallback=known):
-                enabled = self.metadata.group_enabled(group.id, self.group_default_enabled)
+            return self._lookups.do(("switch", group.id), lambda: self._read_switch(group, known))
         except DatabaseUnavailable:
             if not known:
                 raise
             return bool(last_known)
+
+    def _read_switch(self, group: Group, known: bool) -> bool:
+        with self.database.phase("reading the proxy switch", has_fallback=known):
+            enabled = self.metadata.group_enabled(group.id, self.group_default_enabled)
         self._switches.put(group.id, enabled)
         self._known_switches.put(group.id, enabled)
         return bool(enabled)

@@ -15,10 +15,10 @@ import threading
 import time
 import typing as t
 
+from ..single_flight import SingleFlight
 from ..upstream.credentials import credential_id
 from ..upstream.registry import BlobStream
 from ..upstream.routing import Candidate
-from ..upstream.single_flight import SingleFlight
 from .routes import first_that_has
 
 #: (route, digest) confirmations remembered per worker.

@@ -39,6 +39,7 @@ from ..oci.reference import (
     is_digest,
     is_valid_tag,
 )
+from ..single_flight import SingleFlight
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 from ..upstream.registry import TagPage
 from ..upstream.routing import Candidate
@@ -137,6 +138,10 @@ class ManifestCache:
         self.deleted_tags = deleted_tags or DeletedTags.fixed(serve_stale_on_not_found)
         self.cooldowns = cooldowns
         self._clock = clock
+        # The requests of a herd (a CI fleet starting the same job) that ask for the same
+        # reference at once share one lookup, one upstream check and at most one save,
+        # rather than queueing for connections and for the row's lock.
+        self._lookups = SingleFlight()
 
     def get_manifest(
         self,
@@ -194,8 +199,14 @@ class ManifestCache:
         self, group_id: int, path: ProxyPath, reference: str, *, revalidate: bool = False
     ) -> ManifestResult:
         if is_digest(reference):
-            return self._manifest_by_digest(group_id, path, reference)
-        return self._manifest_by_tag(group_id, path, reference, revalidate=revalidate)
+            return self._lookups.do(
+                (group_id, path, reference),
+                lambda: self._manifest_by_digest(group_id, path, reference),
+            )
+        return self._lookups.do(
+            (group_id, path, reference, revalidate),
+            lambda: self._manifest_by_tag(group_id, path, reference, revalidate=revalidate),
+        )
 
     def prefetch_manifest(self, group_id: int, path: ProxyPath, digest: str) -> ManifestResult:
         """The manifest ``digest``, cached or fetched, whatever cooldown it is in: the

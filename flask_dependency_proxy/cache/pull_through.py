@@ -42,6 +42,7 @@ from ..models.tables import utcnow
 from ..models.usage import write_usage
 from ..oci.errors import ErrorCode, RegistryError
 from ..oci.reference import ProxyPath
+from ..single_flight import SingleFlight
 from ..stores.base import BlobStore, ByteStream, Following
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError
 from ..upstream.registry import TagPage
@@ -134,6 +135,7 @@ class PullThroughCache:
         self.confirmations = Confirmations()
         #: Blobs this worker found gone from the store although a row names them.
         self._unreadable = UnreadableBlobs()
+        self._recording = SingleFlight()
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
         self.usage = UsageBuffer(flush_seconds=usage_flush_seconds)
         self._bookkeeping_failed = False
@@ -202,7 +204,7 @@ class PullThroughCache:
             raise RegistryError(
                 ErrorCode.UNAVAILABLE, "the blob was removed while it was fetched; try again"
             )
-        fetch.on_commit(lambda written: self._record_blob(group_id, digest, written))
+        fetch.on_commit(lambda written: self._record_blob(group_id, digest, written), key=group_id)
 
         def read_from(start: int) -> t.Iterator[bytes]:
             return fetch.follow(self.store, start=start, until_committed=until_committed)
@@ -331,7 +333,10 @@ class PullThroughCache:
         fail the pull: the worker remembers the claim, and the next pull records it."""
         self.recent_blobs.add(group_id, digest)
         try:
-            self.metadata.record_blob(group_id, digest, size)
+            # The readers of another process's fetch finish together: one write for all.
+            self._recording.do(
+                (group_id, digest), lambda: self.metadata.record_blob(group_id, digest, size)
+            )
         except DatabaseUnavailable as exc:
             log.warning("could not record blob %s for group %s: %s", digest, group_id, exc)
 

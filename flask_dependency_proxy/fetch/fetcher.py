@@ -28,6 +28,7 @@ from ..stores.base import BlobStore, StagedBlob, StorageError
 from ..upstream.errors import UpstreamError
 from ..upstream.registry import BlobStream
 from .download import check_size, download
+from .fleet import CommittedMeanwhile
 from .following import POLL_SECONDS, Fetch, LocalFetch, RemoteFetch
 from .host_lock import HostLock, LockWatch, Published
 
@@ -175,20 +176,23 @@ class BlobFetcher:
             # Committed by a fetch that ended between this request's lookup and the lock.
             stored = self.store.size(fetch.digest)
             if stored is not None:
-                fetch.update(already_stored=True, size=stored, written=stored, started=True)
-                fetch.mark_committed()
+                _already_stored(fetch, stored)
                 return
             if self.fleet is None:
                 written = self._fetch_into_store(fetch, open_upstream, lock, from_peer=None)
                 self.metrics.upstream_fetched_bytes(written)
             else:
-                opener = self.fleet.opener(fetch.digest, open_upstream)
+                opener = self.fleet.opener(fetch.digest, open_upstream, self.store.size)
                 try:
                     written = self._fetch_into_store(
                         fetch, opener, lock, from_peer=lambda: opener.from_peer
                     )
                     if not opener.from_peer:
                         self.metrics.upstream_fetched_bytes(written)
+                except CommittedMeanwhile as done:
+                    # ... or by another host, which let go of the lease just now.
+                    _already_stored(fetch, done.size)
+                    return
                 finally:
                     opener.release()
             # Readers in other processes of this host read how it ended here.
@@ -293,6 +297,11 @@ class BlobFetcher:
                 path=self.store.spool.root,
                 errno=errno.ENOSPC,
             )
+
+
+def _already_stored(fetch: LocalFetch, size: int) -> None:
+    fetch.update(already_stored=True, size=size, written=size, started=True)
+    fetch.mark_committed()
 
 
 def _discard(staged: StagedBlob) -> None:

@@ -35,6 +35,18 @@ _PEER_CHUNK = 1024 * 1024
 Opener = t.Callable[[int], BlobStream]
 
 
+class CommittedMeanwhile(Exception):
+    """The lease was free because the host that held it just committed the blob: there is
+    nothing left to fetch.
+
+    :param size: the committed blob's size.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"committed meanwhile, {size} bytes")
+        self.size = size
+
+
 class PeerRefused(UpstreamError):
     """A peer refused this host's token (``401``/``403``): it will refuse the next one too,
     so the host fetches the blob itself instead of waiting for the lease."""
@@ -62,8 +74,13 @@ class FleetSource:
         self.read_timeout = read_timeout
         self._session = requests.Session()
 
-    def opener(self, digest: str, open_upstream: Opener) -> FleetOpener:
-        return FleetOpener(self, digest, open_upstream)
+    def opener(
+        self,
+        digest: str,
+        open_upstream: Opener,
+        committed_size: t.Callable[[str], int | None] = lambda digest: None,
+    ) -> FleetOpener:
+        return FleetOpener(self, digest, open_upstream, committed_size)
 
     def open_peer(self, peer_url: str, digest: str, offset: int) -> BlobStream:
         """Stream ``digest`` from ``offset`` out of the fetch a peer runs.
@@ -93,12 +110,25 @@ class FleetSource:
 
 class FleetOpener:
     """The opener a fetch resumes through: each call asks the lease again, so a fetch
-    that followed a peer that died takes over upstream once the peer's lease expires."""
+    that followed a peer that died takes over upstream once the peer's lease expires.
 
-    def __init__(self, source: FleetSource, digest: str, open_upstream: Opener) -> None:
+    :param committed_size: the size of the blob in the store the fleet shares, ``None``
+        when it is not there.
+    :raises CommittedMeanwhile: (first call) the blob was committed since the caller
+        looked.
+    """
+
+    def __init__(
+        self,
+        source: FleetSource,
+        digest: str,
+        open_upstream: Opener,
+        committed_size: t.Callable[[str], int | None],
+    ) -> None:
         self.source = source
         self.digest = digest
         self.open_upstream = open_upstream
+        self.committed_size = committed_size
         #: Whether the bytes come from another host (which commits them itself).
         self.from_peer = False
 
@@ -108,6 +138,12 @@ class FleetOpener:
         while True:
             claim = leases.claim(self.digest)
             if claim.ours:
+                if offset == 0:
+                    # A lease is also free right after its holder committed the blob
+                    # and let go: the store says so before upstream is asked again.
+                    size = self.committed_size(self.digest)
+                    if size is not None:
+                        raise CommittedMeanwhile(size)
                 self.from_peer = False
                 return self.open_upstream(offset)
             assert claim.peer_url is not None

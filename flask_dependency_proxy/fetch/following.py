@@ -50,7 +50,9 @@ class Fetch(t.Protocol):
     #: another process or host fetches it.
     upstream_status: int | None
 
-    def on_commit(self, callback: t.Callable[[int], None]) -> None: ...
+    def on_commit(
+        self, callback: t.Callable[[int], None], *, key: t.Hashable | None = None
+    ) -> None: ...
 
     def follow(
         self, store: BlobStore, *, start: int = 0, until_committed: bool = False
@@ -75,6 +77,7 @@ class LocalFetch:
         self.committed = False
         self._condition = threading.Condition()
         self._on_commit: list[t.Callable[[int], None]] = []
+        self._commit_keys: set[t.Hashable] = set()
         #: The spool file, opened for reading before its first byte; what followers read.
         self._reader: t.BinaryIO | None = None
 
@@ -128,8 +131,19 @@ class LocalFetch:
             self._condition.notify_all()
             return list(self._on_commit)
 
-    def on_commit(self, callback: t.Callable[[int], None]) -> None:
+    def on_commit(
+        self, callback: t.Callable[[int], None], *, key: t.Hashable | None = None
+    ) -> None:
+        """Call ``callback`` with the size once the blob is committed (at once if it is).
+
+        :param key: a callback with the key of an earlier one is dropped: the hundred
+            followers of one fetch for a group record the blob once, not a hundred times.
+        """
         with self._condition:
+            if key is not None:
+                if key in self._commit_keys:
+                    return
+                self._commit_keys.add(key)
             if not self.finished:
                 self._on_commit.append(callback)
                 return
@@ -212,8 +226,11 @@ class RemoteFetch:
         self.upstream_status: int | None = None
         self._on_commit: list[t.Callable[[int], None]] = []
 
-    def on_commit(self, callback: t.Callable[[int], None]) -> None:
-        # Run once this reader has seen the whole, committed blob.
+    def on_commit(
+        self, callback: t.Callable[[int], None], *, key: t.Hashable | None = None
+    ) -> None:
+        # Run once this reader has seen the whole, committed blob. Each reader has its
+        # own object, so ``key`` has nothing to be compared with here.
         self._on_commit.append(callback)
 
     def follow(

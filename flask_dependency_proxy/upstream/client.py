@@ -38,12 +38,12 @@ from ..oci.reference import (
     UPSTREAM_MANIFEST_ACCEPT,
     is_tag,
 )
+from ..single_flight import SingleFlight
 from .address import AddressRule, origin
 from .bearer import BearerTokens
 from .breaker import BREAKER_FAILURES, BREAKER_MAX_SECONDS, BREAKER_SECONDS, CircuitBreaker
 from .errors import UpstreamDigestMismatch, UpstreamError, UpstreamRefused
 from .registry import Manifest, ManifestHead, TagPage
-from .single_flight import SingleFlight
 from .token_cache import TokenShare
 from .transport import Transport, requests_session
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
 import typing as t
 
 import pytest
@@ -183,3 +186,33 @@ def test_an_unknown_grant_during_an_outage_is_unavailable_not_a_refusal(
     world.down = False
     world.enabled = True
     assert _allowed(access)  # the outage was not remembered as a refusal
+
+
+def test_a_herd_missing_the_same_answers_asks_the_host_and_the_database_once(
+    access: AccessControl, world: World
+) -> None:
+    """Clients arriving together at a worker that remembers nothing yet (a CI fleet's
+    first pull after a restart) wait for one lookup of the grant and one of the switch,
+    instead of each taking a database connection for the same answer."""
+    world.enabled = True
+    arrived = threading.Barrier(20)
+    release = threading.Event()
+    find_group = world.find_group
+
+    def slow_find_group(path: str) -> Group | None:
+        release.wait(5)
+        return find_group(path)
+
+    world.find_group = slow_find_group  # type: ignore[method-assign]
+
+    def pull() -> bool:
+        arrived.wait(5)
+        return _allowed(access)
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        pulls = [pool.submit(pull) for _ in range(20)]
+        time.sleep(0.2)  # every client is past the barrier, waiting on the first lookup
+        release.set()
+        assert all(f.result(timeout=10) for f in pulls)
+    assert world.host_lookups == 1
+    assert world.switch_reads == 1

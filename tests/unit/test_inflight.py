@@ -239,6 +239,30 @@ def test_follower_that_comes_after_cleanup_took_the_committed_blob_still_gets_it
     assert b"".join(fetch.follow(store)) == data
 
 
+def test_followers_of_one_fetch_record_it_once_per_key(tmp_path: Path) -> None:
+    """A hundred clients of a group follow one fetch: the blob is recorded for the group
+    once when it commits, not once per client (each a write to the same row)."""
+    store = FilesystemStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    data = bytes(range(256)) * 40
+    digest = _digest(data)
+    end = threading.Event()
+    fetch = fetcher.fetch(digest, lambda offset: GatedEnd(data, end))
+    assert isinstance(fetch, LocalFetch)
+    recorded: list[tuple[str, int]] = []
+    for group in ("a", "b") * 50:
+        fetch.on_commit(lambda size, group=group: recorded.append((group, size)), key=group)
+    fetch.on_commit(lambda size: recorded.append(("no key", size)))
+    end.set()
+    _wait(lambda: fetcher.in_flight() == 0)
+
+    assert sorted(recorded) == [("a", len(data)), ("b", len(data)), ("no key", len(data))]
+    # After the commit a new key is called at once, a known one not again.
+    fetch.on_commit(lambda size: recorded.append(("c", size)), key="c")
+    fetch.on_commit(lambda size: recorded.append(("a", size)), key="a")
+    assert recorded[-1] == ("c", len(data)) and len(recorded) == 4
+
+
 def test_follower_of_another_process_finds_the_blob_taken_since_the_commit(
     tmp_path: Path,
 ) -> None:

@@ -10,6 +10,9 @@ keeps blobs in memory and the upstream is a fake client that counts its calls
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
 import typing as t
 
 import pytest
@@ -76,6 +79,48 @@ def test_without_an_interval_every_tag_pull_costs_a_head_and_no_get(make_core: M
         4,
         1,
     )
+
+
+def test_a_herd_asking_for_one_tag_at_once_shares_one_check_and_one_save(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve requests for the same tag arrive together (CI jobs started by one push):
+    one reads the tag, asks upstream and saves; the others wait for its answer instead
+    of each taking a connection, and queueing for the row's lock, for the same work."""
+    core = make_core()
+    image = core.upstream.push_image(IMAGE, "latest")
+    client_type = type(core.upstream.client())
+    head_manifest = client_type.head_manifest
+    everyone_asked = threading.Event()
+
+    def slow_head(self: t.Any, repository: str, reference: str) -> t.Any:
+        everyone_asked.wait(5)
+        return head_manifest(self, repository, reference)
+
+    monkeypatch.setattr(client_type, "head_manifest", slow_head)
+    saves = []
+    save_manifest = core.metadata.save_manifest
+
+    def counted_save(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        saves.append(args)
+        return save_manifest(*args, **kwargs)
+
+    monkeypatch.setattr(core.metadata, "save_manifest", counted_save)
+
+    def pull() -> str:
+        with core.app.app_context():
+            return core.cache.get_manifest(GROUP, PATH, "latest", ACCEPT).digest
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        pulls = [pool.submit(pull) for _ in range(12)]
+        time.sleep(0.3)
+        everyone_asked.set()
+        assert {f.result(timeout=10) for f in pulls} == {image.digest}
+    assert (core.upstream.count("HEAD", "manifest"), core.upstream.count("GET", "manifest")) == (
+        1,
+        1,
+    )
+    assert len(saves) == 1
 
 
 @pytest.mark.parametrize("interval", [0, 60])

@@ -1,6 +1,7 @@
 """One call at a time per key: concurrent callers with the same key wait for the first
-one and share its result or its error (the upstream client's manifest requests, the
-cache's blob confirmations)."""
+one and share its result or its error: the upstream client's manifest requests, the
+cache's blob confirmations, and the host's answers about a credential or a group, which
+a herd of clients arriving at once at a fresh worker would otherwise each ask for."""
 
 from __future__ import annotations
 
