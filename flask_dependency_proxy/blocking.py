@@ -17,7 +17,11 @@ T_co = t.TypeVar("T_co", covariant=True)
 
 
 class Pending(t.Protocol[T_co]):
-    """A call started by :func:`in_background`."""
+    """A call started by :func:`in_thread`."""
+
+    def ready(self) -> bool:
+        """Whether the call has ended."""
+        ...
 
     def get(self) -> T_co:
         """Wait for the call; its result, or its error raised here."""
@@ -41,16 +45,20 @@ def off_the_loop(func: t.Callable[..., T], *args: t.Any) -> T:
     return t.cast(T, gevent.get_hub().threadpool.apply(func, args))
 
 
-def in_background(func: t.Callable[..., T], *args: t.Any) -> Pending[T]:
-    """Under gevent, start ``func(*args)`` in a greenlet of its own and return at once,
-    so the caller does other work meanwhile (it may call :func:`off_the_loop`).
-    Without gevent the call is made in place. ``get()`` waits for it and raises its
-    error, which gevent does not report on its own."""
+def in_thread(func: t.Callable[..., T], *args: t.Any) -> Pending[T]:
+    """Under gevent, start ``func(*args)`` on a thread of gevent's pool and return at
+    once, so the caller (a fetch receiving its next chunk) goes on meanwhile; without
+    gevent the call is made in place. ``get()`` waits for it and raises its error.
+
+    No greenlet is spawned for the call: on a worker whose event loop is busy serving
+    a herd, each greenlet switch waits its turn behind every other client, and a fetch
+    that needed several per chunk would fall behind the clients following it.
+    """
     if not gevent_patched():
         return _Done(func, args)
     import gevent
 
-    return _Joined(gevent.spawn(_Done, func, args))
+    return t.cast("Pending[T]", gevent.get_hub().threadpool.spawn(func, *args))
 
 
 class _Done(t.Generic[T]):
@@ -63,18 +71,10 @@ class _Done(t.Generic[T]):
         except Exception as exc:
             self._value, self._error = None, exc
 
+    def ready(self) -> bool:
+        return True
+
     def get(self) -> T:
         if self._error is not None:
             raise self._error
         return t.cast(T, self._value)
-
-
-class _Joined(t.Generic[T]):
-    """A greenlet that makes a :class:`_Done`."""
-
-    def __init__(self, greenlet: t.Any) -> None:
-        self._greenlet = greenlet
-
-    def get(self) -> T:
-        done: _Done[T] = self._greenlet.get()
-        return done.get()

@@ -12,7 +12,7 @@ import typing as t
 import requests
 import urllib3.exceptions
 
-from ..blocking import Pending, in_background, off_the_loop
+from ..blocking import Pending, in_thread
 from ..stores.base import StagedBlob, StorageError
 from ..upstream.errors import UpstreamDigestMismatch, UpstreamError, UpstreamNotFound
 from ..upstream.registry import BlobStream
@@ -122,9 +122,10 @@ def _overflow(digest: str, size: int | None, max_blob_size: int) -> UpstreamErro
 
 
 class _Absorber:
-    """Hashes a fetch's chunks and appends them to its spool file, each while the next
-    one is received (one chunk in hand at most), and reports progress as soon as a
-    chunk is in the file (what the fetch's readers wait for)."""
+    """Hashes a fetch's chunks and appends them to its spool file, each on another
+    thread while the next one is received (one chunk in hand at most), and reports
+    progress once a chunk is in the file (what the fetch's readers wait for): at once
+    where the work runs in place, else when the next chunk arrives or the stream ends."""
 
     def __init__(
         self, progress: t.Callable[[int], None], staged: StagedBlob, hasher: t.Any
@@ -135,16 +136,15 @@ class _Absorber:
         #: Bytes hashed and in the spool file.
         self.written = 0
         self._pending: Pending[None] | None = None
+        self._pending_bytes = 0
 
     def absorb(self, chunk: bytes) -> None:
         """Start on ``chunk`` once the previous chunk is in."""
         self.settle()
-        self._pending = in_background(self._absorb, chunk)
-
-    def _absorb(self, chunk: bytes) -> None:
-        off_the_loop(_absorb, self.hasher, self.staged, chunk)
-        self.written += len(chunk)
-        self.progress(self.written)
+        self._pending = in_thread(_absorb, self.hasher, self.staged, chunk)
+        self._pending_bytes = len(chunk)
+        if self._pending.ready():
+            self.settle()
 
     def settle(self) -> int:
         """Wait for the chunk in hand; the bytes written.
@@ -154,6 +154,8 @@ class _Absorber:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.get()
+            self.written += self._pending_bytes
+            self.progress(self.written)
         return self.written
 
 
