@@ -127,12 +127,13 @@ class BlobFetcher:
             return None
         with lock:
             state = lock.published()
-        if state is None:
-            return None
-        error = state.error_for(digest)
-        if error is not None:
-            raise error
-        return RemoteFetch(digest, state.size)
+            if state is None:
+                return None
+            error = state.error_for(digest)
+            if error is not None:
+                raise error
+            # The follower watches this very file (its own descriptor of it).
+            return RemoteFetch(digest, state.size, lock.duplicate())
 
     def join(self, digest: str) -> Fetch | None:
         """The fetch of ``digest`` running in this host, to follow without starting one

@@ -220,11 +220,18 @@ class RemoteFetch:
     """A fetch run by another process of this host, followed through the spool and lock
     files."""
 
-    def __init__(self, digest: str, size: int | None) -> None:
+    def __init__(self, digest: str, size: int | None, lock: LockWatch | None = None) -> None:
+        """:param lock: the lock file of the fetch to follow, as the caller found it
+        running. Opened again by its path, the file might be a later holder's: one
+        that took the lock after this fetch ended and found the blob committed, which
+        publishes nothing, so its end would look like a failure."""
         self.digest = digest
         self.size = size
         self.upstream_status: int | None = None
         self._on_commit: list[t.Callable[[int], None]] = []
+        self._lock = lock
+        if lock is not None:
+            weakref.finalize(self, lock.close)
 
     def on_commit(
         self, callback: t.Callable[[int], None], *, key: t.Hashable | None = None
@@ -242,7 +249,9 @@ class RemoteFetch:
     def _follow(self, store: BlobStore, start: int, until_committed: bool) -> t.Iterator[bytes]:
         # The lock file of the fetch being followed: held while it runs, and where its
         # holder leaves how it ended (still readable once unlinked).
-        lock = LockWatch.open(store.spool, self.digest)
+        lock, self._lock = self._lock, None
+        if lock is None:
+            lock = LockWatch.open(store.spool, self.digest)
         if lock is None:
             # It has ended already: committed, or failed.
             yield from self._committed(store, start)

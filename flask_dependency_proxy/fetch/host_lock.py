@@ -226,7 +226,11 @@ class LockWatch:
         return LockWatch(os.dup(self._fd))
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the descriptor; closing it again does nothing (never another file's
+        descriptor that reused the number)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> LockWatch:
         return self

@@ -263,6 +263,35 @@ def test_followers_of_one_fetch_record_it_once_per_key(tmp_path: Path) -> None:
     assert recorded[-1] == ("c", len(data)) and len(recorded) == 4
 
 
+def test_follower_of_another_process_is_not_misled_by_a_later_lock_holder(
+    tmp_path: Path,
+) -> None:
+    """A client joins the fetch another process runs; the fetch commits, and a third
+    request takes the digest's (new) lock file only to find the blob committed. The
+    client follows the fetch it joined, which committed, not the later holder, which
+    publishes nothing and would look like a failed fetch."""
+    store = FilesystemStore(str(tmp_path))
+    holder, other = BlobFetcher(store), BlobFetcher(store)
+    data = bytes(range(250))
+    digest = _digest(data)
+    end = threading.Event()
+    assert isinstance(holder.fetch(digest, lambda offset: GatedEnd(data, end)), LocalFetch)
+    remote = other.fetch(digest, lambda offset: pytest.fail("a second fetch"))
+    assert isinstance(remote, RemoteFetch)
+    end.set()
+    _wait(lambda: holder.in_flight() == 0)
+    later = HostLock.acquire(store.spool, digest)
+    assert later is not None
+
+    reader = Reader(remote.follow(store))
+    time.sleep(0.1)
+    later.release()
+
+    assert reader.done.wait(5)
+    assert reader.error is None
+    assert bytes(reader.received) == data
+
+
 def test_follower_of_another_process_finds_the_blob_taken_since_the_commit(
     tmp_path: Path,
 ) -> None:
