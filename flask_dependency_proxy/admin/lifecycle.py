@@ -43,20 +43,17 @@ import copy
 import dataclasses
 import datetime as dt
 import logging
-import os
-import random
-import socket
-import threading
 import typing as t
-import uuid
 
 from ..metrics import Metrics
 from ..models.cleanup import CleanupRecords
 from ..models.group_settings import GroupSettingsRecords
+from ..models.job_lease import HeldLease, held_lease
 from ..models.pulls import PullRecords
 from ..models.stats import human_size
 from ..models.tables import CachedBlob, CachedManifest, utcnow
 from ..stores.base import StoreJanitor
+from .periodic import PeriodicJob
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -278,40 +275,29 @@ class Lifecycle:
 
         :raises CleanupBusy: another cleanup is running.
         """
-        holder = _holder()
-        if not self.records.acquire_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL):
-            raise CleanupBusy("another cleanup is running; try again when it is done")
-        try:
-            return self._run(holder)
-        finally:
-            self.records.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+        with held_lease(self.records, CLEANUP_LEASE, ttl=_LEASE_TTL, clock=self.clock) as lease:
+            if lease is None:
+                raise CleanupBusy("another cleanup is running; try again when it is done")
+            return self._run(lease)
 
     def run_if_due(self, interval: dt.timedelta) -> CleanupReport | None:
         """Run a cleanup unless one ran less than ``interval`` ago or is running."""
-        holder = _holder()
-        if not self.records.acquire_lease(
-            CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL, min_interval=interval
-        ):
-            return None
-        try:
-            return self._run(holder)
-        finally:
-            self.records.release_lease(CLEANUP_LEASE, holder, self.clock(), finished=True)
+        with held_lease(
+            self.records, CLEANUP_LEASE, ttl=_LEASE_TTL, clock=self.clock, min_interval=interval
+        ) as lease:
+            return None if lease is None else self._run(lease)
 
-    def _run(self, holder: str) -> CleanupReport:
+    def _run(self, lease: HeldLease) -> CleanupReport:
         try:
-            report = self._cleanup(holder)
+            report = self._cleanup(lease.renew)
         except Exception:
             self.metrics.cleanup_ran(None, failed=True)
             raise
         self.metrics.cleanup_ran(report.removed_counts())
         return report
 
-    def _cleanup(self, holder: str) -> CleanupReport:
+    def _cleanup(self, renew: t.Callable[[], None]) -> CleanupReport:
         report = CleanupReport()
-
-        def renew() -> None:
-            self.records.renew_lease(CLEANUP_LEASE, holder, self.clock(), _LEASE_TTL)
 
         report.manifests_marked, report.blobs_marked = self.records.mark_expired(self.clock())
         report.manifests_deleted = self.records.delete_marked(
@@ -380,19 +366,10 @@ class Lifecycle:
                     report.bytes_deleted += size
 
 
-class CleanupScheduler:
-    """Runs cleanup every ``interval`` seconds from a thread of each web process.
-
-    Every process polls; the cleanup lease (with the time the last run finished) lets
-    one of them run per interval, whichever host it is on. The thread starts with the
-    first request a process serves, so it also runs in workers forked after the app
-    was created.
-
-    :param lifecycle: the application's life cycle.
-    :param release: ends the thread's database session after each poll.
-    :param context: the context each poll runs in: an app context, and the host's
-        ``outside_request`` context within it (by default only ``app.app_context()``).
-    """
+class CleanupScheduler(PeriodicJob[CleanupReport]):
+    """Runs cleanup every ``interval_seconds`` from a thread of each web process; the
+    cleanup lease (with the time the last run finished) lets one of them run per
+    interval (:class:`~.periodic.PeriodicJob`)."""
 
     def __init__(
         self,
@@ -403,61 +380,16 @@ class CleanupScheduler:
         release: t.Callable[[], None],
         context: t.Callable[[], t.ContextManager[object]] | None = None,
     ) -> None:
-        self.app = app
         self.lifecycle = lifecycle
-        self._release = release
-        self._context = context or app.app_context
         self.interval = dt.timedelta(seconds=interval_seconds)
-        self._poll = min(interval_seconds, _SCHEDULER_POLL_SECONDS)
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        self.app.before_request(self._ensure_started)
-
-    def _ensure_started(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._loop, name="dependency-proxy-cleanup", daemon=True
-            )
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (tests; a process that exits needs not call it)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        self._pid = None
-
-    def _loop(self) -> None:
-        # Spread the first polls of workers that started together.
-        while not self._stop.wait(random.uniform(0.5, 1.0) * self._poll):
-            self.run_once()
-
-    def run_once(self) -> CleanupReport | None:
-        """Run a cleanup if one is due; errors are logged, never raised."""
-        try:
-            with self._context():
-                try:
-                    return self.lifecycle.run_if_due(self.interval)
-                finally:
-                    self._release()
-        except Exception:
-            log.exception("scheduled dependency proxy cleanup failed")
-            return None
-
-
-def _holder() -> str:
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        super().__init__(
+            app,
+            lambda: lifecycle.run_if_due(self.interval),
+            min(interval_seconds, _SCHEDULER_POLL_SECONDS),
+            name="dependency-proxy-cleanup",
+            release=release,
+            context=context,
+        )
 
 
 def _epoch(moment: dt.datetime) -> float:

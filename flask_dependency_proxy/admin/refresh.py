@@ -15,16 +15,17 @@ import datetime as dt
 import logging
 import os
 import queue
-import random
 import threading
 import typing as t
 
+from ..cache.refresh import RefreshReport
 from ..cache.results import Outcome
+from .periodic import PeriodicJob
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from ..cache.refresh import RefreshDefaults, RefreshReport, TagRefresher
+    from ..cache.refresh import RefreshDefaults, TagRefresher
     from ..cache.warm import Target
     from ..models.group_settings import Settings
     from ..models.hot_tags import HotTagRecords, RefreshState
@@ -98,12 +99,10 @@ def _status(group_id: int, state: RefreshState, pulls: PullRecords | None) -> Ta
     return TagRefreshStatus(state, last, warm)
 
 
-class RefreshScheduler:
-    """Polls for a due refresh run every ``poll_seconds`` (at most a minute).
-
-    :param release: ends the thread's database session after each poll.
-    :param context: the context each poll runs in (the host's ``outside_request``).
-    """
+class RefreshScheduler(PeriodicJob[RefreshReport]):
+    """Polls for a due refresh run every ``poll_seconds`` (at most a minute) from a
+    thread of each web process; the refresh lease lets one of them run it
+    (:class:`~.periodic.PeriodicJob`)."""
 
     def __init__(
         self,
@@ -114,56 +113,17 @@ class RefreshScheduler:
         release: t.Callable[[], None],
         context: t.Callable[[], t.ContextManager[object]] | None = None,
     ) -> None:
-        self.app = app
         self.refresher = refresher
-        self._release = release
-        self._context = context or app.app_context
-        self._poll = min(poll_seconds, _MAX_POLL_SECONDS)
-        self.interval = dt.timedelta(seconds=self._poll)
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        self.app.before_request(self._ensure_started)
-
-    def _ensure_started(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._loop, name="dependency-proxy-refresh", daemon=True
-            )
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (tests; a process that exits needs not call it)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        self._pid = None
-
-    def _loop(self) -> None:
-        while not self._stop.wait(random.uniform(0.5, 1.0) * self._poll):
-            self.run_once()
-
-    def run_once(self) -> RefreshReport | None:
-        """A refresh run if one is due; errors are logged, never raised."""
-        try:
-            with self._context():
-                try:
-                    return self.refresher.run_if_due(self.interval)
-                finally:
-                    self._release()
-        except Exception:
-            log.exception("scheduled dependency proxy refresh failed")
-            return None
+        poll = min(poll_seconds, _MAX_POLL_SECONDS)
+        self.interval = dt.timedelta(seconds=poll)
+        super().__init__(
+            app,
+            lambda: refresher.run_if_due(self.interval),
+            poll,
+            name="dependency-proxy-refresh",
+            release=release,
+            context=context,
+        )
 
 
 class WarmQueue:

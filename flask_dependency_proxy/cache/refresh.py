@@ -31,6 +31,7 @@ import typing as t
 
 from ..fetch.errors import FetchFailed
 from ..models.database import DatabaseUnavailable
+from ..models.job_lease import HeldLease, NamedLeases, held_lease
 from ..models.tables import utcnow
 from ..oci.errors import RegistryError
 from ..oci.reference import (
@@ -63,26 +64,6 @@ LEASE_TTL = dt.timedelta(minutes=15)
 
 _INDEX_TYPES = (MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_LIST)
 _FAILURES = (RegistryError, WarmError, FetchFailed, UpstreamError, StorageError)
-
-
-class Leases(t.Protocol):
-    """The named leases of :class:`~..models.cleanup.CleanupRecords`."""
-
-    def acquire_lease(
-        self,
-        name: str,
-        holder: str,
-        now: dt.datetime,
-        ttl: dt.timedelta,
-        *,
-        min_interval: dt.timedelta | None = None,
-    ) -> bool: ...
-
-    def renew_lease(self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool: ...
-
-    def release_lease(
-        self, name: str, holder: str, now: dt.datetime, *, finished: bool
-    ) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +200,7 @@ class TagRefresher:
         *,
         group_settings: t.Callable[[int], Settings | None],
         refresh_groups: t.Callable[[], t.Iterable[int]],
-        leases: Leases,
+        leases: NamedLeases,
         defaults: RefreshDefaults,
         ci_images: CiImages | None = None,
         metrics: Metrics | None = None,
@@ -244,27 +225,19 @@ class TagRefresher:
         :param group_id: this group only (its refresh on or not).
         :raises RefreshBusy: another run holds the lease.
         """
-        holder = _holder()
-        if not self.leases.acquire_lease(REFRESH_LEASE, holder, self.clock(), LEASE_TTL):
-            raise RefreshBusy("another refresh is running; try again when it is done")
-        try:
-            return self._run(holder, force=force, only=group_id)
-        finally:
-            self.leases.release_lease(REFRESH_LEASE, holder, self.clock(), finished=True)
+        with held_lease(self.leases, REFRESH_LEASE, ttl=LEASE_TTL, clock=self.clock) as lease:
+            if lease is None:
+                raise RefreshBusy("another refresh is running; try again when it is done")
+            return self._run(lease, force=force, only=group_id)
 
     def run_if_due(self, interval: dt.timedelta) -> RefreshReport | None:
         """A run unless one ran less than ``interval`` ago or is running."""
-        holder = _holder()
-        if not self.leases.acquire_lease(
-            REFRESH_LEASE, holder, self.clock(), LEASE_TTL, min_interval=interval
-        ):
-            return None
-        try:
-            return self._run(holder, force=False, only=None)
-        finally:
-            self.leases.release_lease(REFRESH_LEASE, holder, self.clock(), finished=True)
+        with held_lease(
+            self.leases, REFRESH_LEASE, ttl=LEASE_TTL, clock=self.clock, min_interval=interval
+        ) as lease:
+            return None if lease is None else self._run(lease, force=False, only=None)
 
-    def _run(self, holder: str, *, force: bool, only: int | None) -> RefreshReport:
+    def _run(self, lease: HeldLease, *, force: bool, only: int | None) -> RefreshReport:
         report = RefreshReport()
         budget = UpstreamBudget(self.defaults.budget, self.defaults.min_rate_limit_remaining)
         for group_id, group_path, tags in self._groups(only):
@@ -272,7 +245,7 @@ class TagRefresher:
             settings = self.group_settings(group_id)
             _, _, interval = self.defaults.for_group(settings)
             for image, tag in self._hot_set(group_id, group_path, tags):
-                self.leases.renew_lease(REFRESH_LEASE, holder, self.clock(), LEASE_TTL)
+                lease.renew()
                 self._refresh_tag(group_id, group_path, image, tag, interval, force, budget, report)
         report.requests = dict(budget.spent)
         log.info("dependency proxy refresh: %s", report.summary())
@@ -521,11 +494,3 @@ def _platforms(state: RefreshState | None, content: bytes | None, pulled: set[st
         if label not in chosen:
             chosen.append(label)
     return chosen
-
-
-def _holder() -> str:
-    import os
-    import socket
-    import uuid
-
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

@@ -18,15 +18,15 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-import socket
 import threading
 import time
 import typing as t
-import uuid
 
 import sqlalchemy as sa
 
+from ..models.job_lease import process_holder
 from ..models.tables import FetchLease, utcnow
+from ..models.upsert import insert_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class FetchLeases:
         self.peer_url = peer_url
         self.ttl = dt.timedelta(seconds=ttl_seconds)
         self._clock = clock
-        self._holder = _holder()
+        self._holder = process_holder()
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
@@ -70,7 +70,7 @@ class FetchLeases:
     def holder(self) -> str:
         """This process's name in the lease rows (a new one after a fork)."""
         if self._heartbeat_pid not in (None, os.getpid()):
-            self._holder = _holder()
+            self._holder = process_holder()
             self._held.clear()
             self._heartbeat = None
             self._heartbeat_pid = None
@@ -85,7 +85,7 @@ class FetchLeases:
         holder = self.holder
         now = self._clock()
         table = self._table
-        insert = _insert_for(self._engine())
+        insert = insert_for(self._engine().dialect.name)
         statement = (
             insert(table)
             .values(digest=digest, holder=holder, peer_url=self.peer_url, heartbeat_at=now)
@@ -164,14 +164,3 @@ class FetchLeases:
                 self.renew()
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("fetch leases not renewed: %s", exc)
-
-
-def _insert_for(engine: sa.Engine) -> t.Any:
-    """The dialect's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL and SQLite have it)."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-
-def _holder() -> str:
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from .records import SessionRecords
 from .tables import GroupPath, TagPullDay, TagRefresh
+from .upsert import insert_for
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -48,18 +49,11 @@ class RefreshState:
     platforms: tuple[str, ...]
 
 
-def _insert_for(session: Session) -> t.Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    name = session.get_bind(mapper=TagPullDay).dialect.name
-    return postgresql.insert if name == "postgresql" else sqlite.insert
-
-
 def write_reference_pulls(session: Session, batch: dict[ReferenceKey, int]) -> None:
     """Add ``batch`` to the stored counts in one statement, then commit."""
     if not batch:
         return
-    insert = _insert_for(session)
+    insert = insert_for(session.get_bind(mapper=TagPullDay).dialect.name)
     statement = insert(TagPullDay).values(
         [
             {

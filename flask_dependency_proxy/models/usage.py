@@ -14,6 +14,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .tables import UsageDay
+from .upsert import insert_for
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -41,19 +42,11 @@ class DayCounts:
 Key = tuple[int, dt.date]
 
 
-def _insert_for(session: Session) -> t.Any:
-    """The dialect's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL and SQLite have it)."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    name = session.get_bind(mapper=UsageDay).dialect.name
-    return postgresql.insert if name == "postgresql" else sqlite.insert
-
-
 def write_usage(session: Session, batch: dict[Key, DayCounts]) -> None:
     """Add ``batch`` to the stored days in one statement, then commit."""
     if not batch:
         return
-    insert = _insert_for(session)
+    insert = insert_for(session.get_bind(mapper=UsageDay).dialect.name)
     statement = insert(UsageDay).values(
         [
             {"group_id": group_id, "day": day, **{c: getattr(counts, c) for c in _COLUMNS}}
