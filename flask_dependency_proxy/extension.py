@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from ._state import EXTENSION_KEY, ProxyState, state
 from .admin.groups import GroupAdmin
 from .admin.lifecycle import CleanupScheduler, Lifecycle
+from .admin.periodic import PeriodicJob
 from .admin.refresh import RefreshScheduler, WarmQueue
 from .admin.supply_chain import SupplyChainAdmin
 from .auth.access import AccessControl
@@ -330,6 +331,14 @@ class DependencyProxy:
             scheduler.install()
         if refresh_scheduler is not None:
             refresh_scheduler.install()
+        PeriodicJob(
+            app,
+            cache.flush_bookkeeping,
+            max(min(config.pull_record_flush_seconds, config.usage_flush_seconds), 1.0),
+            name="dependency-proxy-bookkeeping",
+            release=metadata.release,
+            context=binding.outside_request,
+        ).install()
         # --
         app.cli.add_command(cli)
         log.info(

@@ -144,3 +144,35 @@ def test_a_ci_pull_is_found_by_digest_and_a_blocked_digest_is_refused_everywhere
         f"{api}/pulls", params={"digest": digest}, headers=headers, timeout=30
     ).json()
     assert "blocked" in {pull["outcome"] for pull in outcomes}
+
+
+def test_the_last_pulls_of_a_worker_that_goes_quiet_are_recorded(
+    platform_factory: t.Callable[..., Platform],
+    upstream_factory: t.Callable[..., Registry],
+    skopeo: Skopeo,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    """The pull record is written in batches; a worker that serves one pull and then
+    nothing more still writes it, from its own thread, rather than at its next request
+    (which may never come before it stops)."""
+    upstream = upstream_factory()
+    pushed = images.push(
+        images.build_image(unique_name, layer_sizes=(2000,)),
+        upstream,
+        f"library/{unique_name}",
+        "latest",
+        workdir=tmp_path,
+    )
+    live = platform_factory(upstream.url, setup=_setup, extra_env=FAST, workers=1)
+    assert skopeo.login(live.host, "dev", "dev-password-0001").returncode == 0
+    assert skopeo.inspect(live.image("acme", unique_name, "latest"), raw=True).returncode == 0
+
+    def recorded() -> list[t.Any]:
+        cli = live.flask("dependency-proxy", "pulls", "--digest", pushed.digest, "--json")
+        return list(json.loads(cli.stdout)["pulls"])
+
+    deadline = time.monotonic() + 15
+    while not (pulls := recorded()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [(p["group"], p["username"]) for p in pulls] == [("acme", "dev")]

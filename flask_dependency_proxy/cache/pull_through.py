@@ -341,7 +341,17 @@ class PullThroughCache:
             log.warning("could not record blob %s for group %s: %s", digest, group_id, exc)
 
     def finish_request(self) -> None:
-        """Write batched bookkeeping, then free the database connection.
+        """Write batched bookkeeping that is due, then free the database connection."""
+        try:
+            self.flush_bookkeeping()
+        finally:
+            self.metadata.release()
+
+    def flush_bookkeeping(self) -> None:
+        """Write the batched bookkeeping that is due: usage counters, the pull record,
+        last-read times. The end of a request calls it, and so does a thread of each
+        process (:class:`~..admin.periodic.PeriodicJob`), so a worker that goes quiet
+        does not keep its last pulls unrecorded until its next request.
 
         Bookkeeping never fails a request: while the database is unavailable the
         last-read times stay buffered, and the outage is logged once.
@@ -361,8 +371,6 @@ class PullThroughCache:
             if self._bookkeeping_failed:
                 log.info("last-read times written again")
             self._bookkeeping_failed = False
-        finally:
-            self.metadata.release()
 
     def _flush_usage(self) -> None:
         """Write the usage counters when due; a failed write keeps them for the next."""
