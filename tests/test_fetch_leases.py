@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.server
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -184,6 +185,33 @@ def test_a_lease_let_go_because_its_blob_was_committed_fetches_nothing_again(
     assert opener(5) == "upstream from 5"
     with pytest.raises(CommittedMeanwhile):
         opener(0)
+    opener.release()
+
+
+@pytest.mark.parametrize("peer_commits", [True, False])
+def test_a_host_that_read_from_its_peer_waits_for_the_peer_s_commit(
+    engine: sa.Engine, made: list[FetchLeases], peer_commits: bool
+) -> None:
+    """The peer's stream ends when the blob is verified, before its upload: the reading
+    host waits while the peer holds the lease, then keeps its own copy only when the
+    peer let go without committing."""
+    clock = Clock()
+    peer, reader = _leases(made, engine, PEER_A, clock), _leases(made, engine, PEER_B, clock)
+    assert peer.claim(DIGEST).ours
+    stored: dict[str, int] = {}
+    opener = FleetSource(reader, PeerTokens(["secret"], PEER_B)).opener(
+        DIGEST, lambda offset: pytest.fail("upstream asked"), stored.get
+    )
+    answer: list[bool] = []
+    waiting = threading.Thread(target=lambda: answer.append(opener.peer_committed(250)))
+    waiting.start()
+    time.sleep(0.5)
+    assert answer == [], "the peer still holds the lease: its upload is running"
+    if peer_commits:
+        stored[DIGEST] = 250
+    peer.release(DIGEST)
+    waiting.join(10)
+    assert answer == [peer_commits]
     opener.release()
 
 

@@ -63,9 +63,10 @@ def blob(digest: str) -> Response:
     except UpstreamError:
         abort(404)
     if fetch is not None:
-        # The reading host shares the store: it waits for the commit before it decides
-        # not to upload the blob itself.
-        chunks = fetch.follow(proxy.store, start=offset, until_committed=True)
+        # The stream ends once the blob is verified, so the reading host's clients do
+        # not wait for this host's upload; the reading host waits for the commit (while
+        # this host holds the fetch lease) before it decides not to upload it itself.
+        chunks = fetch.follow(proxy.store, start=offset)
         size = fetch.size
     else:
         size = proxy.store.size(digest)

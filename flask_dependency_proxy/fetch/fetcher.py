@@ -186,7 +186,11 @@ class BlobFetcher:
                 opener = self.fleet.opener(fetch.digest, open_upstream, self.store.size)
                 try:
                     written = self._fetch_into_store(
-                        fetch, opener, lock, from_peer=lambda: opener.from_peer
+                        fetch,
+                        opener,
+                        lock,
+                        from_peer=lambda: opener.from_peer,
+                        peer_committed=opener.peer_committed,
                     )
                     if not opener.from_peer:
                         self.metrics.upstream_fetched_bytes(written)
@@ -230,6 +234,7 @@ class BlobFetcher:
         lock: HostLock,
         *,
         from_peer: t.Callable[[], bool] | None,
+        peer_committed: t.Callable[[int], bool] | None = None,
     ) -> int:
         """Stage, download, verify and commit the blob; the verified size. A staged blob
         that is not committed is discarded before this returns or raises, so it is gone
@@ -237,6 +242,8 @@ class BlobFetcher:
 
         :param from_peer: whether the bytes now come from another host of the fleet,
             which commits them to the shared store itself.
+        :param peer_committed: waits for that host's commit of the verified size; false
+            when it will not come, and this host commits the blob itself.
         """
         stream = opener(0)
         try:
@@ -266,7 +273,11 @@ class BlobFetcher:
             # Every byte hashes to the digest: readers may finish before the commit.
             lock.publish(Published(size=fetch.size, verified=written))
             fetch.update(verified=True)
-            if from_peer is not None and from_peer() and self.store.size(fetch.digest) == written:
+            if from_peer is not None and from_peer() and peer_committed is not None:
+                committed = peer_committed(written)
+            else:
+                committed = False
+            if committed:
                 # The peer committed it to the store this host shares with it.
                 staged.discard()
             else:

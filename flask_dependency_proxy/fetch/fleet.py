@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes per chunk read from a peer.
 _PEER_CHUNK = 1024 * 1024
+#: How often a host that read a blob from a peer looks for the peer's commit.
+_COMMIT_POLL_SECONDS = 0.1
 
 Opener = t.Callable[[int], BlobStream]
 
@@ -167,6 +169,23 @@ class FleetOpener:
                 continue
             self.from_peer = True
             return stream
+
+    def peer_committed(self, size: int) -> bool:
+        """Whether the peer this fetch read from committed the blob (``size`` bytes) to
+        the store the hosts share: wait while it still holds the lease (its upload is
+        running); ``False`` once it let go or died without the blob in the store, and
+        this host commits the blob itself.
+
+        The peer's stream ends when the blob is verified, not when it is committed, so
+        this host's clients have every byte while the peer still uploads.
+        """
+        while True:
+            if self.committed_size(self.digest) == size:
+                return True
+            if self.source.leases.claim(self.digest).ours:
+                # Let go (committed just now, or failed) or expired: the store decides.
+                return self.committed_size(self.digest) == size
+            time.sleep(_COMMIT_POLL_SECONDS)
 
     def release(self) -> None:
         self.source.leases.release(self.digest)
