@@ -1353,6 +1353,9 @@ class HerdResult:
     blob_bytes: int
     throughput_mb_s: float
     errors: tuple[str, ...]
+    #: (median first byte of the largest blob, median, last) seconds of the clients of
+    #: each target (each host of a fleet).
+    per_target: tuple[tuple[float | None, float | None, float | None], ...] = ()
 
 
 def herd(
@@ -1383,6 +1386,14 @@ def herd(
         blob_bytes=data["blob_bytes"],
         throughput_mb_s=data["throughput_mb_s"],
         errors=tuple(data["errors"]),
+        per_target=tuple(
+            (
+                item["median_first_byte_seconds"],
+                item["median_done_seconds"],
+                item["last_done_seconds"],
+            )
+            for item in data.get("per_target", ())
+        ),
     )
 
 

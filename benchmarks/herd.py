@@ -88,6 +88,8 @@ class ClientResult:
     seconds: float
     blob_bytes: int
     error: str = ""
+    #: Seconds from the common start to the first byte of the largest blob.
+    first_byte: float | None = None
 
 
 class _Connection:
@@ -180,6 +182,9 @@ class Client:
         self.target = target
         self.verify = verify
         self.connection = _Connection(urlsplit(target.first_url()).netloc)
+        #: When the first byte of the largest blob arrived (``time.monotonic()``).
+        self.first_byte_at: float | None = None
+        self._largest = 0
 
     async def connect(self) -> None:
         await self.connection.open()
@@ -201,6 +206,7 @@ class Client:
                 for d in [manifest["config"], *manifest["layers"]]
             }
         total = 0
+        self._largest = max((size for _, size in blobs.values()), default=0)
         for digest, (url, size) in blobs.items():
             total += await self._blob(digest, url, size)
         return total
@@ -211,6 +217,8 @@ class Client:
 
         def sink(chunk: bytes) -> None:
             nonlocal received
+            if size == self._largest and self.first_byte_at is None:
+                self.first_byte_at = time.monotonic()
             received += len(chunk)
             if hasher is not None:
                 hasher.update(chunk)
@@ -255,7 +263,8 @@ async def run(
                     start.set()
             await start.wait()
             blob_bytes = await asyncio.wait_for(client.pull(), timeout)
-            results[number] = ClientResult(True, time.monotonic() - started, blob_bytes)
+            first = client.first_byte_at - started if client.first_byte_at else None
+            results[number] = ClientResult(True, time.monotonic() - started, blob_bytes, "", first)
         except (TimeoutError, OSError, ValueError, HerdError, asyncio.IncompleteReadError) as exc:
             at = time.monotonic() - started if start.is_set() else 0.0
             results[number] = ClientResult(False, at, 0, f"{type(exc).__name__}: {exc}"[:300])
@@ -272,6 +281,25 @@ async def run(
     blob_bytes = sum(r.blob_bytes for r in done)
     errors = sorted({r.error for r in done if not r.ok})
     times = sorted(r.seconds for r in done if r.ok)
+    per_target = []
+    for index in range(len(targets)):
+        mine = sorted(
+            r.seconds
+            for n, r in enumerate(results)
+            if r is not None and r.ok and n % len(targets) == index
+        )
+        firsts = sorted(
+            r.first_byte
+            for n, r in enumerate(results)
+            if r is not None and r.first_byte is not None and n % len(targets) == index
+        )
+        per_target.append(
+            {
+                "median_first_byte_seconds": firsts[len(firsts) // 2] if firsts else None,
+                "median_done_seconds": mine[len(mine) // 2] if mine else None,
+                "last_done_seconds": mine[-1] if mine else None,
+            }
+        )
     return {
         "clients": clients,
         "failed": sum(1 for r in done if not r.ok),
@@ -282,6 +310,7 @@ async def run(
         "blob_bytes": blob_bytes,
         "throughput_mb_s": blob_bytes / wall / 1e6 if wall else 0.0,
         "errors": errors[:5],
+        "per_target": per_target,
     }
 
 

@@ -935,6 +935,15 @@ class Bench:
                     f"{layout}, {cache.label}, {name}: last client {result.wall:.2f} s, median "
                     f"client {result.median_done or 0:.2f} s, {result.failed} failed, "
                     f"{result.throughput_mb_s:.0f} MB/s"
+                    + (
+                        "; per host (median first byte/median/last): "
+                        + ", ".join(
+                            f"{first or 0:.2f}/{m or 0:.2f}/{last or 0:.2f} s"
+                            for first, m, last in result.per_target
+                        )
+                        if result.per_target
+                        else ""
+                    )
                     + (f"; errors: {'; '.join(result.errors)}" if result.errors else "")
                 )
             notes.append(

@@ -136,6 +136,9 @@ class PullThroughCache:
         #: Blobs this worker found gone from the store although a row names them.
         self._unreadable = UnreadableBlobs()
         self._recording = SingleFlight()
+        #: The reads of a blob request, shared by the herd of requests that ask for the
+        #: same blob at once (one query each, not one per client).
+        self._lookups = SingleFlight()
         #: Pulls and bytes per group and day, written by :meth:`finish_request`.
         self.usage = UsageBuffer(flush_seconds=usage_flush_seconds)
         self._bookkeeping_failed = False
@@ -176,9 +179,10 @@ class PullThroughCache:
             return self._stored(digest, size)
 
         size = self.fetcher.committed_size(digest)
-        with self.database.phase("checking the quota"):
-            self.quotas.admit_blob(group_id, digest, size)
-            candidates = self.routes.image_candidates(group_id, path)
+        candidates = self._lookups.do(
+            ("admitted", group_id, path, digest, size),
+            lambda: self._admitted_candidates(group_id, path, digest, size),
+        )
         if size is not None:
             # Another group cached these bytes. This group may only have them if its
             # upstream serves them to it: a HEAD settles that without a download.
@@ -216,6 +220,17 @@ class PullThroughCache:
             outcome=Outcome.MISS,
             upstream_status=fetch.upstream_status,
         )
+
+    def _admitted_candidates(
+        self, group_id: int, path: ProxyPath, digest: str, size: int | None
+    ) -> tuple[Candidate, ...]:
+        """Where the group's image asks for ``digest``, once the group's quota admits it.
+
+        :raises RegistryError: ``DENIED`` by the quota.
+        """
+        with self.database.phase("checking the quota"):
+            self.quotas.admit_blob(group_id, digest, size)
+            return self.routes.image_candidates(group_id, path)
 
     def _fetch_blob(
         self, candidates: t.Sequence[Candidate], digest: str
@@ -303,7 +318,9 @@ class PullThroughCache:
         known = (group_id, digest) in self.recent_blobs
         try:
             with self.database.phase("reading a blob", has_fallback=known):
-                record = self.metadata.find_blob(group_id, digest)
+                record = self._lookups.do(
+                    ("blob", group_id, digest), lambda: self.metadata.find_blob(group_id, digest)
+                )
         except DatabaseUnavailable:
             size = self.fetcher.committed_size(digest) if known else None
             if size is None:

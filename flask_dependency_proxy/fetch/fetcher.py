@@ -24,6 +24,7 @@ import time
 import typing as t
 
 from ..metrics import Metrics
+from ..single_flight import SingleFlight
 from ..stores.base import BlobStore, StagedBlob, StorageError
 from ..upstream.errors import UpstreamError
 from ..upstream.registry import BlobStream
@@ -36,6 +37,13 @@ if t.TYPE_CHECKING:
     from .fleet import FleetSource
 
 log = logging.getLogger(__name__)
+
+
+class _Starting:
+    """Another process holds a digest's lock and has published nothing yet."""
+
+
+_NOTHING_YET = _Starting()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +84,16 @@ class BlobFetcher:
         self.max_blob_size = max_blob_size
         self._fetches: dict[str, LocalFetch] = {}
         self._lock = threading.Lock()
+        self._sizes = SingleFlight()
 
     def committed_size(self, digest: str) -> int | None:
         """The size of the committed blob of ``digest``; ``None`` when the store does not
-        hold it (it may be being fetched: :meth:`fetch` joins that fetch)."""
-        return self.store.size(digest)
+        hold it (it may be being fetched: :meth:`fetch` joins that fetch).
+
+        Concurrent callers share one answer of the store: a herd of clients asking for a
+        blob at once costs one ``HEAD`` of an object store, not one each.
+        """
+        return self._sizes.do(digest, lambda: self.store.size(digest))
 
     def fetch(self, digest: str, open_upstream: t.Callable[[int], BlobStream]) -> Fetch | Committed:
         """Join the fetch of ``digest`` in progress here or elsewhere, or start one.
@@ -110,25 +123,29 @@ class BlobFetcher:
                     return Committed(local.written)
                 return local
             remote = self._remote(digest)
-            if remote is not None:
+            if isinstance(remote, RemoteFetch):
                 return remote
-            size = self.store.size(digest)
-            if size is not None:
+            if remote is _NOTHING_YET:
+                # Another process holds the lock and still waits for upstream's answer:
+                # nothing was committed, so the store is not asked.
+                pass
+            elif (size := self.committed_size(digest)) is not None:
                 return Committed(size)
             if time.monotonic() > deadline:
                 raise UpstreamError("the fetch in another process did not start in time")
             time.sleep(POLL_SECONDS)
 
-    def _remote(self, digest: str) -> RemoteFetch | None:
-        """The state another process published for its fetch; ``None`` while it has none
-        (not started yet, or already finished)."""
+    def _remote(self, digest: str) -> RemoteFetch | _Starting | None:
+        """The fetch another process runs and published; :data:`_NOTHING_YET` while it
+        holds the lock but upstream has not answered it; ``None`` when no process holds
+        the lock (none started, or the last one ended)."""
         lock = LockWatch.open(self.store.spool, digest)
         if lock is None:
             return None
         with lock:
             state = lock.published()
             if state is None:
-                return None
+                return _NOTHING_YET if lock.held() else None
             error = state.error_for(digest)
             if error is not None:
                 raise error
@@ -149,14 +166,9 @@ class BlobFetcher:
                 local.wait_started(self.start_timeout)
                 return None if local.already_stored else local
             remote = self._remote(digest)
-            if remote is not None:
+            if isinstance(remote, RemoteFetch):
                 return remote
-            lock = LockWatch.open(self.store.spool, digest)
-            if lock is None:
-                return None
-            with lock:
-                starting = not lock.written() and lock.held()
-            if not starting or time.monotonic() > deadline:
+            if remote is None or time.monotonic() > deadline:
                 return None
             time.sleep(POLL_SECONDS)
 

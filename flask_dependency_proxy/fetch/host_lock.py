@@ -198,13 +198,6 @@ class LockWatch:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         return False
 
-    def written(self) -> bool:
-        """Whether the holder wrote anything yet (it has not while upstream is asked)."""
-        try:
-            return bool(os.pread(self._fd, 1, 0))
-        except OSError:
-            return False
-
     def published(self) -> Published | None:
         """What the holder wrote; ``None`` while it wrote nothing (or nothing readable)."""
         try:
