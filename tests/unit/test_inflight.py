@@ -20,7 +20,7 @@ import pytest
 from flask_dependency_proxy.fetch.errors import CommittedBlobGone, FetchFailed, UpstreamSizeError
 from flask_dependency_proxy.fetch.fetcher import BlobFetcher, Committed
 from flask_dependency_proxy.fetch.following import LocalFetch, RemoteFetch
-from flask_dependency_proxy.fetch.host_lock import HostLock
+from flask_dependency_proxy.fetch.host_lock import HostLock, Published
 from flask_dependency_proxy.models.tables import utcnow
 from flask_dependency_proxy.stores.base import BlobStore
 from flask_dependency_proxy.stores.filesystem import FilesystemStore, StorageError
@@ -317,6 +317,69 @@ def test_follower_of_another_process_finds_the_blob_taken_since_the_commit(
         next(remote.follow(store))
     with pytest.raises(FileNotFoundError):
         next(RemoteFetch(digest, len(data)).follow(store))
+
+
+class CountingStore(FilesystemStore):
+    """A store that counts the times it is asked whether a blob is committed, each
+    answer taking a moment, as an object store's ``HEAD`` does."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.asked = 0
+
+    def size(self, digest: str) -> int | None:
+        self.asked += 1
+        time.sleep(0.05)
+        return super().size(digest)
+
+
+def test_a_herd_asking_whether_a_blob_is_committed_gets_one_answer_of_the_store(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(str(tmp_path))
+    fetcher = BlobFetcher(store)
+    digest = _digest(b"not committed")
+    start = threading.Barrier(20)
+    answers: list[int | None] = []
+
+    def ask() -> None:
+        start.wait(5)
+        answers.append(fetcher.committed_size(digest))
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert answers == [None] * 20
+    assert store.asked < 5
+
+
+def test_a_request_waiting_for_another_process_to_hear_from_upstream_leaves_the_store_alone(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the digest's lock and waits for upstream's answer: nothing
+    is committed meanwhile, so the waiting request does not ask the store (an object
+    store's ``HEAD`` per waiting client and poll) until the fetch has started."""
+    store = CountingStore(str(tmp_path))
+    data = bytes(range(250))
+    digest = _digest(data)
+    other_process = HostLock.acquire(store.spool, digest)
+    assert other_process is not None
+    joined: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: joined.append(
+            BlobFetcher(store).fetch(digest, lambda offset: pytest.fail("a second fetch"))
+        )
+    )
+    waiter.start()
+    time.sleep(0.3)
+    assert store.asked == 0
+
+    other_process.publish(Published(size=len(data)))
+    waiter.join(5)
+    assert isinstance(joined[0], RemoteFetch)
+    other_process.release()
 
 
 @pytest.mark.parametrize("kind", ["filesystem", pytest.param("s3", marks=pytest.mark.process)])

@@ -333,6 +333,49 @@ def test_a_blob_is_fetched_once_then_served_from_the_store(make_core: MakeCore) 
     assert core.upstream.count() == 1
 
 
+def test_a_herd_asking_for_one_cold_blob_at_once_shares_its_lookups(
+    make_core: MakeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve requests for the same cold blob arrive together (the clients of one CI
+    push): the group's row, the store and the group's quota are asked by one request
+    for all that wait meanwhile, not by each, and upstream sends the blob once. (Each
+    answer takes a fifth of a second here; the requests that waited for one answer
+    reach the next question together.)"""
+    core = make_core()
+    data = bytes(range(256)) * 100
+    digest = core.upstream.push_blob(IMAGE, data)
+    asked: dict[str, int] = {"row": 0, "store": 0, "quota": 0}
+
+    def counted(name: str, call: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        def slow(*args: t.Any) -> t.Any:
+            asked[name] += 1
+            time.sleep(0.2)
+            return call(*args)
+
+        return slow
+
+    monkeypatch.setattr(core.metadata, "find_blob", counted("row", core.metadata.find_blob))
+    monkeypatch.setattr(core.store, "size", counted("store", core.store.size))
+    records = core.cache.quotas.records
+    monkeypatch.setattr(records, "limit", counted("quota", records.limit))
+    start = threading.Barrier(12)
+
+    def pull() -> bytes:
+        start.wait(5)
+        with core.app.app_context():
+            return received(core.cache.get_blob(GROUP, PATH, digest))
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        pulls = [pool.submit(pull) for _ in range(12)]
+        assert all(f.result(timeout=20) == data for f in pulls)
+    core.settle()
+    # Twelve each before; a request held up by the machine may ask once more.
+    assert asked["row"] <= 2 and asked["quota"] <= 2
+    # The requests, and the fetch before it asks upstream.
+    assert asked["store"] <= 3
+    assert core.upstream.count("GET", "blob") == 1
+
+
 def test_a_blob_with_wrong_bytes_breaks_the_transfer_and_is_not_stored(
     make_core: MakeCore,
 ) -> None:
