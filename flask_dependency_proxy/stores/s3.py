@@ -39,6 +39,7 @@ import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from ..config import ProxyConfig
+from ..single_flight import SingleFlight
 from .base import ByteStream, Redirect, StorageError
 from .s3_errors import is_missing, storage_error
 from .s3_janitor import S3Janitor
@@ -80,6 +81,8 @@ class S3Store:
         self.presign_seconds = presign_seconds
         #: Objects a ``HEAD`` found, trusted for ``verify_seconds`` by redirected hits.
         self._verified = _RecentlySeen(verify_seconds)
+        #: The ``HEAD`` of a redirected hit, shared by the requests that wait for it.
+        self._checks = SingleFlight()
         self.part_bytes = part_bytes
         self._body_check: str | None = None
         self._body_check_lock = threading.Lock()
@@ -152,7 +155,7 @@ class S3Store:
         if not self.redirect or digest in self._verified:
             return size
         try:
-            found = self.size(digest)
+            found = self._checks.do(digest, lambda: self.size(digest))
         except StorageError:
             return size
         if found is not None:

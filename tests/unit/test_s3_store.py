@@ -4,9 +4,11 @@ fetch, and cleanup's set-aside/restore/delete map onto copies and deletes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import os
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -229,6 +231,37 @@ def test_redirected_hits_check_an_object_once_per_verify_window(
         assert len(heads) == 2
     finally:
         events.unregister("before-call.s3.HeadObject", count)
+
+
+def test_a_herd_of_redirected_hits_shares_one_check(
+    seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    """Twelve hits on a blob that this process has not checked yet arrive together: one
+    ``HEAD`` answers them all (each ``HEAD`` takes a fifth of a second here)."""
+    data = os.urandom(1000)
+    digest = _committed(S3Store(seaweedfs.client, bucket, "cache", str(tmp_path / "a")), data)
+    store = S3Store(seaweedfs.client, bucket, "cache", str(tmp_path / "b"))
+    heads: list[str] = []
+
+    def slow(**_: t.Any) -> None:
+        heads.append("HEAD")
+        time.sleep(0.2)
+
+    events = seaweedfs.client.meta.events
+    events.register("before-call.s3.HeadObject", slow)
+    start = threading.Barrier(12)
+    try:
+
+        def hit() -> int | None:
+            start.wait(5)
+            return store.recorded_size(digest, len(data))
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            sizes = list(pool.map(lambda _: hit(), range(12)))
+    finally:
+        events.unregister("before-call.s3.HeadObject", slow)
+    assert sizes == [len(data)] * 12
+    assert len(heads) <= 2  # twelve before; a thread held up by the machine may ask again
 
 
 def test_redirected_hits_check_every_time_with_a_zero_window(
