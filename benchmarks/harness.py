@@ -1353,9 +1353,9 @@ class HerdResult:
     blob_bytes: int
     throughput_mb_s: float
     errors: tuple[str, ...]
-    #: (median first byte of the largest blob, median, last) seconds of the clients of
-    #: each target (each host of a fleet).
-    per_target: tuple[tuple[float | None, float | None, float | None], ...] = ()
+    #: (median manifest, median first byte of the largest blob, median, last) seconds
+    #: of the clients of each target (each host of a fleet).
+    per_target: tuple[tuple[float | None, ...], ...] = ()
 
 
 def herd(
@@ -1388,6 +1388,7 @@ def herd(
         errors=tuple(data["errors"]),
         per_target=tuple(
             (
+                item["median_manifest_seconds"],
                 item["median_first_byte_seconds"],
                 item["median_done_seconds"],
                 item["last_done_seconds"],

@@ -90,6 +90,8 @@ class ClientResult:
     error: str = ""
     #: Seconds from the common start to the first byte of the largest blob.
     first_byte: float | None = None
+    #: Seconds from the common start to the end of the manifest's answer.
+    manifest_done: float | None = None
 
 
 class _Connection:
@@ -184,6 +186,8 @@ class Client:
         self.connection = _Connection(urlsplit(target.first_url()).netloc)
         #: When the first byte of the largest blob arrived (``time.monotonic()``).
         self.first_byte_at: float | None = None
+        #: When the manifest's answer ended (``time.monotonic()``).
+        self.manifest_at: float | None = None
         self._largest = 0
 
     async def connect(self) -> None:
@@ -197,6 +201,7 @@ class Client:
             status, _, body = await self.connection.request(_path(self.target.manifest), headers)
             if status != 200:
                 raise HerdError(f"manifest: {status} {body[:200]!r}")
+            self.manifest_at = time.monotonic()
             manifest = json.loads(body)
             if "layers" not in manifest:
                 raise HerdError("the herd pulls single-platform manifests only")
@@ -263,8 +268,13 @@ async def run(
                     start.set()
             await start.wait()
             blob_bytes = await asyncio.wait_for(client.pull(), timeout)
-            first = client.first_byte_at - started if client.first_byte_at else None
-            results[number] = ClientResult(True, time.monotonic() - started, blob_bytes, "", first)
+            results[number] = ClientResult(
+                True,
+                time.monotonic() - started,
+                blob_bytes,
+                first_byte=client.first_byte_at - started if client.first_byte_at else None,
+                manifest_done=client.manifest_at - started if client.manifest_at else None,
+            )
         except (TimeoutError, OSError, ValueError, HerdError, asyncio.IncompleteReadError) as exc:
             at = time.monotonic() - started if start.is_set() else 0.0
             results[number] = ClientResult(False, at, 0, f"{type(exc).__name__}: {exc}"[:300])
@@ -288,13 +298,12 @@ async def run(
             for n, r in enumerate(results)
             if r is not None and r.ok and n % len(targets) == index
         )
-        firsts = sorted(
-            r.first_byte
-            for n, r in enumerate(results)
-            if r is not None and r.first_byte is not None and n % len(targets) == index
-        )
+        ours = [r for n, r in enumerate(results) if r is not None and n % len(targets) == index]
+        firsts = sorted(r.first_byte for r in ours if r.first_byte is not None)
+        manifests = sorted(r.manifest_done for r in ours if r.manifest_done is not None)
         per_target.append(
             {
+                "median_manifest_seconds": manifests[len(manifests) // 2] if manifests else None,
                 "median_first_byte_seconds": firsts[len(firsts) // 2] if firsts else None,
                 "median_done_seconds": mine[len(mine) // 2] if mine else None,
                 "last_done_seconds": mine[-1] if mine else None,

@@ -936,10 +936,10 @@ class Bench:
                     f"client {result.median_done or 0:.2f} s, {result.failed} failed, "
                     f"{result.throughput_mb_s:.0f} MB/s"
                     + (
-                        "; per host (median first byte/median/last): "
+                        "; per host (median manifest/first layer byte/done, last done): "
                         + ", ".join(
-                            f"{first or 0:.2f}/{m or 0:.2f}/{last or 0:.2f} s"
-                            for first, m, last in result.per_target
+                            "/".join(f"{v or 0:.2f}" for v in host) + " s"
+                            for host in result.per_target
                         )
                         if result.per_target
                         else ""
