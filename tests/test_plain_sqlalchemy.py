@@ -80,16 +80,22 @@ def _registry_error(response: t.Any, code: str) -> None:
 
 @contextlib.contextmanager
 def _pool_use() -> t.Iterator[dict[str, t.Any]]:
-    """Watch every SQLAlchemy pool of the process: which ones lend connections, and the
-    most connections out at once."""
+    """Watch every SQLAlchemy pool of the process for this thread's requests (the test
+    client serves them in it; the periodic jobs of other tests' apps run in threads of
+    their own): which pools lend connections, and the most connections out at once."""
     seen: dict[str, t.Any] = {"pools": set(), "out": 0, "most": 0}
+    mine = threading.get_ident()
 
     def checkout(dbapi: object, record: object, proxy: t.Any) -> None:
+        if threading.get_ident() != mine:
+            return
         seen["pools"].add(proxy._pool)
         seen["out"] += 1
         seen["most"] = max(seen["most"], seen["out"])
 
     def checkin(dbapi: object, record: object) -> None:
+        if threading.get_ident() != mine:
+            return
         seen["out"] -= 1
 
     sa.event.listen(sa.pool.Pool, "checkout", checkout)
