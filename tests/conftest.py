@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from flask_dependency_proxy.admin.periodic import PeriodicJob
 from tests.support import postgres, processes, seed
 from tests.support.clients import Podman, Skopeo, podman_unusable
 from tests.support.databases import Databases
@@ -79,7 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Set up the fast lane: a test in it that starts a process fails (so the lane stays
     free of them), and temporary files go to memory (``/dev/shm``) unless ``--basetemp``
     says otherwise, since its tests spend much of their time in SQLite commits, whose
-    ``fsync`` a disk shared with other work makes slow."""
+    ``fsync`` a disk shared with other work makes slow. In every lane, the periodic
+    jobs of in-process apps end with the test that started them."""
+    _record_started_jobs()
     if not config.getoption("fast"):
         return
     sys.addaudithook(_refuse_processes)
@@ -190,12 +193,36 @@ def pytest_runtest_makereport(
     return report
 
 
+#: The periodic jobs (bookkeeping, cleanup, refresh) that in-process apps started during
+#: the test that runs now.
+_started_jobs: list[PeriodicJob[t.Any]] = []
+
+
+def _record_started_jobs() -> None:
+    """Note every periodic job an in-process app starts (with its first request), so the
+    test that started it stops it. Left running, the job of a finished test's app would
+    write to a database that test stopped, and log the failure into a later test's
+    captured log. A job stopped here starts again with its app's next request."""
+    start = PeriodicJob._ensure_started
+
+    def recorded(job: PeriodicJob[t.Any]) -> None:
+        if job._pid != os.getpid():
+            _started_jobs.append(job)
+        start(job)
+
+    PeriodicJob._ensure_started = recorded  # type: ignore[method-assign]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> t.Generator[None, None, None]:
-    """Fail a test that leaves a Flask app or request context pushed (after every
-    fixture, pytest-flask's own pushed context included, has been torn down)."""
+    """Stop the periodic jobs the test's apps started, before its fixtures (databases
+    among them) are torn down; then fail a test that leaves a Flask app or request
+    context pushed (after every fixture, pytest-flask's own pushed context included,
+    has been torn down)."""
+    while _started_jobs:
+        _started_jobs.pop().stop(timeout=5)
     result = yield
     from flask.globals import _cv_app, _cv_request
 

@@ -134,11 +134,15 @@ def test_limits_can_be_turned_off(session: orm.Session, clock: Clock) -> None:
 def test_reaching_a_limit_logs_one_line_without_the_username(
     throttle: LoginThrottle, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flask_dependency_proxy.auth.throttle")
+    caplog.set_level(logging.WARNING, logger="flask_dependency_proxy.throttle")
     fail(throttle, "pasted-secret", A, PAIR_LIMIT)
     for number in range(ADDRESS_LIMIT - PAIR_LIMIT):
         fail(throttle, f"guess{number}", A)
-    messages = [record.getMessage() for record in caplog.records]
+    messages = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("flask_dependency_proxy.throttle")
+    ]
     assert len(messages) == 2, messages
     assert all(A in message and f"{WINDOW} s" in message for message in messages)
     assert "for one username" in messages[0]
