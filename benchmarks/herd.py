@@ -259,12 +259,14 @@ async def run(
     started = 0.0
 
     async def one(number: int, client: Client) -> None:
+        nonlocal started
         try:
             try:
                 await asyncio.wait_for(client.connect(), 30)
             finally:
                 ready.append(number)
                 if len(ready) == clients:
+                    started = time.monotonic()
                     start.set()
             await start.wait()
             blob_bytes = await asyncio.wait_for(client.pull(), timeout)
@@ -284,7 +286,6 @@ async def run(
     ready: list[int] = []
     tasks = [asyncio.create_task(one(n, c)) for n, c in enumerate(herd)]
     await start.wait()
-    started = time.monotonic()
     await asyncio.gather(*tasks)
     done = [r for r in results if r is not None]
     wall = max((r.seconds for r in done), default=0.0)
@@ -293,12 +294,8 @@ async def run(
     times = sorted(r.seconds for r in done if r.ok)
     per_target = []
     for index in range(len(targets)):
-        mine = sorted(
-            r.seconds
-            for n, r in enumerate(results)
-            if r is not None and r.ok and n % len(targets) == index
-        )
         ours = [r for n, r in enumerate(results) if r is not None and n % len(targets) == index]
+        mine = sorted(r.seconds for r in ours if r.ok)
         firsts = sorted(r.first_byte for r in ours if r.first_byte is not None)
         manifests = sorted(r.manifest_done for r in ours if r.manifest_done is not None)
         per_target.append(

@@ -125,11 +125,9 @@ class BlobFetcher:
             remote = self._remote(digest)
             if isinstance(remote, RemoteFetch):
                 return remote
-            if remote is _NOTHING_YET:
-                # Another process holds the lock and still waits for upstream's answer:
-                # nothing was committed, so the store is not asked.
-                pass
-            elif (size := self.committed_size(digest)) is not None:
+            # While another process holds the lock and waits for upstream's answer
+            # (``_NOTHING_YET``), nothing was committed: the store is not asked.
+            if remote is None and (size := self.committed_size(digest)) is not None:
                 return Committed(size)
             if time.monotonic() > deadline:
                 raise UpstreamError("the fetch in another process did not start in time")
